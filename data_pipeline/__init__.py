@@ -1,0 +1,1 @@
+"""Video decoding, Qwen2.5-VL inputs, dataset adapters and loaders. May import `models`, never `tempr1_jax`."""

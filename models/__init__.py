@@ -1,0 +1,1 @@
+"""Model ports (Flax NNX). Imports nothing else of this project."""
