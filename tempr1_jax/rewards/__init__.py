@@ -1,0 +1,59 @@
+"""Rewards (DESIGN §2): `compute_rewards(task, completions, targets, **options)`.
+
+`parsing` turns completions into padded arrays, `kernel` scores them in batched jnp and
+`reference` holds the plain-Python equations the kernel is tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tempr1_jax import tasks as tasks_lib
+from tempr1_jax.rewards import kernel, parsing
+
+
+def compute_rewards(
+    task: str | Sequence[str],
+    completions: Sequence[str],
+    targets: Sequence[Mapping[str, Any]],
+    *,
+    sigma: float = 1.0,
+    think: bool = True,
+    format_weight: float | None = None,
+    loc_weight: float | None = None,
+    cls_weight: float | None = None,
+    max_segments: int = tasks_lib.MAX_SEGMENTS,
+) -> dict[str, np.ndarray]:
+    """Rewards per completion as float32 numpy arrays: `format`, `loc`, `total` (+ `cls`).
+
+    task: a task name for the whole batch, or one name per completion (mixed batch; `cls` is
+    then returned if any task has it, 0 for the others). targets: unified samples (DESIGN §6).
+    sigma: Type 3 count-reward scale. think: whether the format template requires the
+    `<think>` block. *_weight: override the task's weights in
+    total = w_format * format + w_loc * loc + w_cls * cls (TempR1: 1, 1, 1 for GVQA; TPRU:
+    0.9 * exact + 0.1 * format-ok * 0.2, see `tasks.TPRU_WEIGHTS`). Model output never raises;
+    a malformed target raises ValueError naming its id.
+    """
+    if isinstance(completions, str):
+        raise ValueError("completions must be a sequence of strings, not one string")
+    completions, targets = list(completions), list(targets)
+    task_list = parsing.resolve_tasks(task, len(completions))
+    inputs = parsing.parse_batch(task_list, completions, targets, think=think, max_segments=max_segments)
+    loc = kernel.loc_rewards(
+        inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind, sigma
+    )
+    weights = np.array([t.weights for t in task_list], np.float64).reshape(-1, 3)
+    for col, override in enumerate((format_weight, loc_weight, cls_weight)):
+        if override is not None:
+            weights[:, col] = override
+    has_cls = np.array([t.has_cls for t in task_list], bool)
+    total = weights[:, 0] * inputs.format_ok + weights[:, 1] * loc + weights[:, 2] * np.where(has_cls, inputs.cls, 0.0)
+    out = {"format": inputs.format_ok, "loc": loc, "total": total}
+    if has_cls.any():
+        out["cls"] = inputs.cls
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+__all__ = ["compute_rewards"]

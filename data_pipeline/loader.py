@@ -1,0 +1,428 @@
+"""The Grain input pipeline: unified samples -> decoded, tokenised, bucketed batches.
+
+Training (`make_loader`):
+
+    per source: MapDataset(records)[shard::n_shards] -> shuffle(seed + i) -> repeat(num_epochs)
+                -> map(decode video/images, patchify, prompt ids, build_model_inputs)
+    MapDataset.mix(sources, weights) -> to_iter_dataset(read threads)
+    -> batches (skipped samples dropped, batches stay full; padded to shape buckets)
+    -> mp_prefetch(num_workers) -> stats (skip counts; part of the iterator state)
+
+Evaluation (`make_eval_loader`): the sources concatenated in order, one pass, no shuffle or mixing,
+every sample kept; the last batch (of each worker) is completed with padding rows (`valid` False).
+
+A sample whose video or image is missing, corrupt or truncated (`VideoDecodeError`), or whose
+tokens or patches exceed the largest bucket, is skipped: the batcher takes the next sample instead,
+the skip is logged, reported in the batch (`skipped`) and counted by `iterator.stats()`.
+
+Each batch is a dict:
+  inputs:          `ModelInputs` [B, L] / [B, P, D] with L and P the smallest fitting buckets;
+                   tokens padded on `padding_side` (left for generation), patches at the end.
+  completion_mask: [B, L] int32, only with `answer_builders` (SFT): 1 on answer + eos tokens.
+  samples:         the raw unified samples (dicts) of the valid rows, in row order.
+  valid:           [B] bool; False only on the padding rows of the last evaluation batch.
+  skipped:         [{"id", "task", "source", "reason"}] of samples skipped since the last batch.
+
+The returned iterator is a `grain.DatasetIterator`: `get_state()` / `set_state()` (JSON-able
+dicts) restore it so that it continues with exactly the same batches, and it works with orbax via
+`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`. Batch content depends on
+`num_workers` (each worker batches its own slice), so restore with the same worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import grain
+import numpy as np
+import transformers
+from absl import flags
+
+from data_pipeline import arrayrecord_io, video
+from data_pipeline.prompts import PromptBuilder, build_prompt_ids, build_sft_ids
+from data_pipeline.samples import resolve_path
+from data_pipeline.vision_inputs import PreprocessorValues, merged_token_count, patchify_images, patchify_video
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from models.qwen2_5_vl.inputs import ModelInputs, build_model_inputs, collate_model_inputs
+
+log = logging.getLogger(__name__)
+
+AnswerBuilder = Callable[[Mapping[str, Any]], str]
+_RECENT_SKIPS = 100  # skip records kept in memory for `stats()`
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """One task source: a JSONL file of unified samples, or an ArrayRecord split (`split` set).
+
+    weight: mixing weight; leave every source's weight None to mix in proportion to source sizes.
+    media_dir: directory that relative `video` / `images` paths are resolved against.
+    """
+
+    path: str
+    weight: float | None = None
+    split: str | None = None
+    media_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """Everything that shapes the batches. `batch_size` is per process (each reads its own shard).
+
+    token_buckets / patch_buckets: allowed padded lengths (tokens per row, patches per row); a batch
+    takes the smallest that fits its longest row, so each step shape compiles once. Patch buckets
+    must be multiples of the model's merge unit (4). num_epochs None repeats forever.
+    num_workers 0 decodes in this process (with `read_threads` threads); N > 0 uses N processes.
+    shard_index / shard_count default to `jax.process_index()` / `jax.process_count()`.
+    """
+
+    sources: tuple[SourceConfig, ...]
+    batch_size: int
+    token_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192)
+    patch_buckets: tuple[int, ...] = (4096, 8192, 16384)
+    seed: int = 0
+    num_epochs: int | None = None
+    num_workers: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 2
+    padding_side: Literal["left", "right"] = "left"
+    system_prompt: str | None = None
+    fps: float = video.FPS
+    min_frames: int = video.MIN_FRAMES
+    max_frames: int = video.MAX_FRAMES
+    min_pixels: int = video.MIN_PIXELS
+    max_pixels: float = video.VIDEO_MAX_PIXELS
+    total_pixels: float = video.VIDEO_TOTAL_PIXELS
+    image_min_pixels: int = video.IMAGE_MIN_PIXELS
+    image_max_pixels: float = video.IMAGE_MAX_PIXELS
+    preprocessor: PreprocessorValues = PreprocessorValues()
+    shard_index: int | None = None
+    shard_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("LoaderConfig.sources must not be empty")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("token_buckets", "patch_buckets"):
+            buckets = getattr(self, name)
+            if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+                raise ValueError(f"{name} must be increasing positive integers, got {buckets}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1 or None (infinite), got {self.num_epochs}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        weights = [s.weight for s in self.sources]
+        if any(w is None for w in weights) and any(w is not None for w in weights):
+            raise ValueError("give a weight to every source or to none (None = proportional to size)")
+        if any(w is not None and not w > 0 for w in weights):
+            raise ValueError(f"source weights must be > 0, got {weights}")
+        if (self.shard_index is None) != (self.shard_count is None):
+            raise ValueError("shard_index and shard_count must be given together")
+        if self.shard_count is not None and not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"need 0 <= shard_index < shard_count, got {self.shard_index}, {self.shard_count}")
+
+
+def make_loader(
+    config: LoaderConfig,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    model_config: Qwen2_5_VLConfig,
+    prompt_builders: Mapping[str, PromptBuilder],
+    answer_builders: Mapping[str, AnswerBuilder] | None = None,
+) -> "LoaderIterator":
+    """The training iterator: mixed, shuffled (per epoch), sharded, bucketed, full batches.
+
+    `prompt_builders[task](sample) -> str` gives each task's prompt text (the task registry's);
+    with `answer_builders` (SFT) each row is prompt + answer + eos with a `completion_mask`.
+    """
+    shard_index, shard_count = _shard(config)
+    prepare = _Prepare(config, tokenizer, model_config, prompt_builders, answer_builders)
+    parts, sizes = [], []
+    for i, source in enumerate(config.sources):
+        records = _records(source)[shard_index::shard_count]
+        if len(records) == 0:
+            raise ValueError(f"source {source.path} has no records for shard {shard_index} of {shard_count}")
+        sizes.append(len(records))
+        ds = records.shuffle(seed=(config.seed + i) % 2**32).repeat(config.num_epochs)
+        parts.append(ds.map(_SourcePrepare(prepare, source)))
+    weights = [s.weight for s in config.sources]
+    mixed = grain.MapDataset.mix(parts, sizes if weights[0] is None else weights)
+    return _pipeline(mixed, config, prepare, pad_last=False)
+
+
+def make_eval_loader(
+    config: LoaderConfig,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    model_config: Qwen2_5_VLConfig,
+    prompt_builders: Mapping[str, PromptBuilder],
+) -> "LoaderIterator":
+    """The evaluation iterator: sources in order, one pass, every sample, deterministic batches.
+
+    Weights, seed and num_epochs are ignored. The last batch is filled with padding rows
+    (`valid` False) so every batch has `batch_size` rows; skipped samples appear in `skipped`.
+    """
+    shard_index, shard_count = _shard(config)
+    prepare = _Prepare(config, tokenizer, model_config, prompt_builders, None)
+    parts = [_records(s).map(_SourcePrepare(prepare, s)) for s in config.sources]
+    ordered = grain.MapDataset.concatenate(parts)[shard_index::shard_count]
+    return _pipeline(ordered, config, prepare, pad_last=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and per-sample preparation
+
+
+def _shard(config: LoaderConfig) -> tuple[int, int]:
+    if config.shard_count is not None:
+        return config.shard_index, config.shard_count
+    import jax  # only when the shard comes from the JAX runtime
+
+    return jax.process_index(), jax.process_count()
+
+
+def _records(source: SourceConfig) -> grain.MapDataset:
+    """The source's records as a MapDataset of JSON text/bytes (parsed lazily in the map)."""
+    if source.split is not None:
+        return grain.MapDataset.source(arrayrecord_io.open_split(source.path, source.split))
+    path = pathlib.Path(source.path)
+    if not path.is_file():
+        raise ValueError(f"source file not found: {path}")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return grain.MapDataset.source(lines)
+
+
+class _Prepare:
+    """Record -> one unbatched element (or a skip marker). Picklable for worker processes."""
+
+    def __init__(self, config, tokenizer, model_config, prompt_builders, answer_builders):
+        if config.preprocessor.merge_size != model_config.vision.spatial_merge_size:
+            raise ValueError(
+                f"preprocessor merge_size {config.preprocessor.merge_size} != model spatial_merge_size "
+                f"{model_config.vision.spatial_merge_size}")
+        if any(p % model_config.vision.merge_unit for p in config.patch_buckets):
+            raise ValueError(
+                f"patch_buckets {config.patch_buckets} must be multiples of {model_config.vision.merge_unit}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model_config = model_config
+        self.prompt_builders = dict(prompt_builders)
+        self.answer_builders = None if answer_builders is None else dict(answer_builders)
+
+    def __call__(self, record: str | bytes, source: SourceConfig) -> dict[str, Any]:
+        sample = json.loads(record)
+        task = sample.get("task")
+        if task not in self.prompt_builders:
+            raise ValueError(f"sample {sample.get('id')!r}: no prompt builder for task {task!r} "
+                             f"(have {sorted(self.prompt_builders)})")
+        if self.answer_builders is not None and task not in self.answer_builders:
+            raise ValueError(f"sample {sample.get('id')!r}: no answer builder for task {task!r}")
+        try:
+            vision = self._vision(sample, source.media_dir)
+        except video.VideoDecodeError as err:
+            return _skip(sample, source, str(err))
+        counts = dict(
+            image_token_counts=merged_token_count(vision.get("image_grid_thw", np.zeros((0, 3))),
+                                                  self.config.preprocessor).tolist(),
+            video_token_counts=merged_token_count(vision.get("video_grid_thw", np.zeros((0, 3))),
+                                                  self.config.preprocessor).tolist(),
+            system_prompt=self.config.system_prompt,
+        )
+        builder = self.prompt_builders[task]
+        element: dict[str, Any] = {"sample": sample}
+        if self.answer_builders is None:
+            ids = build_prompt_ids(self.tokenizer, sample, builder, **counts)
+        else:
+            ids, mask = build_sft_ids(self.tokenizer, sample, builder, self.answer_builders[task](sample), **counts)
+            element["completion_mask"] = mask
+        n_patches = sum(len(vision[k]) for k in ("pixel_values", "pixel_values_videos") if k in vision)
+        if len(ids) > self.config.token_buckets[-1] or n_patches > self.config.patch_buckets[-1]:
+            return _skip(sample, source, f"too long: {len(ids)} tokens, {n_patches} patches exceed the "
+                                         f"largest buckets {self.config.token_buckets[-1]}, "
+                                         f"{self.config.patch_buckets[-1]}")
+        element["inputs"] = build_model_inputs(self.model_config, ids[None], **vision)
+        return element
+
+    def _vision(self, sample: Mapping[str, Any], media_dir: str | None) -> dict[str, Any]:
+        """Model vision arguments of the sample (empty for a text-only sample)."""
+        c = self.config
+        if sample.get("video"):
+            frames, info = video.read_video(
+                resolve_path(sample["video"], media_dir), fps=c.fps, min_frames=c.min_frames,
+                max_frames=c.max_frames, min_pixels=c.min_pixels, max_pixels=c.max_pixels,
+                total_pixels=c.total_pixels, video_start=sample.get("video_start"),
+                video_end=sample.get("video_end"))
+            pixels, grid, seconds = patchify_video(frames, info["sample_fps"], c.preprocessor)
+            return {"pixel_values_videos": pixels, "video_grid_thw": grid,
+                    "second_per_grid_ts": np.asarray([seconds], np.float32)}
+        if sample.get("images"):
+            images = [video.read_image(resolve_path(p, media_dir), c.image_min_pixels, c.image_max_pixels)
+                      for p in sample["images"]]
+            pixels, grid = patchify_images(images, c.preprocessor)
+            return {"pixel_values": pixels, "image_grid_thw": grid}
+        return {}
+
+    def padding_row(self) -> dict[str, Any]:
+        """An all-padding element (no tokens attended, no patches) for filling the last eval batch."""
+        pad = self.tokenizer.pad_token_id
+        inputs = build_model_inputs(self.model_config, np.asarray([[pad]], np.int32),
+                                    attention_mask=np.zeros((1, 1), np.int32))
+        return {"inputs": inputs, "completion_mask": np.zeros(1, np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourcePrepare:
+    """`_Prepare` bound to one source (its media directory)."""
+
+    prepare: _Prepare
+    source: SourceConfig
+
+    def __call__(self, record: str | bytes) -> dict[str, Any]:
+        return self.prepare(record, self.source)
+
+
+def _skip(sample: Mapping[str, Any], source: SourceConfig, reason: str) -> dict[str, Any]:
+    log.warning("skipping sample %r (task %s) from %s: %s", sample.get("id"), sample.get("task"), source.path, reason)
+    return {"skip": {"id": str(sample.get("id")), "task": str(sample.get("task")), "source": source.path,
+                     "reason": reason}}
+
+
+# ----------------------------------------------------------------------------------------------
+# batching, prefetching, statistics
+
+
+def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad_last: bool) -> "LoaderIterator":
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(config.batch_size, 1))
+    it_ds = _Batches(ds.to_iter_dataset(read), _Collate(config, prepare), config.batch_size, pad_last)
+    if config.num_workers > 0:
+        # Grain's worker processes read absl flags; outside an absl app (our argparse CLI, pytest)
+        # they are unparsed, so take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
+    return iter(_Stats(it_ds))
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+    return next(b for b in buckets if b >= n)
+
+
+class _Collate:
+    """Rows -> one batch dict padded to the smallest fitting token and patch buckets."""
+
+    def __init__(self, config: LoaderConfig, prepare: _Prepare):
+        self.config = config
+        self.prepare = prepare
+
+    def __call__(self, items: list[dict], n_rows: int, skipped: list[dict]) -> dict[str, Any]:
+        rows = items + [self.prepare.padding_row()] * (n_rows - len(items))
+        inputs: list[ModelInputs] = [r["inputs"] for r in rows]
+        length = _bucket(max(x.seq_len for x in inputs), self.config.token_buckets)
+        patches = _bucket(max(x.num_patches for x in inputs), self.config.patch_buckets)
+        batch = {
+            "inputs": collate_model_inputs(inputs, length, patches, padding_side=self.config.padding_side,
+                                           pad_token_id=self.prepare.tokenizer.pad_token_id),
+            "samples": [r["sample"] for r in items],
+            "valid": np.arange(n_rows) < len(items),
+            "skipped": skipped,
+        }
+        if self.prepare.answer_builders is not None:
+            batch["completion_mask"] = np.stack([self._pad(r["completion_mask"], length) for r in rows])
+        return batch
+
+    def _pad(self, mask: np.ndarray, length: int) -> np.ndarray:
+        extra = length - len(mask)
+        return np.pad(mask, (extra, 0) if self.config.padding_side == "left" else (0, extra))
+
+
+class _Batches(grain.IterDataset):
+    """Groups prepared elements into batches of `batch_size` good rows, dropping skip markers.
+
+    A batch is only emitted once complete, so between batches no element is held back and the
+    state is the parent's. The final partial batch is dropped (training) or padded (`pad_last`).
+    """
+
+    def __init__(self, parent: grain.IterDataset, collate: _Collate, batch_size: int, pad_last: bool):
+        super().__init__(parent)
+        self._collate = collate
+        self._batch_size = batch_size
+        self._pad_last = pad_last
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _BatchesIterator(self._parent.__iter__(), self._collate, self._batch_size, self._pad_last)
+
+
+class _BatchesIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, collate: _Collate, batch_size: int, pad_last: bool):
+        super().__init__(parent)
+        self._collate = collate
+        self._batch_size = batch_size
+        self._pad_last = pad_last
+
+    def __next__(self) -> dict[str, Any]:
+        items: list[dict] = []
+        skipped: list[dict] = []
+        while len(items) < self._batch_size:
+            try:
+                element = next(self._parent)
+            except StopIteration:
+                if self._pad_last and (items or skipped):
+                    return self._collate(items, self._batch_size, skipped)
+                raise
+            if "skip" in element:
+                skipped.append(element["skip"])
+            else:
+                items.append(element)
+        return self._collate(items, self._batch_size, skipped)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class _Stats(grain.IterDataset):
+    """Counts batches, samples and skips in the main process (the counts are part of the state)."""
+
+    def __iter__(self) -> "LoaderIterator":
+        return LoaderIterator(self._parent.__iter__())
+
+
+class LoaderIterator(grain.DatasetIterator):
+    """The loader's iterator: batches, `stats()`, and a restorable JSON-able state."""
+
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+        self._counts = {"batches": 0, "samples": 0, "skipped": 0}
+        self._recent: list[dict] = []
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._parent)
+        self._counts["batches"] += 1
+        self._counts["samples"] += len(batch["samples"])
+        if batch["skipped"]:
+            self._counts["skipped"] += len(batch["skipped"])
+            self._recent = (self._recent + batch["skipped"])[-_RECENT_SKIPS:]
+            log.warning("loader: %d sample(s) skipped so far", self._counts["skipped"])
+        return batch
+
+    def stats(self) -> dict[str, Any]:
+        """Counts since the start of the run (restored with the state) and the latest skip records."""
+        return {**self._counts, "recent_skipped": list(self._recent)}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": self._parent.get_state(), "counts": dict(self._counts)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["pipeline"])
+        self._counts = {k: int(v) for k, v in state["counts"].items()}
+        self._recent = []

@@ -1,0 +1,78 @@
+"""Time-R1 grounding json: TimeRFT training sets and TVGBench.
+
+A list of records in either of Time-R1's two layouts (both may appear in one file):
+
+- TimeRFT (`train_2k5.json`): `video` (path), `duration`, `timestamp: [s, e]`, `sentence`,
+  `video_start`, `video_end`, optional `qid`, `difficulty`.
+- TVGBench (`tvgbench.json`): `path`, `duration`, `answer: "s-e"`, `question`, `start`, `end`,
+  optional `dataset_name`, `qsemtype`.
+
+When the clip bounds are set, the sample is that clip of the file, and `duration` and the segment
+are relative to its start (as Time-R1 reads them). Ids are `"{video stem}#{record index}"`
+(TVGBench repeats some queries). Task `tvg` (Time-R1's timestamp-aware IoU reward) by default.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from data_pipeline.samples import Sample
+from data_pipeline.sources._common import (
+    PathLike,
+    expect_type,
+    find_video,
+    number,
+    optional_number,
+    read_json,
+    segment_list,
+    single_path,
+)
+
+_FLOAT = r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
+_ANSWER = re.compile(rf"^\s*({_FLOAT})\s*-\s*({_FLOAT})\s*$")
+_EXTRA_KEYS = ("qid", "difficulty", "dataset_name", "qsemtype")
+
+
+def parse_answer(answer: Any) -> tuple[float, float]:
+    """TVGBench's "s-e" answer -> (s, e) seconds; (NaN, NaN) if it does not parse."""
+    match = _ANSWER.match(answer) if isinstance(answer, str) else None
+    return (float(match[1]), float(match[2])) if match else (math.nan, math.nan)
+
+
+def load(
+    annotations: PathLike | Sequence[PathLike],
+    videos_dir: PathLike | None = None,
+    *,
+    source: str,
+    task: str = "tvg",
+) -> Iterator[Sample]:
+    """One grounding sample per record."""
+    path = single_path(annotations, source)
+    records = expect_type(read_json(path), list, path, "a list of records")
+    for index, record in enumerate(records):
+        record = record if isinstance(record, dict) else {}
+        if "answer" in record:
+            segment = parse_answer(record.get("answer"))
+            file, query = record.get("path"), record.get("question")
+            clip = (record.get("start"), record.get("end"))
+        else:
+            segment = segment_list([record.get("timestamp")])[0]
+            file, query = record.get("video"), record.get("sentence")
+            clip = (record.get("video_start"), record.get("video_end"))
+        stem = pathlib.PurePosixPath(str(file or "")).stem
+        yield Sample(
+            id=f"{stem}#{index}",
+            task=task,
+            source=source,
+            query=str(query or "").strip(),
+            video=find_video(videos_dir, [stem]),
+            duration=number(record.get("duration")),
+            segments=(segment,),
+            video_start=optional_number(clip[0]),
+            video_end=optional_number(clip[1]),
+            extra={key: record[key] for key in _EXTRA_KEYS if record.get(key) is not None},
+        )

@@ -1,0 +1,356 @@
+"""A deterministic synthetic dataset: real mp4 clips of coloured shapes with known events, for all tasks.
+
+Clips are small (140x112, 4 fps native, 10-30 s, black background) and written with PyAV (libx264,
+or mpeg4 where libx264 is missing). An event is a big solid shape of one colour that is visible
+during [start, end): it `appears` (still), `moves` across the screen (left to right) or `flashes`
+(a short, larger still shape). Event boundaries lie on a 0.5 s grid, so the 2 FPS sampling sees
+them exactly. From these the generator builds unified samples (`data_pipeline.samples.Sample`):
+
+* tg: one event among 1-2 distractors, the query names its colour, shape and action;
+* dtg: 2-4 events, one query line per event in chronological order;
+* vhd: 2-3 windows of one event (and maybe a distractor), all windows are the answer;
+* gvqa: a lettered question about the events ("what colour is the circle that moves across the
+  screen?" or "what happens right after ...?") with the evidence spans as segments;
+* tal: every instance of one action class (e.g. "red square flashes") among distractors;
+* order / mcq (TPRU style, PNG images): four steps of a shape's motion, shuffled (answer e.g.
+  "CABD", the labels in chronological order), or steps 1, 2, 4 plus three candidates for step 3
+  and "none of these".
+
+Media paths in the JSONL are relative to `out_dir`. Every sample has its own random generator
+seeded from (seed, split, task, index), so the same seed gives the same JSONL bytes and frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import zlib
+from typing import Callable, Mapping, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+from data_pipeline.samples import LETTERS, Sample, write_jsonl
+
+VIDEO_TASKS = ("tg", "dtg", "vhd", "gvqa", "tal")
+IMAGE_TASKS = ("order", "mcq")
+WIDTH, HEIGHT = 140, 112  # multiples of 28 and >= 16*28*28 pixels: read_video keeps them as they are
+NATIVE_FPS = 4
+IMAGE_SIZE = 112
+TICK = 0.5  # seconds; event times are multiples of this
+COLOURS = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 60),
+    "blue": (40, 80, 255),
+    "yellow": (240, 220, 30),
+    "white": (240, 240, 240),
+    "magenta": (220, 40, 220),
+}
+SHAPES = ("square", "circle", "triangle")
+ACTIONS = {"appears": "appears", "moves": "moves across the screen", "flashes": "flashes"}
+# Event length range per action, in ticks (inclusive).
+_LENGTHS = {"appears": (4, 10), "moves": (6, 12), "flashes": (2, 4)}
+_SIZES = {"appears": 36, "moves": 32, "flashes": 56}
+_DIRECTIONS = {
+    "from the left to the right": (0, 1),
+    "from the right to the left": (0, -1),
+    "from the top to the bottom": (1, 0),
+    "from the bottom to the top": (-1, 0),
+}
+Event = dict  # {"colour", "shape", "action", "start", "end", "y", "x"} (seconds, pixels)
+
+
+@functools.lru_cache(maxsize=None)
+def _mask(shape: str, size: int) -> np.ndarray:
+    """Boolean [size, size] mask of a solid shape."""
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    if shape == "square":
+        return np.ones((size, size), bool)
+    if shape == "circle":
+        r = size / 2
+        return (yy - r) ** 2 + (xx - r) ** 2 <= r * r
+    if shape == "triangle":  # apex at the top centre
+        return np.abs(xx - size / 2) <= yy / 2
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _paint(canvas: np.ndarray, shape: str, colour: str, size: int, y: int, x: int) -> None:
+    """Draw a shape with its top-left corner at (y, x), clipped to the canvas."""
+    mask = _mask(shape, size)
+    h, w = canvas.shape[:2]
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + size, h), min(x + size, w)
+    if y0 < y1 and x0 < x1:
+        canvas[y0:y1, x0:x1][mask[y0 - y : y1 - y, x0 - x : x1 - x]] = COLOURS[colour]
+
+
+def render_frame(t: float, events: Sequence[Event], height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """The RGB uint8 frame at time t: every event with start <= t < end drawn on black."""
+    canvas = np.zeros((height, width, 3), np.uint8)
+    for ev in events:
+        if not ev["start"] <= t < ev["end"]:
+            continue
+        size = _SIZES[ev["action"]]
+        x = ev["x"]
+        if ev["action"] == "moves":
+            x = round(-size / 2 + (t - ev["start"]) / (ev["end"] - ev["start"]) * width)
+        _paint(canvas, ev["shape"], ev["colour"], size, ev["y"], x)
+    return canvas
+
+
+def _encoder() -> tuple[str, dict[str, str]]:
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264", {"preset": "ultrafast", "crf": "12", "threads": "1"}
+    except (av.FFmpegError, ValueError):  # FFmpeg builds without libx264 (PyAV raises UnknownCodecError)
+        return "mpeg4", {"qscale": "2", "threads": "1"}
+
+
+def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int = NATIVE_FPS) -> None:
+    """Write RGB uint8 frames as an mp4 (libx264 or mpeg4, yuv420p)."""
+    codec, options = _encoder()
+    height, width = frames[0].shape[:2]
+    with av.open(os.fspath(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def describe(ev: Event) -> str:
+    """The event as a sentence, e.g. "the red square moves across the screen"."""
+    return f"the {ev['colour']} {ev['shape']} {ACTIONS[ev['action']]}"
+
+
+# --- timelines ---------------------------------------------------------------------------------
+
+
+def _kinds(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """n distinct (colour, shape) pairs."""
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    return [pairs[i] for i in rng.choice(len(pairs), size=n, replace=False)]
+
+
+def _timeline(rng: np.random.Generator, specs: Sequence[tuple[str, str, str]]) -> tuple[list[Event], float]:
+    """Place events (colour, shape, action) in the given order without overlap; returns (events, duration)."""
+    lengths = [int(rng.integers(lo, hi + 1)) for lo, hi in (_LENGTHS[a] for _, _, a in specs)]
+    total = max(int(rng.integers(20, 41)), sum(lengths) + len(specs) + 2)  # 10-20 s, longer if needed
+    # Random gaps summing to the free time, at least one tick between consecutive events.
+    gaps = rng.multinomial(total - sum(lengths) - (len(specs) - 1), [1 / (len(specs) + 1)] * (len(specs) + 1))
+    gaps[1:-1] += 1
+    events, t = [], 0
+    for (colour, shape, action), length, gap in zip(specs, lengths, gaps):
+        t += int(gap)
+        size = _SIZES[action]
+        events.append({
+            "colour": colour, "shape": shape, "action": action,
+            "start": t * TICK, "end": (t + length) * TICK,
+            "y": int(rng.integers(0, HEIGHT - size + 1)), "x": int(rng.integers(0, WIDTH - size + 1)),
+        })
+        t += length
+    return events, total * TICK
+
+
+def _action(rng: np.random.Generator, choices: Sequence[str] = tuple(ACTIONS)) -> str:
+    return str(choices[int(rng.integers(len(choices)))])
+
+
+def _seg(ev: Event) -> list[float]:
+    return [ev["start"], ev["end"]]
+
+
+# --- per-task samples (return the sample fields; events drive the video) -------------------------
+
+
+def _tg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+    specs = [(c, s, _action(rng)) for c, s in _kinds(rng, int(rng.integers(2, 4)))]
+    events, duration = _timeline(rng, specs)
+    target = events[int(rng.integers(len(events)))]
+    return events, duration, {"query": describe(target), "segments": [_seg(target)]}
+
+
+def _dtg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+    specs = [(c, s, _action(rng)) for c, s in _kinds(rng, int(rng.integers(2, 5)))]
+    events, duration = _timeline(rng, specs)
+    return events, duration, {"query": "\n".join(describe(e) for e in events), "segments": [_seg(e) for e in events]}
+
+
+def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Sequence[str]):
+    """A timeline with n_target instances of one (colour, shape, action) among n_other distractors."""
+    kinds = _kinds(rng, 1 + n_other)
+    action = _action(rng, actions)
+    specs = [(*kinds[0], action)] * n_target + [(c, s, _action(rng)) for c, s in kinds[1:]]
+    specs = [specs[i] for i in rng.permutation(len(specs))]
+    events, duration = _timeline(rng, specs)
+    targets = [e for e in events if (e["colour"], e["shape"], e["action"]) == (*kinds[0], action)]
+    return events, duration, targets
+
+
+def _vhd(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+    events, duration, targets = _repeated(rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes"))
+    return events, duration, {"query": describe(targets[0]), "segments": [_seg(e) for e in targets]}
+
+
+def _tal(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+    events, duration, targets = _repeated(rng, int(rng.integers(1, 5)), 1, tuple(ACTIONS))
+    t = targets[0]
+    query = f"{t['colour']} {t['shape']} {ACTIONS[t['action']]}"
+    return events, duration, {"query": query, "segments": [_seg(e) for e in targets]}
+
+
+def _lettered(rng: np.random.Generator, right: str, wrong: Sequence[str]) -> tuple[list[str], str]:
+    """Four shuffled options (the right one and the first three wrong ones) and the right option's letter."""
+    options = [right, *wrong[:3]]
+    options = [options[i] for i in rng.permutation(len(options))]
+    return options, LETTERS[options.index(right)]
+
+
+def _other_descriptions(rng: np.random.Generator, exclude: Sequence[str], n: int) -> list[str]:
+    """n random event sentences, none of them in `exclude`."""
+    out: list[str] = []
+    while len(out) < n:
+        (colour, shape), = _kinds(rng, 1)
+        text = describe({"colour": colour, "shape": shape, "action": _action(rng)})
+        if text not in exclude and text not in out:
+            out.append(text)
+    return out
+
+
+def _gvqa(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+    n = int(rng.integers(2, 4))
+    colours = [list(COLOURS)[i] for i in rng.choice(len(COLOURS), size=n, replace=False)]
+    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=n, replace=False)]
+    events, duration = _timeline(rng, [(c, s, _action(rng)) for c, s in zip(colours, shapes)])
+    target = int(rng.integers(n))
+    ev = events[target]
+    if target < n - 1 and rng.random() < 0.5:
+        nxt = events[target + 1]
+        wrong = [describe(e) for e in events if e is not nxt]
+        wrong += _other_descriptions(rng, [describe(e) for e in events], 3 - len(wrong))
+        options, answer = _lettered(rng, describe(nxt), wrong)
+        question = f"What happens right after {describe(ev)}?"
+        segments = [_seg(ev), _seg(nxt)]
+    else:
+        wrong = [c for c in rng.permutation(list(COLOURS)) if c != ev["colour"]]
+        options, answer = _lettered(rng, ev["colour"], wrong)
+        question = f"What colour is the {ev['shape']} that {ACTIONS[ev['action']]}?"
+        segments = [_seg(ev)]
+    return events, duration, {"query": question, "options": options, "answer": answer, "segments": segments}
+
+
+# --- TPRU-style image sequences ----------------------------------------------------------------
+
+
+def _motion(rng: np.random.Generator) -> tuple[Callable[..., np.ndarray], str, str]:
+    """A renderer draw(progress, colour=...) of one shape moving in one direction, its sentence, its colour."""
+    (colour, shape), = _kinds(rng, 1)
+    direction = list(_DIRECTIONS)[int(rng.integers(len(_DIRECTIONS)))]
+    dy, dx = _DIRECTIONS[direction]
+    size = 32
+    cross = int(rng.integers(0, IMAGE_SIZE - size + 1))
+
+    def draw(progress: float, col: str = colour) -> np.ndarray:
+        along = round(progress * (IMAGE_SIZE - size))
+        along = along if dy + dx > 0 else IMAGE_SIZE - size - along
+        y, x = (along, cross) if dy else (cross, along)
+        canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        _paint(canvas, shape, col, size, y, x)
+        return canvas
+
+    return draw, f"the {colour} {shape} moves {direction}", colour
+
+
+def _order(rng: np.random.Generator) -> tuple[list[np.ndarray], dict]:
+    draw, description, _ = _motion(rng)
+    n = 4
+    shown = rng.permutation(n)
+    while (shown == np.arange(n)).all():
+        shown = rng.permutation(n)
+    answer = "".join(LETTERS[int(np.flatnonzero(shown == k)[0])] for k in range(n))
+    return [draw(k / (n - 1)) for k in shown], {"query": description, "answer": answer}
+
+
+def _mcq(rng: np.random.Generator) -> tuple[list[np.ndarray], dict]:
+    draw, description, colour = _motion(rng)
+    steps = [draw(k / 3) for k in range(4)]
+    other = [c for c in COLOURS if c != colour][int(rng.integers(len(COLOURS) - 1))]
+    wrong = [draw(1 / 6), draw(2 / 3, other), draw(0.95)]  # wrong place, wrong colour, overshoot
+    if rng.random() < 0.25:  # "none of these" a quarter of the time, as in TPRU
+        candidates, answer = [wrong[i] for i in rng.permutation(3)], "D"
+    else:
+        order = rng.permutation(3)  # position 0 of `order` holds the right frame
+        pool = [steps[2], *(wrong[i] for i in rng.choice(3, size=2, replace=False))]
+        candidates, answer = [pool[i] for i in order], LETTERS[int(np.flatnonzero(order == 0)[0])]
+    query = (
+        f"The first three images are steps 1, 2 and 4 of: \"{description}\". The 4th, 5th and 6th images "
+        "are candidates for step 3. Which one is step 3?"
+    )
+    options = ["the 4th image", "the 5th image", "the 6th image", "none of these"]
+    return [steps[0], steps[1], steps[3], *candidates], {"query": query, "options": options, "answer": answer}
+
+
+_VIDEO_BUILDERS = {"tg": _tg, "dtg": _dtg, "vhd": _vhd, "gvqa": _gvqa, "tal": _tal}
+_IMAGE_BUILDERS = {"order": _order, "mcq": _mcq}
+
+
+def _rng(seed: int, split: str, task: str, index: int) -> np.random.Generator:
+    key = [seed, zlib.crc32(split.encode()), zlib.crc32(task.encode()), index]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def _video_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.random.Generator) -> Sample:
+    events, duration, fields = _VIDEO_BUILDERS[task](rng)
+    rel = f"videos/{sample_id}.mp4"
+    n = round(duration * NATIVE_FPS)
+    write_video(out_dir / rel, [render_frame(i / NATIVE_FPS, events) for i in range(n)])
+    extra = {"events": [{k: e[k] for k in ("colour", "shape", "action", "start", "end")} for e in events]}
+    return Sample(id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields)
+
+
+def _image_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.random.Generator) -> Sample:
+    images, fields = _IMAGE_BUILDERS[task](rng)
+    paths = []
+    for j, image in enumerate(images):
+        rel = f"images/{sample_id}_{j}.png"
+        Image.fromarray(image).save(out_dir / rel)
+        paths.append(rel)
+    return Sample(id=sample_id, task=task, source="synthetic", images=paths, **fields)
+
+
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    samples_per_task: int | Mapping[str, int] = 8,
+    tasks: Sequence[str] = VIDEO_TASKS,
+    include_images: bool = True,
+    split_names: Sequence[str] = ("train", "test"),
+) -> dict[str, pathlib.Path]:
+    """Write videos, PNG images and one unified-sample JSONL per split; returns split -> JSONL path.
+
+    `samples_per_task` is a count per (split, task), or a mapping split -> count. `tasks` are video
+    tasks (tg, dtg, vhd, gvqa, tal); `include_images` adds the TPRU-style order and mcq tasks. Media
+    paths in the JSONL are relative to `out_dir`. Existing files of the same names are overwritten.
+    """
+    unknown = set(tasks) - set(_VIDEO_BUILDERS) - set(_IMAGE_BUILDERS)
+    if unknown:
+        raise ValueError(f"unknown synthetic tasks {sorted(unknown)}; known: {VIDEO_TASKS + IMAGE_TASKS}")
+    all_tasks = list(dict.fromkeys([*tasks, *(IMAGE_TASKS if include_images else ())]))
+    out = pathlib.Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split in split_names:
+        count = samples_per_task[split] if isinstance(samples_per_task, Mapping) else samples_per_task
+        samples = []
+        for task in all_tasks:
+            for i in range(count):
+                sample_id = f"syn-{split}-{task}-{i:04d}"
+                rng = _rng(seed, split, task, i)
+                make = _video_sample if task in _VIDEO_BUILDERS else _image_sample
+                samples.append(make(out, sample_id, task, rng))
+        paths[split] = out / f"{split}.jsonl"
+        write_jsonl(paths[split], samples)
+    return paths

@@ -1,0 +1,226 @@
+"""HF safetensors import/export for Qwen2.5-VL, one tensor at a time.
+
+Two key layouts exist and both are read (detected from the file keys):
+
+* hub (published checkpoints): `visual.*`, `model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `lm_head.*`
+* transformers 5: `model.visual.*`, `model.language_model.*`, `lm_head.*`
+
+`save_pretrained` writes the hub layout (which transformers 4.x and 5.x both load) and shards above
+`max_shard_bytes` with a `model.safetensors.index.json`.
+
+The name mapping between HF tensors and our NNX parameter paths lives here only (`nnx_path`,
+`to_nnx`, `to_hf`); the list of expected tensors comes from `config.param_shapes`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from .config import Qwen2_5_VLConfig, param_shapes
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def hub_to_t5(name: str) -> str:
+    """Hub tensor name -> transformers-5 name."""
+    if name.startswith("visual."):
+        return "model." + name
+    if name.startswith("model.") and not name.startswith(("model.visual.", "model.language_model.")):
+        return "model.language_model." + name[len("model."):]
+    return name
+
+
+def t5_to_hub(name: str) -> str:
+    """Transformers-5 tensor name -> hub name."""
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    return name
+
+
+_MERGER = {"mlp.0": "mlp_0", "mlp.2": "mlp_2"}
+
+
+def nnx_path(hub_name: str) -> tuple:
+    """Hub tensor name -> path in `nnx.state(model)` (digits become list indices)."""
+    name = hub_to_t5(hub_name)
+    for hf, ours in _MERGER.items():
+        name = name.replace(f"merger.{hf}.", f"merger.{ours}.")
+    parts: list = [int(p) if p.isdigit() else p for p in name.split(".")]
+    if parts[-1] == "weight":
+        if "embed_tokens" in parts:
+            parts[-1] = "embedding"
+        elif not _is_norm(parts):
+            parts[-1] = "kernel"
+    return tuple(parts)
+
+
+def _is_norm(parts: list) -> bool:
+    return any(isinstance(p, str) and (p.startswith("norm") or p.endswith("layernorm") or p == "ln_q") for p in parts)
+
+
+def to_nnx(hub_name: str, tensor: np.ndarray) -> np.ndarray:
+    """HF (torch layout) tensor -> our parameter layout."""
+    if hub_name == "visual.patch_embed.proj.weight":
+        return tensor.reshape(tensor.shape[0], -1).T
+    if tensor.ndim == 2 and "embed_tokens" not in hub_name:
+        return tensor.T
+    return tensor
+
+
+def to_hf(hub_name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Our parameter -> HF tensor of `shape` (inverse of `to_nnx`)."""
+    if hub_name == "visual.patch_embed.proj.weight":
+        return np.ascontiguousarray(value.T).reshape(shape)
+    if value.ndim == 2 and "embed_tokens" not in hub_name:
+        return np.ascontiguousarray(value.T)
+    return value
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def checkpoint_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    """The safetensors files of a checkpoint directory (index json or a single file)."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [directory / f for f in sorted(set(weight_map.values()))]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no safetensors files in {directory}")
+    return files
+
+
+def iter_tensors(directory: str | pathlib.Path) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
+    """(hub name, loader) for every tensor; each loader reads that one tensor when called."""
+    for path in checkpoint_files(pathlib.Path(directory)):
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                yield t5_to_hub(key), (lambda f=f, key=key: f.get_tensor(key))
+
+
+def detect_layout(keys: list[str]) -> str:
+    """'hub' or 'transformers5' from the file keys (ValueError if mixed or neither)."""
+    t5 = any(k.startswith(("model.visual.", "model.language_model.")) for k in keys)
+    hub = any(k.startswith(("visual.", "model.layers.", "model.embed_tokens.")) for k in keys)
+    if t5 and hub:
+        raise ValueError("checkpoint mixes hub (visual.*, model.layers.*) and transformers-5 key layouts")
+    if not (t5 or hub):
+        raise ValueError("checkpoint keys match neither the hub nor the transformers-5 layout")
+    return "transformers5" if t5 else "hub"
+
+
+def file_keys(directory: str | pathlib.Path) -> list[str]:
+    keys = []
+    for path in checkpoint_files(pathlib.Path(directory)):
+        with safe_open(str(path), framework="numpy") as f:
+            keys.extend(f.keys())
+    return keys
+
+
+ShardingFn = Callable[[tuple, tuple], jax.sharding.Sharding]
+
+
+def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, sharding: ShardingFn | None = None):
+    """Build `cls` without allocating weights, then fill it tensor by tensor from safetensors.
+
+    `sharding(path, shape)` gives the placement of each parameter (default: the default device).
+    """
+    directory = pathlib.Path(directory)
+    config = Qwen2_5_VLConfig.from_pretrained(directory)
+    param_dtype = dtype if param_dtype is None else param_dtype
+    detect_layout(file_keys(directory))
+    expected = param_shapes(config)
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    model = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    flat = dict(nnx.to_flat_state(state))
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == jnp.bfloat16 else np.dtype(param_dtype)
+    for name, load in iter_tensors(directory):
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # some tied checkpoints also store the head; the embedding is authoritative
+        if name not in expected:
+            unexpected.append(name)
+            continue
+        tensor = load()
+        if tuple(tensor.shape) != expected[name]:
+            raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, config expects {expected[name]}")
+        path = nnx_path(name)
+        value = to_nnx(name, tensor).astype(np_dtype)
+        flat[path].set_value(jnp.asarray(value) if sharding is None else jax.device_put(value, sharding(path, value.shape)))
+        seen.add(name)
+        del tensor, value
+    missing = sorted(set(expected) - seen)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {directory} does not match the config: missing tensors {missing}, "
+            f"unexpected tensors {sorted(unexpected)}")
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def save_pretrained(model, directory: str | pathlib.Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                    layout: str = "hub") -> None:
+    """Write config.json and safetensors (hub or transformers-5 `layout`), sharded above max_shard_bytes.
+
+    Tensors are fetched from the device one at a time and written shard by shard, so host memory
+    holds at most one shard.
+    """
+    if layout not in ("hub", "transformers5"):
+        raise ValueError(f"layout must be 'hub' or 'transformers5', got {layout!r}")
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: Qwen2_5_VLConfig = model.config
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    shapes = param_shapes(config)
+    plan: list[list[str]] = [[]]
+    size = 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape)) * flat[nnx_path(name)].get_value().dtype.itemsize
+        if plan[-1] and size + nbytes > max_shard_bytes:
+            plan.append([])
+            size = 0
+        plan[-1].append(name)
+        size += nbytes
+    key = (lambda n: n) if layout == "hub" else hub_to_t5
+    n_files = len(plan)
+    weight_map = {}
+    total = 0
+    for i, names in enumerate(plan):
+        fname = SINGLE_FILE if n_files == 1 else f"model-{i + 1:05d}-of-{n_files:05d}.safetensors"
+        tensors = {}
+        for name in names:
+            value = np.asarray(jax.device_get(flat[nnx_path(name)].get_value()))
+            tensors[key(name)] = to_hf(name, value, shapes[name])
+            weight_map[key(name)] = fname
+            total += tensors[key(name)].nbytes
+        save_file(tensors, str(directory / fname), metadata={"format": "pt"})
+        del tensors
+    if n_files > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    hf = config.to_hf_dict()
+    first = flat[nnx_path("model.embed_tokens.weight")].get_value().dtype
+    hf["torch_dtype"] = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
+        np.dtype(first), "float32")
+    (directory / "config.json").write_text(json.dumps(hf, indent=2))

@@ -1,0 +1,297 @@
+"""Fast generation: one jitted prefill per prompt batch, then a jitted ``lax.while_loop`` decode.
+
+The prefill runs the vision tower and the decoder over the (left-padded, bucketed) prompts and
+fills a preallocated KV cache of length ``prompt_len + max_new_tokens``. The cache is repeated for
+the ``num_return_sequences`` samples of each prompt (HF order: a prompt's samples are adjacent),
+and the decode loop runs until every sequence has emitted EOS or ``max_new_tokens`` were made.
+Shapes depend only on (batch, prompt bucket, patch bucket, max_new_tokens, num_return_sequences),
+so a second call with the same bucket reuses the compiled functions (``jax.jit`` caches on the
+static arguments: the model's graphdef and the sampling parameters).
+
+Decoding positions follow transformers 5: each of the three M-RoPE rows continues from the last
+prompt position + 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .inputs import ModelInputs, build_model_inputs
+
+_NEG_INF = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1``
+    disable those filters. Applied in the HF order: temperature, top-k, top-p."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class GenerationOutput(NamedTuple):
+    """Result of :func:`generate`; rows are ``prompt * num_return_sequences + sample``."""
+
+    tokens: jax.Array  # [B * G, max_new_tokens] int32, pad_token_id after EOS
+    mask: jax.Array  # [B * G, max_new_tokens] bool, True up to and including EOS
+    lengths: jax.Array  # [B * G] int32, number of completion tokens (EOS included)
+    logprobs: jax.Array | None  # [B * G, max_new_tokens] float32 (0 where masked), if requested
+
+
+def sampling_log_probs(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """Log-probabilities of the distribution tokens are drawn from (``-inf`` on filtered tokens).
+
+    For greedy decoding this is the model's plain ``log_softmax`` (temperature 1, no filter), the
+    useful quantity for scoring a greedy completion.
+    """
+    logits = logits.astype(jnp.float32)
+    if params.greedy:
+        return jax.nn.log_softmax(logits, axis=-1)
+    logits = logits / params.temperature
+    vocab = logits.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = jax.lax.top_k(logits, params.top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, _NEG_INF, logits)
+    if params.top_p < 1.0:
+        # Keep the smallest prefix (by descending probability) whose mass reaches top_p: a token is
+        # dropped when the mass strictly above it is already >= top_p (the top token always stays).
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_above = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_above < params.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, _NEG_INF, logits)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def sample_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """Draw one token per row of ``logits [N, V]``; returns (tokens int32 [N], their log-probs [N])."""
+    logprobs = sampling_log_probs(logits, params)
+    if params.greedy:
+        tokens = jnp.argmax(logits, axis=-1)
+    else:
+        tokens = jax.random.categorical(key, logprobs, axis=-1)
+    tokens = tokens.astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+
+
+def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
+    if not eos_ids:
+        return jnp.zeros(tokens.shape, bool)
+    return jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
+
+
+def _eos_tuple(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, int):
+        return (eos_token_id,)
+    return tuple(int(e) for e in eos_token_id)
+
+
+def decode_loop(
+    step_fn: Any,
+    cache: Any,
+    first_logits: jax.Array,
+    key: jax.Array,
+    *,
+    params: SamplingParams,
+    max_new_tokens: int,
+    eos_ids: tuple[int, ...],
+    pad_token_id: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sample ``max_new_tokens`` tokens with a ``lax.while_loop`` that stops once every row has finished.
+
+    ``step_fn(cache, tokens [N], i) -> (logits [N, V], cache)`` feeds the token generated at step
+    ``i - 1`` and returns the logits for step ``i``. ``first_logits [N, V]`` come from the prefill.
+    Returns (tokens [N, T] padded after EOS, log-probs [N, T] (0 where padded), done-mask [N, T]).
+    Call inside jit.
+    """
+    n = first_logits.shape[0]
+    tokens0, logp0 = sample_tokens(jax.random.fold_in(key, 0), first_logits, params)
+    done0 = _is_eos(tokens0, eos_ids)
+    buf = jnp.full((n, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(tokens0)
+    lp_buf = jnp.zeros((n, max_new_tokens), jnp.float32).at[:, 0].set(logp0)
+    valid = jnp.zeros((n, max_new_tokens), bool).at[:, 0].set(True)
+
+    def cond(carry):
+        i, _, _, _, done, _, _ = carry
+        return jnp.logical_and(i < max_new_tokens, jnp.logical_not(jnp.all(done)))
+
+    def body(carry):
+        i, buf, lp_buf, valid, done, last, cache = carry
+        logits, cache = step_fn(cache, last, i)
+        tok, logp = sample_tokens(jax.random.fold_in(key, i), logits, params)
+        active = jnp.logical_not(done)
+        tok = jnp.where(active, tok, pad_token_id)
+        buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, i))
+        lp_buf = jax.lax.dynamic_update_slice(lp_buf, jnp.where(active, logp, 0.0)[:, None], (0, i))
+        valid = jax.lax.dynamic_update_slice(valid, active[:, None], (0, i))
+        done = jnp.logical_or(done, _is_eos(tok, eos_ids))
+        return i + 1, buf, lp_buf, valid, done, tok, cache
+
+    carry = (jnp.int32(1), buf, lp_buf, valid, done0, tokens0, cache)
+    _, buf, lp_buf, valid, _, _, _ = jax.lax.while_loop(cond, body, carry)
+    return buf, lp_buf, valid
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache_len: int):
+    """Vision tower + decoder over the prompts; logits of the last position and the filled cache."""
+    model = nnx.merge(graphdef, state)
+    cache = model.init_cache(inputs.input_ids.shape[0], cache_len)
+    return model.prefill(inputs, cache)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "eos_ids", "pad_token_id"))
+def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: jax.Array,
+            attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, *, params: SamplingParams,
+            max_new_tokens: int, num_return_sequences: int, eos_ids: tuple[int, ...], pad_token_id: int):
+    """Repeat the prompt cache for the samples and run :func:`decode_loop` with the model's decode step."""
+    model = nnx.merge(graphdef, state)
+    g = num_return_sequences
+    cache, last_logits, attention_mask, position_ids = (
+        jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache),
+        jnp.repeat(last_logits, g, axis=0),
+        jnp.repeat(attention_mask, g, axis=0),
+        jnp.repeat(position_ids, g, axis=1),
+    )
+    prompt_len = attention_mask.shape[1]
+    slots = jnp.arange(jax.tree.leaves(cache)[0].shape[1])
+    prompt_keys = jnp.pad(attention_mask.astype(bool), ((0, 0), (0, slots.shape[0] - prompt_len)))
+    # transformers 5 continues each M-RoPE row from the last prompt position.
+    next_pos = position_ids[:, :, -1] + 1  # [3, N]
+
+    def step(cache, tokens, i):
+        slot = prompt_len + i - 1
+        keys = prompt_keys | ((slots >= prompt_len) & (slots < slot))[None, :]
+        return model.decode_step(tokens, next_pos + (i - 1), cache, slot, keys)
+
+    return decode_loop(step, cache, last_logits, key, params=params, max_new_tokens=max_new_tokens,
+                       eos_ids=eos_ids, pad_token_id=pad_token_id)
+
+
+def generate(
+    model: nnx.Module,
+    inputs: ModelInputs | Any = None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_return_sequences: int = 1,
+    rng: jax.Array | int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    return_logprobs: bool = False,
+    return_dict: bool = False,
+    do_sample: bool | None = None,
+    **hf_inputs: Any,
+) -> jax.Array | GenerationOutput:
+    """Generate ``max_new_tokens`` tokens for each of ``num_return_sequences`` samples of every prompt.
+
+    Args:
+      model: a ``Qwen2_5_VLForConditionalGeneration`` (any module with ``init_cache``, ``prefill``,
+        ``decode_step``).
+      inputs: prepared prompts (``inputs.build_model_inputs`` / ``collate_model_inputs``), left padded;
+        or, HF style, ``input_ids`` (positional or keyword) with the other HF model arguments
+        (``attention_mask``, ``pixel_values``, ``image_grid_thw``, ``pixel_values_videos``,
+        ``video_grid_thw``, ``second_per_grid_ts``, ``mm_token_type_ids`` (ignored: derived from the
+        ids)) as keywords, numpy / torch / jax; ``pad_patches_to`` buckets the patches.
+      temperature: 0 for greedy decoding; top_p, top_k: nucleus / top-k filters (1.0 / 0 = off).
+      rng: a JAX key or an int seed (default 0); the same key gives the same samples.
+      eos_token_id: id(s) that end a sequence (default: the model config's); None/() = never stop.
+      pad_token_id: written after EOS (default: the config's, else the first EOS id, else 0).
+      return_logprobs: also return the log-prob of each token under the sampling distribution
+        (temperature-scaled and filtered; for greedy the plain model log-softmax).
+      return_dict: return a :class:`GenerationOutput` (implied by ``return_logprobs``).
+      do_sample: HF switch; False forces greedy decoding, None/True keep ``temperature``.
+
+    Returns:
+      tokens ``[B * num_return_sequences, max_new_tokens]`` int32 (a prompt's samples adjacent),
+      ``pad_token_id`` after the first EOS; or a :class:`GenerationOutput` with mask, lengths and
+      log-probs.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    config = getattr(model, "config", None)
+    if not isinstance(inputs, ModelInputs):
+        if inputs is not None:
+            if "input_ids" in hf_inputs:
+                raise ValueError("generate: input_ids given both positionally and by name")
+            hf_inputs["input_ids"] = inputs
+        inputs = hf_model_inputs(config, **hf_inputs)
+    elif hf_inputs:
+        raise ValueError(f"generate: unexpected arguments {sorted(hf_inputs)} with prepared ModelInputs")
+    params = SamplingParams(0.0 if do_sample is False else float(temperature), float(top_p), int(top_k))
+    if eos_token_id is None and config is not None:
+        eos_token_id = config.eos_token_ids
+    eos_ids = _eos_tuple(eos_token_id)
+    if pad_token_id is None:
+        pad_token_id = getattr(config, "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = eos_ids[0] if eos_ids else 0
+    if rng is None or isinstance(rng, int):
+        rng = jax.random.key(0 if rng is None else rng)
+
+    graphdef, state = nnx.split(model)
+    inputs = jax.tree.map(jnp.asarray, inputs)
+    cache_len = inputs.input_ids.shape[1] + max_new_tokens
+    last_logits, cache = _prefill(graphdef, state, inputs, cache_len)
+    tokens, logprobs, mask = _decode(
+        graphdef, state, cache, last_logits, inputs.attention_mask, inputs.position_ids, rng,
+        params=params, max_new_tokens=int(max_new_tokens), num_return_sequences=int(num_return_sequences),
+        eos_ids=eos_ids, pad_token_id=int(pad_token_id))
+    if not (return_dict or return_logprobs):
+        return tokens
+    return GenerationOutput(tokens, mask, mask.sum(axis=1, dtype=jnp.int32), logprobs if return_logprobs else None)
+
+
+def hf_model_inputs(config: Any, *, mm_token_type_ids: Any = None, pad_patches_to: int | None = None,
+                    **arrays: Any) -> ModelInputs:
+    """``ModelInputs`` from HF-named arguments (numpy, torch or jax; ``mm_token_type_ids`` is ignored).
+
+    ``arrays`` may hold ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``,
+    ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``; anything else is refused.
+    """
+    del mm_token_type_ids  # token types follow from the placeholder ids
+    names = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+             "video_grid_thw", "second_per_grid_ts"}
+    unknown = sorted(set(arrays) - names)
+    if unknown:
+        raise ValueError(f"generate: unknown arguments {unknown}")
+    if arrays.get("input_ids") is None:
+        raise ValueError("generate: input_ids (or prepared ModelInputs) are required")
+    return build_model_inputs(config, pad_patches_to=pad_patches_to, **{k: _to_numpy(v) for k, v in arrays.items()})
+
+
+def _to_numpy(x: Any) -> Any:
+    if x is None:
+        return None
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -1,0 +1,281 @@
+"""Host-side (numpy) preparation of every data-dependent model input.
+
+The jitted model only sees `ModelInputs`: arrays of static shape, batched per sample. Everything that
+depends on the number and size of the images/videos (M-RoPE ids, vision rotary ids, the window
+permutation, attention segments, where each merged vision feature goes) is computed here.
+
+Layout of one sample's vision patches (`P` rows, padded): the sample's images in order, then its
+videos in order, each in Qwen2.5-VL's patch order (the rows of HF `pixel_values`), then padding.
+Merged vision features (`P // merge_unit`) follow the same order, so the image tokens of a sample
+take merged features 0, 1, ... and its video tokens continue after the last image feature.
+
+Window attention: `window_index` is the patch permutation that makes each window contiguous (HF's
+`window_index` over merge units, expanded to the `merge_unit` patches of each unit, per sample); the
+tower gathers patches with it, runs the blocks, merges groups of `merge_unit` consecutive patches,
+and gathers the merged features back to patch order with `window_inverse[:, ::merge_unit] // merge_unit`.
+Segment ids are given in the permuted order: `full_segment_ids` = one segment per temporal group
+of an image/video (HF `cu_seqlens`), `window_segment_ids` = one per window (HF `cu_window_seqlens`).
+Real segments are numbered from 1; padding patches have segment 0 (they attend only to padding,
+their output is dropped), so no softmax row is empty.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import flax.struct
+import numpy as np
+
+from .config import Qwen2_5_VLConfig
+from .rope_index import get_rope_index, token_types, IMAGE, VIDEO
+
+
+@flax.struct.dataclass
+class ModelInputs:
+    """Static-shape model inputs; a pytree of arrays (numpy on the host, jax arrays once on device).
+
+    Shapes: B samples, L tokens, P patches per sample (multiple of merge_unit),
+    D = in_channels * temporal_patch_size * patch_size**2.
+    """
+
+    input_ids: np.ndarray  # [B, L] int32
+    attention_mask: np.ndarray  # [B, L] int32, 1 = real token
+    position_ids: np.ndarray  # [3, B, L] int32 M-RoPE ids (0 on padding)
+    rope_deltas: np.ndarray  # [B, 1] int32
+    pixel_values: np.ndarray  # [B, P, D] float32, images then videos, HF patch order
+    vision_pos_ids: np.ndarray  # [B, P, 2] int32 (row, col) rotary ids, HF patch order
+    window_index: np.ndarray  # [B, P] int32: permuted patch i = original patch window_index[i]
+    window_inverse: np.ndarray  # [B, P] int32: argsort(window_index)
+    full_segment_ids: np.ndarray  # [B, P] int32, permuted order, 0 = padding
+    window_segment_ids: np.ndarray  # [B, P] int32, permuted order, 0 = padding
+    patch_valid: np.ndarray  # [B, P] bool, HF patch order
+    vision_token_index: np.ndarray  # [B, L] int32 merged-feature index per token, -1 = text
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def num_patches(self) -> int:
+        return self.pixel_values.shape[1]
+
+
+def build_model_inputs(
+    config: Qwen2_5_VLConfig,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    pixel_values: np.ndarray | None = None,
+    image_grid_thw: np.ndarray | None = None,
+    pixel_values_videos: np.ndarray | None = None,
+    video_grid_thw: np.ndarray | None = None,
+    second_per_grid_ts: np.ndarray | None = None,
+    pad_patches_to: int | None = None,
+) -> ModelInputs:
+    """Build `ModelInputs` from HF-style arguments (images and videos concatenated over the batch).
+
+    Tokens keep their given length and padding. Patches are padded to `pad_patches_to` (default: the
+    largest sample's patch count). Raises ValueError on a mismatch between vision tokens and grids, a
+    wrong `pixel_values` width or row count, or a `second_per_grid_ts` of the wrong length.
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    ids = ids.astype(np.int32)
+    b, length = ids.shape
+    mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask).reshape(b, length).astype(np.int32)
+    vis = config.vision
+    image_grids, images = _split_patches(config, pixel_values, image_grid_thw, "pixel_values", "image_grid_thw")
+    video_grids, videos = _split_patches(
+        config, pixel_values_videos, video_grid_thw, "pixel_values_videos", "video_grid_thw")
+    # Validates tokens against grids and second_per_grid_ts against the videos.
+    position_ids, rope_deltas = get_rope_index(
+        config, ids, image_grid_thw=image_grids, video_grid_thw=video_grids,
+        second_per_grid_ts=second_per_grid_ts, attention_mask=mask)
+    types = token_types(config, ids) * mask.astype(bool)
+
+    samples = []
+    next_grid = {IMAGE: 0, VIDEO: 0}
+    for row in range(b):
+        grids, chunks = [], []
+        token_index = np.full(length, -1, np.int32)
+        n_merged = 0
+        for kind, all_grids, all_chunks in ((IMAGE, image_grids, images), (VIDEO, video_grids, videos)):
+            where = np.flatnonzero(types[row] == kind)
+            token_index[where] = n_merged + np.arange(len(where), dtype=np.int32)
+            n_merged += len(where)
+            need = len(where)
+            while need > 0:
+                k = next_grid[kind]
+                grids.append(all_grids[k])
+                chunks.append(all_chunks[k])
+                need -= int(np.prod(all_grids[k])) // vis.merge_unit
+                next_grid[kind] += 1
+        samples.append((grids, chunks, token_index))
+
+    needed = max((sum(int(np.prod(g)) for g in s[0]) for s in samples), default=0)
+    n_patches = needed if pad_patches_to is None else int(pad_patches_to)
+    if n_patches < needed:
+        raise ValueError(f"pad_patches_to={pad_patches_to} is smaller than the {needed} patches of a sample")
+    if n_patches % vis.merge_unit:
+        raise ValueError(f"pad_patches_to={n_patches} must be a multiple of merge_unit={vis.merge_unit}")
+    per_sample = [_vision_arrays(config, grids, chunks, n_patches) for grids, chunks, _ in samples]
+    stacked = {k: np.stack([s[k] for s in per_sample]) for k in per_sample[0]} if per_sample else {}
+    return ModelInputs(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        rope_deltas=rope_deltas,
+        vision_token_index=np.stack([s[2] for s in samples]),
+        **stacked,
+    )
+
+
+def collate_model_inputs(
+    samples: Sequence[ModelInputs],
+    pad_len_to: int,
+    pad_patches_to: int,
+    *,
+    padding_side: Literal["left", "right"] = "left",
+    pad_token_id: int = 0,
+) -> ModelInputs:
+    """Stack single-sample (or any-batch) `ModelInputs` into one batch of static shape.
+
+    Tokens are padded to `pad_len_to` on `padding_side` (left by default: generation appends new
+    tokens on the right of every prompt; training may use right padding). Padding tokens get
+    `pad_token_id`, attention 0, position 0 and vision index -1. Patches are padded at the end
+    to `pad_patches_to` (a multiple of merge_unit).
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    parts = []
+    for s in samples:
+        s = _np(s)
+        length, patches = s.seq_len, s.num_patches
+        if length > pad_len_to:
+            raise ValueError(f"sample of {length} tokens does not fit pad_len_to={pad_len_to}")
+        if patches > pad_patches_to:
+            raise ValueError(f"sample of {patches} patches does not fit pad_patches_to={pad_patches_to}")
+        extra = pad_len_to - length
+        tok_pad = (extra, 0) if padding_side == "left" else (0, extra)
+        parts.append(ModelInputs(
+            input_ids=np.pad(s.input_ids, ((0, 0), tok_pad), constant_values=pad_token_id),
+            attention_mask=np.pad(s.attention_mask, ((0, 0), tok_pad)),
+            position_ids=np.pad(s.position_ids, ((0, 0), (0, 0), tok_pad)),
+            rope_deltas=s.rope_deltas,
+            vision_token_index=np.pad(s.vision_token_index, ((0, 0), tok_pad), constant_values=-1),
+            **_pad_patches(s, pad_patches_to),
+        ))
+    return ModelInputs(**{
+        f: np.concatenate([getattr(p, f) for p in parts], axis=1 if f == "position_ids" else 0)
+        for f in ModelInputs.__dataclass_fields__
+    })
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _np(s: ModelInputs) -> ModelInputs:
+    return ModelInputs(**{f: np.asarray(getattr(s, f)) for f in ModelInputs.__dataclass_fields__})
+
+
+def _split_patches(config: Qwen2_5_VLConfig, pixels, grid_thw, pixels_name: str, grid_name: str):
+    """Check one modality's patches against its grids; return (grids [n, 3], per-item patch arrays)."""
+    vis = config.vision
+    if pixels is None and grid_thw is None:
+        return np.zeros((0, 3), np.int64), []
+    if pixels is None or grid_thw is None:
+        raise ValueError(f"{pixels_name} and {grid_name} must be given together")
+    grids = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+    px = np.asarray(pixels, np.float32)
+    if px.ndim != 2 or px.shape[1] != vis.patch_dim:
+        raise ValueError(
+            f"{pixels_name} must be [n_patches, {vis.patch_dim}] (C*T*patch*patch), got shape {px.shape}")
+    if np.any(grids <= 0) or np.any(grids[:, 1:] % vis.spatial_merge_size):
+        raise ValueError(f"{grid_name} {grids.tolist()}: sizes must be positive and h, w multiples of "
+                         f"spatial_merge_size={vis.spatial_merge_size}")
+    counts = grids.prod(axis=1)
+    if px.shape[0] != counts.sum():
+        raise ValueError(f"{pixels_name} has {px.shape[0]} rows but {grid_name} describes {counts.sum()} patches")
+    return grids, np.split(px, np.cumsum(counts)[:-1])
+
+
+def _grid_pos_ids(grid, m: int) -> np.ndarray:
+    """(row, col) rotary ids [t*h*w, 2] of one grid in patch order (merge blocks contiguous)."""
+    t, h, w = (int(x) for x in grid)
+    hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    block = lambda a: a.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).reshape(-1)
+    return np.tile(np.stack([block(hh), block(ww)], axis=-1), (t, 1))
+
+
+def _grid_windows(grid, m: int, win: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window order of one grid's merge units: (unit permutation, window number of each permuted unit)."""
+    t, h, w = (int(x) for x in grid)
+    h, w = h // m, w // m
+    units = np.arange(t * h * w).reshape(t, h, w)
+    order, window_of = [], []
+    n = 0
+    for f in range(t):
+        for r0 in range(0, h, win):
+            for c0 in range(0, w, win):
+                block = units[f, r0:r0 + win, c0:c0 + win].reshape(-1)
+                order.append(block)
+                window_of.append(np.full(len(block), n))
+                n += 1
+    return np.concatenate(order), np.concatenate(window_of)
+
+
+def _vision_arrays(config: Qwen2_5_VLConfig, grids, chunks, n_patches: int) -> dict[str, np.ndarray]:
+    """One sample's vision arrays, padded to n_patches."""
+    vis = config.vision
+    m, unit = vis.spatial_merge_size, vis.merge_unit
+    pixels = np.zeros((n_patches, vis.patch_dim), np.float32)
+    pos = np.zeros((n_patches, 2), np.int32)
+    window_index = np.arange(n_patches, dtype=np.int32)
+    full_seg = np.zeros(n_patches, np.int32)
+    win_seg = np.zeros(n_patches, np.int32)
+    valid = np.zeros(n_patches, bool)
+    start = 0  # in patches
+    frames = windows = 0
+    for grid, chunk in zip(grids, chunks):
+        t, h, w = (int(x) for x in grid)
+        n = t * h * w
+        pixels[start:start + n] = chunk
+        pos[start:start + n] = _grid_pos_ids(grid, m)
+        order, window_of = _grid_windows(grid, m, vis.window_merged)
+        window_index[start:start + n] = start + (order[:, None] * unit + np.arange(unit)).reshape(-1)
+        # Units never cross a window or a frame, and windows stay inside their frame, so the
+        # permuted layout keeps frames contiguous: segments can be written unit by unit.
+        full_seg[start:start + n] = frames + 1 + np.repeat(np.arange(t), h * w)
+        win_seg[start:start + n] = windows + 1 + np.repeat(window_of, unit)
+        valid[start:start + n] = True
+        frames += t
+        windows += int(window_of.max()) + 1
+        start += n
+    return dict(
+        pixel_values=pixels,
+        vision_pos_ids=pos,
+        window_index=window_index,
+        window_inverse=np.argsort(window_index).astype(np.int32),
+        full_segment_ids=full_seg,
+        window_segment_ids=win_seg,
+        patch_valid=valid,
+    )
+
+
+def _pad_patches(s: ModelInputs, n_patches: int) -> dict[str, np.ndarray]:
+    """Pad a batch's patch arrays (at the end) to n_patches; padded patches map to themselves."""
+    extra = n_patches - s.num_patches
+    tail = np.broadcast_to(np.arange(s.num_patches, n_patches, dtype=np.int32), (s.batch_size, extra))
+    return dict(
+        pixel_values=np.pad(s.pixel_values, ((0, 0), (0, extra), (0, 0))),
+        vision_pos_ids=np.pad(s.vision_pos_ids, ((0, 0), (0, extra), (0, 0))),
+        window_index=np.concatenate([s.window_index, tail], axis=1),
+        window_inverse=np.concatenate([s.window_inverse, tail], axis=1),
+        full_segment_ids=np.pad(s.full_segment_ids, ((0, 0), (0, extra))),
+        window_segment_ids=np.pad(s.window_segment_ids, ((0, 0), (0, extra))),
+        patch_valid=np.pad(s.patch_valid, ((0, 0), (0, extra))),
+    )

@@ -1,0 +1,214 @@
+"""PartitionSpecs for Qwen2.5-VL weights, KV cache and activations over the mesh (`data`, `fsdp`, `tensor`).
+
+Two layouts:
+
+- ``"replicated"``: no sharding; every array is fully replicated on the mesh.
+- ``"fsdp_tensor"``: Megatron-style tensor parallelism on ``tensor`` (column-parallel q/k/v, gate/up,
+  vision qkv, merger fc1 and lm_head split their output features; row-parallel o_proj, down_proj,
+  vision proj and merger fc2 split their input features) with the other weight dimension sharded
+  over ``fsdp``; batch-like activation and cache dimensions over ``("data", "fsdp")``.
+
+Weight specs come from rules on the parameter path (``model.language_model.layers.3.self_attn.q_proj.kernel``);
+Linear kernels are ``[in, out]``. A rule's spec names the trailing dimensions, so stacked (scanned)
+layers with a leading layer dimension get the same spec. Every spec is divisibility-safe: an axis
+that does not divide the dimension it would shard is dropped (that dimension is replicated on it)
+and the fallback is logged at INFO level and reported by :func:`param_specs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["replicated", "fsdp_tensor"]
+LAYOUTS: tuple[str, ...] = ("replicated", "fsdp_tensor")
+MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+
+_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|qkv|merger\.mlp_in)"
+_ROW = r"(o_proj|down_proj|attn\.proj|merger\.mlp_out)"
+_NORM = r"(norm|norm1|norm2|ln_q|input_layernorm|post_attention_layernorm)"
+
+# (name, regex on the dotted path, spec of the trailing dims in the fsdp_tensor layout)
+WEIGHT_RULES: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+    ("column_kernel", _COLUMN + r"\.kernel$", ("fsdp", "tensor")),
+    ("column_bias", _COLUMN + r"\.bias$", ("tensor",)),
+    ("row_kernel", _ROW + r"\.kernel$", ("tensor", "fsdp")),
+    ("row_bias", _ROW + r"\.bias$", (None,)),
+    ("embed_tokens", r"embed_tokens\.(embedding|weight)$", ("tensor", "fsdp")),
+    ("lm_head", r"lm_head\.kernel$", ("fsdp", "tensor")),
+    ("lm_head_bias", r"lm_head\.bias$", ("tensor",)),
+    # Patch embedding: output channels are the last dim of both a linear and a conv kernel.
+    ("patch_embed", r"patch_embed\..*(kernel|weight)$", ("fsdp",)),
+    ("patch_embed_bias", r"patch_embed\..*bias$", (None,)),
+    ("norm", _NORM + r"\.(scale|weight)$", (None,)),
+)
+
+# Activation specs in the fsdp_tensor layout, by name; shapes in the comments.
+ACTIVATION_SPECS: dict[str, tuple[Any, ...]] = {
+    "tokens": (BATCH, None),  # [B, L] ids, masks, sampled tokens
+    "positions": (None, BATCH, None),  # [3, B, L] M-RoPE position ids
+    "hidden": (BATCH, None, None),  # [B, L, D] residual stream
+    "heads": (BATCH, None, "tensor", None),  # [B, L, H, Dh] q / k / v / attention output
+    "mlp": (BATCH, None, "tensor"),  # [B, L, F] SwiGLU intermediate
+    "logits": (BATCH, None, "tensor"),  # [B, L, V]
+    "last_logits": (BATCH, "tensor"),  # [B, V]
+    "kv_cache": (BATCH, None, "tensor", None),  # [B, S, Hkv, Dh] per layer
+    "vision_hidden": (None, None),  # [N, Dv] packed patches of every image/video
+    "vision_heads": (None, "tensor", None),  # [N, Hv, Dh]
+    "vision_mlp": (None, "tensor"),  # [N, Fv]
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ``(data, fsdp, tensor)`` mesh over the first ``data * fsdp * tensor`` devices."""
+    sizes = (data, fsdp, tensor)
+    if any(int(s) < 1 for s in sizes):
+        raise ValueError(f"mesh axis sizes must be >= 1, got data={data} fsdp={fsdp} tensor={tensor}")
+    devices = list(jax.devices() if devices is None else devices)
+    n = math.prod(sizes)
+    if n > len(devices):
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {n} devices, have {len(devices)}")
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown sharding layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def _axis_size(mesh: Mesh, axes: Any) -> int:
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return math.prod(mesh.shape[a] for a in names)
+
+
+def fit_spec(trailing: Sequence[Any], shape: Sequence[int], mesh: Mesh, what: str = "") -> tuple[P, list[str]]:
+    """Right-align ``trailing`` to ``shape`` and drop axes that do not divide their dimension.
+
+    Returns the PartitionSpec and one message per dropped axis.
+    """
+    if len(trailing) > len(shape):
+        trailing = trailing[len(trailing) - len(shape):]
+    spec = [None] * (len(shape) - len(trailing)) + list(trailing)
+    notes = []
+    for d, axes in enumerate(spec):
+        if axes is None:
+            continue
+        # Keep the longest prefix of a multi-axis entry that divides the dimension.
+        names = list(axes) if isinstance(axes, tuple) else [axes]
+        while names and shape[d] % _axis_size(mesh, tuple(names)) != 0:
+            names.pop()
+        kept = tuple(names) if len(names) > 1 else (names[0] if names else None)
+        if kept != axes:
+            notes.append(f"{what} dim {d} (size {shape[d]}) not divisible by mesh axes {axes}: "
+                         f"sharded on {kept} instead")
+        spec[d] = kept
+    return P(*spec), notes
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+    parts = []
+    for k in path:
+        key = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+        parts.append(str(key))
+    if parts and parts[-1] == "value":
+        parts.pop()
+    return ".".join(parts)
+
+
+def weight_rule(path: str) -> tuple[str, tuple[Any, ...]] | None:
+    """The (rule name, trailing spec) matching a dotted parameter path, or None."""
+    for name, pattern, spec in WEIGHT_RULES:
+        if re.search(pattern, path):
+            return name, spec
+    return None
+
+
+def param_specs(state: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> tuple[Any, list[str]]:
+    """PartitionSpecs for every array leaf of ``state`` (an ``nnx.State`` or any pytree), and fallback notes.
+
+    Leaves no rule matches (e.g. non-Param buffers) are replicated and noted.
+    """
+    _check_layout(layout)
+    notes: list[str] = []
+
+    def one(path, leaf):
+        shape = np.shape(leaf)
+        if layout == "replicated" or not shape:
+            return P()
+        name = _path_str(path)
+        rule = weight_rule(name)
+        if rule is None:
+            notes.append(f"{name}: no sharding rule, replicated")
+            return P()
+        spec, dropped = fit_spec(rule[1], shape, mesh, name)
+        notes.extend(dropped)
+        return spec
+
+    specs = jax.tree_util.tree_map_with_path(one, state)
+    for note in notes:
+        logger.info("sharding: %s", note)
+    return specs, notes
+
+
+def activation_spec(name: str, shape: Sequence[int], mesh: Mesh, layout: Layout = "fsdp_tensor") -> P:
+    """The divisibility-safe PartitionSpec of a named activation (see ``ACTIVATION_SPECS``)."""
+    _check_layout(layout)
+    if name not in ACTIVATION_SPECS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATION_SPECS)}")
+    if layout == "replicated":
+        return P()
+    trailing = ACTIVATION_SPECS[name]
+    if len(trailing) != len(shape):
+        raise ValueError(f"activation {name!r} has rank {len(trailing)}, got shape {tuple(shape)}")
+    spec, notes = fit_spec(trailing, shape, mesh, name)
+    for note in notes:
+        logger.info("sharding: %s", note)
+    return spec
+
+
+def constrain(x: jax.Array, name: str, mesh: Mesh, layout: Layout = "fsdp_tensor") -> jax.Array:
+    """``with_sharding_constraint`` of ``x`` to the named activation spec (usable inside jit)."""
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, activation_spec(name, x.shape, mesh, layout)))
+
+
+def cache_specs(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
+    """Specs for a KV cache pytree: rank-4 leaves are ``[B, S, Hkv, Dh]`` (a leading layer dim is allowed,
+    rank 5), lower-rank leaves (lengths, indices) are sharded on batch when rank 1, else replicated."""
+    _check_layout(layout)
+
+    def one(leaf):
+        shape = np.shape(leaf)
+        if layout == "replicated" or not shape:
+            return P()
+        if len(shape) >= 4:
+            return fit_spec(ACTIVATION_SPECS["kv_cache"], shape, mesh, "kv_cache")[0]
+        if len(shape) == 1:
+            return fit_spec((BATCH,), shape, mesh, "cache")[0]
+        return P()
+
+    return jax.tree.map(one, cache)
+
+
+def named(specs: Any, mesh: Mesh) -> Any:
+    """Map a pytree of PartitionSpecs to NamedShardings on ``mesh``."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
+    """Place ``model``'s state on ``mesh`` according to ``layout`` (in place); returns the NamedSharding tree."""
+    state = nnx.state(model)
+    shardings = named(param_specs(state, mesh, layout)[0], mesh)
+    nnx.update(model, jax.device_put(state, shardings))
+    return shardings

@@ -1,0 +1,112 @@
+"""Qwen2 text decoder with chunked multimodal rotary embeddings (M-RoPE), in Flax NNX.
+
+M-RoPE: position ids are [3, B, L] (temporal, row, column). The rotary frequency pairs of a head are
+split in three consecutive chunks of `mrope_section` pairs, taking their angle from the temporal,
+row and column id respectively (chunked, not interleaved), as in transformers' Qwen2.5-VL.
+
+KV cache: a list with one `{"k": [B, T, KV, D], "v": [B, T, KV, D]}` per layer. A call with
+`cache` and `cache_index` writes its keys/values at [cache_index, cache_index + L) and attends over
+the whole cache under `kv_mask` [B, L, T] (the caller builds it: causal, padding, unfilled slots).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import TextConfig
+from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention
+
+KVCache = list  # list[dict[str, jax.Array]], one {"k", "v"} per layer
+
+
+def mrope_cos_sin(cfg: TextConfig, position_ids: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, L, head_dim] from position ids [3, B, L] (angles in float32, then cast to dtype)."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    axis_of_pair = jnp.repeat(jnp.arange(3), jnp.asarray(cfg.mrope_section), total_repeat_length=hd // 2)
+    pos = position_ids.astype(jnp.float32)[axis_of_pair]  # [hd/2, B, L]
+    freqs = jnp.moveaxis(pos, 0, -1) * inv_freq  # [B, L, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        hd = cfg.head_dim
+        self.q_proj = nnx.Linear(cfg.hidden_size, cfg.num_attention_heads * hd, use_bias=True, **kw)
+        self.k_proj = nnx.Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, use_bias=True, **kw)
+        self.v_proj = nnx.Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, use_bias=True, **kw)
+        self.o_proj = nnx.Linear(cfg.num_attention_heads * hd, cfg.hidden_size, use_bias=False, **kw)
+        self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+        b, length, _ = x.shape
+        q = apply_rotary(self.q_proj(x).reshape(b, length, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rotary(self.k_proj(x).reshape(b, length, self.num_kv, self.head_dim), cos, sin)
+        v = self.v_proj(x).reshape(b, length, self.num_kv, self.head_dim)
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            layer_cache = {
+                "k": jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start),
+                "v": jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start),
+            }
+            k, v = layer_cache["k"].astype(q.dtype), layer_cache["v"].astype(q.dtype)
+        out = masked_attention(q, k, v, mask, self.head_dim**-0.5)
+        return self.o_proj(out.reshape(b, length, -1)), layer_cache
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, rngs=rngs, **kw)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=False, rngs=rngs, **kw)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), layer_cache
+
+
+class TextModel(nnx.Module):
+    """`model.language_model`: embeddings, decoder layers, final norm (no LM head)."""
+
+    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.cfg = cfg
+        self.dtype = dtype
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+
+    def __call__(
+        self,
+        inputs_embeds: jax.Array,
+        position_ids: jax.Array,
+        mask: jax.Array,
+        cache: KVCache | None = None,
+        cache_index: jax.Array | int | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final hidden states [B, L, H] (after the norm) and the updated cache (None without cache).
+
+        mask [B, L, S] is True where query l may attend key s (S = L without cache, T with cache).
+        """
+        cos, sin = mrope_cos_sin(self.cfg, position_ids, self.dtype)
+        x = inputs_embeds.astype(self.dtype)
+        new_cache = [] if cache is not None else None
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            if cache is not None:
+                new_cache.append(layer_cache)
+        return self.norm(x), new_cache
+
+
+def causal_mask(attention_mask: jax.Array) -> jax.Array:
+    """[B, L, L] mask: key s <= query l and key s is a real token."""
+    length = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    return causal[None] & attention_mask[:, None, :].astype(bool)

@@ -1,0 +1,126 @@
+"""Qwen2.5-VL vision tower in Flax NNX.
+
+Input is batched per sample (see `inputs.ModelInputs`): patches [B, P, C*T*p*p] in HF patch order.
+The tower embeds every patch (the 3-D conv with stride = kernel is one matmul per patch), permutes
+patches into window order (`window_index`), runs the blocks with window attention or, in
+`fullatt_block_indexes`, attention within each temporal group (both as segment-id masks, so any
+mix of images and videos runs in one static-shape program), merges groups of 2x2 patches, and
+returns merged features [B, P // merge_unit, out_hidden] back in HF order (`window_inverse`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import VISION_RMS_EPS, VisionConfig
+from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention
+
+
+class PatchEmbed(nnx.Module):
+    """Conv3d(kernel = stride = (T, p, p), no bias) as a linear map of each flattened patch."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(cfg.patch_dim, cfg.hidden_size, use_bias=False, dtype=dtype,
+                               param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        return self.proj(pixels)
+
+
+def vision_rotary(cfg: VisionConfig, pos_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [..., head_dim] of the 2-D rotary from (row, col) ids [..., 2] (float32)."""
+    quarter = cfg.head_dim // 4
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, 2 * quarter, 2, dtype=jnp.float32) / (2 * quarter)))
+    freqs = pos_ids.astype(jnp.float32)[..., None] * inv_freq  # [..., 2, quarter]
+    freqs = freqs.reshape(*freqs.shape[:-2], 2 * quarter)  # rows then cols
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class VisionAttention(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = nnx.Linear(cfg.hidden_size, 3 * cfg.hidden_size, use_bias=True, **kw)
+        self.proj = nnx.Linear(cfg.hidden_size, cfg.hidden_size, use_bias=True, **kw)
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        b, p, _ = x.shape
+        qkv = self.qkv(x).reshape(b, p, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # Rotary in float32, as in the reference.
+        q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
+        k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
+        out = masked_attention(q, k, v, mask, self.head_dim**-0.5)
+        return self.proj(out.reshape(b, p, -1))
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.norm1 = RMSNorm(cfg.hidden_size, VISION_RMS_EPS, **kw)
+        self.norm2 = RMSNorm(cfg.hidden_size, VISION_RMS_EPS, **kw)
+        self.attn = VisionAttention(cfg, rngs=rngs, **kw)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=True, rngs=rngs, **kw)
+
+    def __call__(self, x, cos, sin, mask):
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+    """RMSNorm per patch, concatenate each 2x2 group, Linear -> GELU (exact) -> Linear."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        dm = cfg.hidden_size * cfg.merge_unit
+        self.ln_q = RMSNorm(cfg.hidden_size, VISION_RMS_EPS, **kw)
+        self.mlp_0 = nnx.Linear(dm, dm, rngs=rngs, **kw)
+        self.mlp_2 = nnx.Linear(dm, cfg.out_hidden_size, rngs=rngs, **kw)
+        self.merge_unit = cfg.merge_unit
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, p, d = x.shape
+        x = self.ln_q(x).reshape(b, p // self.merge_unit, d * self.merge_unit)
+        return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
+
+
+def _take(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x [B, N, ...] gathered along N with index [B, M]."""
+    return jax.vmap(lambda a, i: a[i])(x, index)
+
+
+class VisionTransformer(nnx.Module):
+    """`model.visual`: patches -> merged features in the language model's width."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.cfg = cfg
+        self.dtype = dtype
+        self.patch_embed = PatchEmbed(cfg, **kw)
+        self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
+        self.merger = PatchMerger(cfg, **kw)
+
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        vision_pos_ids: jax.Array,
+        window_index: jax.Array,
+        window_inverse: jax.Array,
+        full_segment_ids: jax.Array,
+        window_segment_ids: jax.Array,
+    ) -> jax.Array:
+        """Merged features [B, P // merge_unit, out_hidden] in HF order (see module docstring)."""
+        unit = self.cfg.merge_unit
+        x = self.patch_embed(_take(pixel_values, window_index).astype(self.dtype))
+        cos, sin = vision_rotary(self.cfg, _take(vision_pos_ids, window_index))
+        full_mask = full_segment_ids[:, :, None] == full_segment_ids[:, None, :]
+        window_mask = window_segment_ids[:, :, None] == window_segment_ids[:, None, :]
+        fullatt = set(self.cfg.fullatt_block_indexes)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, full_mask if i in fullatt else window_mask)
+        merged = self.merger(x)
+        return _take(merged, window_inverse[:, ::unit] // unit)

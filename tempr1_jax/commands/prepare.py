@@ -1,0 +1,137 @@
+"""`tempr1 prepare`: native benchmark annotations -> validated unified samples on disk.
+
+Reads the annotations with the dataset's adapter (`data_pipeline.sources.SOURCES`), validates
+every record (`data_pipeline.samples.validate_sample`: finite times, start <= end, inside the
+duration up to a small tolerance, answer letters, media files present under `--videos`) and
+either stops at the first bad record, naming file and record (exit code 1), or with
+`--skip_bad` skips and counts them. Nothing is written unless validation finishes. Writes to
+`--out`:
+
+- `{dataset}-{split}.array_record-00000-of-0000N`: one sample JSON per record (Grain reads it
+  with `data_pipeline.arrayrecord_io.open_split(out, split)`);
+- `{split}.jsonl`: the same samples, one per line (for `tempr1 score --targets`);
+- `prepare_report.json`: per split, counts kept / skipped (by reason) and per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import sys
+
+HELP = "Convert benchmark annotations to validated unified samples (ArrayRecord + JSONL)."
+REPORT_NAME = "prepare_report.json"
+SUBSET_DATASETS = ("activitynet13", "hacs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    from data_pipeline.sources import SOURCES
+
+    parser.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="annotation format")
+    parser.add_argument(
+        "--annotations",
+        required=True,
+        action="append",
+        type=pathlib.Path,
+        help="annotation file; repeat for formats with several files (e.g. NExT-GQA csv + json)",
+    )
+    parser.add_argument(
+        "--videos", type=pathlib.Path, default=None, help="directory of the video (or image) files"
+    )
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument("--split", default="test", help="split name for the output files (default: test)")
+    parser.add_argument(
+        "--skip_bad", action="store_true", help="skip and count bad records instead of stopping"
+    )
+    parser.add_argument(
+        "--no_video_check", action="store_true", help="do not check that media files exist under --videos"
+    )
+    parser.add_argument("--subset", default=None, help="activitynet13/hacs: keep one subset, e.g. validation")
+    parser.add_argument("--num_shards", type=int, default=1, help="number of ArrayRecord shards")
+
+
+def _progress(iterable, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit=" records", mininterval=1.0, file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate and write one split; 0 on success, 1 on a bad record, 2 on unusable input."""
+    from data_pipeline import arrayrecord_io
+    from data_pipeline.samples import InvalidSampleError, write_jsonl
+    from data_pipeline.sources import ValidationReport, load_validated
+
+    if "-" in args.split:
+        print(f"error: --split may not contain '-', got {args.split!r}", file=sys.stderr)
+        return 2
+    if args.videos is not None and not args.videos.is_dir():
+        print(f"error: --videos {args.videos} is not a directory", file=sys.stderr)
+        return 2
+    if args.subset is not None and args.dataset not in SUBSET_DATASETS:
+        print(f"error: --subset applies to {', '.join(SUBSET_DATASETS)} only", file=sys.stderr)
+        return 2
+    kwargs = {"subset": args.subset} if args.subset is not None else {}
+    report = ValidationReport()
+    records = load_validated(
+        args.dataset,
+        args.annotations,
+        args.videos,
+        skip_bad=args.skip_bad,
+        check_files=not args.no_video_check,
+        report=report,
+        **kwargs,
+    )
+    try:
+        with _progress(records, f"prepare {args.dataset}") as bar:
+            samples = list(bar)
+    except InvalidSampleError as err:
+        print(
+            f"error: {err}\n(stopped at the first bad record; --skip_bad skips and counts them)",
+            file=sys.stderr,
+        )
+        return 1
+    except ValueError as err:
+        print(f"error: {args.dataset}: {err}", file=sys.stderr)
+        return 2
+    if not samples:
+        _print_skipped(report, sys.stderr)
+        print(f"error: no usable records in {', '.join(map(str, args.annotations))}", file=sys.stderr)
+        return 1
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    shards = arrayrecord_io.write_split(
+        args.out, args.split, samples, name=args.dataset, num_shards=args.num_shards
+    )
+    jsonl = args.out / f"{args.split}.jsonl"
+    write_jsonl(jsonl, samples)
+    summary = {
+        "dataset": args.dataset,
+        "annotations": [str(p) for p in args.annotations],
+        "videos": str(args.videos) if args.videos is not None else None,
+        **report.to_dict(),
+        "by_task": dict(collections.Counter(s.task for s in samples)),
+        "files": [p.name for p in shards] + [jsonl.name],
+    }
+    _update_report(args.out / REPORT_NAME, args.split, summary)
+    print(f"{args.dataset} {args.split}: kept {report.kept} of {report.total} records -> {args.out}")
+    _print_skipped(report, sys.stdout)
+    return 0
+
+
+def _print_skipped(report, stream) -> None:
+    """The number of skipped records per reason, with one example message each."""
+    if report.skipped:
+        print(f"skipped {sum(report.skipped.values())} bad records:", file=stream)
+        for kind, count in report.skipped.most_common():
+            print(f"  {kind}: {count}  e.g. {report.examples[kind]}", file=stream)
+
+
+def _update_report(path: pathlib.Path, split: str, summary: dict) -> None:
+    """Add or replace this split's entry, keeping other splits prepared into the same directory."""
+    report = json.loads(path.read_text()) if path.is_file() else {"splits": {}}
+    report["splits"][split] = summary
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

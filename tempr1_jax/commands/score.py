@@ -1,0 +1,86 @@
+"""`tempr1 score`: benchmark metrics of a predictions file against unified targets.
+
+Targets: JSONL, one unified sample (DESIGN §6) per line. Predictions: JSONL, one
+`{"id": ..., "output": "..."}` per line. A target without a prediction is scored as an
+unparseable output (0) and the number of such targets is printed. Prints our metrics with the
+paper's figure beside them where one exists, and optionally writes them to `--out` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Any
+
+HELP = "Score a predictions file against unified targets."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("--task", required=True, help="task name: tg dtg vhd gvqa tal tvg order mcq")
+    parser.add_argument("--predictions", required=True, type=pathlib.Path, help='JSONL of {"id", "output"}')
+    parser.add_argument("--targets", required=True, type=pathlib.Path, help="JSONL of unified samples")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="write the metrics here as JSON")
+    parser.add_argument("--dataset", default=None, help="benchmark name for the paper column (default: targets' source)")
+    parser.add_argument("--strict", action="store_true", help="thresholds use IoU > thr (Time-R1) instead of >=")
+
+
+def _read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{what} {path}:{lineno}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError(f"{what} {path}:{lineno}: expected an object with an 'id'")
+            rows.append(row)
+    return rows
+
+
+def format_table(metrics: dict[str, float], dataset: str | None, task: str) -> str:
+    """Our metrics beside the paper's figure (method named) where the paper has one."""
+    from tempr1_jax.paper_results import paper_figure
+
+    lines = [f"{'metric':<12} {'ours':>8}  paper", f"{'-' * 12} {'-' * 8}  {'-' * 30}"]
+    for name, value in metrics.items():
+        fig = paper_figure(dataset, name, task)
+        paper = f"{fig[1]:.1f} ({fig[0]})" if fig else "-"
+        lines.append(f"{name:<12} {value:>8.2f}  {paper}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, print the table, optionally write JSON; 0 on success, 2 on bad input."""
+    from tempr1_jax.evaluation import score
+    from tempr1_jax.paper_results import canonical_dataset
+
+    try:
+        targets = _read_jsonl(args.targets, "targets")
+        predictions = _read_jsonl(args.predictions, "predictions")
+        if not targets:
+            raise ValueError(f"targets {args.targets}: no samples")
+        outputs_by_id = {str(p["id"]): p.get("output") for p in predictions}
+        outputs = [outputs_by_id.get(str(t["id"])) for t in targets]
+        missing = sum(o is None for o in outputs)
+        known = {str(t["id"]) for t in targets}
+        unmatched = sum(1 for pid in outputs_by_id if pid not in known)
+        metrics = score(args.task, [o if isinstance(o, str) else "" for o in outputs], targets, strict=args.strict)
+    except (OSError, ValueError) as e:
+        print(f"tempr1 score: {e}", file=sys.stderr)
+        return 2
+    dataset = canonical_dataset(args.dataset or targets[0].get("source"), args.task)
+    print(f"task {args.task}, dataset {dataset or '?'}: {len(targets)} targets, "
+          f"{missing} without a prediction (scored 0), {unmatched} predictions with unknown ids")
+    print(format_table(metrics, dataset, args.task))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        report = {"task": args.task, "dataset": dataset, "n": len(targets), "missing": missing,
+                  "unmatched": unmatched, "metrics": metrics}
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0

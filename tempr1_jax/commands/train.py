@@ -1,0 +1,52 @@
+"""`tempr1 train`: GRPO / DAPO / GSPO training from gin configs (see `tempr1_jax.rl.trainer`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from tempr1_jax.config import add_gin_arguments, parse_gin
+
+HELP = "GRPO (or DAPO/GSPO) training from gin configs; resumes from a checkpoint in --workdir."
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """`data=D,fsdp=F,tensor=T` (any subset, any order) -> {"data": D, ...}; ValueError when malformed."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in ("data", "fsdp", "tensor") or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T with positive integers")
+        out[name] = int(value)
+    return out
+
+
+def mesh_bindings(text: str | None) -> list[str]:
+    """gin bindings for the `--mesh` shortcut."""
+    return [] if not text else [f"MeshConfig.{k} = {v}" for k, v in parse_mesh(text).items()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gin_file/--gin.NAME=VALUE, --workdir, --steps, --mesh, --distributed."""
+    add_gin_arguments(parser)
+    parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config)")
+    parser.add_argument("--steps", type=int, default=None, help="total training steps (TrainConfig.steps)")
+    parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
+                        help="device mesh shortcut for MeshConfig.data/fsdp/tensor")
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (one process per TPU host)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse the gin config, build the trainer and train; 0 on success or after a SIGTERM save."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    if args.steps is not None and args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    from tempr1_jax.rl import trainer  # registers the configurables before parsing
+
+    parse_gin(args, bindings=mesh_bindings(args.mesh))
+    return trainer.train(args.workdir, steps=args.steps)

@@ -1,0 +1,95 @@
+"""Published figures to print beside ours, keyed by (dataset, metric) -> {method: percent}.
+
+Sources (seeds/): TempR1 Tables 1-2 (and the full-model row of Table 3 for TAL F1@thr), Time-R1's
+slides (its own tables), TPRU's summary. Metric names are ours (`evaluation.score` keys): the
+TempR1 table's VHD "R1@thr" columns are our vhd "R@thr". Methods marked * were fine-tuned on
+that single dataset after multi-task training.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TG = ("mIoU", "R1@0.3", "R1@0.5", "R1@0.7")
+_LOC = ("mIoU", "R@0.3", "R@0.5", "R@0.7")
+
+
+def _rows(dataset: str, metrics: tuple[str, ...], rows: dict[str, tuple[float | None, ...]]):
+    for method, values in rows.items():
+        for metric, value in zip(metrics, values):
+            if value is not None:
+                yield (dataset, metric), method, value
+
+
+_TABLES = [
+    # TempR1 Table 1.
+    *_rows("charades_sta", _TG, {
+        "TempR1": (61.4, 83.2, 72.7, 51.2), "TempR1*": (62.5, 83.0, 73.2, 52.3),
+        "Time-R1*": (58.8, 82.8, 72.2, 50.1),
+        "Time-R1 (zero-shot, Time-R1 slides)": (58.1, 78.1, 60.8, 35.3),
+    }),
+    *_rows("activitynet_captions", _TG, {
+        "TempR1": (32.2, 47.6, 28.9, 14.0), "TempR1*": (51.9, 72.5, 55.4, 34.1),
+        "Time-R1*": (None, 73.3, 55.6, 34.0),
+        "Time-R1 (zero-shot, Time-R1 slides)": (40.5, 58.6, 39.0, 21.4),
+    }),
+    *_rows("qvhighlights", _LOC, {
+        "TempR1": (71.1, 91.1, 79.4, 61.4), "TempR1*": (71.6, 91.5, 80.1, 62.0),
+        "Time-R1*": (44.7, 63.2, 47.1, 28.0),
+    }),
+    # TempR1 Table 2.
+    *_rows("activitynet_captions_dtg", _LOC, {
+        "TempR1": (59.8, 82.6, 66.7, 43.4), "Time-R1": (33.0, 48.5, 29.7, 13.9),
+    }),
+    *_rows("nextgqa", ("mIoU", "R@0.3", "R@0.5", "R@0.7", "Acc"), {
+        "TempR1": (39.2, 58.9, 35.9, 17.1, 70.1), "Time-R1": (28.3, 39.2, 18.6, 8.2, 62.1),
+    }),
+    *_rows("activitynet_1.3", ("mF1",), {"TempR1": (71.0,), "Time-R1": (52.8,)}),
+    *_rows("activitynet_1.3", ("F1@0.1", "F1@0.3", "F1@0.5", "F1@0.7"), {
+        "TempR1 (Table 3 ablation, full)": (89.8, 77.3, 64.5, 50.9),
+    }),
+    # Time-R1 slides: TVGBench.
+    *_rows("tvgbench", _TG, {"Time-R1": (29.2, 41.8, 29.4, 16.4)}),
+    # TPRU summary: TPRU-Test overall accuracy (all three task types together).
+    *_rows("tpru_test", ("Acc",), {"TPRU-7B": (75.70,)}),
+]
+
+PAPER_RESULTS: dict[tuple[str, str], dict[str, float]] = {}
+for _key, _method, _value in _TABLES:
+    PAPER_RESULTS.setdefault(_key, {})[_method] = _value
+
+_ALIASES = {
+    "charades": "charades_sta", "charadessta": "charades_sta",
+    "activitynet": "activitynet_captions", "anet": "activitynet_captions",
+    "activitynetcaptions": "activitynet_captions", "anetcaptions": "activitynet_captions",
+    "qvh": "qvhighlights", "qvhighlights": "qvhighlights",
+    "nextgqa": "nextgqa",
+    "activitynet13": "activitynet_1.3", "activitynetv13": "activitynet_1.3", "anet13": "activitynet_1.3",
+    "anetv13": "activitynet_1.3",
+    "tvgbench": "tvgbench",
+    "tpru": "tpru_test", "tprutest": "tpru_test",
+}
+
+
+def canonical_dataset(name: str | None, task: str | None = None) -> str | None:
+    """Our dataset key for a user or `source` name ("Charades-STA" -> "charades_sta").
+
+    ActivityNet Captions is one key for TG and another for DTG (same metric names, other table).
+    """
+    if not name:
+        return None
+    key = _ALIASES.get(re.sub(r"[^a-z0-9]", "", name.lower()), name.lower())
+    if key == "activitynet_captions" and task == "dtg":
+        return "activitynet_captions_dtg"
+    if key == "activitynet_captions" and task == "tal":
+        return "activitynet_1.3"
+    return key
+
+
+def paper_figure(dataset: str | None, metric: str, task: str | None = None) -> tuple[str, float] | None:
+    """(method, value) to print beside our `metric`: TempR1's figure if given, else the first."""
+    figures = PAPER_RESULTS.get((canonical_dataset(dataset, task), metric))
+    if not figures:
+        return None
+    method = "TempR1" if "TempR1" in figures else next(iter(figures))
+    return method, figures[method]

@@ -1,0 +1,187 @@
+"""Plain-Python rewards, line by line from TempR1 §3.2-3.4 (eq. 3-11) and DESIGN §2.
+
+For reading and for tests: the batched kernel (`kernel.py`) must agree with these functions.
+A segment is a `(start, end)` pair of floats as parsed (possibly NaN, inf, negative, reversed).
+Robustness rules (DESIGN §2): a predicted segment with a non-finite number or end < start is
+"invalid": it still counts as a prediction but has IoU 0 with everything; valid ones are clipped
+to [0, duration]. Ground truths are validated upstream (`tasks.target_segments`) and clipped too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from tempr1_jax import tasks as tasks_lib
+
+Segment = tuple[float, float]
+
+
+def clip_segment(seg: Segment, duration: float) -> Segment | None:
+    """The segment clipped to [0, duration], or None if it is invalid (non-finite or reversed)."""
+    s, e = seg
+    if not (math.isfinite(s) and math.isfinite(e)) or e < s:
+        return None
+    return (min(max(s, 0.0), duration), min(max(e, 0.0), duration))
+
+
+def iou(p: Segment | None, g: Segment | None) -> float:
+    """Temporal IoU = Intersection / Union of two clipped segments (0 if either is None or empty)."""
+    if p is None or g is None:
+        return 0.0
+    inter = max(0.0, min(p[1], g[1]) - max(p[0], g[0]))
+    union = (p[1] - p[0]) + (g[1] - g[0]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def type1_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float) -> float:
+    """Eq. 4, one-to-one (TG, DTG): summed IoU of index-aligned pairs / max(n_pred, n_gt)."""
+    n = max(len(preds), len(gts))
+    if len(preds) == 0 or n == 0:
+        return 0.0
+    total = 0.0
+    for p, g in zip(preds, gts):
+        total += iou(clip_segment(p, duration), clip_segment(g, duration))
+    return total / n
+
+
+def merge_union(segs: Sequence[Segment | None]) -> list[Segment]:
+    """The union of (clipped, possibly overlapping) segments as sorted disjoint intervals."""
+    merged: list[list[float]] = []
+    for s, e in sorted(x for x in segs if x is not None):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def union_iou(preds: Sequence[Segment], gts: Sequence[Segment], duration: float) -> float:
+    """Eq. 5, many-to-one (VHD, GVQA): IoU of the union of predictions and the union of GTs."""
+    up = merge_union([clip_segment(p, duration) for p in preds])
+    ug = merge_union([clip_segment(g, duration) for g in gts])
+    inter = 0.0
+    for ps, pe in up:
+        for gs, ge in ug:
+            inter += max(0.0, min(pe, ge) - max(ps, gs))
+    len_p = sum(e - s for s, e in up)
+    len_g = sum(e - s for s, e in ug)
+    union = len_p + len_g - inter
+    return inter / union if union > 0 else 0.0
+
+
+def count_reward(n_pred: int, n_gt: int, sigma: float = 1.0) -> float:
+    """Eq. 6: R_num = exp(-|N_pred - N_gt| / (min(N_gt, 3) * sigma))."""
+    return math.exp(-abs(n_pred - n_gt) / (min(n_gt, 3) * sigma))
+
+
+def _chronological(segs: Sequence[Segment | None]) -> list[Segment | None]:
+    # Sorted by (start, end); invalid segments last (their IoU is 0, so their place is irrelevant).
+    valid = sorted(s for s in segs if s is not None)
+    return valid + [None] * (len(segs) - len(valid))
+
+
+def dp_matching(iou_matrix: Sequence[Sequence[float]]) -> tuple[float, list[tuple[int, int]]]:
+    """Algorithm 1: the order-preserving one-to-one matching of largest summed IoU.
+
+    Returns (sIoU, matched (i, j) pairs). D[i][j] = max(D[i-1][j], D[i][j-1], D[i-1][j-1] + I[i][j]).
+    """
+    m = len(iou_matrix)
+    n = len(iou_matrix[0]) if m else 0
+    D = [[0.0] * (n + 1) for _ in range(m + 1)]
+    P = [[""] * (n + 1) for _ in range(m + 1)]
+    for i in range(1, m + 1):
+        for j in range(1, n + 1):
+            a = D[i - 1][j]
+            b = D[i][j - 1]
+            c = D[i - 1][j - 1] + iou_matrix[i - 1][j - 1]
+            D[i][j] = max(a, b, c)
+            P[i][j] = "up" if D[i][j] == a else ("left" if D[i][j] == b else "diag")
+    pairs = []
+    i, j = m, n
+    while i > 0 and j > 0:
+        if P[i][j] == "diag":
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif P[i][j] == "up":
+            i -= 1
+        else:
+            j -= 1
+    return D[m][n], pairs[::-1]
+
+
+def match_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float) -> float:
+    """Eq. 7-8: F1 with P = sIoU / N_pred and R = sIoU / N_gt over chronologically sorted lists."""
+    if not preds or not gts:
+        return 0.0
+    p_sorted = _chronological([clip_segment(p, duration) for p in preds])
+    g_sorted = _chronological([clip_segment(g, duration) for g in gts])
+    matrix = [[iou(p, g) for g in g_sorted] for p in p_sorted]
+    s_iou, _ = dp_matching(matrix)
+    precision = s_iou / len(preds)
+    recall = s_iou / len(gts)
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def type3_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0) -> float:
+    """Eq. 9, many-to-many (TAL): R_num + R_match; 0 when nothing could be parsed."""
+    if not preds:
+        return 0.0
+    return count_reward(len(preds), len(gts), sigma) + match_reward(preds, gts, duration)
+
+
+def tiou_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float) -> float:
+    """Time-R1: IoU * (1 - |ts - ts'| / D) * (1 - |te - te'| / D) for the (single) prediction."""
+    if not preds:
+        return 0.0
+    p = clip_segment(preds[0], duration)
+    g = clip_segment(gts[0], duration)
+    if p is None:
+        return 0.0
+    return iou(p, g) * (1 - abs(p[0] - g[0]) / duration) * (1 - abs(p[1] - g[1]) / duration)
+
+
+def loc_reward(kind: str, preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0) -> float:
+    """The localisation reward `kind` ("type1", "type2", "type3", "tiou"; "exact" has none)."""
+    if kind == "type1":
+        return type1_reward(preds, gts, duration)
+    if kind == "type2":
+        return union_iou(preds, gts, duration)
+    if kind == "type3":
+        return type3_reward(preds, gts, duration, sigma)
+    if kind == "tiou":
+        return tiou_reward(preds, gts, duration)
+    return 0.0
+
+
+def reward_reference(
+    task: str,
+    completion: str,
+    target: Mapping[str, Any],
+    sigma: float = 1.0,
+    think: bool = True,
+    weights: Sequence[float] | None = None,
+    max_segments: int = tasks_lib.MAX_SEGMENTS,
+) -> dict[str, float]:
+    """Eq. 3, 10, 11 for one completion: {"format", "loc", "total"} and "cls" where the task has it.
+
+    weights = (w_format, w_loc, w_cls), defaulting to the task's; TPRU tasks default to
+    0.9 * exact + 0.1 * format-ok * 0.2 (see `tasks.TPRU_WEIGHTS`).
+    """
+    t = tasks_lib.get_task(task)
+    w_format, w_loc, w_cls = t.weights if weights is None else weights
+    parsed = t.parse(completion, fallback=False, max_segments=max_segments)
+    r_format = 1.0 if t.format_ok(completion if isinstance(completion, str) else "", think) else 0.0
+    r_loc = 0.0
+    if t.has_segments:
+        gts, duration = tasks_lib.target_segments(target)
+        r_loc = loc_reward(t.reward, list(parsed.segments), gts, duration, sigma)
+    out = {"format": r_format, "loc": r_loc}
+    total = w_format * r_format + w_loc * r_loc
+    if t.has_cls:
+        out["cls"] = 1.0 if parsed.choice == t.expected_choice(target) else 0.0
+        total += w_cls * out["cls"]
+    out["total"] = total
+    return out

@@ -1,0 +1,103 @@
+"""Training checkpoints with orbax: one array pytree (params, optimizer state, counters, RNG key data),
+the data iterator's state and a small JSON record, saved asynchronously every N steps, last K kept.
+
+`CheckpointManager.restore(abstract)` takes the pytree of the run being resumed (arrays or
+`jax.ShapeDtypeStruct`s with shardings) so restored arrays land on the same mesh layout.
+A Grain iterator state may be bytes (DataLoader) or a dict (dataset iterators); both go through JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import pathlib
+from typing import Any
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+_BYTES_KEY = "__bytes_b64__"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every `save_every` steps (and at the end of a run), keep the last `keep`, asynchronously."""
+
+    save_every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.save_every < 1 or self.keep < 1:
+            raise ValueError(f"CheckpointConfig.save_every and keep must be >= 1, got {self.save_every}, {self.keep}")
+
+
+def encode_data_state(state: Any) -> Any:
+    """A JSON-serialisable form of an iterator state (bytes are base64-wrapped)."""
+    if isinstance(state, (bytes, bytearray)):
+        return {_BYTES_KEY: base64.b64encode(bytes(state)).decode("ascii")}
+    return state
+
+
+def decode_data_state(state: Any) -> Any:
+    """Inverse of `encode_data_state`."""
+    if isinstance(state, dict) and set(state) == {_BYTES_KEY}:
+        return base64.b64decode(state[_BYTES_KEY])
+    return state
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of the arrays of `tree`, as a restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class CheckpointManager:
+    """orbax CheckpointManager for a training run in `directory` (items `arrays`, `data`, `meta`)."""
+
+    def __init__(self, directory: str | pathlib.Path, config: CheckpointConfig = CheckpointConfig()) -> None:
+        self.directory = pathlib.Path(directory).resolve()
+        self.config = config
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=config.save_every, max_to_keep=config.keep,
+            enable_async_checkpointing=config.async_save, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("arrays", "data", "meta"))
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, arrays: Any, *, data_state: Any = None, meta: dict | None = None,
+             force: bool = False) -> bool:
+        """Start saving (async) if `step` is on the interval or `force`; True if a save was started."""
+        args = ocp.args.Composite(
+            arrays=ocp.args.StandardSave(arrays),
+            data=ocp.args.JsonSave(encode_data_state(data_state)),
+            meta=ocp.args.JsonSave(meta or {}),
+        )
+        return self._manager.save(step, args=args, force=force)
+
+    def restore(self, abstract_arrays: Any, step: int | None = None) -> tuple[Any, Any, dict]:
+        """(arrays, data iterator state, meta) of `step` (default: the latest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"no checkpoint to restore in {self.directory}")
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(abstract_arrays),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ))
+        return out["arrays"], decode_data_state(out["data"]), dict(out["meta"] or {})
+
+    def wait(self) -> None:
+        """Block until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,83 @@
+"""Per-step metrics: `metrics.jsonl` (one JSON object per step), TensorBoard events and a tqdm bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any, Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalar: numpy/jax scalars to Python, non-finite floats to None."""
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    arr = np.asarray(value)
+    if arr.dtype == bool:
+        return bool(arr)
+    if np.issubdtype(arr.dtype, np.integer):
+        return int(arr)
+    f = float(arr)
+    return f if math.isfinite(f) else None
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """All records of `workdir/metrics.jsonl` (empty if the file does not exist)."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Append step records to `workdir/metrics.jsonl`, mirror scalars to TensorBoard, drive a progress bar.
+
+    On resume, `start_step` drops records of steps after the restored checkpoint (they are redone),
+    so the file holds each step exactly once.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, total_steps: int | None = None, start_step: int = 0,
+                 tensorboard: bool = True, progress: bool = True, desc: str = "train") -> None:
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.path = self.workdir / METRICS_FILE
+        kept = [r for r in read_metrics(self.workdir) if int(r.get("step", 0)) <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1)
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one record {"step": step, **metrics}; returns it as written."""
+        record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._bar is not None:
+            self._bar.update(1)
+            shown = {k: record[k] for k in ("loss", "reward_mean") if isinstance(record.get(k), float)}
+            self._bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()

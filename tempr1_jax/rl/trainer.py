@@ -1,0 +1,257 @@
+"""The GRPO training loop (GRPO, DAPO or GSPO through `LossConfig.name`), configured with gin.
+
+One step: next batch of prompts (mixed tasks) -> rollout (jitted generate, host rewards, advantages)
+-> reference (and, with `num_iterations` > 1, old-policy) log-probs (jitted) -> `num_iterations`
+updates, each accumulated over `micro_batches` (jitted) -> metrics.jsonl -> checkpoint.
+
+Determinism, which exact resume and mesh-independence rest on: the step's key is
+fold_in(run key, step); the loader's state is checkpointed with the weights; the reference policy is
+rebuilt from the same source (seed or checkpoint) on resume; nothing else carries state.
+On SIGTERM the current step finishes, a checkpoint is written and `run` returns 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import signal
+import time
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from flax import nnx
+
+from data_pipeline.loader import make_loader
+from models.qwen2_5_vl import sharding as sharding_lib
+from tempr1_jax.config import write_operative_config
+from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.rl.logprobs import completion_logprobs
+from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
+from tempr1_jax.rl.metrics_log import MetricsLogger
+from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from tempr1_jax.rl.rollout import Rollout, RolloutConfig, reward_metrics, rollout
+from tempr1_jax.rl.setup import (DataConfig, LoaderConfig, MeshConfig, ModelSetup, build_model, place_inputs,
+                                 place_rows, prompt_builders, resolve_sources, slice_inputs, trainable_filter)
+from tempr1_jax.rl.train_step import TrainStep
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings. steps: rollout batches (each gives `num_iterations` optimizer updates)."""
+
+    steps: int = 100
+    seed: int = 0
+    num_iterations: int = 1
+    micro_batches: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.num_iterations < 1 or self.micro_batches < 1:
+            raise ValueError("TrainConfig: steps >= 0, num_iterations >= 1 and micro_batches >= 1 are required")
+
+
+class _StopFlag:
+    """Set by SIGTERM; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM: finishing the current step, then saving a checkpoint")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class GRPOTrainer:
+    """Builds every part of a run from the gin configuration, then `run()` trains in `workdir`."""
+
+    def __init__(self, workdir: str | pathlib.Path, config: TrainConfig | None = None) -> None:
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cfg = config or TrainConfig()
+        self.rollout_cfg = RolloutConfig()
+        self.loss_cfg = LossConfig()
+        mesh_cfg = MeshConfig()
+        setup = ModelSetup()
+        data_cfg = DataConfig()
+        self.mesh = mesh_cfg.make()
+
+        sources = resolve_sources(data_cfg, self.workdir)
+        model, self.tokenizer = build_model(setup, self.workdir, sources, data_cfg.think)
+        self.model_config = model.config
+        sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
+        self.graphdef, params, self.frozen = nnx.split(model, trainable_filter(setup.freeze_vision), ...)
+        # A separate copy: the policy's buffers are donated to the update.
+        self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
+
+        self.loader_config = LoaderConfig(sources=sources)
+        self.loader = make_loader(self.loader_config, self.tokenizer, self.model_config,
+                                  prompt_builders(data_cfg.think))
+        total_updates = max(self.cfg.steps * self.cfg.num_iterations, 1)
+        opt_cfg = OptimizerConfig()
+        self.schedule = make_schedule(opt_cfg, total_updates)
+        self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total_updates))
+        self.state = self.train_step.init_state(params)
+        self.rng = jax.random.key(self.cfg.seed)
+        self.checkpoints = CheckpointManager(self.workdir / "checkpoints", CheckpointConfig())
+        self._logprobs = jax.jit(self._logprobs_impl)
+        self.eos_ids = self.model_config.eos_token_ids or (self.tokenizer.eos_token_id,)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+
+    # --- jitted pieces ---------------------------------------------------------------------------
+
+    @property
+    def _temperature(self) -> float:
+        t = self.rollout_cfg.temperature
+        return t if t > 0 else 1.0
+
+    def _logprobs_impl(self, params, frozen, prompt, completions, mask):
+        model = nnx.merge(self.graphdef, params, frozen)
+        return completion_logprobs(model, prompt, completions, mask, self.rollout_cfg.num_generations,
+                                   self._temperature)
+
+    def _loss_fn(self, params, frozen, b):
+        logp = self._logprobs_impl(params, frozen, b["prompt"], b["completions"], b["mask"])
+        terms = compute_loss(LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"],
+                                       b["weights"]), self.loss_cfg)
+        return terms.total, terms.count, terms.aux
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def _arrays(self) -> dict[str, Any]:
+        return {"state": self.state, "rng": jax.random.key_data(self.rng)}
+
+    def restore(self) -> int:
+        """Continue from the newest checkpoint in the workdir, if any; returns the step to start from."""
+        step = self.checkpoints.latest_step()
+        if step is None:
+            return 0
+        arrays, data_state, _ = self.checkpoints.restore(abstract_like(self._arrays()), step)
+        self.state = self.train_step.place_state(arrays["state"], arrays["state"].params)
+        self.rng = jax.random.wrap_key_data(arrays["rng"])
+        self.loader.set_state(data_state)
+        log.info("resumed from the checkpoint of step %d", step)
+        return int(step)
+
+    def save(self, step: int, force: bool = False) -> bool:
+        return self.checkpoints.save(step, self._arrays(), data_state=self.loader.get_state(),
+                                     meta={"step": step}, force=force)
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def _microbatches(self, prompts, r: Rollout, ref_logp, old_logp) -> list[dict[str, Any]]:
+        g = self.rollout_cfg.num_generations
+        n_prompts = prompts.input_ids.shape[0]
+        k = self.cfg.micro_batches
+        if n_prompts % k:
+            raise ValueError(f"TrainConfig.micro_batches={k} must divide the {n_prompts} prompts of a batch")
+        weights = (~r.equal_groups if self.loss_cfg.filter_equal_groups else np.ones(len(r.tasks), bool))
+        rows = {"completions": r.tokens, "mask": r.mask.astype(np.float32), "advantages": r.advantages,
+                "weights": weights.astype(np.float32), "ref_logp": ref_logp, "old_logp": old_logp}
+        per = n_prompts // k
+        out = []
+        for i in range(k):
+            lo, hi = i * per, (i + 1) * per
+            mb = {name: None if v is None else place_rows(v[lo * g:hi * g], self.mesh) for name, v in rows.items()}
+            mb["prompt"] = place_inputs(slice_inputs(prompts, lo, hi), self.mesh)
+            out.append(mb)
+        return out
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Run training step `step` (0-based) and return its metrics."""
+        t0 = time.perf_counter()
+        batch = next(self.loader)
+        host_prompts = batch["inputs"]
+        prompts = place_inputs(host_prompts, self.mesh)
+        key = jax.random.fold_in(self.rng, step)
+        policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
+        r = rollout(policy, prompts, batch["samples"], self.tokenizer, self.rollout_cfg, key,
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        t1 = time.perf_counter()
+
+        completions = place_rows(r.tokens, self.mesh)
+        mask = place_rows(r.mask.astype(np.float32), self.mesh)
+        ref_logp = old_logp = None
+        if self.ref_params is not None:
+            ref_logp = np.asarray(self._logprobs(self.ref_params, self.frozen, prompts, completions, mask))
+        if self.cfg.num_iterations > 1:
+            old_logp = np.asarray(self._logprobs(self.state.params, self.frozen, prompts, completions, mask))
+        t2 = time.perf_counter()
+
+        micro = self._microbatches(host_prompts, r, ref_logp, old_logp)
+        sums: dict[str, float] = {}
+        for _ in range(self.cfg.num_iterations):
+            self.state, m = self.train_step(self.state, self.frozen, micro)
+            for name, value in jax.device_get(m).items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        t3 = time.perf_counter()
+
+        it = self.cfg.num_iterations
+        tokens = max(sums["tokens"], 1.0)
+        generated = float(r.mask.sum())
+        metrics = {
+            "loss": sums["loss"] / it,
+            "grad_norm": sums["grad_norm"] / it,
+            "kl": sums["kl"] / tokens,
+            "clip_fraction": sums["clipped"] / tokens,
+            "learning_rate": float(self.schedule(max(int(self.state.step) - 1, 0))),
+            "updates_applied": int(sums["applied"]),
+            "updates_skipped_total": int(self.state.skipped),
+            **reward_metrics(r),
+            "tokens_per_s": generated / max(t3 - t0, 1e-9),
+            "step_time_s": t3 - t0,
+            "rollout_s": t1 - t0,
+            "logprob_s": t2 - t1,
+            "update_s": t3 - t2,
+        }
+        return metrics
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Train up to `TrainConfig.steps`, resuming from a checkpoint in the workdir; returns 0."""
+        start = self.restore()
+        write_operative_config(self.workdir)
+        logger = MetricsLogger(self.workdir, total_steps=self.cfg.steps, start_step=start,
+                               tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
+        last = start
+        try:
+            with _StopFlag() as stop:
+                for step in range(start, self.cfg.steps):
+                    metrics = self.step(step)
+                    last = step + 1
+                    logger.log(last, metrics)
+                    final = last == self.cfg.steps or stop.requested
+                    self.save(last, force=final)
+                    if stop.requested:
+                        log.warning("stopped by SIGTERM after step %d; checkpoint saved", last)
+                        break
+        finally:
+            self.checkpoints.close()
+            logger.close()
+        return 0
+
+
+def train(workdir: str | pathlib.Path, steps: int | None = None) -> int:
+    """Build a `GRPOTrainer` from the parsed gin config (`steps` overrides TrainConfig.steps) and run it."""
+    cfg = TrainConfig()
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    return GRPOTrainer(workdir, cfg).run()
+
+
+__all__ = ["GRPOTrainer", "TrainConfig", "train"]

@@ -1,0 +1,75 @@
+"""Qwen2.5-VL config parsing: published configs, both rope forms, refusals, HF round trip."""
+
+import copy
+import json
+
+import pytest
+import transformers
+
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
+
+
+def _load(hf_configs_dir, name):
+    return json.loads((hf_configs_dir / f"qwen2_5_vl_{name}_instruct.config.json").read_text())
+
+
+@pytest.mark.parametrize("name,billions", [("7b", 8.29), ("3b", 3.75)])
+def test_published_configs_and_param_counts(hf_configs_dir, name, billions):
+    config = Qwen2_5_VLConfig.from_hf_dict(_load(hf_configs_dir, name))
+    assert config.text.mrope_section == (16, 24, 24)
+    assert config.vision.fullatt_block_indexes == (7, 15, 23, 31)
+    assert config.vision.window_merged == 4 and config.vision.patch_dim == 1176
+    assert config.image_token_id == 151655 and config.video_token_id == 151656
+    assert config.tie_word_embeddings == (name == "3b")
+    assert round(config.num_params() / 1e9, 2) == billions
+
+
+def test_param_count_matches_transformers():
+    config = tiny_config(tie_word_embeddings=True)
+    hf = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(**config.to_hf_dict()))
+    assert config.num_params() == sum(p.numel() for p in hf.parameters())
+
+
+def test_rope_parameters_form_equals_rope_scaling_form(hf_configs_dir):
+    flat = _load(hf_configs_dir, "7b")
+    nested = transformers.Qwen2_5_VLConfig(**flat).to_dict()  # transformers-5 form: text_config + rope_parameters
+    assert "rope_parameters" in nested["text_config"] and "rope_scaling" not in nested["text_config"]
+    assert Qwen2_5_VLConfig.from_hf_dict(nested) == Qwen2_5_VLConfig.from_hf_dict(flat)
+
+
+def test_to_hf_dict_round_trip_through_transformers():
+    config = tiny_config(eos_token_id=(296, 295), text_after_vision="max_plus_one")
+    hf = transformers.Qwen2_5_VLConfig(**config.to_hf_dict())
+    assert hf.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
+    assert hf.vision_config.fullatt_block_indexes == [1, 3]
+    assert Qwen2_5_VLConfig.from_hf_dict(hf.to_dict()) == config
+    assert Qwen2_5_VLConfig.from_hf_dict(config.to_hf_dict()) == config
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(model_type="qwen2_vl"), "model_type"),
+    (lambda d: d.pop("model_type"), "model_type"),
+    (lambda d: d.pop("rope_scaling"), "mrope_section"),
+    (lambda d: d["rope_scaling"].pop("mrope_section"), "mrope_section"),
+    (lambda d: d.pop("hidden_size"), "'hidden_size'"),
+    (lambda d: d.pop("video_token_id"), "'video_token_id'"),
+    (lambda d: d["vision_config"].pop("window_size"), "vision_config is missing field 'window_size'"),
+    (lambda d: d["vision_config"].pop("fullatt_block_indexes"), "'fullatt_block_indexes'"),
+    (lambda d: d["vision_config"].pop("tokens_per_second"), "'tokens_per_second'"),
+    (lambda d: d.pop("vision_config"), "'vision_config'"),
+    (lambda d: d["rope_scaling"].update(mrope_section=[16, 24, 23]), "mrope_section"),
+])
+def test_refusals_name_the_field(hf_configs_dir, edit, message):
+    d = copy.deepcopy(_load(hf_configs_dir, "7b"))
+    edit(d)
+    with pytest.raises(ValueError, match=message):
+        Qwen2_5_VLConfig.from_hf_dict(d)
+
+
+def test_tiny_config_overrides():
+    config = tiny_config(vision_depth=2, vision_fullatt_block_indexes=[0], num_hidden_layers=3, hidden_size=32,
+                         mrope_section=[2, 1, 1], tie_word_embeddings=True)
+    assert config.vision.depth == 2 and config.text.num_hidden_layers == 3
+    assert config.vision.out_hidden_size == 32 and config.tie_word_embeddings
+    with pytest.raises(ValueError, match="unknown override 'nope'"):
+        tiny_config(nope=1)

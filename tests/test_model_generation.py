@@ -1,0 +1,161 @@
+"""Generation (models/qwen2_5_vl/generation.py) against transformers' `generate` and a full forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import jax
+import jax.numpy as jnp
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+from model_oracle import VIDEO_GRID, config_for_tests, hf_model, left_pad, pixels, vision_prompt
+from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs
+from models.qwen2_5_vl import generation
+from models.qwen2_5_vl.generation import SamplingParams, generate, sampling_log_probs
+from models.qwen2_5_vl.rope_index import token_types
+
+STEPS = 32
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny HF model, our model loaded from its checkpoint, and a left-padded 2-prompt video batch."""
+    config = config_for_tests()
+    hf = hf_model(config)
+    directory = tmp_path_factory.mktemp("gen_ckpt")
+    hf.save_pretrained(directory)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory)
+    rng = np.random.default_rng(0)
+    rows = [vision_prompt(config, rng, [VIDEO_GRID], ["video"]),
+            vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=3)]
+    ids, mask = left_pad(rows, config.pad_token_id)
+    hf_args = dict(
+        input_ids=ids, attention_mask=mask, pixel_values_videos=pixels(config, rng, [VIDEO_GRID, VIDEO_GRID]),
+        video_grid_thw=np.array([VIDEO_GRID] * 2), second_per_grid_ts=np.array([1.0, 0.5], np.float32))
+    inputs = build_model_inputs(config, **hf_args)
+    return config, hf, model, hf_args, inputs
+
+
+def _hf_greedy(hf, config, hf_args, steps: int) -> np.ndarray:
+    t = {k: torch.as_tensor(v) for k, v in hf_args.items()}
+    with torch.no_grad():
+        out = hf.generate(**t, mm_token_type_ids=torch.as_tensor(token_types(config, hf_args["input_ids"])),
+                          max_new_tokens=steps, do_sample=False, eos_token_id=None,
+                          pad_token_id=config.pad_token_id)
+    return out[:, hf_args["input_ids"].shape[1]:].numpy()
+
+
+def test_greedy_matches_transformers_and_compiles_once(setup):
+    config, hf, model, hf_args, inputs = setup
+    ref = _hf_greedy(hf, config, hf_args, STEPS)
+    assert ref.shape == (2, STEPS)
+    ours = generate(model, inputs, max_new_tokens=STEPS, temperature=0.0, eos_token_id=())
+    np.testing.assert_array_equal(np.asarray(ours), ref)
+    # HF argument names through the model method (torch tensors accepted); same bucket: no retrace.
+    sizes = (generation._prefill._cache_size(), generation._decode._cache_size())
+    again = model.generate(**{k: torch.as_tensor(v) for k, v in hf_args.items()}, max_new_tokens=STEPS,
+                           do_sample=False, eos_token_id=())
+    np.testing.assert_array_equal(np.asarray(again), ref)
+    assert (generation._prefill._cache_size(), generation._decode._cache_size()) == sizes
+
+
+def test_sampling_reproducible_and_shares_prefill(setup, monkeypatch):
+    _, _, model, _, inputs = setup
+    calls = []
+    real = generation._prefill
+
+    def spy(graphdef, state, prefill_inputs, cache_len):
+        calls.append(prefill_inputs.input_ids.shape[0])
+        return real(graphdef, state, prefill_inputs, cache_len)
+
+    monkeypatch.setattr(generation, "_prefill", spy)
+    kw = dict(max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95, num_return_sequences=3, eos_token_id=())
+    a = generate(model, inputs, rng=jax.random.key(7), **kw)
+    b = generate(model, inputs, rng=jax.random.key(7), **kw)
+    c = generate(model, inputs, rng=jax.random.key(8), **kw)
+    assert calls == [2, 2, 2]  # one prefill of the 2 prompts per call, not 6
+    assert a.shape == (6, 12)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    # Samples of a prompt differ from each other (independent draws from the shared cache).
+    assert len({tuple(r) for r in np.asarray(a)[:3]}) > 1
+    # Greedy samples of one prompt are identical copies.
+    g = np.asarray(generate(model, inputs, max_new_tokens=6, temperature=0.0, num_return_sequences=3,
+                            eos_token_id=()))
+    np.testing.assert_array_equal(g[0:3], np.broadcast_to(g[0], (3, 6)))
+    np.testing.assert_array_equal(g[3:6], np.broadcast_to(g[3], (3, 6)))
+
+
+def test_eos_padding_mask_and_lengths(setup):
+    config, _, model, _, inputs = setup
+    free = np.asarray(generate(model, inputs, max_new_tokens=16, temperature=0.0, eos_token_id=()))
+    eos = int(free[0, 5])
+    first = [int(np.flatnonzero(r == eos)[0]) if (r == eos).any() else None for r in free]
+    out = generate(model, inputs, max_new_tokens=16, temperature=0.0, eos_token_id=[eos, 299],
+                   pad_token_id=config.pad_token_id, return_dict=True)
+    tokens, mask, lengths = map(np.asarray, (out.tokens, out.mask, out.lengths))
+    assert out.logprobs is None
+    for row, stop in enumerate(first):
+        n = 16 if stop is None else stop + 1
+        assert lengths[row] == n
+        np.testing.assert_array_equal(tokens[row, :n], free[row, :n])
+        assert (tokens[row, n:] == config.pad_token_id).all()
+        assert mask[row, :n].all() and not mask[row, n:].any()
+
+
+def test_logprobs_equal_full_forward(setup):
+    _, _, model, _, inputs = setup
+    params = SamplingParams(temperature=0.7, top_p=0.9, top_k=40)
+    g, steps = 2, 10
+    out = generate(model, inputs, max_new_tokens=steps, temperature=params.temperature, top_p=params.top_p,
+                   top_k=params.top_k, num_return_sequences=g, rng=3, eos_token_id=[5, 7, 11],
+                   return_logprobs=True)
+    tokens, mask, logprobs = map(np.asarray, (out.tokens, out.mask, out.logprobs))
+    # Full forward over prompt + completion: completion token k sits at position last + 1 + k.
+    rep = lambda x, axis=0: np.repeat(np.asarray(x), g, axis=axis)
+    pos = rep(inputs.position_ids, 1)
+    new_pos = pos[:, :, -1:] + 1 + np.arange(steps)
+    full = inputs.replace(
+        input_ids=np.concatenate([rep(inputs.input_ids), tokens], 1).astype(np.int32),
+        attention_mask=np.concatenate([rep(inputs.attention_mask), mask], 1).astype(np.int32),
+        position_ids=np.concatenate([pos, new_pos], 2).astype(np.int32),
+        rope_deltas=rep(inputs.rope_deltas),
+        vision_token_index=np.concatenate([rep(inputs.vision_token_index), np.full((2 * g, steps), -1)], 1)
+        .astype(np.int32),
+        **{f: rep(getattr(inputs, f)) for f in ("pixel_values", "vision_pos_ids", "window_index", "window_inverse",
+                                                 "full_segment_ids", "window_segment_ids", "patch_valid")})
+    logits = jax.jit(lambda m, x: m.forward(x))(model, jax.tree.map(jnp.asarray, full))
+    length = inputs.input_ids.shape[1]
+    lp = sampling_log_probs(logits[:, length - 1:length - 1 + steps], params)
+    expected = np.take_along_axis(np.asarray(lp), tokens[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(logprobs[mask], expected[mask], atol=1e-5)
+    assert np.isfinite(logprobs[mask]).all() and (logprobs[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8), (0.5, 20, 0.6)])
+def test_filters_match_transformers_warpers(temperature, top_k, top_p):
+    logits = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32) * 3
+    scores = torch.from_numpy(logits)
+    scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    ref = torch.log_softmax(scores, -1).numpy()
+    ours = np.asarray(sampling_log_probs(jnp.asarray(logits), SamplingParams(temperature, top_p, top_k)))
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    np.testing.assert_allclose(ours[np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-5)
+
+
+def test_bad_arguments(setup):
+    _, _, model, hf_args, inputs = setup
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, inputs, max_new_tokens=2, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, inputs, max_new_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, inputs, max_new_tokens=0)
+    with pytest.raises(ValueError, match="unknown arguments"):
+        generate(model, max_new_tokens=2, use_cache=True, **hf_args)

@@ -1,0 +1,109 @@
+"""Host-side ModelInputs: vision metadata against transformers' helpers, collation, refusals."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import vision_utils
+
+from model_oracle import IMAGE_GRID, VIDEO_GRID, pixels, vision_prompt
+from models.qwen2_5_vl.config import tiny_config
+from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
+
+CONFIG = tiny_config()
+GRIDS = [IMAGE_GRID, VIDEO_GRID, (2, 4, 8)]  # one sample: an image then two videos
+
+
+def _sample(rng, grids=GRIDS, kinds=("image", "video", "video"), **kwargs):
+    ids = np.array([vision_prompt(CONFIG, rng, grids, kinds)])
+    images = [g for g, k in zip(grids, kinds) if k == "image"]
+    videos = [g for g, k in zip(grids, kinds) if k == "video"]
+    return build_model_inputs(
+        CONFIG, ids, pixel_values=pixels(CONFIG, rng, images), image_grid_thw=np.array(images) if images else None,
+        pixel_values_videos=pixels(CONFIG, rng, videos), video_grid_thw=np.array(videos) if videos else None,
+        second_per_grid_ts=[1.0] * len(videos) if videos else None, **kwargs)
+
+
+def _segments_from_cu(cu, n):
+    ids = np.zeros(n, np.int64)
+    for i, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        ids[a:b] = i + 1
+    return ids
+
+
+def test_vision_metadata_matches_transformers():
+    inputs = _sample(np.random.default_rng(0))
+    grid = torch.tensor(GRIDS)
+    n = int(grid.prod(-1).sum())
+    v = CONFIG.vision
+    pos = vision_utils.get_vision_position_ids(grid, v.spatial_merge_size).numpy()
+    np.testing.assert_array_equal(inputs.vision_pos_ids[0, :n], pos)
+    window_units, cu_window = vision_utils.get_vision_window_index(grid, v.spatial_merge_size, v.window_size, v.patch_size)
+    unit = v.merge_unit
+    window_patches = (window_units.numpy()[:, None] * unit + np.arange(unit)).reshape(-1)
+    np.testing.assert_array_equal(inputs.window_index[0, :n], window_patches)
+    np.testing.assert_array_equal(inputs.window_index[0][inputs.window_inverse[0]], np.arange(inputs.num_patches))
+    np.testing.assert_array_equal(inputs.window_segment_ids[0, :n], _segments_from_cu(cu_window.numpy(), n))
+    cu_full = vision_utils.get_vision_cu_seqlens(grid).numpy()
+    np.testing.assert_array_equal(inputs.full_segment_ids[0, :n], _segments_from_cu(cu_full, n))
+    # windows are partial: some window holds fewer than window_merged**2 units
+    sizes = np.bincount(inputs.window_segment_ids[0, :n])[1:] // unit
+    assert sizes.min() < v.window_merged**2 == sizes.max()
+
+
+def test_token_index_points_at_images_then_videos():
+    inputs = _sample(np.random.default_rng(0))
+    ids, index = inputs.input_ids[0], inputs.vision_token_index[0]
+    n_image = int(np.prod(IMAGE_GRID)) // CONFIG.vision.merge_unit
+    assert index[ids == CONFIG.image_token_id].tolist() == list(range(n_image))
+    n_video = int((ids == CONFIG.video_token_id).sum())
+    assert index[ids == CONFIG.video_token_id].tolist() == list(range(n_image, n_image + n_video))
+    assert (index[(ids != CONFIG.image_token_id) & (ids != CONFIG.video_token_id)] == -1).all()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_collate_pads_tokens_and_patches(side):
+    rng = np.random.default_rng(1)
+    a = _sample(rng)
+    b = _sample(rng, grids=[(1, 2, 2)], kinds=("image",))
+    text = build_model_inputs(CONFIG, np.arange(7)[None])
+    batch = collate_model_inputs([a, b, text], pad_len_to=a.seq_len + 3, pad_patches_to=a.num_patches + 8,
+                                 padding_side=side, pad_token_id=CONFIG.pad_token_id)
+    assert batch.input_ids.shape == (3, a.seq_len + 3) and batch.pixel_values.shape[:2] == (3, a.num_patches + 8)
+    for row, s in enumerate([a, b, text]):
+        keep = batch.attention_mask[row].astype(bool)
+        assert keep.sum() == s.seq_len
+        assert keep[-1] if side == "left" else keep[0]
+        np.testing.assert_array_equal(batch.input_ids[row, keep], s.input_ids[0])
+        np.testing.assert_array_equal(batch.position_ids[:, row, keep], s.position_ids[:, 0])
+        np.testing.assert_array_equal(batch.vision_token_index[row, keep], s.vision_token_index[0])
+        assert (batch.input_ids[row, ~keep] == CONFIG.pad_token_id).all()
+        n = s.num_patches
+        np.testing.assert_array_equal(batch.pixel_values[row, :n], s.pixel_values[0])
+        assert batch.patch_valid[row].sum() == s.patch_valid.sum()
+        assert (batch.full_segment_ids[row, n:] == 0).all()
+        np.testing.assert_array_equal(np.sort(batch.window_index[row]), np.arange(a.num_patches + 8))
+    with pytest.raises(ValueError, match="pad_len_to"):
+        collate_model_inputs([a], pad_len_to=3, pad_patches_to=a.num_patches)
+
+
+def test_refusals():
+    rng = np.random.default_rng(0)
+    ids = np.array([vision_prompt(CONFIG, rng, [IMAGE_GRID], ["image"])])
+    px = pixels(CONFIG, rng, [IMAGE_GRID])
+    grid = np.array([IMAGE_GRID])
+    with pytest.raises(ValueError, match=r"pixel_values must be \[n_patches, 1176\]"):
+        build_model_inputs(CONFIG, ids, pixel_values=px[:, :-1], image_grid_thw=grid)
+    with pytest.raises(ValueError, match="pixel_values has 59 rows"):
+        build_model_inputs(CONFIG, ids, pixel_values=px[:-1], image_grid_thw=grid)
+    with pytest.raises(ValueError, match="needs 15 image tokens"):
+        build_model_inputs(CONFIG, ids[:, :-8], pixel_values=px, image_grid_thw=grid)
+    with pytest.raises(ValueError, match="must be given together"):
+        build_model_inputs(CONFIG, ids, pixel_values=px)
+    with pytest.raises(ValueError, match="second_per_grid_ts has 2 entries"):
+        vids = np.array([vision_prompt(CONFIG, rng, [VIDEO_GRID], ["video"])])
+        build_model_inputs(CONFIG, vids, pixel_values_videos=pixels(CONFIG, rng, [VIDEO_GRID]),
+                           video_grid_thw=np.array([VIDEO_GRID]), second_per_grid_ts=[1.0, 2.0])
+    with pytest.raises(ValueError, match="smaller than"):
+        build_model_inputs(CONFIG, ids, pixel_values=px, image_grid_thw=grid, pad_patches_to=8)
+    with pytest.raises(ValueError, match="multiple of merge_unit"):
+        build_model_inputs(CONFIG, ids, pixel_values=px, image_grid_thw=grid, pad_patches_to=62)

@@ -1,0 +1,144 @@
+"""Qwen2.5-VL in Flax against transformers (float32): components, whole model, KV-cache decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from model_oracle import IMAGE_GRID, VIDEO_GRID, hf_logits, hf_model, left_pad, pixels, rel_err, vision_prompt
+from models.qwen2_5_vl.config import tiny_config
+from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
+from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+from models.qwen2_5_vl.text import mrope_cos_sin
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(config, transformers model, our model loaded from its save_pretrained)."""
+    config = tiny_config()
+    ref = hf_model(config)
+    path = tmp_path_factory.mktemp("hf")
+    ref.save_pretrained(path)
+    return config, ref, Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+
+
+def _batch(config, rng, trailing_text=5):
+    """Row 0: an image (non-square, partial windows); row 1: a video with 3 temporal groups (left padded)."""
+    rows = [vision_prompt(config, rng, [IMAGE_GRID], ["image"], text_len=trailing_text),
+            vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=trailing_text + 4)]
+    ids, mask = left_pad(rows, config.pad_token_id)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels(config, rng, [IMAGE_GRID]),
+                image_grid_thw=np.array([IMAGE_GRID]), pixel_values_videos=pixels(config, rng, [VIDEO_GRID]),
+                video_grid_thw=np.array([VIDEO_GRID]), second_per_grid_ts=np.array([1.25]))
+
+
+def test_vision_tower(pair):
+    config, ref, ours = pair
+    rng = np.random.default_rng(1)
+    grids = [IMAGE_GRID, VIDEO_GRID, (2, 4, 8)]
+    px = pixels(config, rng, grids)
+    with torch.no_grad():
+        expected = torch.cat([ref.model.visual(torch.as_tensor(p), grid_thw=torch.tensor([g])).pooler_output
+                              for p, g in zip(np.split(px, np.cumsum([np.prod(g) for g in grids])[:-1]), grids)])
+    ids = np.array([vision_prompt(config, rng, grids, ["image"] * 3)])
+    inputs = build_model_inputs(config, ids, pixel_values=px, image_grid_thw=np.array(grids),
+                                pad_patches_to=px.shape[0] + 12)
+    visual = nnx.jit(lambda m, i: m(i.pixel_values, i.vision_pos_ids, i.window_index, i.window_inverse,
+                                      i.full_segment_ids, i.window_segment_ids))
+    got = np.asarray(visual(ours.model.visual, jax.tree.map(jnp.asarray, inputs)))[0, :expected.shape[0]]
+    assert rel_err(got, expected.numpy()) < TOL
+
+
+def test_mrope_cos_sin(pair):
+    config, ref, _ = pair
+    pos = np.random.default_rng(0).integers(0, 300, (3, 2, 7))
+    cos, sin = ref.model.language_model.rotary_emb(torch.zeros(1, dtype=torch.float32), torch.as_tensor(pos))
+    ours_cos, ours_sin = mrope_cos_sin(config.text, jnp.asarray(pos), jnp.float32)
+    np.testing.assert_allclose(ours_cos, cos.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours_sin, sin.numpy(), atol=1e-6)
+
+
+def test_logits_image_and_video_batch_left_padded(pair):
+    config, ref, ours = pair
+    kwargs = _batch(config, np.random.default_rng(2))
+    got = np.asarray(ours(**kwargs))
+    expected = hf_logits(ref, config, **kwargs)
+    valid = kwargs["attention_mask"].astype(bool)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert rel_err(got[valid], expected[valid]) < TOL
+
+
+def test_logits_long_prompt(pair):
+    """A 500+ token prompt: long text around a video with fractional seconds per group."""
+    config, ref, ours = pair
+    rng = np.random.default_rng(3)
+    grid = (4, 4, 6)
+    row = vision_prompt(config, rng, [grid], ["video"], text_len=250)
+    kwargs = dict(input_ids=np.array([row]), pixel_values_videos=pixels(config, rng, [grid]),
+                  video_grid_thw=np.array([grid]), second_per_grid_ts=np.array([0.7]))
+    assert len(row) > 500
+    assert rel_err(np.asarray(ours(**kwargs)), hf_logits(ref, config, **kwargs)) < TOL
+
+
+def test_tied_embeddings_text_only(tmp_path):
+    config = tiny_config(tie_word_embeddings=True, num_hidden_layers=1)
+    ref = hf_model(config, seed=1)
+    ref.save_pretrained(tmp_path)
+    ours = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path)
+    assert ours.lm_head is None
+    ids = np.random.default_rng(0).integers(0, 280, (2, 9))
+    assert rel_err(np.asarray(ours(ids)), hf_logits(ref, config, ids)) < TOL
+
+
+def test_prefill_and_decode_equal_full_forward(pair):
+    config, _, ours = pair
+    rng = np.random.default_rng(4)
+    kwargs = _batch(config, rng, trailing_text=6)
+    prompt = build_model_inputs(config, **kwargs)
+    b, length = prompt.input_ids.shape
+    steps = 3
+    new = rng.integers(0, 280, (b, steps))
+    full = build_model_inputs(config, **{**kwargs, "input_ids": np.concatenate([kwargs["input_ids"], new], 1),
+                                         "attention_mask": np.pad(kwargs["attention_mask"], ((0, 0), (0, steps)),
+                                                                  constant_values=1)})
+    expected = np.asarray(nnx.jit(lambda m, i: m.forward(i))(ours, jax.tree.map(jnp.asarray, full)))
+
+    cache = ours.init_cache(b, length + steps + 2)
+    logits, cache = nnx.jit(lambda m, i, c: m.prefill(i, c))(ours, jax.tree.map(jnp.asarray, prompt), cache)
+    assert rel_err(logits, expected[:, length - 1]) < TOL
+    decode = nnx.jit(lambda m, t, p, c, k, a: m.decode_step(t, p, c, k, a))
+    attn = np.zeros((b, length + steps + 2), np.int32)
+    attn[:, :length] = prompt.attention_mask
+    n_valid = prompt.attention_mask.sum(1)
+    for k in range(steps):
+        position = n_valid + k + prompt.rope_deltas[:, 0]
+        logits, cache = decode(ours, jnp.asarray(new[:, k]), jnp.asarray(position), cache, length + k, jnp.asarray(attn))
+        attn[:, length + k] = 1
+        assert rel_err(logits, expected[:, length + k]) < TOL
+    # the positions used for decoding are those of the full sequence
+    np.testing.assert_array_equal(full.position_ids[:, :, length:],
+                                  np.broadcast_to((n_valid[:, None] + np.arange(steps) + prompt.rope_deltas), (3, b, steps)))
+
+
+def test_collated_batch_equals_single_samples(pair):
+    """Right padding, padded patches and batching do not change a sample's logits."""
+    config, _, ours = pair
+    rng = np.random.default_rng(5)
+    kwargs = _batch(config, rng)
+    singles = [build_model_inputs(config, kwargs["input_ids"][i:i + 1][:, kwargs["attention_mask"][i] > 0],
+                                  **({"pixel_values": kwargs["pixel_values"], "image_grid_thw": kwargs["image_grid_thw"]}
+                                     if i == 0 else
+                                     {"pixel_values_videos": kwargs["pixel_values_videos"],
+                                      "video_grid_thw": kwargs["video_grid_thw"],
+                                      "second_per_grid_ts": kwargs["second_per_grid_ts"]}))
+               for i in range(2)]
+    batch = collate_model_inputs(singles, pad_len_to=48, pad_patches_to=96, padding_side="right")
+    forward = nnx.jit(lambda m, i: m.forward(i))
+    got = np.asarray(forward(ours, jax.tree.map(jnp.asarray, batch)))
+    for i, s in enumerate(singles):
+        alone = np.asarray(forward(ours, jax.tree.map(jnp.asarray, s)))[0]
+        assert rel_err(got[i, :s.seq_len], alone) < 1e-5

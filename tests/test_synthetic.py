@@ -1,0 +1,111 @@
+"""The synthetic dataset: deterministic, valid unified samples, and videos/images that show the events."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from data_pipeline import synthetic
+from data_pipeline.samples import read_jsonl, validate_sample
+from data_pipeline.video import read_image, read_video
+
+COUNTS = {"train": 3, "test": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    return out, synthetic.write_synthetic_dataset(out, seed=3, samples_per_task=COUNTS)
+
+
+def _has_colour(frame: np.ndarray, colour: str, min_pixels: int = 100) -> bool:
+    target = np.asarray(synthetic.COLOURS[colour], dtype=int)
+    close = np.abs(frame.astype(int) - target).max(axis=-1) <= 50
+    return int(close.sum()) >= min_pixels
+
+
+def test_splits_tasks_and_validity(dataset):
+    out, paths = dataset
+    assert set(paths) == {"train", "test"}
+    for split, path in paths.items():
+        samples = read_jsonl(path)
+        counts = collections.Counter(s.task for s in samples)
+        assert counts == {t: COUNTS[split] for t in synthetic.VIDEO_TASKS + synthetic.IMAGE_TASKS}
+        for s in samples:
+            validate_sample(s, where=str(path), videos_dir=out)
+            assert s.source == "synthetic"
+            if s.task in synthetic.VIDEO_TASKS:
+                assert 10 <= s.duration <= 30
+                assert all(seg[0] % 0.5 == 0 and seg[1] % 0.5 == 0 for seg in s.segments)
+        assert len({s.id for s in samples}) == len(samples)
+
+
+def test_task_semantics(dataset):
+    out, paths = dataset
+    for s in read_jsonl(paths["train"]):
+        events = s.extra.get("events", [])
+        spans = [[e["start"], e["end"]] for e in events]
+        if s.task == "tg":
+            assert [list(x) for x in s.segments] in [[sp] for sp in spans]
+        elif s.task == "dtg":
+            assert [list(x) for x in s.segments] == spans and len(s.query.splitlines()) == len(events)
+        elif s.task in ("vhd", "tal"):
+            words = s.query.split()
+            target = [[e["start"], e["end"]] for e in events if e["colour"] in words and e["shape"] in words]
+            assert [list(x) for x in s.segments] == target
+        elif s.task == "gvqa":
+            assert len(s.options) == 4 and s.answer in "ABCD"
+        elif s.task == "order":
+            assert sorted(s.answer) == list("ABCD") and s.answer != "ABCD"
+
+
+def test_videos_show_the_events(dataset):
+    out, paths = dataset
+    for s in read_jsonl(paths["test"]):
+        if s.video is None:
+            continue
+        frames, info = read_video(out / s.video)
+        assert info["native_fps"] == synthetic.NATIVE_FPS
+        assert info["duration"] == pytest.approx(s.duration)
+        for frame, t in zip(frames, info["timestamps"]):
+            visible = [e for e in s.extra["events"] if e["start"] <= t < e["end"]]
+            for e in visible:
+                assert _has_colour(frame, e["colour"]), (s.id, t, e)
+            if not visible:
+                assert frame.max() < 40, (s.id, t)
+
+
+def test_image_answers(dataset):
+    out, paths = dataset
+    for s in read_jsonl(paths["test"]):
+        if s.task == "order":
+            images = [read_image(out / p) for p in s.images]
+            # Chronological order = the answer's labels; the shape's position moves monotonically.
+            pos = [np.argwhere(img.max(axis=-1) > 100).mean(axis=0) for img in images]
+            chrono = [pos["ABCD".index(letter)] for letter in s.answer]
+            steps = np.diff(np.asarray(chrono), axis=0)
+            axis = int(np.abs(steps).sum(axis=0).argmax())
+            assert (np.sign(steps[:, axis]) == np.sign(steps[0, axis])).all() and steps[0, axis] != 0
+        if s.task == "mcq":
+            assert len(s.images) == 6 and s.answer in "ABCD"
+
+
+def test_deterministic(dataset, tmp_path):
+    out, paths = dataset
+    again = synthetic.write_synthetic_dataset(tmp_path, seed=3, samples_per_task=COUNTS)
+    for split in paths:
+        assert again[split].read_bytes() == paths[split].read_bytes()
+    for name in ("videos/syn-test-dtg-0001.mp4", "videos/syn-train-tal-0002.mp4"):
+        np.testing.assert_array_equal(read_video(out / name)[0], read_video(tmp_path / name)[0])
+    for png in sorted((out / "images").glob("*.png"))[:6]:
+        assert (tmp_path / "images" / png.name).read_bytes() == png.read_bytes()
+    other = synthetic.write_synthetic_dataset(tmp_path / "b", seed=4, samples_per_task=1, include_images=False,
+                                              split_names=("train",))
+    assert other["train"].read_bytes() != again["train"].read_bytes()
+
+
+def test_unknown_task(tmp_path):
+    with pytest.raises(ValueError, match="unknown synthetic tasks"):
+        synthetic.write_synthetic_dataset(tmp_path, tasks=("tg", "nope"))
