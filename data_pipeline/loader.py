@@ -35,7 +35,8 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Callable, Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import grain
 import numpy as np
@@ -81,7 +82,7 @@ class LoaderConfig:
     """
 
     sources: tuple[SourceConfig, ...]
-    batch_size: int
+    batch_size: int = 8
     token_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192)
     patch_buckets: tuple[int, ...] = (4096, 8192, 16384)
     seed: int = 0
@@ -99,7 +100,7 @@ class LoaderConfig:
     total_pixels: float = video.VIDEO_TOTAL_PIXELS
     image_min_pixels: int = video.IMAGE_MIN_PIXELS
     image_max_pixels: float = video.IMAGE_MAX_PIXELS
-    preprocessor: PreprocessorValues = PreprocessorValues()
+    preprocessor: PreprocessorValues = dataclasses.field(default_factory=PreprocessorValues)
     shard_index: int | None = None
     shard_count: int | None = None
 
@@ -135,7 +136,7 @@ def make_loader(
     model_config: Qwen2_5_VLConfig,
     prompt_builders: Mapping[str, PromptBuilder],
     answer_builders: Mapping[str, AnswerBuilder] | None = None,
-) -> "LoaderIterator":
+) -> LoaderIterator:
     """The training iterator: mixed, shuffled (per epoch), sharded, bucketed, full batches.
 
     `prompt_builders[task](sample) -> str` gives each task's prompt text (the task registry's);
@@ -161,7 +162,7 @@ def make_eval_loader(
     tokenizer: transformers.PreTrainedTokenizerBase,
     model_config: Qwen2_5_VLConfig,
     prompt_builders: Mapping[str, PromptBuilder],
-) -> "LoaderIterator":
+) -> LoaderIterator:
     """The evaluation iterator: sources in order, one pass, every sample, deterministic batches.
 
     Weights, seed and num_epochs are ignored. The last batch is filled with padding rows
@@ -228,13 +229,13 @@ class _Prepare:
             vision = self._vision(sample, source.media_dir)
         except video.VideoDecodeError as err:
             return _skip(sample, source, str(err))
-        counts = dict(
-            image_token_counts=merged_token_count(vision.get("image_grid_thw", np.zeros((0, 3))),
-                                                  self.config.preprocessor).tolist(),
-            video_token_counts=merged_token_count(vision.get("video_grid_thw", np.zeros((0, 3))),
-                                                  self.config.preprocessor).tolist(),
-            system_prompt=self.config.system_prompt,
-        )
+        counts = {
+            "image_token_counts": merged_token_count(vision.get("image_grid_thw", np.zeros((0, 3))),
+                                                     self.config.preprocessor).tolist(),
+            "video_token_counts": merged_token_count(vision.get("video_grid_thw", np.zeros((0, 3))),
+                                                     self.config.preprocessor).tolist(),
+            "system_prompt": self.config.system_prompt,
+        }
         builder = self.prompt_builders[task]
         element: dict[str, Any] = {"sample": sample}
         if self.answer_builders is None:
@@ -298,7 +299,7 @@ def _skip(sample: Mapping[str, Any], source: SourceConfig, reason: str) -> dict[
 # batching, prefetching, statistics
 
 
-def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad_last: bool) -> "LoaderIterator":
+def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad_last: bool) -> LoaderIterator:
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(config.batch_size, 1))
     it_ds = _Batches(ds.to_iter_dataset(read), _Collate(config, prepare), config.batch_size, pad_last)
     if config.num_workers > 0:
@@ -393,7 +394,7 @@ class _BatchesIterator(grain.DatasetIterator):
 class _Stats(grain.IterDataset):
     """Counts batches, samples and skips in the main process (the counts are part of the state)."""
 
-    def __iter__(self) -> "LoaderIterator":
+    def __iter__(self) -> LoaderIterator:
         return LoaderIterator(self._parent.__iter__())
 
 

@@ -10,7 +10,8 @@ Qwen2.5-VL's processor does.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import transformers

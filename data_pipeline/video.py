@@ -28,8 +28,8 @@ decoder skips non-reference frames that are not wanted (`skip_frame=NONREF`, whi
 other frame) and only kept frames are converted to RGB and resized. Otherwise (or if a seek
 overshoots) frames are identified by counting from the start, exactly as a decode-everything
 reference would. FFmpeg decodes with frame and slice threads. If fewer frames decode than the
-file has packets, the indices are planned again with the decoded count (a decode that ends before
-90% of the frames is a truncated file). Timestamps are frame index / native_fps.
+file has packets, the indices are planned again with the decoded count (a file whose packets or decoded
+frames fall short of 90% of the announced count is truncated). Timestamps are frame index / native_fps.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ VIDEO_TOTAL_PIXELS = 3584 * 28 * 28
 IMAGE_MIN_PIXELS = 4 * 28 * 28
 IMAGE_MAX_PIXELS = 256 * 28 * 28
 MAX_ASPECT_RATIO = 200
-# A decode that ends before this share of the announced frames is a truncated file, not a metadata
-# rounding difference.
+# A file holding (or decoding) less than this share of the frames its header announces (or of its
+# packets) is truncated, not off by a rounding of the metadata.
 _MIN_DECODED_SHARE = 0.9
 
 
@@ -230,10 +230,12 @@ def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoS
     The count does not depend on container metadata (mkv and webm store none, and mp4 edit lists
     can make `stream.frames` disagree with what decodes).
     """
-    pts = [p.pts for p in container.demux(stream) if p.size > 0]
+    pts = [p.pts for p in container.demux(stream) if p.size > 0 and not p.is_discard]
     container.seek(0)
     if not pts:
         raise ValueError("no video frames")
+    if len(pts) < _MIN_DECODED_SHARE * stream.frames:
+        raise ValueError(f"truncated: {len(pts)} of {stream.frames} frames present")
     if any(p is None for p in pts) or stream.time_base is None:
         return _Timeline(len(pts), None)
     origin = min(pts)

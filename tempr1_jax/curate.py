@@ -10,8 +10,10 @@ per-epoch filter that drops samples the current policy already solves.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
+import gin
 import numpy as np
 
 from tempr1_jax import tasks as tasks_lib
@@ -20,6 +22,18 @@ from tempr1_jax.rewards import reference
 DEFAULT_MEAN = 0.3
 DEFAULT_STD = 0.2
 DEFAULT_SOLVED_IOU = 0.7
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CurateConfig:
+    """`tempr1 curate` settings: subset size and the Gaussian over difficulty, the solved threshold."""
+
+    size: int = 2500
+    mean: float = DEFAULT_MEAN
+    std: float = DEFAULT_STD
+    solved_iou: float = DEFAULT_SOLVED_IOU
+    seed: int = 0
 
 
 def gaussian_weights(difficulty: Sequence[float] | np.ndarray, mean: float = DEFAULT_MEAN,

@@ -143,7 +143,8 @@ def test_tokens_match_grids_and_buckets(data):
             n = int(mask.sum())
             assert mask[-n:].all() and not mask[:-n].any()  # left padded for generation
             assert tok.decode(ids[-n:]).startswith("<|im_start|>system\n")
-            assert tok.decode(ids[-n:]).endswith(PROMPTS[sample["task"]](sample) + "<|im_end|>\n<|im_start|>assistant\n")
+            tail = PROMPTS[sample["task"]](sample) + "<|im_end|>\n<|im_start|>assistant\n"
+            assert tok.decode(ids[-n:]).endswith(tail)
             kind = model.video_token_id if sample["task"] == "tg" else model.image_token_id
             n_tokens = int((ids == kind).sum())
             assert n_tokens * 4 == int(x.patch_valid[row].sum())

@@ -36,7 +36,8 @@ def _batch(config, rng, trailing_text=5):
                 video_grid_thw=np.array([VIDEO_GRID]), second_per_grid_ts=np.array([1.25]))
 
 
-def test_vision_tower(pair):
+@pytest.mark.parametrize("attn_block", [256, 16])  # one dense attention / banded windows + blocked full
+def test_vision_tower(pair, attn_block):
     config, ref, ours = pair
     rng = np.random.default_rng(1)
     grids = [IMAGE_GRID, VIDEO_GRID, (2, 4, 8)]
@@ -49,7 +50,9 @@ def test_vision_tower(pair):
                                 pad_patches_to=px.shape[0] + 12)
     visual = nnx.jit(lambda m, i: m(i.pixel_values, i.vision_pos_ids, i.window_index, i.window_inverse,
                                       i.full_segment_ids, i.window_segment_ids))
-    got = np.asarray(visual(ours.model.visual, jax.tree.map(jnp.asarray, inputs)))[0, :expected.shape[0]]
+    tower = nnx.clone(ours.model.visual)
+    tower.attn_block = attn_block
+    got = np.asarray(visual(tower, jax.tree.map(jnp.asarray, inputs)))[0, :expected.shape[0]]
     assert rel_err(got, expected.numpy()) < TOL
 
 

@@ -24,8 +24,8 @@ def _frame(i: int, height: int, width: int) -> np.ndarray:
     return img
 
 
-def write_clip(path, n, width, height, fps, codec="libx264", pix_fmt="yuv420p", options=None):
-    with av.open(str(path), "w") as out:
+def write_clip(path, n, width, height, fps, codec="libx264", pix_fmt="yuv420p", options=None, faststart=False):
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.bit_rate = 4_000_000  # mpeg4's default is too lossy for the red-level check
@@ -175,6 +175,12 @@ def test_bad_files_raise(tmp_path, clips):
     cut.write_bytes(clips["ntsc"].read_bytes()[: clips["ntsc"].stat().st_size // 2])
     with pytest.raises(VideoDecodeError, match="cut.mp4"):
         read_video(cut)
+    # With the index at the front, a cut file still opens: its missing frames give it away.
+    whole = write_clip(tmp_path / "whole.mp4", 80, 64, 48, 8, faststart=True)
+    cut_front = tmp_path / "cut_front.mp4"
+    cut_front.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with pytest.raises(VideoDecodeError, match="cut_front.mp4.*truncated"):
+        read_video(cut_front)
     one = write_clip(tmp_path / "one.mp4", 1, 64, 48, 8)
     with pytest.raises(VideoDecodeError, match="one.mp4"):
         read_video(one)

@@ -109,11 +109,21 @@ def checkpoint_files(directory: pathlib.Path) -> list[pathlib.Path]:
 
 
 def iter_tensors(directory: str | pathlib.Path) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
-    """(hub name, loader) for every tensor; each loader reads that one tensor when called."""
+    """(hub name, loader) for every tensor; each loader reads that one tensor when called.
+
+    The file is opened (memory-mapped) per tensor, so mapped pages of tensors already read are
+    released and the process holds at most one tensor of the file at a time.
+    """
     for path in checkpoint_files(pathlib.Path(directory)):
         with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():
-                yield t5_to_hub(key), (lambda f=f, key=key: f.get_tensor(key))
+            keys = list(f.keys())
+        for key in keys:
+            yield t5_to_hub(key), (lambda path=path, key=key: _read_one(path, key))
+
+
+def _read_one(path: pathlib.Path, key: str) -> np.ndarray:
+    with safe_open(str(path), framework="numpy") as f:
+        return f.get_tensor(key)
 
 
 def detect_layout(keys: list[str]) -> str:
@@ -164,7 +174,7 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
         if tuple(tensor.shape) != expected[name]:
             raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, config expects {expected[name]}")
         path = nnx_path(name)
-        value = to_nnx(name, tensor).astype(np_dtype)
+        value = to_nnx(name, tensor).astype(np_dtype, copy=False)
         flat[path].set_value(jnp.asarray(value) if sharding is None else jax.device_put(value, sharding(path, value.shape)))
         seen.add(name)
         del tensor, value

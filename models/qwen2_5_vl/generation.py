@@ -96,12 +96,6 @@ def sample_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams) -> 
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
 
 
-def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
-    if not eos_ids:
-        return jnp.zeros(tokens.shape, bool)
-    return jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
-
-
 def _eos_tuple(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
     if eos_token_id is None:
         return ()
@@ -118,19 +112,20 @@ def decode_loop(
     *,
     params: SamplingParams,
     max_new_tokens: int,
-    eos_ids: tuple[int, ...],
-    pad_token_id: int,
+    eos_ids: jax.Array,
+    pad_token_id: jax.Array | int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sample ``max_new_tokens`` tokens with a ``lax.while_loop`` that stops once every row has finished.
 
     ``step_fn(cache, tokens [N], i) -> (logits [N, V], cache)`` feeds the token generated at step
     ``i - 1`` and returns the logits for step ``i``. ``first_logits [N, V]`` come from the prefill.
+    ``eos_ids`` is an int32 array of stop ids (entries < 0 never match), ``pad_token_id`` a scalar.
     Returns (tokens [N, T] padded after EOS, log-probs [N, T] (0 where padded), done-mask [N, T]).
     Call inside jit.
     """
     n = first_logits.shape[0]
     tokens0, logp0 = sample_tokens(jax.random.fold_in(key, 0), first_logits, params)
-    done0 = _is_eos(tokens0, eos_ids)
+    done0 = jnp.isin(tokens0, eos_ids)
     buf = jnp.full((n, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(tokens0)
     lp_buf = jnp.zeros((n, max_new_tokens), jnp.float32).at[:, 0].set(logp0)
     valid = jnp.zeros((n, max_new_tokens), bool).at[:, 0].set(True)
@@ -148,7 +143,7 @@ def decode_loop(
         buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, i))
         lp_buf = jax.lax.dynamic_update_slice(lp_buf, jnp.where(active, logp, 0.0)[:, None], (0, i))
         valid = jax.lax.dynamic_update_slice(valid, active[:, None], (0, i))
-        done = jnp.logical_or(done, _is_eos(tok, eos_ids))
+        done = jnp.logical_or(done, jnp.isin(tok, eos_ids))
         return i + 1, buf, lp_buf, valid, done, tok, cache
 
     carry = (jnp.int32(1), buf, lp_buf, valid, done0, tokens0, cache)
@@ -165,10 +160,10 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cach
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "eos_ids", "pad_token_id"))
+    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences"))
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: jax.Array,
-            attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, *, params: SamplingParams,
-            max_new_tokens: int, num_return_sequences: int, eos_ids: tuple[int, ...], pad_token_id: int):
+            attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, eos_ids: jax.Array,
+            pad_token_id: jax.Array, *, params: SamplingParams, max_new_tokens: int, num_return_sequences: int):
     """Repeat the prompt cache for the samples and run :func:`decode_loop` with the model's decode step."""
     model = nnx.merge(graphdef, state)
     g = num_return_sequences
@@ -262,10 +257,13 @@ def generate(
     inputs = jax.tree.map(jnp.asarray, inputs)
     cache_len = inputs.input_ids.shape[1] + max_new_tokens
     last_logits, cache = _prefill(graphdef, state, inputs, cache_len)
+    # Stop ids are data, padded to a multiple of 4 with -1, so changing them rarely recompiles.
+    eos_arr = np.full(max(4, -(-len(eos_ids) // 4) * 4), -1, np.int32)
+    eos_arr[:len(eos_ids)] = eos_ids
     tokens, logprobs, mask = _decode(
-        graphdef, state, cache, last_logits, inputs.attention_mask, inputs.position_ids, rng,
-        params=params, max_new_tokens=int(max_new_tokens), num_return_sequences=int(num_return_sequences),
-        eos_ids=eos_ids, pad_token_id=int(pad_token_id))
+        graphdef, state, cache, last_logits, inputs.attention_mask, inputs.position_ids, rng, eos_arr,
+        jnp.int32(pad_token_id), params=params, max_new_tokens=int(max_new_tokens),
+        num_return_sequences=int(num_return_sequences))
     if not (return_dict or return_logprobs):
         return tokens
     return GenerationOutput(tokens, mask, mask.sum(axis=1, dtype=jnp.int32), logprobs if return_logprobs else None)

@@ -6,12 +6,20 @@ patches into window order (`window_index`), runs the blocks with window attentio
 `fullatt_block_indexes`, attention within each temporal group (both as segment-id masks, so any
 mix of images and videos runs in one static-shape program), merges groups of 2x2 patches, and
 returns merged features [B, P // merge_unit, out_hidden] back in HF order (`window_inverse`).
+
+Attention cost: segments are contiguous runs in the permuted order. A window holds at most
+`window_merged**2 * merge_unit` patches, so window layers attend, per block of `attn_block`
+queries, to a static band of keys around the block (O(P) work and memory). Full-attention layers
+(a temporal group can be a whole large image) run one query block at a time against all keys,
+rematerialised under autodiff (O(P^2) work, O(attn_block * P) memory). Inputs of at most
+`attn_block` patches use one dense masked attention.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .config import VISION_RMS_EPS, VisionConfig
@@ -47,14 +55,15 @@ class VisionAttention(nnx.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 max_segment: int | None, block: int) -> jax.Array:
         b, p, _ = x.shape
         qkv = self.qkv(x).reshape(b, p, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         # Rotary in float32, as in the reference.
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        out = masked_attention(q, k, v, mask, self.head_dim**-0.5)
+        out = segment_attention(q, k, v, segment_ids, self.head_dim**-0.5, block=block, max_segment=max_segment)
         return self.proj(out.reshape(b, p, -1))
 
 
@@ -66,8 +75,8 @@ class VisionBlock(nnx.Module):
         self.attn = VisionAttention(cfg, rngs=rngs, **kw)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=True, rngs=rngs, **kw)
 
-    def __call__(self, x, cos, sin, mask):
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, segment_ids, max_segment, block):
+        x = x + self.attn(self.norm1(x), cos, sin, segment_ids, max_segment, block)
         return x + self.mlp(self.norm2(x))
 
 
@@ -88,6 +97,42 @@ class PatchMerger(nnx.Module):
         return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
 
 
+def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, scale: float, *,
+                      block: int, max_segment: int | None) -> jax.Array:
+    """Attention within contiguous segments: q/k/v [B, P, H, D], segment_ids [B, P].
+
+    `max_segment` bounds every segment's length (None: unbounded); see the module docstring.
+    """
+    b, p, h, d = q.shape
+    if p <= block:
+        return masked_attention(q, k, v, segment_ids[:, :, None] == segment_ids[:, None, :], scale)
+    nb = -(-p // block)
+    pad = nb * block - p
+    if pad:
+        q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
+        segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
+    total = nb * block
+    q_blocks = q.reshape(b, nb, block, h, d)
+    seg_blocks = segment_ids.reshape(b, nb, block)
+    if max_segment is not None and block + 2 * max_segment < total:
+        # A query's segment lies within max_segment - 1 of it: a band of keys around each block suffices.
+        width = block + 2 * max_segment
+        starts = np.clip(np.arange(nb) * block - max_segment, 0, total - width)
+        key_index = starts[:, None] + np.arange(width)  # [nb, width], static
+        mask = seg_blocks[..., :, None] == segment_ids[:, key_index][..., None, :]
+        out = masked_attention(
+            q_blocks.reshape(b * nb, block, h, d), k[:, key_index].reshape(b * nb, width, h, d),
+            v[:, key_index].reshape(b * nb, width, h, d), mask.reshape(b * nb, block, width), scale)
+    else:
+        @jax.checkpoint
+        def one_block(args):
+            qb, sb = args
+            return masked_attention(qb, k, v, sb[:, :, None] == segment_ids[:, None, :], scale)
+
+        out = jax.lax.map(one_block, (q_blocks.swapaxes(0, 1), seg_blocks.swapaxes(0, 1))).swapaxes(0, 1)
+    return out.reshape(b, total, h, d)[:, :p]
+
+
 def _take(x: jax.Array, index: jax.Array) -> jax.Array:
     """x [B, N, ...] gathered along N with index [B, M]."""
     return jax.vmap(lambda a, i: a[i])(x, index)
@@ -96,9 +141,11 @@ def _take(x: jax.Array, index: jax.Array) -> jax.Array:
 class VisionTransformer(nnx.Module):
     """`model.visual`: patches -> merged features in the language model's width."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+                 attn_block: int = 256):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cfg = cfg
+        self.attn_block = attn_block
         self.dtype = dtype
         self.patch_embed = PatchEmbed(cfg, **kw)
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
@@ -117,10 +164,11 @@ class VisionTransformer(nnx.Module):
         unit = self.cfg.merge_unit
         x = self.patch_embed(_take(pixel_values, window_index).astype(self.dtype))
         cos, sin = vision_rotary(self.cfg, _take(vision_pos_ids, window_index))
-        full_mask = full_segment_ids[:, :, None] == full_segment_ids[:, None, :]
-        window_mask = window_segment_ids[:, :, None] == window_segment_ids[:, None, :]
-        fullatt = set(self.cfg.fullatt_block_indexes)
+        window_max = self.cfg.window_merged**2 * unit
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, full_mask if i in fullatt else window_mask)
+            if i in self.cfg.fullatt_block_indexes:
+                x = block(x, cos, sin, full_segment_ids, None, self.attn_block)
+            else:
+                x = block(x, cos, sin, window_segment_ids, window_max, self.attn_block)
         merged = self.merger(x)
         return _take(merged, window_inverse[:, ::unit] // unit)

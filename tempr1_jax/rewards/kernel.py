@@ -2,7 +2,7 @@
 
 One jitted function computes every localisation reward for every row and picks the row's own by
 its `kind` code, so a batch that mixes tasks compiles once per padded shape. Shapes are padded to
-buckets (powers of two: batch >= 8, segments >= 1), so repeated calls reuse the compiled code.
+buckets (powers of two >= 8 for the batch and the segment counts), so repeated calls reuse the compiled code.
 
 It runs on the host CPU backend in float64 (scoped `jax.enable_x64`): completions are host text
 anyway, and float32 cannot hold 1e-6 agreement with the reference for short segments in long
@@ -170,7 +170,7 @@ def loc_rewards(
     """
     b, p = pred_mask.shape
     g = gt_mask.shape[1]
-    bb, pb, gb = bucket(b, 8), bucket(p), bucket(g)
+    bb, pb, gb = bucket(b, 8), bucket(p, 8), bucket(g, 8)
     args = (
         _pad(np.asarray(pred, np.float64), (bb, pb, 2), 0.0),
         _pad(np.asarray(pred_mask, bool), (bb, pb), False),

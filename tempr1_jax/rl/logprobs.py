@@ -37,7 +37,7 @@ def sequence_inputs(prompt: ModelInputs, completions: jax.Array, completion_mask
     return rep.replace(
         input_ids=jnp.concatenate([rep.input_ids.astype(jnp.int32), completions], axis=1),
         attention_mask=jnp.concatenate([rep.attention_mask, cmask], axis=1),
-        position_ids=jnp.concatenate([rep.position_ids, positions], axis=1),
+        position_ids=jnp.concatenate([rep.position_ids, positions], axis=2),
         vision_token_index=jnp.concatenate(
             [rep.vision_token_index, jnp.full((n, t), -1, rep.vision_token_index.dtype)], axis=1),
     )

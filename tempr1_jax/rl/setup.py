@@ -103,7 +103,7 @@ def resolve_sources(cfg: DataConfig, workdir: str | pathlib.Path) -> tuple[loade
         train = out / "train.jsonl"
         if not train.is_file():
             write_synthetic_dataset(out, seed=cfg.synthetic_seed, samples_per_task=cfg.synthetic_samples_per_task,
-                                    tasks=tuple(cfg.synthetic_tasks), include_images=False)
+                                    tasks=tuple(cfg.synthetic_tasks), include_images=False, split_names=("train",))
         return (loader_lib.SourceConfig(path=str(train), media_dir=str(out)),)
     if not cfg.sources:
         raise ValueError("DataConfig.sources is empty and DataConfig.synthetic is False: no training data")
@@ -151,9 +151,35 @@ def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
     else:
         tokenizer = train_tiny_tokenizer(_training_text(sources, think), tok_dir, setup.tokenizer_vocab_size)
     config = tiny_config(**{**special_token_ids(tokenizer), **dict(setup.tiny)})
-    model = Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype,
-                                               rngs=nnx.Rngs(setup.seed))
-    return model, tokenizer
+    return init_model(config, setup.seed, dtype, param_dtype), tokenizer
+
+
+def init_model(config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+               std: float = 0.02) -> Qwen2_5_VLForConditionalGeneration:
+    """A freshly initialised model, drawn on the host with numpy from `seed` (no XLA compilation).
+
+    Kernels and embeddings ~ N(0, std) (the HF initialiser), biases 0, norm weights 1. Eager NNX
+    initialisation compiles one XLA program per parameter shape, which dominates a tiny CPU run.
+    """
+    abstract = nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(
+        config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError("init_model: the model has non-parameter variables; initialise it with nnx instead")
+    rng = np.random.default_rng(seed)
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path if not str(k).endswith("value")]
+        last = names[-1] if names else ""
+        if last == "bias":
+            value = np.zeros(leaf.shape)
+        elif last in ("weight", "scale") and any("norm" in n or n == "ln_q" for n in names[-2:]):
+            value = np.ones(leaf.shape)
+        else:
+            value = rng.normal(0.0, std, leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, params), rest)
 
 
 def trainable_filter(freeze_vision: bool):

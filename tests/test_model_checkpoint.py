@@ -1,0 +1,118 @@
+"""Checkpoint import/export: hub and transformers-5 layouts, sharding, save_pretrained, orbax, convert."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors.torch import save_file
+
+from model_oracle import IMAGE_GRID, VIDEO_GRID, hf_logits, hf_model, pixels, rel_err, vision_prompt
+from models.qwen2_5_vl.checkpoint import detect_layout, file_keys, nnx_path
+from models.qwen2_5_vl.config import param_shapes, tiny_config
+from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration as Model
+from models.qwen2_5_vl.orbax_io import load_orbax_params, save_orbax_params
+from tempr1_jax import cli
+
+CONFIG = tiny_config(vision_depth=2, vision_fullatt_block_indexes=(1,), num_hidden_layers=1)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return hf_model(CONFIG, seed=3)
+
+
+@pytest.fixture(scope="module")
+def hub_dir(ref, tmp_path_factory):
+    path = tmp_path_factory.mktemp("hub")
+    ref.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kwargs():
+    rng = np.random.default_rng(0)
+    ids = np.array([vision_prompt(CONFIG, rng, [IMAGE_GRID, VIDEO_GRID], ["image", "video"])])
+    return dict(input_ids=ids, pixel_values=pixels(CONFIG, rng, [IMAGE_GRID]), image_grid_thw=np.array([IMAGE_GRID]),
+                pixel_values_videos=pixels(CONFIG, rng, [VIDEO_GRID]), video_grid_thw=np.array([VIDEO_GRID]),
+                second_per_grid_ts=np.array([0.5]))
+
+
+def _params(model):
+    return {path: np.asarray(v.get_value()) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _assert_same_params(a, b):
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=str(k))
+
+
+def test_hub_layout_single_and_sharded(ref, hub_dir, kwargs, tmp_path):
+    assert detect_layout(file_keys(hub_dir)) == "hub"
+    single = Model.from_pretrained(hub_dir)
+    assert rel_err(np.asarray(single(**kwargs)), hf_logits(ref, CONFIG, **kwargs)) < 1e-4
+    ref.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    _assert_same_params(Model.from_pretrained(tmp_path), single)
+
+
+def test_transformers5_layout(ref, hub_dir, tmp_path):
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    assert any(k.startswith("model.language_model.") for k in state)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((hub_dir / "config.json").read_text())
+    assert detect_layout(file_keys(tmp_path)) == "transformers5"
+    _assert_same_params(Model.from_pretrained(tmp_path), Model.from_pretrained(hub_dir))
+
+
+def test_missing_and_unexpected_tensors_are_listed(ref, hub_dir, tmp_path):
+    state = {k: v.contiguous() for k, v in ref.state_dict().items() if k != "model.language_model.norm.weight"}
+    state["model.language_model.extra.weight"] = torch.zeros(2)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((hub_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"missing tensors \['model.norm.weight'\], unexpected tensors \['model.extra.weight'\]"):
+        Model.from_pretrained(tmp_path)
+
+
+def test_name_mapping_covers_every_parameter():
+    model = nnx.eval_shape(lambda: Model(CONFIG))
+    ours = {path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    assert ours == {nnx_path(name) for name in param_shapes(CONFIG)}
+
+
+@pytest.mark.parametrize("layout,shard_bytes", [("hub", 10**9), ("transformers5", 50_000)])
+def test_save_pretrained_loads_in_transformers(hub_dir, kwargs, tmp_path, layout, shard_bytes):
+    ours = Model.from_pretrained(hub_dir)
+    ours.save_pretrained(tmp_path, layout=layout, max_shard_bytes=shard_bytes)
+    assert (tmp_path / "model.safetensors.index.json").is_file() == (shard_bytes < 10**9)
+    loaded = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager")
+    assert rel_err(hf_logits(loaded.float().eval(), CONFIG, **kwargs), np.asarray(ours(**kwargs))) < 1e-5
+
+
+def test_bfloat16_load(hub_dir):
+    model = Model.from_pretrained(hub_dir, dtype=jnp.bfloat16)
+    assert {v.dtype for v in _params(model).values()} == {np.dtype(jnp.bfloat16)}
+
+
+def test_orbax_round_trip(hub_dir, tmp_path):
+    model = Model.from_pretrained(hub_dir)
+    save_orbax_params(model, tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "config.json").is_file() and (tmp_path / "ckpt" / "params").is_dir()
+    _assert_same_params(load_orbax_params(tmp_path / "ckpt"), model)
+    restored = load_orbax_params(tmp_path / "ckpt", jnp.bfloat16)
+    assert restored.lm_head.kernel[...].dtype == jnp.bfloat16
+
+
+def test_convert_round_trip(ref, hub_dir, kwargs, tmp_path):
+    assert cli.main(["convert", "hf-to-orbax", str(hub_dir), str(tmp_path / "orbax")]) == 0
+    assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "orbax"), str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    back = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "hf", attn_implementation="eager")
+    np.testing.assert_array_equal(hf_logits(back.float().eval(), CONFIG, **kwargs), hf_logits(ref, CONFIG, **kwargs))
+    assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
