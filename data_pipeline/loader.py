@@ -76,7 +76,10 @@ class LoaderConfig:
 
     token_buckets / patch_buckets: allowed padded lengths (tokens per row, patches per row); a batch
     takes the smallest that fits its longest row, so each step shape compiles once. Patch buckets
-    must be multiples of the model's merge unit (4). num_epochs None repeats forever.
+    must be multiples of the model's merge unit (4). num_epochs None repeats forever; with a finite
+    count the mixture ends when the first source (relative to its weight) runs out, so every sample
+    is used when the weights are left proportional to the source sizes (None).
+    padding_side: "left" for generation (GRPO prompts), "right" is usual for SFT.
     num_workers 0 decodes in this process (with `read_threads` threads); N > 0 uses N processes.
     shard_index / shard_count default to `jax.process_index()` / `jax.process_count()`.
     """

@@ -50,8 +50,9 @@ COLOURS = {
 }
 SHAPES = ("square", "circle", "triangle")
 ACTIONS = {"appears": "appears", "moves": "moves across the screen", "flashes": "flashes"}
-# Event length range per action, in ticks (inclusive).
-_LENGTHS = {"appears": (4, 10), "moves": (6, 12), "flashes": (2, 4)}
+# Event length range per action, in ticks (inclusive). At most 5 events of <= 10 ticks with gaps
+# (5 * 10 + 5 + 2 = 57 ticks) keep every clip within 30 s.
+_LENGTHS = {"appears": (4, 10), "moves": (6, 10), "flashes": (2, 4)}
 _SIZES = {"appears": 36, "moves": 32, "flashes": 56}
 _DIRECTIONS = {
     "from the left to the right": (0, 1),
@@ -144,11 +145,17 @@ def _timeline(rng: np.random.Generator, specs: Sequence[tuple[str, str, str]]) -
     for (colour, shape, action), length, gap in zip(specs, lengths, gaps):
         t += int(gap)
         size = _SIZES[action]
-        events.append({
-            "colour": colour, "shape": shape, "action": action,
-            "start": t * TICK, "end": (t + length) * TICK,
-            "y": int(rng.integers(0, HEIGHT - size + 1)), "x": int(rng.integers(0, WIDTH - size + 1)),
-        })
+        events.append(
+            {
+                "colour": colour,
+                "shape": shape,
+                "action": action,
+                "start": t * TICK,
+                "end": (t + length) * TICK,
+                "y": int(rng.integers(0, HEIGHT - size + 1)),
+                "x": int(rng.integers(0, WIDTH - size + 1)),
+            }
+        )
         t += length
     return events, total * TICK
 
@@ -174,7 +181,11 @@ def _tg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
 def _dtg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
     specs = [(c, s, _action(rng)) for c, s in _kinds(rng, int(rng.integers(2, 5)))]
     events, duration = _timeline(rng, specs)
-    return events, duration, {"query": "\n".join(describe(e) for e in events), "segments": [_seg(e) for e in events]}
+    return (
+        events,
+        duration,
+        {"query": "\n".join(describe(e) for e in events), "segments": [_seg(e) for e in events]},
+    )
 
 
 def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Sequence[str]):
@@ -189,7 +200,9 @@ def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Se
 
 
 def _vhd(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
-    events, duration, targets = _repeated(rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes"))
+    events, duration, targets = _repeated(
+        rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes")
+    )
     return events, duration, {"query": describe(targets[0]), "segments": [_seg(e) for e in targets]}
 
 
@@ -211,7 +224,7 @@ def _other_descriptions(rng: np.random.Generator, exclude: Sequence[str], n: int
     """n random event sentences, none of them in `exclude`."""
     out: list[str] = []
     while len(out) < n:
-        (colour, shape), = _kinds(rng, 1)
+        ((colour, shape),) = _kinds(rng, 1)
         text = describe({"colour": colour, "shape": shape, "action": _action(rng)})
         if text not in exclude and text not in out:
             out.append(text)
@@ -245,7 +258,7 @@ def _gvqa(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
 
 def _motion(rng: np.random.Generator) -> tuple[Callable[..., np.ndarray], str, str]:
     """A renderer draw(progress, colour=...) of one shape moving in one direction, its sentence, its colour."""
-    (colour, shape), = _kinds(rng, 1)
+    ((colour, shape),) = _kinds(rng, 1)
     direction = list(_DIRECTIONS)[int(rng.integers(len(_DIRECTIONS)))]
     dy, dx = _DIRECTIONS[direction]
     size = 32
@@ -284,7 +297,7 @@ def _mcq(rng: np.random.Generator) -> tuple[list[np.ndarray], dict]:
         pool = [steps[2], *(wrong[i] for i in rng.choice(3, size=2, replace=False))]
         candidates, answer = [pool[i] for i in order], LETTERS[int(np.flatnonzero(order == 0)[0])]
     query = (
-        f"The first three images are steps 1, 2 and 4 of: \"{description}\". The 4th, 5th and 6th images "
+        f'The first three images are steps 1, 2 and 4 of: "{description}". The 4th, 5th and 6th images '
         "are candidates for step 3. Which one is step 3?"
     )
     options = ["the 4th image", "the 5th image", "the 6th image", "none of these"]
@@ -306,7 +319,9 @@ def _video_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.rand
     n = round(duration * NATIVE_FPS)
     write_video(out_dir / rel, [render_frame(i / NATIVE_FPS, events) for i in range(n)])
     extra = {"events": [{k: e[k] for k in ("colour", "shape", "action", "start", "end")} for e in events]}
-    return Sample(id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields)
+    return Sample(
+        id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields
+    )
 
 
 def _image_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.random.Generator) -> Sample:

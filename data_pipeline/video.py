@@ -13,9 +13,10 @@ TempR1's budget (2 FPS, 4..448 frames, 3584 visual tokens, min_pixels 16*28*28).
   ~10^5 frames);
 * sample_fps = nframes / total_in_range * native_fps (a float, not rounded);
 * per-frame max_pixels = max(min(max_pixels, total_pixels / nframes * 2), int(1.05 * min_pixels)),
-  the int() truncation as in qwen-vl-utils;
+  the int() truncation as in qwen-vl-utils (our `max_pixels` argument plays its VIDEO_MAX_PIXELS);
 * `smart_resize` is transformers' Qwen2-VL function (round each side to a multiple of 28, then
-  floor-scale into max_pixels or ceil-scale into min_pixels), so images equal the HF processor's.
+  floor-scale into max_pixels or ceil-scale into min_pixels), so images equal the HF processor's;
+  qwen-vl-utils' copy differs only for sides under 14 pixels.
 
 Frames are converted to RGB by FFmpeg (`to_image`, rgb24) and resized with PIL bicubic on uint8 (the
 same filter as transformers' PIL image processor; torchvision's antialiased uint8 bicubic, which
@@ -78,7 +79,8 @@ def smart_resize(
     min_pixels: int = MIN_PIXELS,
     max_pixels: float = VIDEO_MAX_PIXELS,
 ) -> tuple[int, int]:
-    """Qwen2-VL's resize target: sides multiples of `factor`, area in [min_pixels, max_pixels], aspect kept.
+    """Qwen2-VL's resize target (transformers' `smart_resize`): sides multiples of `factor`, area in
+    [min_pixels, max_pixels] (the min branch may exceed max_pixels for tiny inputs), aspect kept.
 
     Raises ValueError for an aspect ratio above 200 or a non-positive side.
     """
@@ -179,7 +181,9 @@ def plan_frames(
     video_end: float | None = None,
 ) -> FramePlan:
     """Indices, sample fps and output size for a video of `total_frames` frames of height x width."""
-    indices, sample_fps = sample_frame_indices(total_frames, native_fps, fps, min_frames, max_frames, video_start, video_end)
+    indices, sample_fps = sample_frame_indices(
+        total_frames, native_fps, fps, min_frames, max_frames, video_start, video_end
+    )
     per_frame = frame_max_pixels(len(indices), min_pixels, max_pixels, total_pixels)
     return FramePlan(indices, sample_fps, smart_resize(height, width, IMAGE_FACTOR, min_pixels, per_frame))
 
@@ -191,13 +195,25 @@ def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (as transformers and qwen-vl-utils do)."""
+    if "A" not in image.getbands() and image.info.get("transparency") is None:
+        return image.convert("RGB")
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+
+
 def read_image(
     path: str | os.PathLike, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: float = IMAGE_MAX_PIXELS
 ) -> np.ndarray:
-    """Read an image as RGB uint8 [H, W, 3] resized by `smart_resize`; VideoDecodeError when unreadable."""
+    """Read an image as RGB uint8 [H, W, 3] resized by `smart_resize` (bicubic); VideoDecodeError when unreadable.
+
+    With the checkpoint's min/max pixels, `patchify_images` of the result equals transformers'
+    image processor applied to the file.
+    """
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img)
         h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
     except FileNotFoundError as e:
         raise VideoDecodeError(path, "file not found") from e
@@ -224,7 +240,9 @@ class _Timeline:
         return round((pts - self.origin_pts) * float(stream.time_base) * native_fps)
 
 
-def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, native_fps: float) -> _Timeline:
+def _scan(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, native_fps: float
+) -> _Timeline:
     """Demux (no decoding) to count the frames and check that pts = frame 0 + index / native_fps.
 
     The count does not depend on container metadata (mkv and webm store none, and mp4 edit lists
@@ -359,8 +377,20 @@ def read_video(
             height, width = stream.codec_context.height, stream.codec_context.width
 
             def plan_for(total: int) -> FramePlan:
-                return plan_frames(total, native_fps, height, width, fps, min_frames, max_frames, min_pixels,
-                                   max_pixels, total_pixels, video_start, video_end)
+                return plan_frames(
+                    total,
+                    native_fps,
+                    height,
+                    width,
+                    fps,
+                    min_frames,
+                    max_frames,
+                    min_pixels,
+                    max_pixels,
+                    total_pixels,
+                    video_start,
+                    video_end,
+                )
 
             frames, plan, total = _decode(container, stream, native_fps, plan_for)
     except VideoDecodeError:

@@ -87,7 +87,8 @@ def _check_frames(frames: np.ndarray, values: PreprocessorValues, what: str) -> 
     _, height, width, _ = frames.shape
     if height % values.factor or width % values.factor or height == 0 or width == 0:
         raise ValueError(
-            f"{what} size {height}x{width} is not a positive multiple of {values.factor}; resize with smart_resize first"
+            f"{what} size {height}x{width} is not a positive multiple of {values.factor}; "
+            "resize with smart_resize first"
         )
 
 

@@ -44,11 +44,12 @@ class EvalResult:
 
 
 def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *,
-                         max_new_tokens: int, mesh: Any = None,
+                         max_new_tokens: int, mesh: Any = None, limit: int | None = None,
                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Greedy completions for every valid row of the evaluation `batches` (see `make_eval_loader`).
 
-    Returns (predictions, targets, skipped). With `mesh`, inputs are sharded along the batch.
+    Returns (predictions, targets, skipped); stops after `limit` samples if given. With `mesh`, inputs
+    are sharded along the batch.
     """
     from models.qwen2_5_vl.generation import generate
     from tempr1_jax.rl import setup
@@ -58,6 +59,8 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     predictions, targets, skipped = [], [], []
     for batch in batches:
+        if limit is not None and len(predictions) >= limit:
+            break
         skipped += list(batch.get("skipped", ()))
         inputs = batch["inputs"] if mesh is None else setup.place_inputs(batch["inputs"], mesh)
         out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0,
@@ -71,6 +74,8 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
             predictions.append({"id": sample.get("id"), "task": sample["task"],
                                 "source": sample.get("source"), "output": text})
             targets.append(sample)
+    if limit is not None:
+        predictions, targets = predictions[:limit], targets[:limit]
     return predictions, targets, skipped
 
 
@@ -85,25 +90,32 @@ def score_predictions(predictions: Sequence[Mapping[str, Any]], targets: Sequenc
             for key, idx in groups.items()}
 
 
+def per_sample_rewards(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
+                       think: bool = True, **reward_options: Any) -> np.ndarray:
+    """Total reward (`compute_rewards`) of each output, float32 [N]."""
+    if not predictions:
+        return np.zeros((0,), np.float32)
+    return compute_rewards([p["task"] for p in predictions], [p["output"] for p in predictions], list(targets),
+                           think=think, **reward_options)["total"]
+
+
 def reward_summary(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
                    think: bool = True, **reward_options: Any) -> dict[str, float]:
     """Mean total reward of the outputs per task (`<task>/reward`) and over all samples (`mean_reward`)."""
-    if not predictions:
-        return {"mean_reward": 0.0}
-    tasks = [p["task"] for p in predictions]
-    total = compute_rewards(tasks, [p["output"] for p in predictions], list(targets), think=think,
-                            **reward_options)["total"]
-    out = {f"{t}/reward": float(np.mean(total[np.asarray(tasks) == t])) for t in dict.fromkeys(tasks)}
-    out["mean_reward"] = float(np.mean(total))
+    total = per_sample_rewards(predictions, targets, think, **reward_options)
+    tasks = np.asarray([p["task"] for p in predictions])
+    out = {f"{t}/reward": float(np.mean(total[tasks == t])) for t in dict.fromkeys(tasks.tolist())}
+    out["mean_reward"] = float(np.mean(total)) if len(total) else 0.0
     return out
 
 
 def evaluate(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *, max_new_tokens: int,
-             think: bool = True, mesh: Any = None, score_options: Mapping[str, Any] | None = None,
+             think: bool = True, mesh: Any = None, limit: int | None = None,
+             score_options: Mapping[str, Any] | None = None,
              reward_options: Mapping[str, Any] | None = None) -> EvalResult:
     """Greedy generation over `batches`, then benchmark metrics and mean rewards."""
-    predictions, targets, skipped = generate_predictions(model, tokenizer, batches,
-                                                         max_new_tokens=max_new_tokens, mesh=mesh)
+    predictions, targets, skipped = generate_predictions(model, tokenizer, batches, max_new_tokens=max_new_tokens,
+                                                         mesh=mesh, limit=limit)
     metrics = score_predictions(predictions, targets, **dict(score_options or {}))
     rewards = reward_summary(predictions, targets, think=think, **dict(reward_options or {}))
     return EvalResult(predictions, targets, metrics, rewards, skipped)
@@ -199,3 +211,47 @@ def write_predictions(path: str | pathlib.Path, predictions: Iterable[Mapping[st
     with open(path, "w") as f:
         for p in predictions:
             f.write(json.dumps(dict(p)) + "\n")
+
+
+def load_model(checkpoint: str | pathlib.Path, dtype: Any = None) -> Any:
+    """A model from an HF directory (config.json + safetensors) or an orbax params directory (+ params/)."""
+    import jax.numpy as jnp
+
+    from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+    from models.qwen2_5_vl.orbax_io import PARAMS_DIR, load_orbax_params
+
+    path = pathlib.Path(checkpoint)
+    dtype = jnp.float32 if dtype is None else dtype
+    if (path / PARAMS_DIR).is_dir():
+        return load_orbax_params(path, dtype=dtype)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--checkpoint {path}: neither an HF export (config.json + safetensors) nor an "
+                         f"orbax params directory (config.json + {PARAMS_DIR}/)")
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+
+
+def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
+                     workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
+                     timeline_per_task: int, strict: bool) -> str:
+    """`tempr1 eval` after gin is parsed: load, generate, score, write the reports; returns a summary."""
+    import transformers
+
+    from data_pipeline.loader import SourceConfig, make_eval_loader
+    from tempr1_jax.rl import setup
+    from tempr1_jax.rl.rollout import RolloutConfig
+
+    model_setup = setup.ModelSetup()
+    model = load_model(checkpoint, jax.numpy.dtype(model_setup.dtype))
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    data = pathlib.Path(dataset)
+    source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
+              else SourceConfig(path=str(data), split=split, media_dir=media_dir))
+    think = setup.DataConfig().think
+    loader = make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tok, model.config,
+                              setup.prompt_builders(think))
+    max_new = max_new_tokens or RolloutConfig().max_new_tokens
+    result = evaluate(model, tok, loader, max_new_tokens=max_new, think=think, limit=limit,
+                      score_options={"strict": strict} if strict else None)
+    paths = write_reports(result, workdir, title=f"{data.name} ({split})", timeline_per_task=timeline_per_task)
+    return (markdown_table(result.metrics, f"{data.name} ({split}): {len(result.predictions)} samples, "
+                           f"{len(result.skipped)} skipped") + f"\nwrote {', '.join(str(p) for p in paths.values())}")

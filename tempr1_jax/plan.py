@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import pathlib
+import time
 from typing import Any
+
+import jax
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 
@@ -139,7 +145,8 @@ def roofline_seconds(config: Any, shapes: StepShapes, flops: dict[str, float], d
 
 
 def format_gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    """Bytes as GiB (or MiB below 1 GiB)."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -176,3 +183,257 @@ def write_json(report: dict[str, Any], path: str | pathlib.Path) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
+
+
+# --- abstract model, inputs and state ---------------------------------------------------------------
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of the (abstract or concrete) arrays of `tree`: its shard of each leaf."""
+    import numpy as np
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.shape
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is not None:
+            shape = sharding.shard_shape(shape)
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _sds(shape: tuple[int, ...], dtype: Any, mesh: Any, axis: int = 0) -> Any:
+    from tempr1_jax.rl.setup import batch_sharding
+
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(shape, mesh, axis))
+
+
+def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: Any) -> Any:
+    """`ModelInputs` of ShapeDtypeStructs, every field sharded along its batch dimension."""
+    import jax.numpy as jnp
+
+    from models.qwen2_5_vl.inputs import ModelInputs
+
+    b, length, p = batch, seq_len, patches
+    i32 = jnp.int32
+    return ModelInputs(
+        input_ids=_sds((b, length), i32, mesh), attention_mask=_sds((b, length), i32, mesh),
+        position_ids=_sds((3, b, length), i32, mesh, axis=1), rope_deltas=_sds((b, 1), i32, mesh),
+        pixel_values=_sds((b, p, config.vision.patch_dim), jnp.float32, mesh),
+        vision_pos_ids=_sds((b, p, 2), i32, mesh), window_index=_sds((b, p), i32, mesh),
+        window_inverse=_sds((b, p), i32, mesh), full_segment_ids=_sds((b, p), i32, mesh),
+        window_segment_ids=_sds((b, p), i32, mesh), patch_valid=_sds((b, p), jnp.bool_, mesh),
+        vision_token_index=_sds((b, length), i32, mesh))
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+# --- compiling ---------------------------------------------------------------------------------------
+
+
+def _compile(name: str, jitted: Any, args: tuple, kwargs: dict | None = None,
+             resident: int = 0, resident_in_args: int = 0) -> tuple[dict[str, Any], Any]:
+    """Lower and compile; per-device memory with the buffers that stay resident outside the program.
+
+    peak = resident + (arguments - resident arguments) + temporaries + (outputs - aliased outputs).
+    """
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args, **(kwargs or {}))
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),
+        "resident_bytes": int(resident),
+    }
+    memory["peak_bytes"] = int(resident + max(mem.argument_size_in_bytes - resident_in_args, 0)
+                               + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+    log.info("%s: compiled in %.1f s, peak %s", name, seconds, format_gib(memory["peak_bytes"]))
+    return {"memory": memory, "compile_seconds": seconds, "xla_flops": float((cost or {}).get("flops", 0.0))}, compiled
+
+
+def _grpo_parts(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any) -> tuple[Any, Any]:
+    """(trainer, TrainStep) computing exactly the trainer's GRPO loss, without building data or weights."""
+    from tempr1_jax.rl.train_step import TrainStep
+    from tempr1_jax.rl.trainer import GRPOTrainer
+
+    trainer = object.__new__(GRPOTrainer)  # only the loss needs these three attributes
+    trainer.graphdef, trainer.rollout_cfg, trainer.loss_cfg = graphdef, rollout_cfg, loss_cfg
+    return trainer, TrainStep(trainer._loss_fn, optimizer)
+
+
+def _opt_state(optimizer: Any, params: Any, mesh: Any, layout: str) -> Any:
+    """Abstract optimizer state, its moments sharded like their parameters (the same path rules apply:
+    `...mu.model.language_model.layers.0.mlp.up_proj.kernel`), scalars replicated."""
+    from models.qwen2_5_vl import sharding as sharding_lib
+
+    abstract = jax.eval_shape(optimizer.init, params)
+    specs = sharding_lib.param_specs(abstract, mesh, layout)[0]
+    return _with_shardings(abstract, sharding_lib.named(specs, mesh))
+
+
+def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip: Chip, *,
+         layout: str = "fsdp_tensor", dtype: str = "bfloat16", param_dtype: str = "float32",
+         freeze_vision: bool = False, rollout_cfg: Any = None, loss_cfg: Any = None, opt_cfg: Any = None,
+         limit_gib: float | None = None, rollout: bool = True, model_name: str = "") -> dict[str, Any]:
+    """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from models.qwen2_5_vl import sharding as sharding_lib
+    from models.qwen2_5_vl.generation import SamplingParams, _decode, _prefill
+    from tempr1_jax.rl.losses import LossConfig
+    from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer
+    from tempr1_jax.rl.rollout import RolloutConfig
+    from tempr1_jax.rl.setup import trainable_filter
+    from tempr1_jax.rl.train_step import Accumulator, TrainState
+
+    rollout_cfg = rollout_cfg or RolloutConfig()
+    loss_cfg = loss_cfg or LossConfig()
+    opt_cfg = opt_cfg or OptimizerConfig()
+    if shapes.prompts % shapes.micro_batch:
+        raise ValueError(f"{shapes.prompts} prompts per step do not split into micro-batches of "
+                         f"{shapes.micro_batch} prompts")
+    mesh = sharding_lib.make_mesh(*mesh_shape)
+    devices = math.prod(mesh_shape)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    model = nnx.eval_shape(lambda: _new_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype)))
+    graphdef_full, state_full = nnx.split(model)
+    graphdef, params, frozen = nnx.split(model, trainable_filter(freeze_vision), ...)
+    place = lambda tree: _with_shardings(tree, sharding_lib.named(sharding_lib.param_specs(tree, mesh, layout)[0], mesh))
+    state_full, params, frozen = place(state_full), place(params), place(frozen)
+    ref_params = params if loss_cfg.beta > 0 else None
+
+    optimizer = make_optimizer(opt_cfg, 1000)
+    trainer, step = _grpo_parts(graphdef, rollout_cfg, loss_cfg, optimizer)
+    counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    state = TrainState(step=counter, skipped=counter, params=params,
+                       opt_state=_opt_state(optimizer, params, mesh, layout))
+    resident = per_device_bytes((state, frozen)) + (per_device_bytes(ref_params) if ref_params is not None else 0)
+
+    g, t = shapes.group, shapes.completion_len
+    n_mb = shapes.micro_batch * g
+    prompt_mb = abstract_inputs(config, shapes.micro_batch, shapes.prompt_len, shapes.patches, mesh)
+    f32 = jnp.float32
+    batch = {
+        "prompt": prompt_mb, "completions": _sds((n_mb, t), jnp.int32, mesh), "mask": _sds((n_mb, t), f32, mesh),
+        "advantages": _sds((n_mb,), f32, mesh), "weights": _sds((n_mb,), f32, mesh),
+        "ref_logp": _sds((n_mb, t), f32, mesh) if ref_params is not None else None,
+        "old_logp": _sds((n_mb, t), f32, mesh) if shapes.num_iterations > 1 else None,
+    }
+    (_, (_, aux)), grads = jax.eval_shape(step._grad, params, frozen, batch)
+    scalar = jax.ShapeDtypeStruct((), f32, sharding=replicated)
+    acc = Accumulator(grads=jax.tree.map(lambda gr, p: jax.ShapeDtypeStruct(gr.shape, f32, sharding=p.sharding),
+                                         grads, params),
+                      total=scalar, count=scalar, aux=jax.tree.map(lambda _: scalar, aux))
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    programs: dict[str, Any] = {}
+    policy_args = per_device_bytes((params, frozen))
+    programs["update_accumulate"], _ = _compile(
+        "update_accumulate", jax.jit(step._accumulate_impl, donate_argnums=(3,)), (params, frozen, batch, acc),
+        resident=resident, resident_in_args=policy_args)
+    programs["update_apply"], _ = _compile(
+        "update_apply", jax.jit(step._apply_impl, donate_argnums=(0, 1), out_shardings=(state_shardings, None)),
+        (state, acc), resident=resident, resident_in_args=per_device_bytes(state))
+
+    n = shapes.sequences
+    prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
+    completions, mask = _sds((n, t), jnp.int32, mesh), _sds((n, t), f32, mesh)
+    if ref_params is not None or shapes.num_iterations > 1:
+        programs["logprobs"], _ = _compile(
+            "logprobs", jax.jit(trainer._logprobs_impl), (params, frozen, prompt_all, completions, mask),
+            resident=resident, resident_in_args=policy_args)
+    if rollout:
+        cache_len = shapes.prompt_len + t
+        full_args = per_device_bytes(state_full)
+        programs["rollout_prefill"], _ = _compile(
+            "rollout_prefill", _prefill, (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),
+            resident=resident, resident_in_args=full_args)
+        last_logits, cache = jax.eval_shape(
+            lambda s, i: _prefill(graphdef_full, s, i, cache_len, mesh, layout), state_full, prompt_all)
+        cache = _with_shardings(cache, sharding_lib.named(sharding_lib.cache_specs(cache, mesh, layout), mesh))
+        last_logits = _sds(last_logits.shape, last_logits.dtype, mesh)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        sampling = SamplingParams(rollout_cfg.temperature, rollout_cfg.top_p, rollout_cfg.top_k)
+        programs["rollout_decode"], _ = _compile(
+            "rollout_decode", _decode,
+            (graphdef_full, state_full, cache, last_logits, prompt_all.attention_mask, prompt_all.position_ids, key,
+             jax.ShapeDtypeStruct((4,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)),
+            dict(params=sampling, max_new_tokens=t, num_return_sequences=g, mesh=mesh, layout=layout),
+            resident=resident, resident_in_args=full_args)
+
+    flops = analytic_flops(config, shapes)
+    seconds = roofline_seconds(config, shapes, flops, devices, mesh_shape[2], chip)
+    peak = max(p["memory"]["peak_bytes"] for p in programs.values())
+    budget = chip.budget_gib if limit_gib is None else limit_gib
+    return {
+        "model": model_name, "params": config.num_params(), "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)),
+        "devices": devices, "chip": chip.name, "peak_tflops": chip.peak_tflops, "layout": layout,
+        "dtype": dtype, "param_dtype": param_dtype, "shapes": dataclasses.asdict(shapes),
+        "programs": programs, "resident_bytes": resident, "flops": flops, "seconds": seconds,
+        "mfu": flops["total"] / (devices * chip.peak_tflops * 1e12 * seconds["total"]),
+        "peak_bytes": peak, "budget_gib": budget, "fits": peak <= budget * GIB,
+    }
+
+
+def _new_model(config: Any, dtype: Any, param_dtype: Any) -> Any:
+    from flax import nnx
+
+    from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+
+
+def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) -> dict[str, Any]:
+    """`tempr1 plan`: read the gin config (trainer configurables) and the model config, then `plan`."""
+    import gin
+
+    from models.qwen2_5_vl.config import Qwen2_5_VLConfig
+    from tempr1_jax import config as gin_config
+    from tempr1_jax.rl import setup
+    from tempr1_jax.rl.losses import LossConfig
+    from tempr1_jax.rl.optimizer import OptimizerConfig
+    from tempr1_jax.rl.rollout import RolloutConfig
+    from tempr1_jax.rl.trainer import TrainConfig
+
+    if math.prod(mesh_shape) > devices:
+        raise ValueError(f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, --devices is {devices}")
+    gin_config.parse_gin(args)
+    model_setup = setup.ModelSetup()
+    model_config = args.model_config or (model_setup.checkpoint and str(pathlib.Path(model_setup.checkpoint) / "config.json"))
+    if not model_config or not pathlib.Path(model_config).is_file():
+        raise ValueError(f"no model config: pass --model_config CONFIG_JSON (looked for {model_config!r})")
+    config = Qwen2_5_VLConfig.from_pretrained(model_config)
+    train_cfg, rollout_cfg, loss_cfg = TrainConfig(), RolloutConfig(), LossConfig()
+    hosts = max(devices // args.chips_per_host, 1)
+    prompts = args.prompts or gin.query_parameter("LoaderConfig.batch_size") * hosts
+    token_buckets = _bound("LoaderConfig.token_buckets", (1024, 2048, 4096, 8192))
+    patch_buckets = _bound("LoaderConfig.patch_buckets", (4096, 8192, 16384))
+    shapes = StepShapes(
+        prompts=prompts, group=rollout_cfg.num_generations,
+        prompt_len=args.prompt_len or max(token_buckets), completion_len=rollout_cfg.max_new_tokens,
+        patches=args.patches or max(patch_buckets), micro_batch=prompts // train_cfg.micro_batches,
+        num_iterations=train_cfg.num_iterations, kl=loss_cfg.beta > 0)
+    return plan(config, shapes, mesh_shape, get_chip(args.chip), layout=setup.MeshConfig().layout,
+                dtype=model_setup.dtype, param_dtype=model_setup.param_dtype,
+                freeze_vision=model_setup.freeze_vision, rollout_cfg=rollout_cfg, loss_cfg=loss_cfg,
+                opt_cfg=OptimizerConfig(), limit_gib=args.limit_gib, rollout=not args.skip_rollout,
+                model_name=pathlib.Path(model_config).parent.name if model_setup.checkpoint else model_config)
+
+
+def _bound(name: str, default: Any) -> Any:
+    """A gin-bound value, or `default` when the config does not bind it."""
+    import gin
+
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default

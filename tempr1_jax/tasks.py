@@ -25,8 +25,6 @@ import math
 import re
 from typing import Any, Mapping
 
-import numpy as np
-
 MAX_SEGMENTS = 64
 
 # --- strict templates (format reward) -------------------------------------------------------
@@ -36,9 +34,9 @@ _SEGS = rf"{_SEG}(?:\s*,\s*{_SEG})*"
 # Reasoning text may be anything except the template's own tags (so a second block cannot hide in it).
 _THINK = r"<think>[^<]*(?:<(?!/?(?:think|answer|glue)>)[^<]*)*</think>\s*"
 _ANSWER_BODY = {
-    "segment": rf"<answer>\s*{_SEG}\s*</answer>",
-    "segments": rf"<answer>\s*{_SEGS}\s*</answer>",
-    "choice_glue": rf"<answer>\s*[A-Z]\s*</answer>\s*<glue>\s*{_SEGS}\s*</glue>",
+    "segment": rf"<answer>\s*(?P<body>{_SEG})\s*</answer>",
+    "segments": rf"<answer>\s*(?P<body>{_SEGS})\s*</answer>",
+    "choice_glue": rf"<answer>\s*(?P<choice>[A-Z])\s*</answer>\s*<glue>\s*(?P<body>{_SEGS})\s*</glue>",
     "choice": r"<answer>\s*[A-Z]\s*</answer>",
     "order": r"<answer>\s*[A-Z]{2,}\s*</answer>",
 }
@@ -67,12 +65,21 @@ def _last_block(text: str, tag: str) -> str | None:
 _PLAIN_CHARS = str.maketrans("", "", "0123456789.,to \t\r\n")
 
 
+def _pairs(plain: str) -> list[tuple[float, float]]:
+    """Numbers of a "1.5 to 3, 4 to 5" list (known to be well formed) as (start, end) pairs."""
+    nums = list(map(float, plain.replace("to", ",").split(",")))
+    return list(zip(nums[::2], nums[1::2]))
+
+
 def _plain_segments(text: str) -> list[tuple[float, float]] | None:
     """Fast path for a well-formed list (digits, dots, "to", commas): the regex's result, or None."""
     if text.translate(_PLAIN_CHARS):
         return None
+    parts = text.split(",")
+    if text.count("to") != len(parts) or not all("to" in part for part in parts):
+        return None
     try:
-        return [(float(a), float(b)) for a, b in (part.split("to") for part in text.split(","))]
+        return _pairs(text)
     except ValueError:
         return None
 
@@ -199,6 +206,19 @@ class Task:
     def format_ok(self, text: str, think: bool = True) -> bool:
         """R_format: does the whole completion match the template?"""
         return self.output_regex(think).fullmatch(text) is not None
+
+    def read(self, text: str, think: bool = True, max_segments: int = MAX_SEGMENTS) -> tuple[bool, Parsed]:
+        """`(format_ok(text, think), parse(text))` in one pass when the template matches.
+
+        A matching completion holds exactly one answer block of known shape, so its numbers are
+        read straight from the matched groups; otherwise the lenient parser runs.
+        """
+        m = self.output_regex(think).fullmatch(text)
+        if m is None or self.answer not in ("segment", "segments", "choice_glue"):
+            return m is not None, self.parse(text, max_segments=max_segments)
+        pairs = _pairs(m.group("body"))
+        pairs = pairs[-1:] if self.pick == "last" else pairs[:max_segments]
+        return True, Parsed(tuple(pairs), m.group("choice") if self.answer == "choice_glue" else None)
 
     def parse(self, text: str, fallback: bool = False, max_segments: int = MAX_SEGMENTS) -> Parsed:
         """Leniently read a completion; see the module docstring for `fallback`."""
@@ -340,8 +360,8 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
 
 
-def target_array(sample: Mapping[str, Any]) -> tuple[np.ndarray, float]:
-    """A target's ground-truth segments [n, 2] float64 and duration, validated.
+def target_segments(sample: Mapping[str, Any]) -> tuple[list[tuple[float, float]], float]:
+    """A target's ground-truth (start, end) segments and duration, validated.
 
     Raises ValueError naming the sample id for a missing/non-positive duration, missing segments,
     non-numeric or non-finite numbers, or a segment with start > end.
@@ -357,22 +377,14 @@ def target_array(sample: Mapping[str, Any]) -> tuple[np.ndarray, float]:
     if not math.isfinite(duration) or duration <= 0:
         raise ValueError(f"sample {sid!r}: duration must be finite and > 0, got {duration!r}")
     raw = sample.get("segments")
-    if raw is None or len(raw) == 0:
-        raise ValueError(f"sample {sid!r}: missing ground-truth segments")
     try:
-        segs = np.asarray(raw, dtype=np.float64)
+        segs = [] if raw is None else [(float(s), float(e)) for s, e in raw]
     except (TypeError, ValueError):
         raise ValueError(f"sample {sid!r}: segments are not [[start, end], ...]: {raw!r}") from None
-    if segs.ndim != 2 or segs.shape[1] != 2:
-        raise ValueError(f"sample {sid!r}: segments are not [[start, end], ...]: {raw!r}")
-    if not np.isfinite(segs).all():
-        raise ValueError(f"sample {sid!r}: non-finite segment in {raw!r}")
-    if (segs[:, 0] > segs[:, 1]).any():
-        raise ValueError(f"sample {sid!r}: segment start > end in {raw!r}")
+    if not segs:
+        raise ValueError(f"sample {sid!r}: missing ground-truth segments")
+    for s, e in segs:
+        if not -math.inf < s <= e < math.inf:
+            what = "start > end" if math.isfinite(s) and math.isfinite(e) else "non-finite number"
+            raise ValueError(f"sample {sid!r}: segment {what} in {[s, e]!r}")
     return segs, duration
-
-
-def target_segments(sample: Mapping[str, Any]) -> tuple[list[tuple[float, float]], float]:
-    """`target_array` as a list of (start, end) float tuples, for the plain-Python code."""
-    segs, duration = target_array(sample)
-    return [tuple(x) for x in segs.tolist()], duration

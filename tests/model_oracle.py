@@ -27,7 +27,7 @@ def hf_model(config: Qwen2_5_VLConfig, seed: int = 0) -> transformers.Qwen2_5_VL
     model = transformers.Qwen2_5_VLForConditionalGeneration(hf_config).eval().float()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name or "ln_q" in name or name.endswith(("norm1.weight", "norm2.weight")):
+            if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "ln_q.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))

@@ -172,6 +172,14 @@ def test_mixing_proportions_and_seeded_shuffle(data):
     assert [ids_of(b) for b in other] != [ids_of(b) for b in batches[:2]]
 
 
+def test_finite_epochs_use_every_sample(data):
+    tok, model = data["tok"], data["model"]
+    cfg = config(data, [("tg", None), ("order", None)], batch_size=4, num_epochs=2)
+    ids = [i for b in make_loader(cfg, tok, model, PROMPTS) for i in ids_of(b)]
+    expected = [s["id"] for s in data["good"]] + [f"order{i}" for i in range(4)]
+    assert sorted(ids) == sorted(expected * 2)
+
+
 def test_bad_videos_are_skipped_and_counted(data):
     tok, model = data["tok"], data["model"]
     train = make_loader(config(data, [("with_bad", None)], batch_size=3, num_epochs=1), tok, model, PROMPTS)
@@ -272,6 +280,7 @@ def test_errors_are_clear(data):
         make_loader(config(data, [("tg", None)], patch_buckets=(130,)), tok, model, PROMPTS)
 
 
+@pytest.mark.slow  # ~6 s idle (worker start-up), over 20 s on a loaded 2-core machine
 def test_one_worker_prefetch_and_restore(data):
     tok, model = data["tok"], data["model"]
     cfg = config(data, [("tg", None), ("order", None)], batch_size=2, num_workers=1, seed=5)

@@ -2,16 +2,23 @@
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 from flax import nnx
+from model_oracle import (
+    IMAGE_GRID,
+    VIDEO_GRID,
+    hf_logits,
+    hf_model,
+    pixels,
+    rel_err,
+    vision_prompt,
+)
 from safetensors.torch import save_file
 
-from model_oracle import IMAGE_GRID, VIDEO_GRID, hf_logits, hf_model, pixels, rel_err, vision_prompt
 from models.qwen2_5_vl.checkpoint import detect_layout, file_keys, nnx_path
 from models.qwen2_5_vl.config import param_shapes, tiny_config
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration as Model

@@ -1,11 +1,13 @@
 """Host-side ModelInputs: vision metadata against transformers' helpers, collation, refusals."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from model_oracle import IMAGE_GRID, VIDEO_GRID, pixels, vision_prompt
 from transformers import vision_utils
 
-from model_oracle import IMAGE_GRID, VIDEO_GRID, pixels, vision_prompt
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 
@@ -25,7 +27,7 @@ def _sample(rng, grids=GRIDS, kinds=("image", "video", "video"), **kwargs):
 
 def _segments_from_cu(cu, n):
     ids = np.zeros(n, np.int64)
-    for i, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(cu)):
         ids[a:b] = i + 1
     return ids
 

@@ -6,12 +6,21 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from model_oracle import (
+    IMAGE_GRID,
+    VIDEO_GRID,
+    hf_logits,
+    hf_model,
+    left_pad,
+    pixels,
+    rel_err,
+    vision_prompt,
+)
 
-from model_oracle import IMAGE_GRID, VIDEO_GRID, hf_logits, hf_model, left_pad, pixels, rel_err, vision_prompt
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
-from models.qwen2_5_vl.text import mrope_cos_sin
+from models.qwen2_5_vl.text import causal_mask, mrope_cos_sin
 
 TOL = 1e-4
 
@@ -63,6 +72,22 @@ def test_mrope_cos_sin(pair):
     ours_cos, ours_sin = mrope_cos_sin(config.text, jnp.asarray(pos), jnp.float32)
     np.testing.assert_allclose(ours_cos, cos.numpy(), atol=1e-6)
     np.testing.assert_allclose(ours_sin, sin.numpy(), atol=1e-6)
+
+
+def test_text_decoder(pair):
+    """Decoder stack on given embeddings and 3-D positions, with left padding."""
+    config, ref, ours = pair
+    rng = np.random.default_rng(6)
+    embeds = rng.standard_normal((2, 11, config.text.hidden_size)).astype(np.float32)
+    pos = np.sort(rng.integers(0, 40, (3, 2, 11)), axis=-1)
+    mask = np.ones((2, 11), np.int64)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        expected = ref.model.language_model(inputs_embeds=torch.as_tensor(embeds), position_ids=torch.as_tensor(pos),
+                                            attention_mask=torch.as_tensor(mask)).last_hidden_state.numpy()
+    got, _ = ours.model.language_model(jnp.asarray(embeds), jnp.asarray(pos), causal_mask(jnp.asarray(mask)))
+    valid = mask.astype(bool)
+    assert rel_err(np.asarray(got)[valid], expected[valid]) < TOL
 
 
 def test_logits_image_and_video_batch_left_padded(pair):
@@ -127,6 +152,7 @@ def test_prefill_and_decode_equal_full_forward(pair):
                                   np.broadcast_to((n_valid[:, None] + np.arange(steps) + prompt.rope_deltas), (3, b, steps)))
 
 
+@pytest.mark.slow
 def test_collated_batch_equals_single_samples(pair):
     """Right padding, padded patches and batching do not change a sample's logits."""
     config, _, ours = pair

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from model_oracle import left_pad, vision_prompt
+
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.rope_index import get_rope_index, token_types
 

@@ -84,7 +84,7 @@ def test_dp_matcher_equals_brute_force(matrices):
     for i, mat in enumerate(matrices):
         padded[i, : len(mat), : len(mat[0])] = mat
     with jax.enable_x64(True):
-        got = np.asarray(jax.jit(kernel.dp_siou)(padded))
+        got = np.asarray(jax.jit(kernel.dp_siou)(np.moveaxis(padded, 0, -1)))
     for i, mat in enumerate(matrices):
         want = _brute_force_siou(mat)
         assert ref.dp_matching(mat)[0] == pytest.approx(want, abs=1e-12)

@@ -101,9 +101,22 @@ def test_deterministic(dataset, tmp_path):
         np.testing.assert_array_equal(read_video(out / name)[0], read_video(tmp_path / name)[0])
     for png in sorted((out / "images").glob("*.png"))[:6]:
         assert (tmp_path / "images" / png.name).read_bytes() == png.read_bytes()
-    other = synthetic.write_synthetic_dataset(tmp_path / "b", seed=4, samples_per_task=1, include_images=False,
-                                              split_names=("train",))
+    other = synthetic.write_synthetic_dataset(
+        tmp_path / "b", seed=4, samples_per_task=1, include_images=False, split_names=("train",)
+    )
     assert other["train"].read_bytes() != again["train"].read_bytes()
+
+
+def test_timeline_invariants():
+    """Many timelines (no video written): 10-30 s, events on the 0.5 s grid, in order, not overlapping."""
+    for task, build in synthetic._VIDEO_BUILDERS.items():
+        for i in range(300):
+            events, duration, fields = build(np.random.default_rng(i))
+            assert 10 <= duration <= 30, (task, i, duration)
+            times = [t for e in events for t in (e["start"], e["end"])]
+            assert times == sorted(times) and times[0] >= 0 and times[-1] <= duration
+            assert all(e["start"] < e["end"] and (2 * e["start"]) % 1 == 0 for e in events)
+            assert all(0 <= s < e <= duration for s, e in fields["segments"])
 
 
 def test_unknown_task(tmp_path):

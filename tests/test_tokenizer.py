@@ -1,9 +1,12 @@
 """The tiny Qwen2.5-VL-style tokenizer: special tokens, HF round trip, chat template rendering."""
 
 import json
+import unicodedata
 
 import pytest
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_pipeline.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl.config import tiny_config
@@ -55,6 +58,12 @@ def test_reload_encodes_like_the_trained_tokenizer(tok, tok_dir, tmp_path):
     text = "Ünïcode ✓ text, 3.25 to 8 <answer>C</answer>\n\nnew line"
     assert fresh.encode(text) == tok.encode(text)
     assert tok.decode(tok.encode(text)) == text  # byte-level: nothing is unknown
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.text(max_size=40))
+def test_any_text_round_trips(tok, text):
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == unicodedata.normalize("NFC", text)
 
 
 def test_special_token_ids_build_a_matching_tiny_config(tok):

@@ -24,7 +24,10 @@ def _frame(i: int, height: int, width: int) -> np.ndarray:
     return img
 
 
-def write_clip(path, n, width, height, fps, codec="libx264", pix_fmt="yuv420p", options=None, faststart=False):
+def write_clip(
+    path, n, width, height, fps, codec="libx264", pix_fmt="yuv420p", options=None, faststart=False
+):
+    """Write n frames of `_frame` with PyAV; `faststart` puts the mp4 index before the data."""
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -118,6 +121,32 @@ def test_rule_values(clips):
     assert len(info["indices"]) == 12 and info["duration"] == pytest.approx(190 * 1001 / 30000)
 
 
+def test_rules_sweep():
+    """sample_frame_indices / frame_max_pixels against the rules written out above, many sizes and rates."""
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        total = int(rng.integers(2, 20000))
+        native = float(rng.choice([4, 10, 23.976, 24, 25, 29.97, 30, 50, 59.94, 60]))
+        start = end = None
+        if rng.random() < 0.3:
+            start = float(rng.uniform(0, total / native / 2))
+            end = float(rng.uniform(start + 2, total / native + 5))
+        try:
+            expected, expected_fps = rule_indices(total, native, start=start, end=end)
+        except ValueError:
+            continue
+        if len(expected) < 2:
+            with pytest.raises(ValueError):
+                video.sample_frame_indices(total, native, video_start=start, video_end=end)
+            continue
+        indices, sample_fps = video.sample_frame_indices(total, native, video_start=start, video_end=end)
+        np.testing.assert_array_equal(indices, expected)
+        assert sample_fps == pytest.approx(expected_fps, rel=1e-12)
+        assert len(indices) % 2 == 0 and len(indices) <= 448
+        cap = video.frame_max_pixels(len(indices), 16 * 784, 768 * 784, 3584 * 784)
+        assert cap == max(min(768 * 784, 3584 * 784 / len(indices) * 2), 13171)
+
+
 @pytest.mark.parametrize("start,end", [(2.0, 5.5), (0.9, None), (None, 3.0), (6.05, 6.3)])
 def test_window_matches_reference(clips, start, end):
     check_against_reference(clips["ntsc"], start=start, end=end)
@@ -192,7 +221,12 @@ def test_smart_resize_equals_transformers():
     sizes = [(h, w) for h in (14, 28, 97, 142, 360, 1080) for w in (15, 56, 151, 640, 1920)]
     sizes += [tuple(int(v) for v in rng.integers(14, 3000, 2)) for _ in range(200)]
     for h, w in sizes:
-        for lo, hi in [(16 * 784, 768 * 784), (3136, 12845056), (16 * 784, 13171), (16 * 784, 3584 * 784 / 30 * 2)]:
+        for lo, hi in [
+            (16 * 784, 768 * 784),
+            (3136, 12845056),
+            (16 * 784, 13171),
+            (16 * 784, 3584 * 784 / 30 * 2),
+        ]:
             assert smart_resize(h, w, 28, lo, hi) == hf_smart_resize(h, w, 28, lo, hi)
     with pytest.raises(ValueError):
         smart_resize(10, 2500)

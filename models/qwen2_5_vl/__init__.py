@@ -9,8 +9,15 @@ from .inputs import ModelInputs, build_model_inputs, collate_model_inputs
 from .rope_index import get_rope_index
 
 __all__ = [
-    "Qwen2_5_VLConfig", "TextConfig", "VisionConfig", "tiny_config", "ModelInputs", "build_model_inputs",
-    "collate_model_inputs", "get_rope_index", "Qwen2_5_VLForConditionalGeneration",
+    "ModelInputs",
+    "Qwen2_5_VLConfig",
+    "Qwen2_5_VLForConditionalGeneration",
+    "TextConfig",
+    "VisionConfig",
+    "build_model_inputs",
+    "collate_model_inputs",
+    "get_rope_index",
+    "tiny_config",
 ]
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 MODEL_TYPE = "qwen2_5_vl"
 # Vision rotary base: not stored in the published configs, fixed by the architecture.
@@ -120,7 +121,7 @@ class Qwen2_5_VLConfig:
         return tuple(self.eos_token_id)
 
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any]) -> "Qwen2_5_VLConfig":
+    def from_hf_dict(cls, d: Mapping[str, Any]) -> Qwen2_5_VLConfig:
         """Parse an HF config dict (flat hub form or transformers-5 nested form)."""
         model_type = d.get("model_type")
         if model_type != MODEL_TYPE:
@@ -134,7 +135,7 @@ class Qwen2_5_VLConfig:
         vision = _parse_vision(d["vision_config"])
         text = _parse_text(text_d)
         tie = bool(d.get("tie_word_embeddings", text_src.get("tie_word_embeddings", False)))
-        eos = _get(text_d, "eos_token_id", None, required=False)
+        eos = text_d.get("eos_token_id")
         return cls(
             vision=vision,
             text=text,
@@ -152,7 +153,7 @@ class Qwen2_5_VLConfig:
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | pathlib.Path) -> "Qwen2_5_VLConfig":
+    def from_pretrained(cls, directory: str | pathlib.Path) -> Qwen2_5_VLConfig:
         """Read `<directory>/config.json` (or a path to a config file)."""
         path = pathlib.Path(directory)
         if path.is_dir():
@@ -312,16 +313,11 @@ def tiny_config(**overrides: Any) -> Qwen2_5_VLConfig:
 # ----------------------------------------------------------------------------------------------
 # parsing helpers
 
-_MISSING = object()
-
-
-def _get(d: Mapping[str, Any], key: str, default: Any = _MISSING, *, required: bool = True,
-         where: str = "config") -> Any:
-    if key in d and d[key] is not None:
-        return d[key]
-    if required and default is _MISSING:
+def _get(d: Mapping[str, Any], key: str, *, where: str = "config") -> Any:
+    """d[key], or ValueError naming the missing field."""
+    if d.get(key) is None:
         raise ValueError(f"{where} is missing field {key!r}")
-    return None if default is _MISSING else default
+    return d[key]
 
 
 def _opt_int(x: Any) -> int | None:

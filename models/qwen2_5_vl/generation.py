@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from .inputs import ModelInputs, build_model_inputs
+from .sharding import constrain_cache
 
 _NEG_INF = float("-inf")
 
@@ -151,19 +153,23 @@ def decode_loop(
     return buf, lp_buf, valid
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
-def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache_len: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "mesh", "layout"))
+def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache_len: int,
+             mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
     """Vision tower + decoder over the prompts; logits of the last position and the filled cache."""
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(inputs.input_ids.shape[0], cache_len)
+    if mesh is not None:
+        cache = constrain_cache(cache, mesh, layout)
     return model.prefill(inputs, cache)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences"))
+    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "mesh", "layout"))
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: jax.Array,
             attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, eos_ids: jax.Array,
-            pad_token_id: jax.Array, *, params: SamplingParams, max_new_tokens: int, num_return_sequences: int):
+            pad_token_id: jax.Array, *, params: SamplingParams, max_new_tokens: int, num_return_sequences: int,
+            mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
     """Repeat the prompt cache for the samples and run :func:`decode_loop` with the model's decode step."""
     model = nnx.merge(graphdef, state)
     g = num_return_sequences
@@ -173,6 +179,8 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: j
         jnp.repeat(attention_mask, g, axis=0),
         jnp.repeat(position_ids, g, axis=1),
     )
+    if mesh is not None:
+        cache = constrain_cache(cache, mesh, layout)
     prompt_len = attention_mask.shape[1]
     slots = jnp.arange(jax.tree.leaves(cache)[0].shape[1])
     prompt_keys = jnp.pad(attention_mask.astype(bool), ((0, 0), (0, slots.shape[0] - prompt_len)))
@@ -203,6 +211,8 @@ def generate(
     return_logprobs: bool = False,
     return_dict: bool = False,
     do_sample: bool | None = None,
+    mesh: Mesh | None = None,
+    layout: str = "fsdp_tensor",
     **hf_inputs: Any,
 ) -> jax.Array | GenerationOutput:
     """Generate ``max_new_tokens`` tokens for each of ``num_return_sequences`` samples of every prompt.
@@ -223,6 +233,8 @@ def generate(
         (temperature-scaled and filtered; for greedy the plain model log-softmax).
       return_dict: return a :class:`GenerationOutput` (implied by ``return_logprobs``).
       do_sample: HF switch; False forces greedy decoding, None/True keep ``temperature``.
+      mesh, layout: when given, the KV cache is constrained to ``sharding.cache_specs`` on ``mesh``
+        (weights are placed beforehand with ``sharding.shard_model``).
 
     Returns:
       tokens ``[B * num_return_sequences, max_new_tokens]`` int32 (a prompt's samples adjacent),
@@ -256,14 +268,14 @@ def generate(
     graphdef, state = nnx.split(model)
     inputs = jax.tree.map(jnp.asarray, inputs)
     cache_len = inputs.input_ids.shape[1] + max_new_tokens
-    last_logits, cache = _prefill(graphdef, state, inputs, cache_len)
+    last_logits, cache = _prefill(graphdef, state, inputs, cache_len, mesh, layout)
     # Stop ids are data, padded to a multiple of 4 with -1, so changing them rarely recompiles.
     eos_arr = np.full(max(4, -(-len(eos_ids) // 4) * 4), -1, np.int32)
     eos_arr[:len(eos_ids)] = eos_ids
     tokens, logprobs, mask = _decode(
         graphdef, state, cache, last_logits, inputs.attention_mask, inputs.position_ids, rng, eos_arr,
         jnp.int32(pad_token_id), params=params, max_new_tokens=int(max_new_tokens),
-        num_return_sequences=int(num_return_sequences))
+        num_return_sequences=int(num_return_sequences), mesh=mesh, layout=layout)
     if not (return_dict or return_logprobs):
         return tokens
     return GenerationOutput(tokens, mask, mask.sum(axis=1, dtype=jnp.int32), logprobs if return_logprobs else None)

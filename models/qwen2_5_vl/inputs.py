@@ -21,13 +21,14 @@ their output is dropped), so no softmax row is empty.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import flax.struct
 import numpy as np
 
 from .config import Qwen2_5_VLConfig
-from .rope_index import get_rope_index, token_types, IMAGE, VIDEO
+from .rope_index import IMAGE, VIDEO, get_rope_index, token_types
 
 
 @flax.struct.dataclass
@@ -86,7 +87,10 @@ def build_model_inputs(
         ids = ids[None]
     ids = ids.astype(np.int32)
     b, length = ids.shape
-    mask = np.ones((b, length), np.int32) if attention_mask is None else np.asarray(attention_mask).reshape(b, length).astype(np.int32)
+    if attention_mask is None:
+        mask = np.ones((b, length), np.int32)
+    else:
+        mask = np.asarray(attention_mask).reshape(b, length).astype(np.int32)
     vis = config.vision
     image_grids, images = _split_patches(config, pixel_values, image_grid_thw, "pixel_values", "image_grid_thw")
     video_grids, videos = _split_patches(
@@ -123,7 +127,7 @@ def build_model_inputs(
     if n_patches % vis.merge_unit:
         raise ValueError(f"pad_patches_to={n_patches} must be a multiple of merge_unit={vis.merge_unit}")
     per_sample = [_vision_arrays(config, grids, chunks, n_patches) for grids, chunks, _ in samples]
-    stacked = {k: np.stack([s[k] for s in per_sample]) for k in per_sample[0]} if per_sample else {}
+    stacked = {k: np.stack([s[k] for s in per_sample]) for k in per_sample[0]}
     return ModelInputs(
         input_ids=ids,
         attention_mask=mask,

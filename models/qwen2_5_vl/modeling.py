@@ -30,7 +30,8 @@ Entry points (B batch, L tokens, V vocab, T cache length):
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +145,7 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
     @classmethod
     def from_pretrained(cls, directory: str | pathlib.Path, dtype=jnp.float32, param_dtype=None,
                         sharding: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
-                        ) -> "Qwen2_5_VLForConditionalGeneration":
+                        ) -> Qwen2_5_VLForConditionalGeneration:
         """Load an HF checkpoint directory (config.json + safetensors, hub or transformers-5 layout).
 
         Weights are stored as `param_dtype` (default: `dtype`); `sharding(path, shape)` places each

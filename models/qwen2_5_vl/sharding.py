@@ -36,8 +36,9 @@ LAYOUTS: tuple[str, ...] = ("replicated", "fsdp_tensor")
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
 
-_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|qkv|merger\.mlp_in)"
-_ROW = r"(o_proj|down_proj|attn\.proj|merger\.mlp_out)"
+# The merger's two Linears: HF `mlp.0` / `mlp.2` (NNX attribute names vary: mlp_0, mlp_in, ...).
+_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|qkv|merger\.mlp[._]?(0|in))"
+_ROW = r"(o_proj|down_proj|attn\.proj|merger\.mlp[._]?(2|out))"
 _NORM = r"(norm|norm1|norm2|ln_q|input_layernorm|post_attention_layernorm)"
 
 # (name, regex on the dotted path, spec of the trailing dims in the fsdp_tensor layout)
@@ -117,6 +118,11 @@ def fit_spec(trailing: Sequence[Any], shape: Sequence[int], mesh: Mesh, what: st
     return P(*spec), notes
 
 
+def _shape(leaf: Any) -> tuple[int, ...]:
+    """Shape of an array or a ``jax.ShapeDtypeStruct`` (abstract states from ``nnx.eval_shape``)."""
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+
+
 def _path_str(path: tuple[Any, ...]) -> str:
     parts = []
     for k in path:
@@ -144,7 +150,7 @@ def param_specs(state: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> tuple
     notes: list[str] = []
 
     def one(path, leaf):
-        shape = np.shape(leaf)
+        shape = _shape(leaf)
         if layout == "replicated" or not shape:
             return P()
         name = _path_str(path)
@@ -189,7 +195,7 @@ def cache_specs(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
     _check_layout(layout)
 
     def one(leaf):
-        shape = np.shape(leaf)
+        shape = _shape(leaf)
         if layout == "replicated" or not shape:
             return P()
         if len(shape) >= 4:
@@ -199,6 +205,27 @@ def cache_specs(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
         return P()
 
     return jax.tree.map(one, cache)
+
+
+def constrain_cache(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
+    """``with_sharding_constraint`` of a KV cache pytree to :func:`cache_specs` (usable inside jit)."""
+    return jax.lax.with_sharding_constraint(cache, named(cache_specs(cache, mesh, layout), mesh))
+
+
+def shard_batch(inputs: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
+    """Place a batch pytree (e.g. ``ModelInputs``) on ``mesh``: the batch dim over ``("data", "fsdp")``
+    (axis 1 for ``position_ids [3, B, L]``, axis 0 otherwise), other dims replicated."""
+    _check_layout(layout)
+
+    def one(path, leaf):
+        shape = _shape(leaf)
+        if layout == "replicated" or not shape:
+            return jax.device_put(leaf, NamedSharding(mesh, P()))
+        batch_dim = 1 if _path_str(path).endswith("position_ids") else 0
+        trailing = (None,) * batch_dim + (BATCH,) + (None,) * (len(shape) - batch_dim - 1)
+        return jax.device_put(leaf, NamedSharding(mesh, fit_spec(trailing, shape, mesh, _path_str(path))[0]))
+
+    return jax.tree_util.tree_map_with_path(one, inputs)
 
 
 def named(specs: Any, mesh: Mesh) -> Any:

@@ -28,6 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chip", default="v5p", help="TPU generation for the MFU estimate: v4, v5e, v5p, v6e")
     parser.add_argument("--limit_gib", type=float, default=None,
                         help="per-device memory budget to check against (default: the chip's usable HBM)")
+    parser.add_argument("--model_config", default=None, metavar="CONFIG_JSON",
+                        help="HF config.json of the model (default: ModelSetup.checkpoint/config.json)")
+    parser.add_argument("--chips_per_host", type=int, default=4,
+                        help="devices per host: prompts per step = LoaderConfig.batch_size x hosts")
+    parser.add_argument("--prompts", type=int, default=None, help="override the prompts per step")
+    parser.add_argument("--prompt_len", type=int, default=None,
+                        help="override the padded prompt length (default: the largest token bucket)")
+    parser.add_argument("--patches", type=int, default=None,
+                        help="override the padded patches per prompt (default: the largest patch bucket)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--skip_rollout", action="store_true", help="compile only the train step")
 
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     n = args.devices or mesh_shape[0] * mesh_shape[1] * mesh_shape[2]
     use_cpu_devices(n)
     from tempr1_jax import plan
+    from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
 
     report = plan.plan_from_args(args, mesh_shape, n)
     print(plan.format_report(report))

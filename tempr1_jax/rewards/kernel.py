@@ -1,8 +1,12 @@
 """Batched localisation rewards in jnp on padded arrays with masks (DESIGN §2).
 
-One jitted function computes every localisation reward for every row and picks the row's own by
-its `kind` code, so a batch that mixes tasks compiles once per padded shape. Shapes are padded to
-buckets (powers of two >= 8 for the batch and the segment counts), so repeated calls reuse the compiled code.
+One jitted function computes the localisation reward of every row; the row's `kind` code picks
+which (a reward family no row needs is skipped with `lax.cond`). Shapes are padded to buckets
+(powers of two >= 8 for the batch and the segment counts), so repeated calls reuse the compiled
+code; the host wrapper also groups rows by kind so short TG rows do not pay for long TAL rows.
+
+Layout: inside the jitted function arrays are segment-major, [N, B] (batch minor), so that the
+sorting network, the sweep and the DP row recurrence work on contiguous batch vectors.
 
 It runs on the host CPU backend in float64 (scoped `jax.enable_x64`): completions are host text
 anyway, and float32 cannot hold 1e-6 agreement with the reference for short segments in long
@@ -29,11 +33,10 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 
 def _clip(start, end, mask, duration):
-    """Validity mask and [0, duration]-clipped starts and ends (invalid entries become 0)."""
+    """Validity mask and [0, duration]-clipped starts and ends, [N, B] (invalid entries become 0)."""
     valid = mask & jnp.isfinite(start) & jnp.isfinite(end) & (end >= start)
-    d = duration[:, None]
-    start = jnp.where(valid, jnp.clip(jnp.where(valid, start, 0.0), 0.0, d), 0.0)
-    end = jnp.where(valid, jnp.clip(jnp.where(valid, end, 0.0), 0.0, d), 0.0)
+    start = jnp.where(valid, jnp.clip(jnp.where(valid, start, 0.0), 0.0, duration), 0.0)
+    end = jnp.where(valid, jnp.clip(jnp.where(valid, end, 0.0), 0.0, duration), 0.0)
     return start, end, valid
 
 
@@ -46,62 +49,90 @@ def _pair_iou(ps, pe, pv, gs, ge, gv):
 
 
 def iou_matrix(ps, pe, pv, gs, ge, gv):
-    """IoU of every prediction with every ground truth: [B, P] x [B, G] -> [B, P, G]."""
-    return _pair_iou(ps[:, :, None], pe[:, :, None], pv[:, :, None], gs[:, None, :], ge[:, None, :], gv[:, None, :])
+    """IoU of every prediction with every ground truth: [P, B] x [G, B] -> [P, G, B]."""
+    return _pair_iou(ps[:, None], pe[:, None], pv[:, None], gs[None], ge[None], gv[None])
 
 
 def _cummax(x):
-    # Log-depth scan: much faster than lax.cummax's reduce-window lowering on CPU.
-    return lax.associative_scan(jnp.maximum, x, axis=1)
+    """Running maximum along axis 0 (log-depth scan; lax.cummax lowers slowly on CPU)."""
+    return lax.associative_scan(jnp.maximum, x, axis=0)
+
+
+def sort_pairs(key, other):
+    """Sort [N, B] columns by (key, other) ascending with a bitonic network (N a power of two).
+
+    Every compare-exchange stage is a reshape and elementwise selects on contiguous batch
+    vectors, which XLA's CPU backend runs far faster than its generic comparator sort.
+    """
+    n, b = key.shape
+    k = 2
+    while k <= n:
+        j = k // 2
+        while j > 0:
+            shape = (n // (2 * j), 2, j, b)
+            key4, other4 = key.reshape(shape), other.reshape(shape)
+            lo_k, hi_k, lo_o, hi_o = key4[:, 0], key4[:, 1], other4[:, 0], other4[:, 1]
+            # blocks of 2j elements whose index has bit k clear sort ascending, the others descending
+            ascending = ((np.arange(n // (2 * j)) * 2 * j) & k) == 0
+            hi_first = (hi_k < lo_k) | ((hi_k == lo_k) & (hi_o < lo_o))
+            lo_first = (lo_k < hi_k) | ((lo_k == hi_k) & (lo_o < hi_o))
+            swap = jnp.where(ascending[:, None, None], hi_first, lo_first)
+            key = jnp.stack([jnp.where(swap, hi_k, lo_k), jnp.where(swap, lo_k, hi_k)], 1).reshape(n, b)
+            other = jnp.stack([jnp.where(swap, hi_o, lo_o), jnp.where(swap, lo_o, hi_o)], 1).reshape(n, b)
+            j //= 2
+        k *= 2
+    return key, other
 
 
 def type1(ps, pe, pv, gs, ge, gv, n_pred, n_gt):
     """Summed IoU of index-aligned pairs / max(n_pred, n_gt); 0 without predictions."""
-    k = min(ps.shape[1], gs.shape[1])
-    diag = _pair_iou(ps[:, :k], pe[:, :k], pv[:, :k], gs[:, :k], ge[:, :k], gv[:, :k])
-    return jnp.where(n_pred > 0, diag.sum(-1) / jnp.maximum(jnp.maximum(n_pred, n_gt), 1), 0.0)
+    k = min(ps.shape[0], gs.shape[0])
+    diag = _pair_iou(ps[:k], pe[:k], pv[:k], gs[:k], ge[:k], gv[:k])
+    return jnp.where(n_pred > 0, diag.sum(0) / jnp.maximum(jnp.maximum(n_pred, n_gt), 1), 0.0)
 
 
 def union_length(start, end):
-    """Length of the union of possibly overlapping intervals per row (empty entries are [0, 0]).
+    """Length of the union of possibly overlapping intervals per column (empty entries [0, 0]).
 
     Sweep: sorted by start, each interval adds what sticks out past the running maximum end.
     """
-    start, end = lax.sort((start, end), dimension=1, num_keys=1)
-    reach = jnp.concatenate([jnp.zeros_like(end[:, :1]), _cummax(end)[:, :-1]], axis=1)
-    return jnp.maximum(0.0, end - jnp.maximum(start, reach)).sum(-1)
+    start, end = sort_pairs(start, end)
+    reach = jnp.concatenate([jnp.zeros_like(end[:1]), _cummax(end)[:-1]], axis=0)
+    return jnp.maximum(0.0, end - jnp.maximum(start, reach)).sum(0)
 
 
 def type2(ps, pe, gs, ge):
     """IoU of union(pred) and union(gt): |Up n Ug| = |Up| + |Ug| - |Up u Ug|."""
     lp, lg = union_length(ps, pe), union_length(gs, ge)
-    lpg = union_length(jnp.concatenate([ps, gs], 1), jnp.concatenate([pe, ge], 1))
+    both_s, both_e = jnp.concatenate([ps, gs]), jnp.concatenate([pe, ge])
+    pad = bucket(both_s.shape[0]) - both_s.shape[0]  # [0, 0] entries add nothing to a union
+    lpg = union_length(jnp.pad(both_s, ((0, pad), (0, 0))), jnp.pad(both_e, ((0, pad), (0, 0))))
     inter = jnp.maximum(0.0, lp + lg - lpg)
     return jnp.where(lpg > 0, inter / jnp.where(lpg > 0, lpg, 1.0), 0.0)
 
 
 def chronological(start, end, valid):
-    """Rows sorted by (start, end), invalid/padded entries last: (start, end, valid)."""
-    key_s, key_e = lax.sort((jnp.where(valid, start, jnp.inf), jnp.where(valid, end, jnp.inf)), dimension=1, num_keys=2)
+    """Columns sorted by (start, end), invalid/padded entries last: (start, end, valid)."""
+    key_s, key_e = sort_pairs(jnp.where(valid, start, jnp.inf), jnp.where(valid, end, jnp.inf))
     valid = jnp.isfinite(key_s)
     return jnp.where(valid, key_s, 0.0), jnp.where(valid, key_e, 0.0), valid
 
 
 def dp_siou(iou):
-    """Largest summed IoU of an order-preserving one-to-one matching, [B, P, G] -> [B].
+    """Largest summed IoU of an order-preserving one-to-one matching, [P, G, B] -> [B].
 
     Row recurrence of Algorithm 1: D[i, j] = max(D[i, j-1], D[i-1, j], D[i-1, j-1] + I[i, j])
     equals cummax over j of max(D[i-1, j], D[i-1, j-1] + I[i, j]), so one `lax.scan` over rows,
-    vectorised along the row, fills the table (D[i, 0] = 0; all terms are >= 0).
+    vectorised along the row (and the batch), fills the table (D[i, 0] = 0; all terms are >= 0).
     """
-    b, _, g = iou.shape
+    _, g, b = iou.shape
 
     def row(prev, iou_row):
-        cand = jnp.maximum(prev[:, 1:], prev[:, :-1] + iou_row)
-        return jnp.concatenate([jnp.zeros((b, 1), prev.dtype), _cummax(cand)], axis=1), None
+        cand = jnp.maximum(prev[1:], prev[:-1] + iou_row)
+        return jnp.concatenate([jnp.zeros((1, b), prev.dtype), _cummax(cand)], axis=0), None
 
-    final, _ = lax.scan(row, jnp.zeros((b, g + 1), iou.dtype), jnp.swapaxes(iou, 0, 1))
-    return final[:, -1]
+    final, _ = lax.scan(row, jnp.zeros((g + 1, b), iou.dtype), iou, unroll=8)
+    return final[-1]
 
 
 def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma):
@@ -114,15 +145,15 @@ def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma):
 
 def tiou(ps, pe, pv, gs, ge, gv, duration):
     """Time-R1 tIoU of the first prediction and first ground truth."""
-    iou = _pair_iou(ps[:, 0], pe[:, 0], pv[:, 0], gs[:, 0], ge[:, 0], gv[:, 0])
-    factor = (1 - jnp.abs(ps[:, 0] - gs[:, 0]) / duration) * (1 - jnp.abs(pe[:, 0] - ge[:, 0]) / duration)
-    return jnp.where(pv[:, 0], iou * factor, 0.0)
+    iou = _pair_iou(ps[0], pe[0], pv[0], gs[0], ge[0], gv[0])
+    factor = (1 - jnp.abs(ps[0] - gs[0]) / duration) * (1 - jnp.abs(pe[0] - ge[0]) / duration)
+    return jnp.where(pv[0], iou * factor, 0.0)
 
 
 @jax.jit
 def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, kind, sigma):
-    ps, pe, pv = _clip(pred[..., 0], pred[..., 1], pred_mask, duration)
-    gs, ge, gv = _clip(gt[..., 0], gt[..., 1], gt_mask, duration)
+    ps, pe, pv = _clip(pred[..., 0].T, pred[..., 1].T, pred_mask.T, duration)
+    gs, ge, gv = _clip(gt[..., 0].T, gt[..., 1].T, gt_mask.T, duration)
     n_pred = pred_mask.sum(-1).astype(duration.dtype)
     n_gt = gt_mask.sum(-1).astype(duration.dtype)
     zeros = jnp.zeros_like(duration)
@@ -166,8 +197,24 @@ def loc_rewards(
 
     pred [B, P, 2] raw parsed (start, end) (NaN/inf allowed), pred_mask [B, P] (True = a parsed
     prediction, counted in N_pred even if invalid); gt [B, G, 2] validated, gt_mask [B, G];
-    duration [B] > 0; kind [B] int codes from `KINDS`. Padded to buckets before the jitted call.
+    duration [B] > 0; kind [B] int codes from `KINDS`. Rows are grouped by kind (each group
+    trimmed to its own longest row, so short TG rows do not pay for long TAL rows) and each group
+    is padded to buckets before the jitted call.
     """
+    kind = np.asarray(kind, np.int32)
+    pred_mask, gt_mask = np.asarray(pred_mask, bool), np.asarray(gt_mask, bool)
+    codes = np.unique(kind)
+    if len(codes) > 1:
+        out = np.zeros(len(kind), np.float64)
+        for code in codes[codes != KINDS["exact"]]:
+            rows = np.flatnonzero(kind == code)
+            p = max(int(pred_mask[rows].sum(1).max()), 1)
+            g = max(int(gt_mask[rows].sum(1).max()), 1)
+            out[rows] = loc_rewards(
+                np.asarray(pred)[rows, :p], pred_mask[rows, :p], np.asarray(gt)[rows, :g], gt_mask[rows, :g],
+                np.asarray(duration)[rows], kind[rows], sigma,
+            )
+        return out
     b, p = pred_mask.shape
     g = gt_mask.shape[1]
     bb, pb, gb = bucket(b, 8), bucket(p, 8), bucket(g, 8)

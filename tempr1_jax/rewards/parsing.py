@@ -66,25 +66,26 @@ def parse_batch(
         raise ValueError(f"{len(completions)} completions for {len(targets)} targets")
     n = len(completions)
     pred_counts, pred_flat = [0] * n, []
-    gt_counts, gt_rows = [0] * n, []
+    gt_counts, gt_flat = [0] * n, []
     duration = np.ones(n, np.float64)
     kind = np.zeros(n, np.int32)
     format_ok = np.zeros(n, np.float64)
     cls = np.zeros(n, np.float64)
     for i, (t, text, target) in enumerate(zip(task_list, completions, targets)):
-        text = text if isinstance(text, str) else ""
-        parsed = t.parse(text, fallback=False, max_segments=max_segments)
-        format_ok[i] = t.format_ok(text, think)
+        format_ok[i], parsed = t.read(text if isinstance(text, str) else "", think, max_segments)
         if t.has_segments:
-            segs, duration[i] = tasks_lib.target_array(target)
-            gt_rows.append(segs)
+            segs, duration[i] = tasks_lib.target_segments(target)
+            gt_flat.extend(segs)
             gt_counts[i] = len(segs)
             pred_flat.extend(parsed.segments)
             pred_counts[i] = len(parsed.segments)
             kind[i] = KINDS[t.reward]
         if t.has_cls:
             cls[i] = parsed.choice == t.expected_choice(target)
-    pred, pred_mask = _pad_rows(pred_counts, np.fromiter(itertools.chain.from_iterable(pred_flat), np.float64))
-    gt_flat = np.concatenate(gt_rows) if gt_rows else np.zeros((0, 2))
-    gt, gt_mask = _pad_rows(gt_counts, gt_flat)
+    pred, pred_mask = _pad_rows(pred_counts, _floats(pred_flat))
+    gt, gt_mask = _pad_rows(gt_counts, _floats(gt_flat))
     return RewardInputs(pred, pred_mask, gt, gt_mask, duration, kind, format_ok, cls)
+
+
+def _floats(pairs: list[tuple[float, float]]) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(pairs), np.float64, count=2 * len(pairs))

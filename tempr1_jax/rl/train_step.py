@@ -61,6 +61,7 @@ class TrainStep:
         self._apply: Callable | None = None
         self._state_shardings: Any = None
         self._param_shardings: Any = None
+        self._zeros: Callable | None = None
 
     def init_state(self, params: Any) -> TrainState:
         """A fresh TrainState; optimizer state is created on the params' shardings."""
@@ -70,13 +71,14 @@ class TrainStep:
         return self.place_state(state, params)
 
     def place_state(self, state: TrainState, params_like: Any) -> TrainState:
-        """Put the scalar counters next to the params (replicated on their mesh) and fix the shardings."""
+        """Replicate every leaf that is not already on the params' mesh (counters, optimizer counts)
+        so that the state's shardings are stable from the first update on; fix the jit shardings."""
         leaf = jax.tree.leaves(params_like)[0]
         sharding = getattr(leaf, "sharding", None)
         if isinstance(sharding, jax.sharding.NamedSharding):
             replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-            state = state.replace(step=jax.device_put(state.step, replicated),
-                                  skipped=jax.device_put(state.skipped, replicated))
+            state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
+                                 else jax.device_put(x, replicated), state)
         self._set_shardings(shardings_of(state))
         return state
 
@@ -87,12 +89,24 @@ class TrainStep:
         self._apply = None  # re-jitted on the next apply with the new shardings
 
     def zeros(self, params: Any, frozen: Any, batch: Any) -> Accumulator:
-        """An all-zero accumulator shaped like the gradients and metric sums of `loss_fn`."""
-        (_, (_, aux)), grads = jax.eval_shape(self._grad, params, frozen, batch)
-        z = lambda s: jnp.zeros(s.shape, jnp.float32)
-        grads = jax.tree.map(lambda g, p: jax.device_put(z(g), p.sharding), grads, params)
-        return Accumulator(grads=grads, total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32),
-                           aux=jax.tree.map(z, aux))
+        """An all-zero accumulator shaped like the gradients and metric sums of `loss_fn`.
+
+        Its shapes depend only on the params, so the jitted constructor is built once.
+        """
+        if self._zeros is None:
+            (_, (_, aux)), grads = jax.eval_shape(self._grad, params, frozen, batch)
+            make = lambda: Accumulator(
+                grads=jax.tree.map(lambda g: jnp.zeros(g.shape, jnp.float32), grads),
+                total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32),
+                aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux))
+            out_shardings = None
+            if self._param_shardings is not None:
+                mesh = jax.tree.leaves(self._param_shardings)[0].mesh
+                rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+                out_shardings = Accumulator(grads=self._param_shardings, total=rep, count=rep,
+                                            aux=jax.tree.map(lambda _: rep, aux))
+            self._zeros = jax.jit(make, out_shardings=out_shardings)
+        return self._zeros()
 
     def accumulate(self, state: TrainState, frozen: Any, batch: Any, acc: Accumulator | None = None) -> Accumulator:
         """Add one micro-batch's loss sum, count, metric sums and gradient to `acc` (donated)."""

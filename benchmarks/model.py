@@ -1,0 +1,297 @@
+"""Qwen2.5-VL model benchmarks against transformers (PyTorch eager, CPU), ratios measured in one run.
+
+    python benchmarks/model.py [--threads N] [--repeats R]
+
+1. Prefill: forward logits of a small random model on a video prompt, ours (jitted XLA) vs
+   transformers; plus achieved FLOP/s (analytic count of the model's useful FLOPs) against a large
+   float32 matmul measured in the same process.
+2. Rollout: G = 8 sampled completions of 64 new tokens for one video prompt; tokens/s of our
+   `generate` (one prefill shared by the 8 samples, `lax.while_loop` decode) vs transformers
+   `generate(num_return_sequences=8, do_sample=True)`.
+3. Loading: peak host memory (ru_maxrss minus the RSS before loading, in a fresh subprocess) when
+   `from_pretrained` reads a bf16 safetensors checkpoint, relative to the checkpoint's bytes.
+
+Both frameworks run in float32 with the same number of threads: the process is pinned to N CPUs
+before JAX and torch start (XLA's CPU thread pool follows the affinity mask) and torch uses N
+intra-op threads. Timings are medians over ``--repeats`` runs after a warm-up (compilation) run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _pin_threads(n: int) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:n]
+    os.sched_setaffinity(0, cpus)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up / compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# --- configs and inputs ---------------------------------------------------------------------------
+
+SMALL = dict(  # prefill / rollout model: ~25M parameters
+    vision_depth=8, vision_hidden_size=256, vision_intermediate_size=512, vision_num_heads=4,
+    vision_fullatt_block_indexes=(3, 7), vision_window_size=112, hidden_size=512, intermediate_size=1408,
+    num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, mrope_section=(8, 12, 12),
+    vocab_size=8192, image_token_id=8190, video_token_id=8191, vision_start_token_id=8188,
+    vision_end_token_id=8189, vision_token_id=8187, bos_token_id=8186, eos_token_id=None, pad_token_id=8185,
+)
+VIDEO_GRID = (8, 14, 20)  # 16 frames at 196 x 280: 2240 patches, 560 video tokens
+SECONDS_PER_GRID = 1.0
+LOAD = dict(  # memory benchmark checkpoint: ~170M parameters, ~340 MB in bf16
+    vision_depth=8, vision_hidden_size=512, vision_intermediate_size=1376, vision_num_heads=8,
+    vision_fullatt_block_indexes=(3, 7), hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+    num_attention_heads=16, num_key_value_heads=4, mrope_section=(8, 12, 12), vocab_size=16000,
+    image_token_id=15990, video_token_id=15991, vision_start_token_id=15992, vision_end_token_id=15993,
+    vision_token_id=15994, bos_token_id=15995, eos_token_id=15996, pad_token_id=15997,
+)
+
+
+def video_prompt(config, text_len: int = 20, seed: int = 0):
+    """HF-named numpy inputs for one prompt: text, a video block, text."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_tokens = int(np.prod(VIDEO_GRID)) // config.vision.merge_unit
+    ids = (list(rng.integers(0, 8000, text_len)) + [config.vision_start_token_id]
+           + [config.video_token_id] * n_tokens + [config.vision_end_token_id] + list(rng.integers(0, 8000, text_len)))
+    n_patches = int(np.prod(VIDEO_GRID))
+    return dict(
+        input_ids=np.asarray([ids], np.int64),
+        attention_mask=np.ones((1, len(ids)), np.int64),
+        pixel_values_videos=rng.standard_normal((n_patches, config.vision.patch_dim)).astype(np.float32),
+        video_grid_thw=np.asarray([VIDEO_GRID], np.int64),
+        second_per_grid_ts=np.asarray([SECONDS_PER_GRID], np.float32),
+    )
+
+
+def forward_flops(config, grid, seq_len: int) -> int:
+    """Useful FLOPs of one forward (2 per multiply-add): vision tower on one video, decoder over
+    ``seq_len`` tokens with causal attention counted once per (query, earlier key) pair, LM head
+    on every position. Attention counts only within segments (windows / frames)."""
+    v, t = config.vision, config.text
+    frames, h, w = grid
+    n = frames * h * w
+    m, wm = v.spatial_merge_size, v.window_merged
+    # Window sizes (in patches) of one frame: windows of wm x wm merge units, partial at the edges.
+    mh, mw = h // m, w // m
+    window_sizes = [min(wm, mh - r) * min(wm, mw - c) * v.merge_unit for r in range(0, mh, wm) for c in range(0, mw, wm)]
+    window_attn = frames * sum(4 * s * s * v.hidden_size for s in window_sizes)
+    full_attn = frames * 4 * (h * w) ** 2 * v.hidden_size
+    dv, iv = v.hidden_size, v.intermediate_size
+    per_block = 2 * n * (dv * 3 * dv + dv * dv + 3 * dv * iv)
+    n_full = len(v.fullatt_block_indexes)
+    vision = (2 * n * v.patch_dim * dv + v.depth * per_block + n_full * full_attn + (v.depth - n_full) * window_attn
+              + 2 * (n // v.merge_unit) * (v.merge_unit * dv) * (v.merge_unit * dv + v.out_hidden_size))
+    d, kv = t.hidden_size, t.num_key_value_heads * t.head_dim
+    per_layer = 2 * seq_len * (2 * d * d + 2 * d * kv + 3 * d * t.intermediate_size) + 2 * seq_len * (seq_len + 1) * d
+    return vision + t.num_hidden_layers * per_layer + 2 * seq_len * d * t.vocab_size
+
+
+# --- benchmarks ------------------------------------------------------------------------------------
+
+
+def bench_matmul(repeats: int, n: int = 2048) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.dot)
+    sec = _median_time(lambda: mm(a, b).block_until_ready(), repeats)
+    return {"matmul_flops_per_s": 2 * n**3 / sec}
+
+
+def _models(tmp: pathlib.Path):
+    """A random transformers model for SMALL, saved and loaded into ours (same weights)."""
+    import torch
+    import transformers
+    from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, tiny_config
+
+    config = tiny_config(**SMALL)
+    torch.manual_seed(0)
+    hf = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(**config.to_hf_dict()))
+    hf = hf.eval().float()
+    hf.save_pretrained(tmp / "small")
+    ours = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp / "small")
+    return config, hf, ours
+
+
+def _torch_inputs(config, prompt: dict) -> dict:
+    import torch
+    from models.qwen2_5_vl.rope_index import token_types
+
+    out = {k: torch.as_tensor(v) for k, v in prompt.items()}
+    out["mm_token_type_ids"] = torch.as_tensor(token_types(config, prompt["input_ids"]))
+    return out
+
+
+def bench_prefill(config, hf, ours, repeats: int) -> dict:
+    import jax
+    import numpy as np
+    import torch
+    from flax import nnx
+    from models.qwen2_5_vl import build_model_inputs
+
+    prompt = video_prompt(config)
+    inputs = jax.tree.map(jax.numpy.asarray, build_model_inputs(config, **prompt))
+    graphdef, state = nnx.split(ours)
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s).forward(x))
+    jax_sec = _median_time(lambda: forward(state, inputs).block_until_ready(), repeats)
+    t_inputs = _torch_inputs(config, prompt)
+    with torch.no_grad():
+        torch_sec = _median_time(lambda: hf(**t_inputs), repeats)
+        ref = hf(**t_inputs).logits.numpy()
+    err = float(np.abs(np.asarray(forward(state, inputs)) - ref).max() / np.abs(ref).max())
+    flops = forward_flops(config, VIDEO_GRID, prompt["input_ids"].shape[1])
+    return {"prefill_tokens": prompt["input_ids"].shape[1], "prefill_jax_s": jax_sec, "prefill_torch_s": torch_sec,
+            "prefill_flops": flops, "prefill_rel_err": err}
+
+
+def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 64) -> dict:
+    import jax
+    import torch
+    from models.qwen2_5_vl import build_model_inputs
+    from models.qwen2_5_vl.generation import generate
+
+    prompt = video_prompt(config, seed=1)
+    inputs = build_model_inputs(config, **prompt)
+    keys = iter(range(10**6))
+    run = lambda: generate(ours, inputs, max_new_tokens=new_tokens, temperature=1.0, num_return_sequences=g,
+                           rng=next(keys), eos_token_id=()).block_until_ready()
+    jax_sec = _median_time(run, repeats)
+    t_inputs = _torch_inputs(config, prompt)
+
+    def hf_run():
+        with torch.no_grad():
+            out = hf.generate(**t_inputs, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=g,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=config.pad_token_id)
+        assert out.shape == (g, prompt["input_ids"].shape[1] + new_tokens), out.shape
+
+    torch_sec = _median_time(hf_run, max(1, repeats // 2))
+    return {"rollout_tokens": g * new_tokens, "rollout_jax_s": jax_sec, "rollout_torch_s": torch_sec}
+
+
+_LOAD_CHILD = r"""
+import json, resource, sys
+import jax, jax.numpy as jnp
+from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+jnp.zeros(1).block_until_ready()
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
+base = rss()
+model = Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=jnp.bfloat16)
+jax.block_until_ready(jax.tree.leaves(__import__("flax").nnx.state(model)))
+print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "after": rss()}))
+"""
+
+
+def write_bf16_checkpoint(directory: pathlib.Path, shard_bytes: int = 128 * 1024**2) -> int:
+    """Random bf16 hub-layout checkpoint for LOAD (sharded, with an index); returns its tensor bytes."""
+    import ml_dtypes
+    import numpy as np
+    from safetensors.numpy import save_file
+    from models.qwen2_5_vl import tiny_config
+    from models.qwen2_5_vl.config import param_shapes
+
+    config = tiny_config(**LOAD, torch_dtype="bfloat16")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    rng = np.random.default_rng(0)
+    shards, current, size, total = [], {}, 0, 0
+    for name, shape in param_shapes(config).items():
+        tensor = (rng.standard_normal(shape, np.float32) * 0.02).astype(ml_dtypes.bfloat16)
+        if current and size + tensor.nbytes > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return total
+
+
+def bench_load(tmp: pathlib.Path) -> dict:
+    directory = tmp / "bf16"
+    tensor_bytes = write_bf16_checkpoint(directory)
+    file_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
+    out = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(directory)], capture_output=True, text=True,
+                         check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"ckpt_bytes": file_bytes, "ckpt_tensor_bytes": tensor_bytes, "load_peak_bytes": mem["peak"] - mem["base"],
+            "load_after_bytes": mem["after"] - mem["base"]}
+
+
+def table(r: dict, threads: int) -> str:
+    gf = lambda x: f"{x / 1e9:.1f} GFLOP/s"
+    prefill_ratio = r["prefill_torch_s"] / r["prefill_jax_s"]
+    jax_tps = r["rollout_tokens"] / r["rollout_jax_s"]
+    torch_tps = r["rollout_tokens"] / r["rollout_torch_s"]
+    achieved = r["prefill_flops"] / r["prefill_jax_s"]
+    mem_ratio = r["load_peak_bytes"] / r["ckpt_bytes"]
+    rows = [
+        ("Prefill, video prompt "
+         f"({r['prefill_tokens']} tokens, {r['prefill_flops'] / 1e9:.1f} GFLOP)",
+         f"{r['prefill_jax_s'] * 1e3:.0f} ms", f"{r['prefill_torch_s'] * 1e3:.0f} ms",
+         f"{prefill_ratio:.2f}x", ">= 1.2x", "yes" if prefill_ratio >= 1.2 else "NO"),
+        ("Prefill achieved FLOP/s vs 2048^3 f32 matmul", gf(achieved), gf(r["matmul_flops_per_s"]),
+         f"{achieved / r['matmul_flops_per_s']:.0%}", "report", "-"),
+        ("Rollout G=8 x 64 new tokens (tokens/s)", f"{jax_tps:.0f}", f"{torch_tps:.0f}",
+         f"{jax_tps / torch_tps:.1f}x", ">= 5x", "yes" if jax_tps >= 5 * torch_tps else "NO"),
+        (f"Load bf16 checkpoint ({r['ckpt_bytes'] / 2**20:.0f} MiB): peak RSS increase",
+         f"{r['load_peak_bytes'] / 2**20:.0f} MiB", "-", f"{mem_ratio:.2f}x ckpt", "<= 1.3x",
+         "yes" if mem_ratio <= 1.3 else "NO"),
+    ]
+    head = (f"threads: {threads} (XLA and torch), float32, prefill rel. error vs torch {r['prefill_rel_err']:.1e}\n\n"
+            "| benchmark | ours (JAX) | transformers (torch) | ratio | goal | met |\n|---|---|---|---|---|---|\n")
+    return head + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    _pin_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        results.update(bench_load(tmp))  # first, before this process grows
+        results.update(bench_matmul(args.repeats))
+        config, hf, ours = _models(tmp)
+        results.update(bench_prefill(config, hf, ours, args.repeats))
+        results.update(bench_rollout(config, hf, ours, args.repeats))
+    print(json.dumps(results))
+    print(table(results, args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Reward speed: `compute_rewards` (end to end) and the jnp kernel alone vs the plain-Python reference.
+
+Two workloads of 4096 samples: TAL with 32 predicted and 32 ground-truth segments each, and a
+five-task mix (tg, dtg, vhd, gvqa, tal in turn, with realistic segment counts). Goals: end to end
+>= 30x, kernel alone >= 100x. "Kernel alone" compares `kernel.loc_rewards` on already padded
+arrays with `reference.loc_reward` on already parsed lists (the same work minus parsing).
+Compilation happens in a warm-up call at the same padded shapes and is reported separately.
+
+    python benchmarks/rewards.py [--n 4096] [--repeats 3] [--no-write]
+
+Writes the table under "## Rewards (benchmarks/rewards.py)" in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import random
+import re
+import time
+
+import numpy as np
+
+from tempr1_jax import tasks
+from tempr1_jax.rewards import compute_rewards, kernel, parsing
+from tempr1_jax.rewards.reference import loc_reward, reward_reference
+
+HEADING = "## Rewards (benchmarks/rewards.py)"
+RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+MIX = ("tg", "dtg", "vhd", "gvqa", "tal")
+
+
+def _segments(rng: random.Random, n: int, duration: float) -> list[tuple[float, float]]:
+    out = []
+    for _ in range(n):
+        start = rng.uniform(0, duration * 0.95)
+        out.append((round(start, 1), round(min(duration, start + rng.uniform(0.5, duration / 6)), 1)))
+    return sorted(out)
+
+
+def _noisy(rng: random.Random, segs, duration: float):
+    """A plausible prediction: each GT segment jittered by a few seconds."""
+    out = []
+    for s, e in segs:
+        a = max(0.0, s + rng.uniform(-3, 3))
+        out.append((round(a, 1), round(max(a + 0.1, e + rng.uniform(-3, 3)), 1)))
+    return out
+
+
+def make_samples(task_names: list[str], seed: int = 0, n_tal: int | None = 32):
+    """(tasks, completions, targets) with `<think>` completions in the strict format."""
+    rng = random.Random(seed)
+    completions, targets = [], []
+    for i, name in enumerate(task_names):
+        duration = rng.uniform(30, 600)
+        n_gt = {"tg": 1, "tvg": 1, "dtg": rng.randint(2, 8), "vhd": rng.randint(1, 4), "gvqa": rng.randint(1, 2),
+                "tal": n_tal or rng.randint(1, 32)}[name]
+        gts = _segments(rng, n_gt, duration)
+        preds = _noisy(rng, gts, duration)
+        if name in ("vhd", "tal") and n_tal is None:
+            preds = preds[: max(1, len(preds) - rng.randint(0, 1))] + _segments(rng, rng.randint(0, 2), duration)
+        body = ", ".join(f"{s} to {e}" for s, e in preds)
+        target = {"id": f"s{i}", "task": name, "duration": duration, "segments": [list(x) for x in gts], "query": "q"}
+        if name == "gvqa":
+            target.update(options=["a", "b", "c", "d", "e"], answer=rng.choice("ABCDE"))
+            text = f"<think>looking</think><answer>{rng.choice('ABCDE')}</answer><glue>{body}</glue>"
+        else:
+            text = f"<think>looking</think><answer>{body}</answer>"
+        completions.append(text)
+        targets.append(target)
+    return task_names, completions, targets
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(name: str, task_names, completions, targets, repeats: int) -> dict:
+    """Reference vs ours, end to end and kernel alone, on one workload."""
+    task_list = parsing.resolve_tasks(task_names, len(completions))
+    inputs = parsing.parse_batch(task_list, completions, targets)
+    parsed = [t.parse(c) for t, c in zip(task_list, completions)]
+    gts = [tasks.target_segments(x) for x in targets]
+    args = (inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind)
+
+    start = time.perf_counter()
+    compute_rewards(task_names, completions, targets)  # compiles this padded shape
+    compile_s = time.perf_counter() - start
+
+    ours_e2e = _best(lambda: compute_rewards(task_names, completions, targets), repeats)
+    ours_kernel = _best(lambda: kernel.loc_rewards(*args), repeats)
+    ref_e2e = _best(lambda: [reward_reference(n, c, x) for n, c, x in zip(task_names, completions, targets)], 1)
+    ref_kernel = _best(
+        lambda: [loc_reward(t.reward, list(p.segments), g, d) for t, p, (g, d) in zip(task_list, parsed, gts)], 1
+    )
+    # the two paths agree
+    ours = compute_rewards(task_names, completions, targets)["total"]
+    want = np.array([reward_reference(n, c, x)["total"] for n, c, x in zip(task_names, completions, targets)])
+    assert np.abs(ours - want).max() < 1e-5
+    return {
+        "workload": name, "n": len(completions), "shape": f"{inputs.pred.shape[1]}x{inputs.gt.shape[1]}",
+        "compile_s": compile_s, "ref_e2e": ref_e2e, "ours_e2e": ours_e2e, "ref_kernel": ref_kernel,
+        "ours_kernel": ours_kernel,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| workload | samples | pred x gt pad | reference e2e (s) | compute_rewards (s) | e2e speed-up | "
+        "reference math (s) | kernel (s) | kernel speed-up | first-call compile (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['n']} | {r['shape']} | {r['ref_e2e']:.3f} | {r['ours_e2e']:.3f} | "
+            f"**{r['ref_e2e'] / r['ours_e2e']:.1f}x** | {r['ref_kernel']:.3f} | {r['ours_kernel']:.4f} | "
+            f"**{r['ref_kernel'] / r['ours_kernel']:.1f}x** | {r['compile_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving other sections alone."""
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{HEADING}\n\n{text}\n\n"
+    new = pattern.sub(lambda _: section, current) if pattern.search(current) else current.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(new.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    rows = [
+        measure("TAL 32 pred / 32 GT", *make_samples(["tal"] * args.n, seed=0), args.repeats),
+        measure("five-task mix", *make_samples([MIX[i % 5] for i in range(args.n)], seed=1, n_tal=None), args.repeats),
+    ]
+    result = table(rows)
+    print(result)
+    if not args.no_write:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        note = (
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
+            f"({os.cpu_count()} CPUs, load average {load:.1f} at the end; the machine is shared, so absolute "
+            "times are noisy, the ratios less so). Best of several runs for ours, one run for the reference. "
+            "Goals: end to end >= 30x, kernel alone >= 100x. Kernel: float64 on the host CPU backend, one "
+            "jitted function per padded shape (powers of two)."
+        )
+        write_section(f"{note}\n\n{result}")
+
+
+if __name__ == "__main__":
+    main()
