@@ -86,8 +86,8 @@ class LoaderConfig:
 
     sources: tuple[SourceConfig, ...]
     batch_size: int = 8
-    token_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192)
-    patch_buckets: tuple[int, ...] = (4096, 8192, 16384)
+    token_buckets: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
+    patch_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384)
     seed: int = 0
     num_epochs: int | None = None
     num_workers: int = 0

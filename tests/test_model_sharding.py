@@ -14,7 +14,7 @@ from model_oracle import IMAGE_GRID, VIDEO_GRID, config_for_tests, left_pad, pix
 from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs, tiny_config
 from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.sharding import (
-    activation_spec, cache_specs, fit_spec, make_mesh, param_specs, shard_batch, shard_model, weight_rule)
+    activation_spec, cache_specs, fit_spec, loader_sharding, make_mesh, param_specs, shard_batch, shard_model, weight_rule)
 
 
 def _mesh():
@@ -76,10 +76,11 @@ def batch():
 
 
 @pytest.mark.slow
-def test_sharded_forward_and_generate_equal_unsharded(batch):
+def test_sharded_forward_and_generate_equal_unsharded(batch, tmp_path):
     mesh = _mesh()
     config, inputs = batch
     model = Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(1))
+    model.save_pretrained(tmp_path)
     forward = jax.jit(lambda m, x: m.forward(x))
     ref_logits = np.asarray(forward(model, jax.tree.map(jnp.asarray, inputs)))
     ref_tokens = np.asarray(generate(model, inputs, max_new_tokens=8, temperature=0.0, eos_token_id=()))
@@ -93,6 +94,10 @@ def test_sharded_forward_and_generate_equal_unsharded(batch):
     assert placed.input_ids.sharding.spec == P("data", None)
     logits = forward(model, placed)
     np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-5, rtol=1e-5)
+    # Loading straight into the sharded layout gives the same placement and logits.
+    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, sharding=loader_sharding(mesh))
+    assert loaded.lm_head.kernel[...].sharding.spec == P("fsdp", "tensor")
+    np.testing.assert_allclose(np.asarray(forward(loaded, placed)), ref_logits, atol=1e-5, rtol=1e-5)
 
     tokens = generate(model, inputs, max_new_tokens=8, temperature=0.0, eos_token_id=(), mesh=mesh)
     np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)

@@ -148,24 +148,38 @@ def param_specs(state: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> tuple
     """
     _check_layout(layout)
     notes: list[str] = []
-
-    def one(path, leaf):
-        shape = _shape(leaf)
-        if layout == "replicated" or not shape:
-            return P()
-        name = _path_str(path)
-        rule = weight_rule(name)
-        if rule is None:
-            notes.append(f"{name}: no sharding rule, replicated")
-            return P()
-        spec, dropped = fit_spec(rule[1], shape, mesh, name)
-        notes.extend(dropped)
-        return spec
-
-    specs = jax.tree_util.tree_map_with_path(one, state)
+    specs = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _weight_spec(_path_str(path), _shape(leaf), mesh, layout, notes), state)
     for note in notes:
         logger.info("sharding: %s", note)
     return specs, notes
+
+
+def loader_sharding(mesh: Mesh, layout: Layout = "fsdp_tensor"):
+    """``sharding(path, shape) -> NamedSharding`` for ``from_pretrained(..., sharding=...)``: each
+    tensor is placed sharded as it is read, so no host or device ever holds the whole model."""
+    _check_layout(layout)
+
+    def sharding(path: tuple[Any, ...], shape: Sequence[int]) -> NamedSharding:
+        notes: list[str] = []
+        spec = _weight_spec(".".join(map(str, path)), tuple(shape), mesh, layout, notes)
+        for note in notes:
+            logger.info("sharding: %s", note)
+        return NamedSharding(mesh, spec)
+
+    return sharding
+
+
+def _weight_spec(name: str, shape: tuple[int, ...], mesh: Mesh, layout: str, notes: list[str]) -> P:
+    if layout == "replicated" or not shape:
+        return P()
+    rule = weight_rule(name)
+    if rule is None:
+        notes.append(f"{name}: no sharding rule, replicated")
+        return P()
+    spec, dropped = fit_spec(rule[1], shape, mesh, name)
+    notes.extend(dropped)
+    return spec
 
 
 def activation_spec(name: str, shape: Sequence[int], mesh: Mesh, layout: Layout = "fsdp_tensor") -> P:

@@ -131,7 +131,7 @@ def dp_siou(iou):
         cand = jnp.maximum(prev[1:], prev[:-1] + iou_row)
         return jnp.concatenate([jnp.zeros((1, b), prev.dtype), _cummax(cand)], axis=0), None
 
-    final, _ = lax.scan(row, jnp.zeros((g + 1, b), iou.dtype), iou, unroll=8)
+    final, _ = lax.scan(row, jnp.zeros((g + 1, b), iou.dtype), iou)
     return final[-1]
 
 

@@ -57,6 +57,22 @@ class TrainConfig:
             raise ValueError("TrainConfig: steps >= 0, num_iterations >= 1 and micro_batches >= 1 are required")
 
 
+def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, temperature: float = 1.0):
+    """The `TrainStep` loss of a policy split as (graphdef, params, frozen) on RL micro-batches.
+
+    A micro-batch is a dict: `prompt` (ModelInputs, P rows), `completions` / `mask` [P * G, T],
+    `advantages` / `weights` [P * G], `old_logp` / `ref_logp` [P * G, T] or None.
+    """
+    def loss_fn(params, frozen, b):
+        model = nnx.merge(graphdef, params, frozen)
+        logp = completion_logprobs(model, b["prompt"], b["completions"], b["mask"], group_size, temperature)
+        terms = compute_loss(LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"],
+                                       b["weights"]), loss_cfg)
+        return terms.total, terms.count, terms.aux
+
+    return loss_fn
+
+
 class _StopFlag:
     """Set by SIGTERM; the loop checks it between steps."""
 
@@ -104,7 +120,9 @@ class GRPOTrainer:
         total_updates = max(self.cfg.steps * self.cfg.num_iterations, 1)
         opt_cfg = OptimizerConfig()
         self.schedule = make_schedule(opt_cfg, total_updates)
-        self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total_updates))
+        loss_fn = make_policy_loss(self.graphdef, self.loss_cfg, self.rollout_cfg.num_generations,
+                                   self._temperature)
+        self.train_step = TrainStep(loss_fn, make_optimizer(opt_cfg, total_updates))
         self.state = self.train_step.init_state(params)
         self.rng = jax.random.key(self.cfg.seed)
         self.checkpoints = CheckpointManager(self.workdir / "checkpoints", CheckpointConfig())
@@ -123,12 +141,6 @@ class GRPOTrainer:
         model = nnx.merge(self.graphdef, params, frozen)
         return completion_logprobs(model, prompt, completions, mask, self.rollout_cfg.num_generations,
                                    self._temperature)
-
-    def _loss_fn(self, params, frozen, b):
-        logp = self._logprobs_impl(params, frozen, b["prompt"], b["completions"], b["mask"])
-        terms = compute_loss(LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"],
-                                       b["weights"]), self.loss_cfg)
-        return terms.total, terms.count, terms.aux
 
     # --- state ------------------------------------------------------------------------------------
 

@@ -1,0 +1,41 @@
+"""`tempr1 demo` shortened: every phase runs and writes the report, the learning curve, metrics,
+checkpoints and a loadable HF export. (The full demo and its GRPO gain are measured in
+docs/DEMO_TPU_CONFIG.md; it takes minutes.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SHORT = ["--gin.DemoConfig.tasks=['tg', 'gvqa']", "--gin.DemoConfig.train_samples_per_task=2",
+         "--gin.DemoConfig.test_samples_per_task=2", "--gin.DemoConfig.sft_steps=2",
+         "--gin.DemoConfig.grpo_steps=2", "--gin.DemoConfig.eval_batch_size=4",
+         "--gin.DemoConfig.eval_max_new_tokens=6", "--gin.LoaderConfig.batch_size=2",
+         "--gin.RolloutConfig.num_generations=2", "--gin.RolloutConfig.max_new_tokens=6",
+         "--gin.ModelSetup.tokenizer_vocab_size=300", "--gin.CheckpointConfig.async_save=False"]
+
+
+@pytest.mark.slow
+def test_short_demo(tmp_path):
+    from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+    from tempr1_jax import cli
+
+    work = tmp_path / "demo"
+    assert cli.main(["demo", "--workdir", str(work), "--gin_file", "demo_e2e.gin", *SHORT]) == 0
+    report = json.loads((work / "demo_report.json").read_text())
+    for phase in ("before", "after"):
+        assert set(report[phase]) == {"tg", "gvqa", "mean_reward"}
+        assert "mIoU" in report[phase]["tg"] and "Acc" in report[phase]["gvqa"]
+        assert 0.0 <= report[phase]["mean_reward"] <= 3.0
+    change = report["held_out_reward_change"]
+    assert change["num_samples"] == 4
+    assert change["delta"] == pytest.approx(report["after"]["mean_reward"] - report["before"]["mean_reward"], abs=1e-5)
+    assert (work / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    grpo_steps = [json.loads(line)["step"] for line in (work / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert grpo_steps == [1, 2]
+    assert (work / "sft" / "metrics.jsonl").is_file() and (work / "grpo" / "checkpoints").is_dir()
+    for phase in ("eval_before", "eval_after"):
+        assert (work / phase / "eval_table.md").is_file() and (work / phase / "eval_timeline.png").is_file()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(work / "hf")
+    assert model.config.text.vocab_size == 300

@@ -1,0 +1,83 @@
+"""`tempr1 plan`: analytic FLOPs, chips, and compiling the GRPO update and the rollout for abstract
+inputs on a small config; the paper's 7B config on 64 devices in a fresh process (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
+from tempr1_jax import plan
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHAPES = plan.StepShapes(prompts=4, group=2, prompt_len=64, completion_len=8, patches=16, micro_batch=2)
+
+
+def test_chips():
+    assert plan.get_chip("v5p").peak_tflops == 459.0
+    assert {c: plan.get_chip(c).peak_tflops for c in ("v5e", "v4", "v6e")} == {"v5e": 197.0, "v4": 275.0, "v6e": 918.0}
+    with pytest.raises(ValueError, match="unknown chip"):
+        plan.get_chip("v9")
+
+
+def test_analytic_flops_by_hand():
+    cfg = tiny_config()
+    text, vision = plan._matmul_params(cfg)
+    t = cfg.text
+    width = t.num_attention_heads * t.head_dim
+    fwd = lambda tokens, ctx: tokens * (2 * text + 4 * t.num_hidden_layers * width * ctx)
+    seq = fwd(72, 72) + 2 * vision * 16
+    flops = plan.analytic_flops(cfg, SHAPES)
+    # Train: forward + backward (3x forward) of the policy plus one reference forward, for 8 sequences.
+    assert flops["train"] == pytest.approx(8 * seq * 4)
+    assert flops["prefill"] == pytest.approx(4 * (fwd(64, 64) + 2 * vision * 16))
+    assert flops["decode"] == pytest.approx(8 * fwd(8, 64 + 4))
+    no_kl = plan.analytic_flops(cfg, plan.StepShapes(**{**SHAPES.__dict__, "kl": False}))
+    assert no_kl["train"] == pytest.approx(8 * seq * 3)
+
+
+def test_seven_b_param_count(hf_configs_dir):
+    cfg = Qwen2_5_VLConfig.from_pretrained(hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json")
+    text, vision = plan._matmul_params(cfg)
+    assert 8.2e9 < cfg.num_params() < 8.4e9
+    assert 0.6e9 < vision < 0.7e9
+
+
+@pytest.mark.slow
+def test_plan_compiles_a_small_config_on_a_mesh():
+    import jax
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    report = plan.plan(tiny_config(num_hidden_layers=1, vision_depth=2, vision_fullatt_block_indexes=(1,)),
+                       SHAPES, (2, 2, 2), plan.get_chip("v5e"), dtype="float32")
+    assert set(report["programs"]) == {"update_accumulate", "update_apply", "logprobs", "rollout_prefill",
+                                       "rollout_decode"}
+    for prog in report["programs"].values():
+        mem = prog["memory"]
+        assert mem["peak_bytes"] >= mem["resident_bytes"] > 0
+        assert prog["compile_seconds"] > 0
+    assert report["fits"] and 0 < report["mfu"] < 1
+    assert "FITS" in plan.format_report(report)
+
+
+@pytest.mark.slow
+def test_plan_command_seven_b_on_64_devices(hf_configs_dir, tmp_path):
+    """The paper's 7B config on a 64-device v5p mesh must fit in 90 GiB per device (no weights)."""
+    if not os.environ.get("TEMPR1_PLAN_7B"):
+        pytest.skip("set TEMPR1_PLAN_7B=1: compiling the 7B step on 64 CPU devices takes minutes")
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tempr1_jax.cli", "plan", "--gin_file", "configs/tempr1_7b.gin", "--model_config",
+         str(hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json"), "--mesh", "data=1,fsdp=16,tensor=4",
+         "--devices", "64", "--chip", "v5p", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    report = json.loads(out.read_text())
+    assert report["devices"] == 64 and report["params"] > 8e9
+    assert result.returncode == 0 and report["fits"], result.stdout[-2000:]

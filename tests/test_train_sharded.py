@@ -1,0 +1,80 @@
+"""One GRPO update on a (2, 2, 2) mesh of 8 fake CPU devices equals the same update on (1, 1, 1).
+
+The policy is a tiny Qwen2.5-VL with a video in every prompt; completions, advantages and reference
+log-probs are fixed arrays, so the comparison covers log-probs, loss, gradients and the update.
+The update uses SGD: Adam's first step is lr * sign(g), which turns float noise in gradients that are
+analytically zero (e.g. key biases, invisible to softmax) into +-lr and would hide real differences.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from models.qwen2_5_vl import sharding as sharding_lib
+from models.qwen2_5_vl.config import tiny_config
+from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
+from tempr1_jax.rl.losses import LossConfig
+from tempr1_jax.rl.setup import init_model, place_inputs, place_rows, trainable_filter
+from tempr1_jax.rl.train_step import TrainStep
+from tempr1_jax.rl.trainer import make_policy_loss
+
+G, T = 4, 6
+CONFIG = tiny_config(num_hidden_layers=2, hidden_size=64, intermediate_size=128, vision_depth=2,
+                     vision_fullatt_block_indexes=(1,))
+
+
+def prompts():
+    """Two left-padded prompts, each text + a 2x4x4-patch video (8 video tokens)."""
+    rng = np.random.default_rng(0)
+    c = CONFIG
+    rows = []
+    for n_text in (5, 9):
+        ids = np.concatenate([rng.integers(0, 280, n_text), [c.vision_start_token_id],
+                              [c.video_token_id] * 8, [c.vision_end_token_id], rng.integers(0, 280, 3)])
+        rows.append(build_model_inputs(
+            c, ids[None], pixel_values_videos=rng.normal(size=(32, c.vision.patch_dim)).astype(np.float32),
+            video_grid_thw=np.array([[2, 4, 4]]), second_per_grid_ts=np.array([1.0], np.float32)))
+    return collate_model_inputs(rows, pad_len_to=24, pad_patches_to=32, pad_token_id=0)
+
+
+def rows():
+    rng = np.random.default_rng(1)
+    n = 2 * G
+    lengths = rng.integers(2, T + 1, size=n)
+    return {
+        "completions": rng.integers(0, 280, size=(n, T)).astype(np.int32),
+        "mask": (np.arange(T)[None] < lengths[:, None]).astype(np.float32),
+        "advantages": rng.normal(size=n).astype(np.float32),
+        "weights": np.ones(n, np.float32),
+        "ref_logp": -rng.uniform(5.0, 6.0, size=(n, T)).astype(np.float32),
+    }
+
+
+def one_step(mesh_shape):
+    mesh = sharding_lib.make_mesh(*mesh_shape)
+    model = init_model(CONFIG, seed=0)
+    sharding_lib.shard_model(model, mesh)
+    graphdef, params, frozen = nnx.split(model, trainable_filter(False), ...)
+    step = TrainStep(make_policy_loss(graphdef, LossConfig(name="grpo", beta=0.04), G), optax.sgd(0.5))
+    state = step.init_state(params)
+    batch = {k: place_rows(v, mesh) for k, v in rows().items()}
+    batch["old_logp"] = None
+    batch["prompt"] = place_inputs(prompts(), mesh)
+    state, metrics = step(state, frozen, [batch])
+    return jax.device_get(metrics), jax.device_get(nnx.to_pure_dict(state.params))
+
+
+@pytest.mark.slow
+def test_mesh_2x2x2_matches_single_device():
+    assert jax.device_count() == 8, f"needs 8 fake CPU devices (tests/conftest.py), have {jax.device_count()}"
+    m1, p1 = one_step((1, 1, 1))
+    m8, p8 = one_step((2, 2, 2))
+    assert abs(float(m1["loss"])) > 1e-3  # a real signal, not a vacuous zero
+    np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), atol=1e-5)
+    np.testing.assert_allclose(float(m8["grad_norm"]), float(m1["grad_norm"]), rtol=1e-4)
+    flat1 = jax.tree_util.tree_leaves_with_path(p1)
+    flat8 = dict(jax.tree_util.tree_leaves_with_path(p8))
+    for path, a in flat1:
+        np.testing.assert_allclose(flat8[path], a, atol=1e-5, err_msg=jax.tree_util.keystr(path))
