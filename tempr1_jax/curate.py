@@ -112,3 +112,70 @@ def sample_ious(tasks: Sequence[str], completions: Sequence[str],
         raise ValueError(f"lengths differ: {len(tasks)} tasks, {len(completions)} completions, "
                          f"{len(targets)} targets")
     return np.array([sample_iou(t, c, s) for t, c, s in zip(tasks, completions, targets)], np.float64)
+
+
+MODES = ("select", "filter")
+
+
+def curate(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], cfg: CurateConfig,
+           mode: str = "select") -> tuple[list[Mapping[str, Any]], np.ndarray, dict[str, Any]]:
+    """(kept samples, difficulty per sample, summary) from greedy `predictions` of `targets`.
+
+    mode "select": a Gaussian-weighted subset of `cfg.size` samples (all of them if fewer);
+    mode "filter": the samples with IoU <= `cfg.solved_iou`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"curate mode must be one of {MODES}, got {mode!r}")
+    ious = sample_ious([p["task"] for p in predictions], [p["output"] for p in predictions], targets)
+    if mode == "select":
+        chosen = select_subset(ious, min(cfg.size, int(np.count_nonzero(np.isfinite(ious)))), cfg.mean, cfg.std,
+                               cfg.seed)
+        kept = [targets[i] for i in chosen]
+        kept_ious = ious[chosen]
+    else:
+        kept = drop_solved(targets, ious, cfg.solved_iou)
+        kept_ious = ious[~(ious > cfg.solved_iou)]
+    hist = np.histogram(ious, bins=10, range=(0.0, 1.0))[0].tolist()
+    summary = {"mode": mode, "samples": len(targets), "kept": len(kept), "mean_iou": float(np.mean(ious)) if len(ious) else 0.0,
+               "kept_mean_iou": float(np.mean(kept_ious)) if len(kept_ious) else 0.0,
+               "iou_histogram_0_to_1": hist, "config": dataclasses.asdict(cfg)}
+    return kept, ious, summary
+
+
+def run_curate_command(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
+                       out: str, mode: str, batch_size: int, max_new_tokens: int | None) -> dict[str, Any]:
+    """`tempr1 curate` after gin is parsed: greedy outputs of the model, difficulty, subset, files.
+
+    Writes `out` (JSONL of the kept samples, media paths as in the source), `out` + `.difficulty.jsonl`
+    (id, task, iou, output for every sample) and `out` + `.report.json`.
+    """
+    import json
+    import pathlib
+
+    import transformers
+
+    from data_pipeline.loader import SourceConfig, make_eval_loader
+    from tempr1_jax import eval_harness
+    from tempr1_jax.rl import setup
+    from tempr1_jax.rl.rollout import RolloutConfig
+
+    model = eval_harness.load_model(checkpoint)
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    data = pathlib.Path(dataset)
+    source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
+              else SourceConfig(path=str(data), split=split, media_dir=media_dir))
+    think = setup.DataConfig().think
+    loader = make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tok, model.config,
+                              setup.prompt_builders(think))
+    predictions, targets, skipped = eval_harness.generate_predictions(
+        model, tok, loader, max_new_tokens=max_new_tokens or RolloutConfig().max_new_tokens)
+    kept, ious, summary = curate(predictions, targets, CurateConfig(), mode)
+    summary["skipped"] = len(skipped)
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(dict(s)) + "\n" for s in kept))
+    with open(f"{path}.difficulty.jsonl", "w") as f:
+        for p, iou in zip(predictions, ious):
+            f.write(json.dumps({"id": p["id"], "task": p["task"], "iou": float(iou), "output": p["output"]}) + "\n")
+    pathlib.Path(f"{path}.report.json").write_text(json.dumps(summary, indent=2))
+    return summary

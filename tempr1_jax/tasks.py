@@ -23,16 +23,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from typing import Any, Mapping
 
 MAX_SEGMENTS = 64
 
 # --- strict templates (format reward) -------------------------------------------------------
-_NUM = r"\d+(?:\.\d+)?"
-_SEG = rf"{_NUM}\s*to\s*{_NUM}"
-_SEGS = rf"{_SEG}(?:\s*,\s*{_SEG})*"
+# Possessive quantifiers (Python >= 3.11) only skip backtracking that could never succeed here.
+_P = "+" if sys.version_info >= (3, 11) else ""
+_NUM = rf"\d+{_P}(?:\.\d+{_P})?{_P}"
+_SEG = rf"{_NUM}\s*{_P}to\s*{_P}{_NUM}"
+_SEGS = rf"{_SEG}(?:\s*{_P},\s*{_P}{_SEG})*{_P}"
 # Reasoning text may be anything except the template's own tags (so a second block cannot hide in it).
-_THINK = r"<think>[^<]*(?:<(?!/?(?:think|answer|glue)>)[^<]*)*</think>\s*"
+_THINK = rf"<think>[^<]*{_P}(?:<(?!/?(?:think|answer|glue)>)[^<]*{_P})*{_P}</think>\s*{_P}"
 _ANSWER_BODY = {
     "segment": rf"<answer>\s*(?P<body>{_SEG})\s*</answer>",
     "segments": rf"<answer>\s*(?P<body>{_SEGS})\s*</answer>",
@@ -206,19 +209,6 @@ class Task:
     def format_ok(self, text: str, think: bool = True) -> bool:
         """R_format: does the whole completion match the template?"""
         return self.output_regex(think).fullmatch(text) is not None
-
-    def read(self, text: str, think: bool = True, max_segments: int = MAX_SEGMENTS) -> tuple[bool, Parsed]:
-        """`(format_ok(text, think), parse(text))` in one pass when the template matches.
-
-        A matching completion holds exactly one answer block of known shape, so its numbers are
-        read straight from the matched groups; otherwise the lenient parser runs.
-        """
-        m = self.output_regex(think).fullmatch(text)
-        if m is None or self.answer not in ("segment", "segments", "choice_glue"):
-            return m is not None, self.parse(text, max_segments=max_segments)
-        pairs = _pairs(m.group("body"))
-        pairs = pairs[-1:] if self.pick == "last" else pairs[:max_segments]
-        return True, Parsed(tuple(pairs), m.group("choice") if self.answer == "choice_glue" else None)
 
     def parse(self, text: str, fallback: bool = False, max_segments: int = MAX_SEGMENTS) -> Parsed:
         """Leniently read a completion; see the module docstring for `fallback`."""

@@ -95,3 +95,24 @@ def test_sample_ious_lengths():
     np.testing.assert_array_equal(ious, [1.0, 0.0])
     with pytest.raises(ValueError, match="lengths differ"):
         curate.sample_ious(["tg"], [], [TARGET])
+
+
+def _preds(outputs):
+    return [{"id": f"s{i}", "task": "tg", "output": o} for i, o in enumerate(outputs)]
+
+
+def test_curate_select_and_filter():
+    targets = [dict(TARGET, id=f"s{i}") for i in range(4)]
+    outputs = ["<answer>2 to 4</answer>", "<answer>3 to 4</answer>", "<answer>0 to 1</answer>", "no"]
+    cfg = curate.CurateConfig(size=2, seed=3)
+    kept, ious, summary = curate.curate(_preds(outputs), targets, cfg, mode="select")
+    np.testing.assert_allclose(ious, [1.0, 0.5, 0.0, 0.0])
+    assert len(kept) == 2 and summary["kept"] == 2 and summary["samples"] == 4
+    assert sum(summary["iou_histogram_0_to_1"]) == 4
+    kept, _, summary = curate.curate(_preds(outputs), targets, cfg, mode="filter")
+    assert [s["id"] for s in kept] == ["s1", "s2", "s3"]
+    # Asking for more than there are keeps everything.
+    kept, _, _ = curate.curate(_preds(outputs), targets, curate.CurateConfig(size=10), mode="select")
+    assert len(kept) == 4
+    with pytest.raises(ValueError, match="mode"):
+        curate.curate(_preds(outputs), targets, cfg, mode="nope")

@@ -107,3 +107,20 @@ def test_eval_command_end_to_end(exported_model, tmp_path):
     assert "| metric | ours | paper | method |" in (out / "eval_table.md").read_text()
     assert (out / "eval_timeline.png").stat().st_size > 0
     assert (out / "operative_config.gin").is_file()
+
+
+@pytest.mark.slow
+def test_curate_command_end_to_end(exported_model, tmp_path):
+    from tempr1_jax import cli
+
+    out = tmp_path / "curated.jsonl"
+    code = cli.main(["curate", "--checkpoint", str(exported_model / "hf"), "--dataset",
+                     str(exported_model / "data" / "test.jsonl"), "--media_dir", str(exported_model / "data"),
+                     "--out", str(out), "--batch_size", "4", "--max_new_tokens", "6",
+                     "--gin.CurateConfig.size=3", *EVAL_BINDINGS])
+    assert code == 0
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(kept) == 3
+    scores = [json.loads(line) for line in pathlib.Path(f"{out}.difficulty.jsonl").read_text().splitlines()]
+    assert len(scores) == 4 and all(0.0 <= s["iou"] <= 1.0 for s in scores)
+    assert json.loads(pathlib.Path(f"{out}.report.json").read_text())["kept"] == 3

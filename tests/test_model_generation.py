@@ -162,3 +162,5 @@ def test_bad_arguments(setup):
         generate(model, inputs, max_new_tokens=0)
     with pytest.raises(ValueError, match="unknown arguments"):
         generate(model, max_new_tokens=2, use_cache=True, **hf_args)
+    with pytest.raises(ValueError, match="left padded"):
+        generate(model, inputs.replace(attention_mask=np.asarray(inputs.attention_mask)[:, ::-1]), max_new_tokens=2)

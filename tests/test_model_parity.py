@@ -171,3 +171,16 @@ def test_collated_batch_equals_single_samples(pair):
     for i, s in enumerate(singles):
         alone = np.asarray(forward(ours, jax.tree.map(jnp.asarray, s)))[0]
         assert rel_err(got[i, :s.seq_len], alone) < 1e-5
+
+
+def test_remat_gives_the_same_gradients(pair):
+    config, _, ours = pair
+    rng = np.random.default_rng(7)
+    inputs = jax.tree.map(jnp.asarray, build_model_inputs(config, **_batch(config, rng)))
+    loss = lambda m: jnp.mean(m.forward(inputs) ** 2)
+    plain = nnx.grad(loss)(ours)
+    remat = nnx.clone(ours)
+    remat.model.visual.remat = remat.model.language_model.remat = True
+    again = nnx.grad(loss)(remat)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(again)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

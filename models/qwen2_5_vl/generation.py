@@ -254,6 +254,8 @@ def generate(
         inputs = hf_model_inputs(config, **hf_inputs)
     elif hf_inputs:
         raise ValueError(f"generate: unexpected arguments {sorted(hf_inputs)} with prepared ModelInputs")
+    if not np.asarray(inputs.attention_mask)[:, -1].all():
+        raise ValueError("generate: prompts must be left padded (attention_mask[:, -1] must be 1 for every row)")
     params = SamplingParams(0.0 if do_sample is False else float(temperature), float(top_p), int(top_k))
     if eos_token_id is None and config is not None:
         eos_token_id = config.eos_token_ids

@@ -82,6 +82,7 @@ class TextModel(nnx.Module):
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.remat = False  # set True to recompute each layer in the backward pass (saves activations)
 
     def __call__(
         self,
@@ -98,11 +99,16 @@ class TextModel(nnx.Module):
         cos, sin = mrope_cos_sin(self.cfg, position_ids, self.dtype)
         x = inputs_embeds.astype(self.dtype)
         new_cache = [] if cache is not None else None
+        call = nnx.remat(_call_layer) if self.remat else _call_layer
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            x, layer_cache = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index)
             if cache is not None:
                 new_cache.append(layer_cache)
         return self.norm(x), new_cache
+
+
+def _call_layer(layer: nnx.Module, *args):
+    return layer(*args)
 
 
 def causal_mask(attention_mask: jax.Array) -> jax.Array:

@@ -17,6 +17,8 @@ rematerialised under autodiff (O(P^2) work, O(attn_block * P) memory). Inputs of
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +135,10 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax
     return out.reshape(b, total, h, d)[:, :p]
 
 
+def _call_block(block: VisionBlock, x, cos, sin, segment_ids, *, max_segment: int | None, attn_block: int):
+    return block(x, cos, sin, segment_ids, max_segment, attn_block)
+
+
 def _take(x: jax.Array, index: jax.Array) -> jax.Array:
     """x [B, N, ...] gathered along N with index [B, M]."""
     return jax.vmap(lambda a, i: a[i])(x, index)
@@ -146,6 +152,7 @@ class VisionTransformer(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cfg = cfg
         self.attn_block = attn_block
+        self.remat = False  # set True to recompute each block in the backward pass (saves activations)
         self.dtype = dtype
         self.patch_embed = PatchEmbed(cfg, **kw)
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
@@ -166,9 +173,11 @@ class VisionTransformer(nnx.Module):
         cos, sin = vision_rotary(self.cfg, _take(vision_pos_ids, window_index))
         window_max = self.cfg.window_merged**2 * unit
         for i, block in enumerate(self.blocks):
-            if i in self.cfg.fullatt_block_indexes:
-                x = block(x, cos, sin, full_segment_ids, None, self.attn_block)
-            else:
-                x = block(x, cos, sin, window_segment_ids, window_max, self.attn_block)
+            full = i in self.cfg.fullatt_block_indexes
+            # Segment bound and block size are static: bind them outside the (optional) remat.
+            call = functools.partial(_call_block, max_segment=None if full else window_max,
+                                     attn_block=self.attn_block)
+            call = nnx.remat(call) if self.remat else call
+            x = call(block, x, cos, sin, full_segment_ids if full else window_segment_ids)
         merged = self.merger(x)
         return _take(merged, window_inverse[:, ::unit] // unit)

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tempr1_jax import config as gin_config
     from tempr1_jax import eval_harness
+    from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
 
     gin_config.parse_gin(args)
     summary = eval_harness.run_eval_command(
