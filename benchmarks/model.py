@@ -8,7 +8,7 @@
 2. Rollout: G = 8 sampled completions of 64 new tokens for one video prompt; tokens/s of our
    `generate` (one prefill shared by the 8 samples, `lax.while_loop` decode) vs transformers
    `generate(num_return_sequences=8, do_sample=True)`.
-3. Loading: peak host memory (ru_maxrss minus the RSS before loading, in a fresh subprocess) when
+3. Loading: peak host memory (peak RSS minus the RSS before loading, in a fresh subprocess) when
    `from_pretrained` reads a bf16 safetensors checkpoint, relative to the checkpoint's bytes.
 
 Both frameworks run in float32 with the same number of threads: the process is pinned to N CPUs
@@ -190,18 +190,22 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
     return {"rollout_tokens": g * new_tokens, "rollout_jax_s": jax_sec, "rollout_torch_s": torch_sec}
 
 
+# The peak is VmHWM (the high-water RSS of this process's address space). ru_maxrss is not used:
+# Linux carries the parent's high-water mark into a child across fork/exec, so it would report
+# the benchmark parent's RSS.
 _LOAD_CHILD = r"""
-import json, resource, sys
+import json, os, sys
 import jax, jax.numpy as jnp
 from flax import nnx
 from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 import models.qwen2_5_vl.checkpoint, models.qwen2_5_vl.modeling  # imported before the baseline
 jnp.zeros(1).block_until_ready()
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+hwm = lambda: 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 base = rss()
 model = Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=jnp.bfloat16)
 jax.block_until_ready(jax.tree.leaves(nnx.state(model)))
-print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "after": rss()}))
+print(json.dumps({"base": base, "peak": hwm(), "after": rss()}))
 """
 
 

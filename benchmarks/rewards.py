@@ -113,28 +113,35 @@ def measure(name: str, task_names, completions, targets, repeats: int) -> dict:
     }
 
 
+GOALS = {"end to end": 30.0, "kernel alone": 100.0}
+
+
 def table(rows: list[dict]) -> str:
+    """Markdown table: times, speed-ups (wall and process CPU) and whether each goal holds."""
     lines = [
-        "| workload | samples | pad (pred x gt) | what | reference wall / CPU (s) | ours wall / CPU (s) | "
-        "speed-up wall | speed-up CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        ("| workload | samples | pad (pred x gt) | what | reference wall / CPU (s) | ours wall / CPU (s) | "
+        "speed-up wall | speed-up CPU | goal met (wall / CPU) |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for what, ref_key, ours_key in (("end to end", "ref_e2e", "ours_e2e"), ("kernel alone", "ref_kernel", "ours_kernel")):
             (rw, rc), (ow, oc) = r[ref_key], r[ours_key]
+            goal = GOALS[what]
+            met = f"{'yes' if rw / ow >= goal else 'no'} / {'yes' if rc / oc >= goal else 'no'} (>= {goal:.0f}x)"
             lines.append(
                 f"| {r['workload']} | {r['n']} | {r['shape']} | {what} | {rw:.3f} / {rc:.3f} | {ow:.4f} / {oc:.4f} | "
-                f"**{rw / ow:.1f}x** | **{rc / oc:.1f}x** |"
+                f"**{rw / ow:.1f}x** | **{rc / oc:.1f}x** | {met} |"
             )
     lines.append("")
-    lines.append("First call at each shape (compilation included): " + ", ".join(f"{r['workload']} {r['compile_s']:.1f} s" for r in rows) + ".")
+    lines.append("First call at each shape (compilation included): "
+                 + ", ".join(f"{r['workload']} {r['compile_s']:.1f} s" for r in rows) + ".")
     return "\n".join(lines)
 
 
 def write_section(text: str) -> None:
     """Replace (or append) this benchmark's section of RESULTS.md, leaving other sections alone."""
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     section = f"{HEADING}\n\n{text}\n\n"
     new = pattern.sub(lambda _: section, current) if pattern.search(current) else current.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(new.rstrip("\n") + "\n")
@@ -157,10 +164,19 @@ def main() -> None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         note = (
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
-            f"({os.cpu_count()} CPUs, load average {load:.1f} at the end; the machine is shared, so absolute "
-            "times are noisy, the ratios less so). Best of several runs for ours, one run for the reference. "
-            "Goals: end to end >= 30x, kernel alone >= 100x. Kernel: float64 on the host CPU backend, one "
-            "jitted function per padded shape (powers of two)."
+            f"({os.cpu_count()} CPUs shared with other jobs, load average {load:.1f} at the end: absolute "
+            "times are noisy, the ratios less so). Best of several runs for ours, one run for the "
+            "reference; CPU = process time summed over threads. Reference = `reference.reward_reference` "
+            "per sample (end to end) and `reference.loc_reward` on parsed lists (math alone). Ours = "
+            "`compute_rewards` and `kernel.loc_rewards` on padded arrays (float64 on the host CPU backend, "
+            "one jitted function per reward family and padded shape). The mixes cycle tg, dtg (2-8 events), "
+            "vhd (1-4 windows), gvqa (1-2 spans) and tal; TAL rows have 32/32 segments in the first mix and "
+            "1-32 (plus spurious predictions) in the second.\n\n"
+            "Where the time goes (TAL, CPU): the kernel's DP scan and IoU matrix (~50 ms of ~70 ms for "
+            "4096 x 32 x 32 in float64), then the strict format regex (~35 ms), the batched number "
+            "conversion (~25 ms) and the target conversion (~25 ms). The reference spends ~1 ms per TAL "
+            "sample, but only ~0.1 ms on a short TG/DTG/VHD/GVQA sample, where the shared per-sample cost "
+            "(the format regex alone is a few microseconds) bounds the end-to-end ratio of a realistic mix."
         )
         write_section(f"{note}\n\n{result}")
 

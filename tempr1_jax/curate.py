@@ -164,7 +164,7 @@ def run_curate_command(*, checkpoint: str, tokenizer: str | None, dataset: str, 
     data = pathlib.Path(dataset)
     source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
               else SourceConfig(path=str(data), split=split, media_dir=media_dir))
-    think = setup.DataConfig().think
+    think = RolloutConfig().think
     loader = make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tok, model.config,
                               setup.prompt_builders(think))
     predictions, targets, skipped = eval_harness.generate_predictions(

@@ -32,6 +32,7 @@ from data_pipeline.synthetic import VIDEO_TASKS, write_synthetic_dataset
 from tempr1_jax import eval_harness
 from tempr1_jax.rl import setup
 from tempr1_jax.rl.metrics_log import read_metrics
+from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
 from tempr1_jax.sft import SFTConfig, SFTTrainer
 
@@ -133,7 +134,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     gin.bind_parameter("DataConfig.synthetic", False)
     gin.bind_parameter("DataConfig.sources", [{"path": str(splits["train"]), "media_dir": str(data_dir)}])
     gin.bind_parameter("ModelSetup.checkpoint", None)
-    think = setup.DataConfig().think
+    think = RolloutConfig().think
     timings["data_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()

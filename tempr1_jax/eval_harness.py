@@ -62,10 +62,14 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
         if limit is not None and len(predictions) >= limit:
             break
         skipped += list(batch.get("skipped", ()))
-        inputs = batch["inputs"] if mesh is None else setup.place_inputs(batch["inputs"], mesh)
+        valid = np.asarray(batch["valid"], bool)
+        if not valid.any():
+            continue
+        inputs = _fill_padding_rows(batch["inputs"], valid)
+        inputs = inputs if mesh is None else setup.place_inputs(inputs, mesh)
         out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0,
                        eos_token_id=eos, pad_token_id=pad, return_dict=True)
-        rows = np.flatnonzero(np.asarray(batch["valid"]))
+        rows = np.flatnonzero(valid)
         tokens = np.asarray(jax.device_get(out.tokens))[rows]
         mask = np.asarray(jax.device_get(out.mask))[rows]
         texts = decode_completions(tokenizer, tokens, mask, drop_ids=[*eos, pad])
@@ -77,6 +81,17 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
     if limit is not None:
         predictions, targets = predictions[:limit], targets[:limit]
     return predictions, targets, skipped
+
+
+def _fill_padding_rows(inputs: Any, valid: np.ndarray) -> Any:
+    """The batch with its padding rows (`valid` False, all-masked) replaced by copies of the first valid
+    row, so that every row is a real left-padded prompt; their outputs are dropped."""
+    if valid.all():
+        return inputs
+    take = np.where(valid, np.arange(len(valid)), np.flatnonzero(valid)[0])
+    return type(inputs)(**{f: np.asarray(getattr(inputs, f))[:, take] if f == "position_ids"
+                           else np.asarray(getattr(inputs, f))[take]
+                           for f in inputs.__dataclass_fields__})
 
 
 def score_predictions(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
@@ -246,7 +261,7 @@ def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, sp
     data = pathlib.Path(dataset)
     source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
               else SourceConfig(path=str(data), split=split, media_dir=media_dir))
-    think = setup.DataConfig().think
+    think = RolloutConfig().think
     loader = make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tok, model.config,
                               setup.prompt_builders(think))
     max_new = max_new_tokens or RolloutConfig().max_new_tokens

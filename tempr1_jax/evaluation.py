@@ -13,7 +13,8 @@ F1@0.7 mF1`; order/mcq `Acc`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.rewards.reference import clip_segment, iou, union_iou

@@ -32,6 +32,7 @@ from tempr1_jax.rl import setup
 from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
 from tempr1_jax.rl.metrics_log import MetricsLogger
 from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.rl.train_step import TrainStep
 
 EXPORT_DIR = "hf"
@@ -42,13 +43,11 @@ EXPORT_DIR = "hf"
 class SFTConfig:
     """SFT loop settings.
 
-    steps: optimizer updates; think: reference answers with a `<think>` block (the R1-style template);
-    micro_batches: gradient accumulation (must divide the loader's batch size); chunk: positions per
+    steps: optimizer updates; micro_batches: gradient accumulation (must divide the loader's batch size); chunk: positions per
     LM-head chunk in the loss; export: write an HF checkpoint (+ tokenizer) to `workdir/hf` at the end.
     """
 
     steps: int = 100
-    think: bool = True
     micro_batches: int = 1
     chunk: int = 256
     export: bool = True
@@ -101,13 +100,15 @@ class SFTTrainer:
         mesh_cfg = setup.MeshConfig()
         model_setup = setup.ModelSetup()
         data_cfg = setup.DataConfig()
+        # Prompts and reference answers follow the RL template (with or without a <think> block).
+        think = RolloutConfig().think
         self.mesh = mesh_cfg.make()
         sources = setup.resolve_sources(data_cfg, self.workdir)
-        model, self.tokenizer = setup.build_model(model_setup, self.workdir, sources, data_cfg.think)
+        model, self.tokenizer = setup.build_model(model_setup, self.workdir, sources, think)
         sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
         self.graphdef, params, self.frozen = nnx.split(model, setup.trainable_filter(model_setup.freeze_vision), ...)
         self.loader = make_loader(setup.LoaderConfig(sources=sources), self.tokenizer, model.config,
-                                  setup.prompt_builders(data_cfg.think), answer_builders(self.cfg.think))
+                                  setup.prompt_builders(think), answer_builders(think))
         with gin.config_scope("sft"):
             opt_cfg = OptimizerConfig()
         total = max(self.cfg.steps, 1)

@@ -3,6 +3,7 @@ and perturbed predictions whose scores follow by hand)."""
 
 import csv
 import json
+
 import pytest
 
 from tempr1_jax import tasks

@@ -1,10 +1,14 @@
 """Checkpoint import/export: hub and transformers-5 layouts, sharding, save_pretrained, orbax, convert."""
 
 import json
+import subprocess
+import sys
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 from flax import nnx
@@ -123,3 +127,31 @@ def test_convert_round_trip(ref, hub_dir, kwargs, tmp_path):
     back = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "hf", attn_implementation="eager")
     np.testing.assert_array_equal(hf_logits(back.float().eval(), CONFIG, **kwargs), hf_logits(ref, CONFIG, **kwargs))
     assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+
+
+_MEASURE = """
+import resource, sys
+import jax.numpy as jnp
+from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+jnp.zeros(1).block_until_ready()
+base = int(open('/proc/self/statm').read().split()[1]) * 4096
+Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=jnp.bfloat16)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+"""
+
+
+@pytest.mark.slow
+def test_bfloat16_load_peak_memory(tmp_path):
+    """Loading streams tensors: peak host memory stays near one copy of the checkpoint."""
+    config = tiny_config(vocab_size=40000, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                         num_attention_heads=8, num_key_value_heads=2, mrope_section=(8, 12, 12), torch_dtype="bfloat16")
+    rng = np.random.default_rng(0)
+    tensors = {k: rng.standard_normal(s, dtype=np.float32).astype(ml_dtypes.bfloat16)
+               for k, s in param_shapes(config).items()}
+    safetensors.numpy.save_file(tensors, str(tmp_path / "model.safetensors"))
+    del tensors
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    size = (tmp_path / "model.safetensors").stat().st_size
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path)], capture_output=True, text=True, check=True)
+    peak = int(out.stdout.split()[-1])
+    assert peak <= 1.3 * size, f"peak {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"

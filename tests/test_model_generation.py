@@ -13,7 +13,7 @@ from transformers.generation.logits_process import (
 from model_oracle import VIDEO_GRID, config_for_tests, hf_model, left_pad, pixels, vision_prompt
 from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs
 from models.qwen2_5_vl import generation
-from models.qwen2_5_vl.generation import SamplingParams, generate, sampling_log_probs
+from models.qwen2_5_vl.generation import SamplingParams, generate, sampling_log_probs, with_completions
 from models.qwen2_5_vl.rope_index import token_types
 
 STEPS = 32
@@ -68,9 +68,9 @@ def test_sampling_reproducible_and_shares_prefill(setup, monkeypatch):
     calls = []
     real = generation._prefill
 
-    def spy(graphdef, state, prefill_inputs, cache_len):
+    def spy(graphdef, state, prefill_inputs, *args):
         calls.append(prefill_inputs.input_ids.shape[0])
-        return real(graphdef, state, prefill_inputs, cache_len)
+        return real(graphdef, state, prefill_inputs, *args)
 
     monkeypatch.setattr(generation, "_prefill", spy)
     kw = dict(max_new_tokens=SAMPLE_STEPS, temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,
@@ -116,20 +116,9 @@ def test_logprobs_equal_full_forward(setup):
                    top_k=params.top_k, num_return_sequences=g, rng=3, eos_token_id=[5, 7, 11],
                    return_logprobs=True)
     tokens, mask, logprobs = map(np.asarray, (out.tokens, out.mask, out.logprobs))
-    # Full forward over prompt + completion: completion token k sits at position last + 1 + k.
-    rep = lambda x, axis=0: np.repeat(np.asarray(x), g, axis=axis)
-    pos = rep(inputs.position_ids, 1)
-    new_pos = pos[:, :, -1:] + 1 + np.arange(steps)
-    full = inputs.replace(
-        input_ids=np.concatenate([rep(inputs.input_ids), tokens], 1).astype(np.int32),
-        attention_mask=np.concatenate([rep(inputs.attention_mask), mask], 1).astype(np.int32),
-        position_ids=np.concatenate([pos, new_pos], 2).astype(np.int32),
-        rope_deltas=rep(inputs.rope_deltas),
-        vision_token_index=np.concatenate([rep(inputs.vision_token_index), np.full((2 * g, steps), -1)], 1)
-        .astype(np.int32),
-        **{f: rep(getattr(inputs, f)) for f in ("pixel_values", "vision_pos_ids", "window_index", "window_inverse",
-                                                 "full_segment_ids", "window_segment_ids", "patch_valid")})
-    logits = jax.jit(lambda m, x: m.forward(x))(model, jax.tree.map(jnp.asarray, full))
+    full = with_completions(inputs, out.tokens, out.mask, g)
+    assert full.input_ids.shape == (2 * g, inputs.input_ids.shape[1] + steps)
+    logits = jax.jit(lambda m, x: m.forward(x))(model, full)
     length = inputs.input_ids.shape[1]
     lp = sampling_log_probs(logits[:, length - 1:length - 1 + steps], params)
     expected = np.take_along_axis(np.asarray(lp), tokens[..., None], axis=-1)[..., 0]

@@ -60,6 +60,19 @@ def test_kernel_matches_reference(rows, sigma):
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
+@SETTINGS
+@given(st.integers(0, 5), st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.5, math.inf, 7.0]), st.sampled_from([0.0, 1.0, 3.0, math.inf])), min_size=32, max_size=32))
+def test_sorting_network_matches_lexsort(log_n, pairs):
+    n = 2**log_n
+    key = np.array([k for k, _ in pairs[:n]] * 3).reshape(3, n).T  # [N, B] with B = 3 equal columns
+    other = np.array([o for _, o in pairs[:n]] * 3).reshape(3, n).T
+    with jax.enable_x64(True):
+        got_k, got_o = (np.asarray(x) for x in jax.jit(kernel.sort_pairs)(key, other))
+    order = np.lexsort((other[:, 0], key[:, 0]))
+    np.testing.assert_array_equal(got_k[:, 1], key[order, 0])
+    np.testing.assert_array_equal(got_o[:, 2], other[order, 0])
+
+
 def _brute_force_siou(matrix):
     m, n = len(matrix), len(matrix[0])
     best = 0.0
@@ -91,7 +104,7 @@ def test_dp_matcher_equals_brute_force(matrices):
         assert got[i] == pytest.approx(want, abs=1e-9)
         _, pairs = ref.dp_matching(mat)
         assert sum(mat[i][j] for i, j in pairs) == pytest.approx(want, abs=1e-12)
-        assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(pairs, pairs[1:]))
+        assert all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(pairs))
 
 
 TARGETS = {
@@ -132,15 +145,31 @@ def test_junk_never_raises_and_stays_in_range(texts):
     _check_ranges(out, NAMES)
 
 
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(NAMES), junk, st.booleans()), min_size=1, max_size=8), st.booleans())
+def test_compute_rewards_equals_reference_on_junk(rows, think):
+    names = [name for name, _, _ in rows]
+    # half of the texts wrapped in a valid think block, so both parsing routes are exercised
+    texts = [f"<think>x</think><answer>{text}</answer>" if wrap else text for _, text, wrap in rows]
+    out = compute_rewards(names, texts, [TARGETS[n] for n in names], think=think, max_segments=WIDTH)
+    for i, (name, text) in enumerate(zip(names, texts)):
+        want = ref.reward_reference(name, text, TARGETS[name], think=think, max_segments=WIDTH)
+        for key, value in want.items():
+            assert out[key][i] == pytest.approx(value, abs=1e-6), (key, name, text)
+
+
 def test_explicit_junk():
     many = "<think>x</think><answer>" + ", ".join(f"{i} to {i + 1}" for i in range(1000)) + "</answer>"
     big = "<answer>" + "1 to 2 " * 15000 + "</answer>"  # ~100 KB
     texts = [many, big, "", "<answer>1e999 to -1e999, nan to nan</answer>", "<answer>99999999 to 1e308</answer>",
-             "<think>" * 5000, "<answer>" + "9" * 5000 + " to 1</answer>", None]
+             "<think>" * 5000, "<answer>" + "9" * 5000 + " to 1</answer>", None,
+             "<think>.</think><answer>" + "9" * 400 + " to 1, 0 to 1" + "0" * 400 + "</answer>"]
     for name in NAMES:
         out = compute_rewards(name, texts, [TARGETS[name]] * len(texts), max_segments=WIDTH)
         _check_ranges(out, [name] * len(texts))
         assert out["total"][2] == 0.0 and out["total"][7] == 0.0
+        want = [ref.reward_reference(name, t, TARGETS[name], max_segments=WIDTH)["total"] for t in texts[:7] + texts[8:]]
+        np.testing.assert_allclose(np.delete(out["total"], 7), want, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -57,7 +57,7 @@ def test_sft_config_validation():
 
 
 SFT_BINDINGS = ["--gin.DataConfig.synthetic_samples_per_task=2", "--gin.DataConfig.synthetic_tasks=['tg', 'vhd']",
-                "--gin.DataConfig.think=False", "--gin.SFTConfig.think=False", "--gin.SFTConfig.tensorboard=False",
+                "--gin.RolloutConfig.think=False", "--gin.SFTConfig.tensorboard=False",
                 "--gin.SFTConfig.progress=False", "--gin.sft/OptimizerConfig.learning_rate=0.01",
                 "--gin.LoaderConfig.batch_size=4", "--gin.ModelSetup.tokenizer_vocab_size=300",
                 "--gin.CheckpointConfig.async_save=False"]

@@ -138,6 +138,7 @@ def detect_layout(keys: list[str]) -> str:
 
 
 def file_keys(directory: str | pathlib.Path) -> list[str]:
+    """Tensor names as stored in the files (either layout)."""
     keys = []
     for path in checkpoint_files(pathlib.Path(directory)):
         with safe_open(str(path), framework="numpy") as f:
@@ -156,33 +157,32 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
     directory = pathlib.Path(directory)
     config = Qwen2_5_VLConfig.from_pretrained(directory)
     param_dtype = dtype if param_dtype is None else param_dtype
-    detect_layout(file_keys(directory))
+    keys = file_keys(directory)
+    detect_layout(keys)
     expected = param_shapes(config)
-    seen: set[str] = set()
-    unexpected: list[str] = []
+    names = {t5_to_hub(k) for k in keys}
+    if config.tie_word_embeddings:
+        names.discard("lm_head.weight")  # some tied checkpoints also store the head; the embedding is used
+    missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {directory} does not match the config: missing tensors {missing}, "
+                         f"unexpected tensors {unexpected}")
     model = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     np_dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == jnp.bfloat16 else np.dtype(param_dtype)
     for name, load in iter_tensors(directory):
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # some tied checkpoints also store the head; the embedding is authoritative
         if name not in expected:
-            unexpected.append(name)
             continue
         tensor = load()
         if tuple(tensor.shape) != expected[name]:
             raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, config expects {expected[name]}")
         path = nnx_path(name)
         value = to_nnx(name, tensor).astype(np_dtype, copy=False)
-        flat[path].set_value(jnp.asarray(value) if sharding is None else jax.device_put(value, sharding(path, value.shape)))
-        seen.add(name)
-        del tensor, value
-    missing = sorted(set(expected) - seen)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {directory} does not match the config: missing tensors {missing}, "
-            f"unexpected tensors {sorted(unexpected)}")
+        del tensor
+        flat[path].set_value(
+            jnp.asarray(value) if sharding is None else jax.device_put(value, sharding(path, value.shape)))
+        del value
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

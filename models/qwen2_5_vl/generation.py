@@ -283,6 +283,28 @@ def generate(
     return GenerationOutput(tokens, mask, mask.sum(axis=1, dtype=jnp.int32), logprobs if return_logprobs else None)
 
 
+def with_completions(inputs: ModelInputs, tokens: jax.Array, mask: jax.Array,
+                     num_return_sequences: int = 1) -> ModelInputs:
+    """Prompt + completion as one ``ModelInputs`` row per sample (for scoring with ``model.forward``).
+
+    Rows follow :func:`generate`'s order (a prompt's samples adjacent); every prompt array is
+    repeated ``num_return_sequences`` times, completion tokens are appended with their mask as
+    attention and M-RoPE ids continuing from the last prompt position, as during decoding. The
+    logits of completion token ``k`` are at position ``prompt_len - 1 + k``.
+    """
+    g = num_return_sequences
+    prompt = jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), g, axis=0), inputs)
+    positions = jnp.repeat(jnp.asarray(inputs.position_ids), g, axis=1)
+    steps = tokens.shape[1]
+    new_positions = positions[:, :, -1:] + 1 + jnp.arange(steps, dtype=positions.dtype)
+    return prompt.replace(
+        input_ids=jnp.concatenate([prompt.input_ids, tokens.astype(prompt.input_ids.dtype)], axis=1),
+        attention_mask=jnp.concatenate([prompt.attention_mask, mask.astype(prompt.attention_mask.dtype)], axis=1),
+        position_ids=jnp.concatenate([positions, new_positions], axis=2),
+        vision_token_index=jnp.pad(prompt.vision_token_index, ((0, 0), (0, steps)), constant_values=-1),
+    )
+
+
 def hf_model_inputs(config: Any, *, mm_token_type_ids: Any = None, pad_patches_to: int | None = None,
                     **arrays: Any) -> ModelInputs:
     """``ModelInputs`` from HF-named arguments (numpy, torch or jax; ``mm_token_type_ids`` is ignored).

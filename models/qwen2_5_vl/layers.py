@@ -59,3 +59,21 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
     return out.reshape(b, lq, h, d)
+
+
+def query_blocked(attend, q: jax.Array, aux: jax.Array, block: int) -> jax.Array:
+    """`attend(q_block, aux_block)` over blocks of `block` queries, one block at a time.
+
+    q [B, Lq, ...] and aux [B, Lq, ...] (e.g. the mask rows or segment ids of the queries) are
+    split along Lq (padded to a multiple of `block`; padded rows are dropped). Each block is
+    rematerialised under autodiff, so memory holds one block's scores instead of Lq of them.
+    """
+    b, lq = q.shape[:2]
+    nb = -(-lq // block)
+    pad = nb * block - lq
+    blocks = []
+    for a in (q, aux):
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        blocks.append(a.reshape(b, nb, block, *a.shape[2:]).swapaxes(0, 1))
+    out = jax.lax.map(jax.checkpoint(lambda args: attend(*args)), tuple(blocks))
+    return out.swapaxes(0, 1).reshape(b, nb * block, *out.shape[3:])[:, :lq]

@@ -17,11 +17,18 @@ Entry points (B batch, L tokens, V vocab, T cache length):
     `{"k": [B, T, n_kv_heads, head_dim], "v": same}` zeros (dtype defaults to the compute dtype).
   - `prefill(inputs: ModelInputs, cache) -> (logits_last [B, V] float32, cache)`: runs the prompt
     (vision tower included), writes keys/values at [0, L), returns the logits of position L - 1.
-  - `decode_step(tokens [B], position_ids [3, B] or [B], cache, cache_index, attn_mask_full [B, T])
-    -> (logits [B, V] float32, cache)`: one new token per row written at slot `cache_index`
-    (a scalar); it attends to the slots where `attn_mask_full` is nonzero plus its own slot.
-    The M-RoPE id of the k-th generated token (k = 0 for the token sampled from the prefill
-    logits) is `n_valid_prompt_tokens + k + rope_deltas` on all three axes ([B] ids broadcast).
+  - `decode_step(tokens [B], position_ids [3, B] / [B] / scalar, cache, cache_index,
+    attn_mask_full [B, T]) -> (logits [B, V] float32, cache)`: one new token per row written at
+    slot `cache_index` (a scalar); it attends to the slots where `attn_mask_full` is nonzero plus
+    its own slot. M-RoPE id of the k-th generated token (k = 0 for the token sampled from the
+    prefill logits), the same on the three axes: `position_ids[:, b, -1] + 1 + k` (the last
+    prompt id + 1 + k; prompts end with text). This is what transformers 5 `generate` uses and
+    what a full forward over prompt + completion (`get_rope_index`, as training log-probs see it)
+    gives. (`rope_deltas` = max prompt id + 1 - n_valid is returned for HF compatibility; the
+    max id exceeds the last id when a long video's temporal ids run past the trailing text.)
+* Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
+  (vision attention block size, see `vision.py`), `model.visual.remat` and
+  `model.language_model.remat` (recompute each block/layer in the backward pass).
 * `from_pretrained(dir, dtype=jnp.float32, param_dtype=None, sharding=None)` (classmethod) and
   `save_pretrained(dir, max_shard_bytes=...)`: HF safetensors checkpoints (see `checkpoint.py`).
 * `generate(...)`: delegates to `generation.generate`.

@@ -4,6 +4,9 @@ M-RoPE: position ids are [3, B, L] (temporal, row, column). The rotary frequency
 split in three consecutive chunks of `mrope_section` pairs, taking their angle from the temporal,
 row and column id respectively (chunked, not interleaved), as in transformers' Qwen2.5-VL.
 
+Attention over more than `TextModel.attn_block` queries runs one block of queries at a time
+(`layers.query_blocked`), so score memory is [B, H, attn_block, S] instead of [B, H, L, S].
+
 KV cache: a list with one `{"k": [B, T, KV, D], "v": [B, T, KV, D]}` per layer. A call with
 `cache` and `cache_index` writes its keys/values at [cache_index, cache_index + L) and attends over
 the whole cache under `kv_mask` [B, L, T] (the caller builds it: causal, padding, unfilled slots).
@@ -16,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import TextConfig
-from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention
+from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
 
 KVCache = list  # list[dict[str, jax.Array]], one {"k", "v"} per layer
 
@@ -42,7 +45,7 @@ class Attention(nnx.Module):
         self.o_proj = nnx.Linear(cfg.num_attention_heads * hd, cfg.hidden_size, use_bias=False, **kw)
         self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None):
         b, length, _ = x.shape
         q = apply_rotary(self.q_proj(x).reshape(b, length, self.num_heads, self.head_dim), cos, sin)
         k = apply_rotary(self.k_proj(x).reshape(b, length, self.num_kv, self.head_dim), cos, sin)
@@ -54,7 +57,12 @@ class Attention(nnx.Module):
                 "v": jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start),
             }
             k, v = layer_cache["k"].astype(q.dtype), layer_cache["v"].astype(q.dtype)
-        out = masked_attention(q, k, v, mask, self.head_dim**-0.5)
+        scale = self.head_dim**-0.5
+        if attn_block is None or length <= attn_block:
+            out = masked_attention(q, k, v, mask, scale)
+        else:
+            mask = jnp.broadcast_to(mask, (b, length, k.shape[1]))
+            out = query_blocked(lambda qb, mb: masked_attention(qb, k, v, mb, scale), q, mask, attn_block)
         return self.o_proj(out.reshape(b, length, -1)), layer_cache
 
 
@@ -66,8 +74,9 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
-        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None):
+        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index,
+                                        attn_block)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), layer_cache
 
@@ -83,6 +92,7 @@ class TextModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.remat = False  # set True to recompute each layer in the backward pass (saves activations)
+        self.attn_block = 1024  # queries per attention block for long inputs (bounds score memory)
 
     def __call__(
         self,
@@ -99,7 +109,8 @@ class TextModel(nnx.Module):
         cos, sin = mrope_cos_sin(self.cfg, position_ids, self.dtype)
         x = inputs_embeds.astype(self.dtype)
         new_cache = [] if cache is not None else None
-        call = nnx.remat(_call_layer) if self.remat else _call_layer
+        call = _layer_caller(self.attn_block)
+        call = nnx.remat(call) if self.remat else call
         for i, layer in enumerate(self.layers):
             x, layer_cache = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index)
             if cache is not None:
@@ -107,8 +118,12 @@ class TextModel(nnx.Module):
         return self.norm(x), new_cache
 
 
-def _call_layer(layer: nnx.Module, *args):
-    return layer(*args)
+def _layer_caller(attn_block: int | None):
+    """`call(layer, x, cos, sin, mask, layer_cache, cache_index)` with the static block size bound."""
+    def call(layer: DecoderLayer, *args):
+        return layer(*args, attn_block=attn_block)
+
+    return call
 
 
 def causal_mask(attention_mask: jax.Array) -> jax.Array:

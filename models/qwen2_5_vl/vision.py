@@ -17,15 +17,13 @@ rematerialised under autodiff (O(P^2) work, O(attn_block * P) memory). Inputs of
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from .config import VISION_RMS_EPS, VisionConfig
-from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention
+from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
 
 
 class PatchEmbed(nnx.Module):
@@ -109,34 +107,31 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax
     if p <= block:
         return masked_attention(q, k, v, segment_ids[:, :, None] == segment_ids[:, None, :], scale)
     nb = -(-p // block)
-    pad = nb * block - p
-    if pad:
-        q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
-        segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
     total = nb * block
-    q_blocks = q.reshape(b, nb, block, h, d)
-    seg_blocks = segment_ids.reshape(b, nb, block)
-    if max_segment is not None and block + 2 * max_segment < total:
-        # A query's segment lies within max_segment - 1 of it: a band of keys around each block suffices.
-        width = block + 2 * max_segment
-        starts = np.clip(np.arange(nb) * block - max_segment, 0, total - width)
-        key_index = starts[:, None] + np.arange(width)  # [nb, width], static
-        mask = seg_blocks[..., :, None] == segment_ids[:, key_index][..., None, :]
-        out = masked_attention(
-            q_blocks.reshape(b * nb, block, h, d), k[:, key_index].reshape(b * nb, width, h, d),
-            v[:, key_index].reshape(b * nb, width, h, d), mask.reshape(b * nb, block, width), scale)
-    else:
-        @jax.checkpoint
-        def one_block(args):
-            qb, sb = args
-            return masked_attention(qb, k, v, sb[:, :, None] == segment_ids[:, None, :], scale)
-
-        out = jax.lax.map(one_block, (q_blocks.swapaxes(0, 1), seg_blocks.swapaxes(0, 1))).swapaxes(0, 1)
+    if max_segment is None or block + 2 * max_segment >= total:
+        return query_blocked(
+            lambda qb, sb: masked_attention(qb, k, v, sb[:, :, None] == segment_ids[:, None, :], scale),
+            q, segment_ids, block)
+    # A query's segment lies within max_segment - 1 of it: a band of keys around each block suffices.
+    pad = total - p
+    q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
+    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
+    width = block + 2 * max_segment
+    starts = np.clip(np.arange(nb) * block - max_segment, 0, total - width)
+    key_index = starts[:, None] + np.arange(width)  # [nb, width], static
+    mask = segment_ids.reshape(b, nb, block)[..., :, None] == segment_ids[:, key_index][..., None, :]
+    out = masked_attention(
+        q.reshape(b * nb, block, h, d), k[:, key_index].reshape(b * nb, width, h, d),
+        v[:, key_index].reshape(b * nb, width, h, d), mask.reshape(b * nb, block, width), scale)
     return out.reshape(b, total, h, d)[:, :p]
 
 
-def _call_block(block: VisionBlock, x, cos, sin, segment_ids, *, max_segment: int | None, attn_block: int):
-    return block(x, cos, sin, segment_ids, max_segment, attn_block)
+def _block_caller(max_segment: int | None, attn_block: int):
+    """`call(block, x, cos, sin, segment_ids)` with the static attention settings bound (remat-friendly)."""
+    def call(block: VisionBlock, x, cos, sin, segment_ids):
+        return block(x, cos, sin, segment_ids, max_segment, attn_block)
+
+    return call
 
 
 def _take(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -175,8 +170,7 @@ class VisionTransformer(nnx.Module):
         for i, block in enumerate(self.blocks):
             full = i in self.cfg.fullatt_block_indexes
             # Segment bound and block size are static: bind them outside the (optional) remat.
-            call = functools.partial(_call_block, max_segment=None if full else window_max,
-                                     attn_block=self.attn_block)
+            call = _block_caller(None if full else window_max, self.attn_block)
             call = nnx.remat(call) if self.remat else call
             x = call(block, x, cos, sin, full_segment_ids if full else window_segment_ids)
         merged = self.merger(x)

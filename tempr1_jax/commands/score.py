@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the metrics here as JSON")
     parser.add_argument("--dataset", default=None, help="benchmark name for the paper column (default: targets' source)")
     parser.add_argument("--strict", action="store_true", help="thresholds use IoU > thr (Time-R1) instead of >=")
+    parser.add_argument("--official", action="store_true", help="vhd: add QVHighlights moment-retrieval MR_R1@0.5/0.7 (top window)")
 
 
 def _read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         missing = sum(o is None for o in outputs)
         known = {str(t["id"]) for t in targets}
         unmatched = sum(1 for pid in outputs_by_id if pid not in known)
-        metrics = score(args.task, [o if isinstance(o, str) else "" for o in outputs], targets, strict=args.strict)
+        metrics = score(args.task, [o if isinstance(o, str) else "" for o in outputs], targets, strict=args.strict, official=args.official)
     except (OSError, ValueError) as e:
         print(f"tempr1 score: {e}", file=sys.stderr)
         return 2

@@ -49,5 +49,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     from tempr1_jax.rl import trainer  # registers the configurables before parsing
 
-    parse_gin(args, bindings=mesh_bindings(args.mesh))
-    return trainer.train(args.workdir, steps=args.steps)
+    steps = [] if args.steps is None else [f"TrainConfig.steps = {args.steps}"]
+    parse_gin(args, bindings=[*mesh_bindings(args.mesh), *steps])
+    return trainer.train(args.workdir)

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def compute_rewards(
         if override is not None:
             weights[:, col] = override
     has_cls = np.array([t.has_cls for t in task_list], bool)
-    total = weights[:, 0] * inputs.format_ok + weights[:, 1] * loc + weights[:, 2] * np.where(has_cls, inputs.cls, 0.0)
+    total = kernel.total_rewards(inputs.format_ok, loc, np.where(has_cls, inputs.cls, 0.0), weights)
     out = {"format": inputs.format_ok, "loc": loc, "total": total}
     if has_cls.any():
         out["cls"] = inputs.cls

@@ -1,9 +1,9 @@
 """Batched localisation rewards in jnp on padded arrays with masks (DESIGN §2).
 
-One jitted function computes the localisation reward of every row; the row's `kind` code picks
-which (a reward family no row needs is skipped with `lax.cond`). Shapes are padded to buckets
-(powers of two >= 8 for the batch and the segment counts), so repeated calls reuse the compiled
-code; the host wrapper also groups rows by kind so short TG rows do not pay for long TAL rows.
+`loc_rewards` groups a batch's rows by reward family (Type 1, Type 2, Type 3, tIoU), pads each
+group to buckets (powers of two >= 8 for the rows and the segment counts) and calls one jitted
+function per group, which compiles once per (family, padded shape): repeated calls reuse it.
+`total_rewards` combines format, localisation and classification terms with per-row weights.
 
 Layout: inside the jitted function arrays are segment-major, [N, B] (batch minor), so that the
 sorting network, the sweep and the DP row recurrence work on contiguous batch vectors.
@@ -150,25 +150,20 @@ def tiou(ps, pe, pv, gs, ge, gv, duration):
     return jnp.where(pv[0], iou * factor, 0.0)
 
 
-@jax.jit
-def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, kind, sigma):
+@functools.partial(jax.jit, static_argnames="family")
+def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family):
+    """The `family` reward (a `KINDS` code, static) of every row; rows are batch-major here."""
     ps, pe, pv = _clip(pred[..., 0].T, pred[..., 1].T, pred_mask.T, duration)
     gs, ge, gv = _clip(gt[..., 0].T, gt[..., 1].T, gt_mask.T, duration)
     n_pred = pred_mask.sum(-1).astype(duration.dtype)
     n_gt = gt_mask.sum(-1).astype(duration.dtype)
-    zeros = jnp.zeros_like(duration)
-    branches = {
-        KINDS["type1"]: lambda: type1(ps, pe, pv, gs, ge, gv, n_pred, n_gt),
-        KINDS["type2"]: lambda: type2(ps, pe, gs, ge),
-        KINDS["type3"]: lambda: type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma),
-        KINDS["tiou"]: lambda: tiou(ps, pe, pv, gs, ge, gv, duration),
-    }
-    out = zeros
-    for code, fn in branches.items():
-        # Skip a reward family that no row of the batch needs (real branching on CPU).
-        value = lax.cond(jnp.any(kind == code), fn, lambda: zeros)
-        out = jnp.where(kind == code, value, out)
-    return out
+    if family == KINDS["type1"]:
+        return type1(ps, pe, pv, gs, ge, gv, n_pred, n_gt)
+    if family == KINDS["type2"]:
+        return type2(ps, pe, gs, ge)
+    if family == KINDS["type3"]:
+        return type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma)
+    return tiou(ps, pe, pv, gs, ge, gv, duration)
 
 
 def _pad(x: np.ndarray, shape: tuple[int, ...], fill) -> np.ndarray:
@@ -197,36 +192,51 @@ def loc_rewards(
 
     pred [B, P, 2] raw parsed (start, end) (NaN/inf allowed), pred_mask [B, P] (True = a parsed
     prediction, counted in N_pred even if invalid); gt [B, G, 2] validated, gt_mask [B, G];
-    duration [B] > 0; kind [B] int codes from `KINDS`. Rows are grouped by kind (each group
-    trimmed to its own longest row, so short TG rows do not pay for long TAL rows) and each group
-    is padded to buckets before the jitted call.
+    duration [B] > 0; kind [B] int codes from `KINDS` ("exact" rows get 0). Rows are grouped by
+    kind, each group trimmed to its own longest row (short TG rows do not pay for long TAL rows)
+    and padded to buckets; the jitted function compiles once per (kind, padded shape).
     """
     kind = np.asarray(kind, np.int32)
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     pred_mask, gt_mask = np.asarray(pred_mask, bool), np.asarray(gt_mask, bool)
-    codes = np.unique(kind)
-    if len(codes) > 1:
-        out = np.zeros(len(kind), np.float64)
-        for code in codes[codes != KINDS["exact"]]:
-            rows = np.flatnonzero(kind == code)
-            p = max(int(pred_mask[rows].sum(1).max()), 1)
-            g = max(int(gt_mask[rows].sum(1).max()), 1)
-            out[rows] = loc_rewards(
-                np.asarray(pred)[rows, :p], pred_mask[rows, :p], np.asarray(gt)[rows, :g], gt_mask[rows, :g],
-                np.asarray(duration)[rows], kind[rows], sigma,
-            )
-        return out
-    b, p = pred_mask.shape
-    g = gt_mask.shape[1]
-    bb, pb, gb = bucket(b, 8), bucket(p, 8), bucket(g, 8)
-    args = (
-        _pad(np.asarray(pred, np.float64), (bb, pb, 2), 0.0),
-        _pad(np.asarray(pred_mask, bool), (bb, pb), False),
-        _pad(np.asarray(gt, np.float64), (bb, gb, 2), 0.0),
-        _pad(np.asarray(gt_mask, bool), (bb, gb), False),
-        _pad(np.asarray(duration, np.float64), (bb,), 1.0),
-        _pad(np.asarray(kind, np.int32), (bb,), 0),
-        np.float64(sigma),
-    )
+    duration = np.asarray(duration, np.float64)
+    out = np.zeros(len(kind), np.float64)
+    for code in np.unique(kind):
+        if code == KINDS["exact"]:
+            continue
+        rows = np.flatnonzero(kind == code)
+        b = len(rows)
+        p = max(int(pred_mask[rows].sum(1).max()), 1)
+        g = max(int(gt_mask[rows].sum(1).max()), 1)
+        bb, pb, gb = bucket(b, 8), bucket(p, 8), bucket(g, 8)
+        args = (
+            _pad(pred[rows, :p], (bb, pb, 2), 0.0),
+            _pad(pred_mask[rows, :p], (bb, pb), False),
+            _pad(gt[rows, :g], (bb, gb, 2), 0.0),
+            _pad(gt_mask[rows, :g], (bb, gb), False),
+            _pad(duration[rows], (bb,), 1.0),
+            np.float64(sigma),
+        )
+        with jax.enable_x64(True), jax.default_device(_cpu()):
+            out[rows] = np.asarray(_loc_rewards(*args, family=int(code)))[:b]
+    return out
+
+
+@jax.jit
+def _total(terms, weights):
+    return (terms * weights).sum(-1)
+
+
+def total_rewards(format_ok: np.ndarray, loc: np.ndarray, cls: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Eq. 11 generalised: w_format * R_format + w_loc * R_loc + w_cls * R_cls per row, float64 [B].
+
+    `weights` is [B, 3] (format, loc, cls) so that a mixed batch uses each row's task weights;
+    `cls` is the classification term (answer letter or order string matched on the host, 0 where
+    the task has none). Padded to a power-of-two batch like `loc_rewards`.
+    """
+    b = len(loc)
+    terms = np.stack([format_ok, loc, cls], -1).astype(np.float64)
+    bb = bucket(b, 8)
     with jax.enable_x64(True), jax.default_device(_cpu()):
-        out = _loc_rewards(*args)
+        out = _total(_pad(terms, (bb, 3), 0.0), _pad(np.asarray(weights, np.float64), (bb, 3), 0.0))
     return np.asarray(out)[:b]

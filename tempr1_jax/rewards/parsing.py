@@ -3,21 +3,32 @@
 Never raises on model output: anything unreadable yields no segments (and no choice), which the
 rewards score 0. Numbers are kept raw (NaN, inf, negative, reversed, huge); the kernel applies
 DESIGN §2's rules. At most `max_segments` predicted segments are kept per completion (default
-`tasks.MAX_SEGMENTS` = 64, first in reading order; later ones are dropped and not counted), so a
-1000-segment completion pads like a 64-segment one. Targets are validated and a malformed one
-raises ValueError naming its sample id.
+`tasks.MAX_SEGMENTS` = 128, first in reading order; `tvg` keeps only the last): later ones are
+dropped and not counted, so a 1000-segment completion pads like a 128-segment one. Targets are
+validated and a malformed one raises ValueError naming its sample id.
+
+Speed: this is the host-side part of `compute_rewards`, so it avoids per-segment Python. A
+completion that matches its strict template has exactly one answer block of known shape; its
+numbers are collected as text and converted for the whole batch in one `np.fromstring` call.
+Other completions go through the task's lenient parser (`Task.parse`), which defines the result;
+tests check that both routes agree with `reference.reward_reference`. Targets are converted in
+one `np.array` call and checked vectorised; if anything is off, `tasks.target_segments` re-checks
+them one by one to name the offending sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.rewards.kernel import KINDS
+
+_SEGMENT_ANSWERS = ("segment", "segments", "choice_glue")
 
 
 @dataclasses.dataclass
@@ -34,16 +45,6 @@ class RewardInputs:
     cls: np.ndarray
 
 
-def _pad_rows(counts: list[int], flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scatter row-major segments `flat` [sum(counts), 2] into [B, max(counts), 2] plus a mask."""
-    counts_arr = np.asarray(counts, dtype=np.int64)
-    width = max(int(counts_arr.max(initial=0)), 1)
-    mask = np.arange(width)[None, :] < counts_arr[:, None]
-    arr = np.zeros((len(counts), width, 2), np.float64)
-    arr[mask] = flat.reshape(-1, 2)
-    return arr, mask
-
-
 def resolve_tasks(task: str | Sequence[str], n: int) -> list[tasks_lib.Task]:
     """One Task per completion from a task name or a sequence of names (mixed batches)."""
     if isinstance(task, str):
@@ -54,6 +55,46 @@ def resolve_tasks(task: str | Sequence[str], n: int) -> list[tasks_lib.Task]:
     return [tasks_lib.get_task(name) for name in names]
 
 
+def _scatter(n: int, rows: np.ndarray, pos: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, width, 2] array and mask holding `values[k]` at (rows[k], pos[k])."""
+    width = int(pos.max(initial=-1)) + 1
+    arr = np.zeros((n, max(width, 1), 2), np.float64)
+    mask = np.zeros((n, max(width, 1)), bool)
+    arr[rows, pos] = values.reshape(-1, 2)
+    mask[rows, pos] = True
+    return arr, mask
+
+
+def _positions(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ..., c-1 for each count c, concatenated."""
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum())) - starts
+
+
+def _targets(targets: Sequence[Mapping[str, Any]], rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat segments [K, 2], counts [R], durations [R]) of the targets at `rows`, validated."""
+    try:
+        picked = [targets[i] for i in rows]
+        seg_lists = [t["segments"] for t in picked]
+        counts = np.fromiter(map(len, seg_lists), np.int64, len(rows))
+        segs = list(itertools.chain.from_iterable(seg_lists))
+        ok = set(map(len, segs)) == {2} and (counts > 0).all()
+        flat = np.fromiter(itertools.chain.from_iterable(segs), np.float64, 2 * len(segs)).reshape(-1, 2)
+        durations = np.array([t["duration"] for t in picked], np.float64)
+        ok = ok and (
+            np.isfinite(flat).all() and (flat[:, 0] <= flat[:, 1]).all()
+            and np.isfinite(durations).all() and (durations > 0).all()
+        )
+    except (TypeError, ValueError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        checked = [tasks_lib.target_segments(targets[i]) for i in rows]  # raises, naming the sample
+        counts = np.array([len(segs) for segs, _ in checked], np.int64)
+        flat = np.array([seg for segs, _ in checked for seg in segs], np.float64).reshape(-1, 2)
+        durations = np.array([d for _, d in checked], np.float64)
+    return flat, counts, durations
+
+
 def parse_batch(
     task_list: Sequence[tasks_lib.Task],
     completions: Sequence[Any],
@@ -61,31 +102,59 @@ def parse_batch(
     think: bool = True,
     max_segments: int = tasks_lib.MAX_SEGMENTS,
 ) -> RewardInputs:
-    """Parse completions (leniently, answer blocks only) and validate targets into arrays."""
-    if len(completions) != len(targets) or len(completions) != len(task_list):
-        raise ValueError(f"{len(completions)} completions for {len(targets)} targets")
+    """Read completions (answer blocks only) and validate targets into padded arrays."""
     n = len(completions)
-    pred_counts, pred_flat = [0] * n, []
-    gt_counts, gt_flat = [0] * n, []
-    duration = np.ones(n, np.float64)
-    kind = np.zeros(n, np.int32)
+    if len(targets) != n or len(task_list) != n:
+        raise ValueError(f"{n} completions for {len(targets)} targets and {len(task_list)} tasks")
     format_ok = np.zeros(n, np.float64)
     cls = np.zeros(n, np.float64)
-    for i, (t, text, target) in enumerate(zip(task_list, completions, targets)):
-        format_ok[i], parsed = t.read(text if isinstance(text, str) else "", think, max_segments)
+    kind = np.zeros(n, np.int32)
+    seg_rows: list[int] = []
+    fast_rows, fast_bodies = [], []  # template matched: numbers read in bulk below
+    slow_rows, slow_segs = [], []  # lenient parser
+    for i, (t, text) in enumerate(zip(task_list, completions)):
+        text = text if isinstance(text, str) else ""
+        m = t.output_regex(think).fullmatch(text)
+        format_ok[i] = m is not None
+        if m is not None and t.answer in _SEGMENT_ANSWERS:
+            fast_rows.append(i)
+            fast_bodies.append(m.group("body"))
+            choice = m.group("choice") if t.answer == "choice_glue" else None
+        else:
+            parsed = t.parse(text, max_segments=max_segments)
+            choice = parsed.choice
+            if parsed.segments:
+                slow_rows.append(i)
+                slow_segs.append(parsed.segments)
         if t.has_segments:
-            segs, duration[i] = tasks_lib.target_segments(target)
-            gt_flat.extend(segs)
-            gt_counts[i] = len(segs)
-            pred_flat.extend(parsed.segments)
-            pred_counts[i] = len(parsed.segments)
+            seg_rows.append(i)
             kind[i] = KINDS[t.reward]
         if t.has_cls:
-            cls[i] = parsed.choice == t.expected_choice(target)
-    pred, pred_mask = _pad_rows(pred_counts, _floats(pred_flat))
-    gt, gt_mask = _pad_rows(gt_counts, _floats(gt_flat))
+            cls[i] = choice == t.expected_choice(targets[i])
+
+    # Predictions: template-matched bodies ("a to b, c to d") parsed together.
+    fast_counts = np.array([b.count("to") for b in fast_bodies], np.int64)
+    fast_vals = np.fromstring(",".join(fast_bodies).replace("to", ","), np.float64, sep=",") if fast_bodies else np.zeros(0)
+    fast_pos = _positions(fast_counts)
+    fast_row_of = np.repeat(np.asarray(fast_rows, np.int64), fast_counts)
+    # (A single-segment template holds one pair, so a task's `pick` cannot matter here.)
+    keep = fast_pos < max_segments
+    slow_counts = np.array([len(s) for s in slow_segs], np.int64)
+    slow_vals = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(slow_segs)), np.float64)
+    pred, pred_mask = _scatter(
+        n,
+        np.concatenate([fast_row_of[keep], np.repeat(np.asarray(slow_rows, np.int64), slow_counts)]),
+        np.concatenate([fast_pos[keep], _positions(slow_counts)]),
+        np.concatenate([fast_vals.reshape(-1, 2)[keep].reshape(-1), slow_vals]),
+    )
+
+    duration = np.ones(n, np.float64)
+    gt_rows = np.zeros(0, np.int64)
+    gt_pos = np.zeros(0, np.int64)
+    gt_flat = np.zeros((0, 2))
+    if seg_rows:
+        gt_flat, gt_counts, duration[seg_rows] = _targets(targets, seg_rows)
+        gt_rows = np.repeat(np.asarray(seg_rows, np.int64), gt_counts)
+        gt_pos = _positions(gt_counts)
+    gt, gt_mask = _scatter(n, gt_rows, gt_pos, gt_flat)
     return RewardInputs(pred, pred_mask, gt, gt_mask, duration, kind, format_ok, cls)
-
-
-def _floats(pairs: list[tuple[float, float]]) -> np.ndarray:
-    return np.fromiter(itertools.chain.from_iterable(pairs), np.float64, count=2 * len(pairs))

@@ -10,7 +10,8 @@ to [0, duration]. Ground truths are validated upstream (`tasks.target_segments`)
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tempr1_jax import tasks as tasks_lib
 

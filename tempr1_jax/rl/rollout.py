@@ -8,6 +8,7 @@ samples); decoding text and rewards run on the host, vectorised over the whole m
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Mapping, Sequence
 
 import gin
@@ -18,6 +19,7 @@ from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.inputs import ModelInputs
 from tempr1_jax.rewards import compute_rewards
 from tempr1_jax.rl.advantages import STD_FORMS, group_advantages
+from tempr1_jax.rl.setup import local_rows
 
 
 @gin.configurable
@@ -54,6 +56,8 @@ class Rollout:
     rewards: dict[str, np.ndarray]  # per term ("format", "loc", "total", maybe "cls"), [N]
     advantages: np.ndarray  # [N] float32
     equal_groups: np.ndarray  # [N] bool: the row's group has all-equal total rewards
+    generate_s: float = 0.0  # wall time of the jitted generation (tokens on the host)
+    score_s: float = 0.0  # wall time of decoding and rewards on the host
 
 
 def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray,
@@ -85,15 +89,17 @@ def rollout(model: Any, prompts: ModelInputs, samples: Sequence[Mapping[str, Any
     """Sample `cfg.num_generations` completions per prompt with `model.generate`, then score them."""
     if len(samples) != prompts.input_ids.shape[0]:
         raise ValueError(f"{len(samples)} samples for {prompts.input_ids.shape[0]} prompt rows")
+    t0 = time.perf_counter()
     out = generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=cfg.num_generations, rng=rng,
                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_dict=True)
-    tokens = np.asarray(jax.device_get(out.tokens), np.int32)
-    mask = np.asarray(jax.device_get(out.mask), bool)
+    tokens = local_rows(out.tokens).astype(np.int32)
+    mask = local_rows(out.mask).astype(bool)
+    t1 = time.perf_counter()
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     texts = decode_completions(tokenizer, tokens, mask, drop_ids=[*eos, pad_token_id])
     tasks, rewards, advantages, equal = score_completions(texts, samples, cfg.num_generations, cfg)
-    return Rollout(tokens, mask, texts, tasks, rewards, advantages, equal)
+    return Rollout(tokens, mask, texts, tasks, rewards, advantages, equal, t1 - t0, time.perf_counter() - t1)
 
 
 def reward_metrics(r: Rollout) -> dict[str, float]:

@@ -84,7 +84,6 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_tasks: Sequence[str] = ("tg", "dtg", "vhd", "gvqa", "tal")
     synthetic_samples_per_task: int = 8
-    think: bool = True
 
 
 def prompt_builders(think: bool = True) -> dict[str, Any]:
@@ -207,6 +206,20 @@ def place_rows(x: Any, mesh: Mesh, axis: int = 0) -> jax.Array:
     """A host array as a global array sharded along its batch dimension (process-local rows)."""
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(x.shape, mesh, axis), x)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array sharded along axis 0, as numpy (inverse of `place_rows`).
+
+    Shards repeated over the non-batch mesh axes are taken once; with one process this is the whole array.
+    """
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    pieces: dict[int, np.ndarray] = {}
+    for shard in x.addressable_shards:
+        start = (shard.index[0].start or 0) if shard.index else 0
+        pieces.setdefault(start, np.asarray(shard.data))
+    return np.concatenate([pieces[k] for k in sorted(pieces)], axis=0)
 
 
 def place_inputs(inputs: ModelInputs, mesh: Mesh) -> ModelInputs:

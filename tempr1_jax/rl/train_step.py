@@ -154,7 +154,7 @@ class TrainStep:
             opt_state=keep(opt_state, state.opt_state),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm, "count": acc.count, "applied": ok,
-                   **{k: v for k, v in acc.aux.items()}}
+                   **acc.aux}
         return new_state, metrics
 
     def __call__(self, state: TrainState, frozen: Any, microbatches: Sequence[Any]

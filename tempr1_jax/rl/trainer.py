@@ -33,8 +33,9 @@ from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
 from tempr1_jax.rl.metrics_log import MetricsLogger
 from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from tempr1_jax.rl.rollout import Rollout, RolloutConfig, reward_metrics, rollout
-from tempr1_jax.rl.setup import (DataConfig, LoaderConfig, MeshConfig, ModelSetup, build_model, place_inputs,
-                                 place_rows, prompt_builders, resolve_sources, slice_inputs, trainable_filter)
+from tempr1_jax.rl.setup import (DataConfig, LoaderConfig, MeshConfig, ModelSetup, build_model, local_rows,
+                                 place_inputs, place_rows, prompt_builders, resolve_sources, slice_inputs,
+                                 trainable_filter)
 from tempr1_jax.rl.train_step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -107,22 +108,23 @@ class GRPOTrainer:
         self.mesh = mesh_cfg.make()
 
         sources = resolve_sources(data_cfg, self.workdir)
-        model, self.tokenizer = build_model(setup, self.workdir, sources, data_cfg.think)
+        model, self.tokenizer = build_model(setup, self.workdir, sources, self.rollout_cfg.think)
         self.model_config = model.config
         sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
         self.graphdef, params, self.frozen = nnx.split(model, trainable_filter(setup.freeze_vision), ...)
         # A separate copy: the policy's buffers are donated to the update.
         self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
 
-        self.loader_config = LoaderConfig(sources=sources)
-        self.loader = make_loader(self.loader_config, self.tokenizer, self.model_config,
-                                  prompt_builders(data_cfg.think))
+        loader_cfg = LoaderConfig(sources=sources)
+        if loader_cfg.batch_size % self.cfg.micro_batches:
+            raise ValueError(f"TrainConfig.micro_batches={self.cfg.micro_batches} must divide "
+                             f"LoaderConfig.batch_size={loader_cfg.batch_size}")
+        self.loader = make_loader(loader_cfg, self.tokenizer, self.model_config,
+                                  prompt_builders(self.rollout_cfg.think))
         total_updates = max(self.cfg.steps * self.cfg.num_iterations, 1)
         opt_cfg = OptimizerConfig()
         self.schedule = make_schedule(opt_cfg, total_updates)
-        loss_fn = make_policy_loss(self.graphdef, self.loss_cfg, self.rollout_cfg.num_generations,
-                                   self._temperature)
-        self.train_step = TrainStep(loss_fn, make_optimizer(opt_cfg, total_updates))
+        self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total_updates))
         self.state = self.train_step.init_state(params)
         self.rng = jax.random.key(self.cfg.seed)
         self.checkpoints = CheckpointManager(self.workdir / "checkpoints", CheckpointConfig())
@@ -136,6 +138,11 @@ class GRPOTrainer:
     def _temperature(self) -> float:
         t = self.rollout_cfg.temperature
         return t if t > 0 else 1.0
+
+    def _loss_fn(self, params, frozen, b):
+        """The trainer's policy loss on one micro-batch (see `make_policy_loss`)."""
+        loss = make_policy_loss(self.graphdef, self.loss_cfg, self.rollout_cfg.num_generations, self._temperature)
+        return loss(params, frozen, b)
 
     def _logprobs_impl(self, params, frozen, prompt, completions, mask):
         model = nnx.merge(self.graphdef, params, frozen)
@@ -169,8 +176,6 @@ class GRPOTrainer:
         g = self.rollout_cfg.num_generations
         n_prompts = prompts.input_ids.shape[0]
         k = self.cfg.micro_batches
-        if n_prompts % k:
-            raise ValueError(f"TrainConfig.micro_batches={k} must divide the {n_prompts} prompts of a batch")
         weights = (~r.equal_groups if self.loss_cfg.filter_equal_groups else np.ones(len(r.tasks), bool))
         rows = {"completions": r.tokens, "mask": r.mask.astype(np.float32), "advantages": r.advantages,
                 "weights": weights.astype(np.float32), "ref_logp": ref_logp, "old_logp": old_logp}
@@ -199,9 +204,9 @@ class GRPOTrainer:
         mask = place_rows(r.mask.astype(np.float32), self.mesh)
         ref_logp = old_logp = None
         if self.ref_params is not None:
-            ref_logp = np.asarray(self._logprobs(self.ref_params, self.frozen, prompts, completions, mask))
+            ref_logp = local_rows(self._logprobs(self.ref_params, self.frozen, prompts, completions, mask))
         if self.cfg.num_iterations > 1:
-            old_logp = np.asarray(self._logprobs(self.state.params, self.frozen, prompts, completions, mask))
+            old_logp = local_rows(self._logprobs(self.state.params, self.frozen, prompts, completions, mask))
         t2 = time.perf_counter()
 
         micro = self._microbatches(host_prompts, r, ref_logp, old_logp)
@@ -227,6 +232,8 @@ class GRPOTrainer:
             "tokens_per_s": generated / max(t3 - t0, 1e-9),
             "step_time_s": t3 - t0,
             "rollout_s": t1 - t0,
+            "generate_s": r.generate_s,
+            "reward_s": r.score_s,
             "logprob_s": t2 - t1,
             "update_s": t3 - t2,
         }
@@ -258,12 +265,9 @@ class GRPOTrainer:
         return 0
 
 
-def train(workdir: str | pathlib.Path, steps: int | None = None) -> int:
-    """Build a `GRPOTrainer` from the parsed gin config (`steps` overrides TrainConfig.steps) and run it."""
-    cfg = TrainConfig()
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
-    return GRPOTrainer(workdir, cfg).run()
+def train(workdir: str | pathlib.Path) -> int:
+    """Build a `GRPOTrainer` from the parsed gin config and run it in `workdir`."""
+    return GRPOTrainer(workdir).run()
 
 
 __all__ = ["GRPOTrainer", "TrainConfig", "train"]
