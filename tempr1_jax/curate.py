@@ -154,21 +154,15 @@ def run_curate_command(*, checkpoint: str, tokenizer: str | None, dataset: str, 
 
     import transformers
 
-    from data_pipeline.loader import SourceConfig, make_eval_loader
     from tempr1_jax import eval_harness
-    from tempr1_jax.rl import setup
     from tempr1_jax.rl.rollout import RolloutConfig
 
+    rollout_cfg = RolloutConfig()
     model = eval_harness.load_model(checkpoint)
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    data = pathlib.Path(dataset)
-    source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
-              else SourceConfig(path=str(data), split=split, media_dir=media_dir))
-    think = RolloutConfig().think
-    loader = make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tok, model.config,
-                              setup.prompt_builders(think))
+    loader = eval_harness.split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     predictions, targets, skipped = eval_harness.generate_predictions(
-        model, tok, loader, max_new_tokens=max_new_tokens or RolloutConfig().max_new_tokens)
+        model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens)
     kept, ious, summary = curate(predictions, targets, CurateConfig(), mode)
     summary["skipped"] = len(skipped)
     path = pathlib.Path(out)

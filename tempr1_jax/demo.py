@@ -27,10 +27,8 @@ from typing import Any, Sequence
 import gin
 import numpy as np
 
-from data_pipeline.loader import SourceConfig, make_eval_loader
 from data_pipeline.synthetic import VIDEO_TASKS, write_synthetic_dataset
 from tempr1_jax import eval_harness
-from tempr1_jax.rl import setup
 from tempr1_jax.rl.metrics_log import read_metrics
 from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
@@ -61,9 +59,8 @@ class DemoConfig:
 
 def _eval(model: Any, tokenizer: Any, test_jsonl: pathlib.Path, media_dir: pathlib.Path, cfg: DemoConfig,
           think: bool, outdir: pathlib.Path, title: str) -> eval_harness.EvalResult:
-    loader_cfg = setup.LoaderConfig(sources=(SourceConfig(path=str(test_jsonl), media_dir=str(media_dir)),),
-                                    batch_size=cfg.eval_batch_size)
-    batches = make_eval_loader(loader_cfg, tokenizer, model.config, setup.prompt_builders(think))
+    batches = eval_harness.split_loader(tokenizer, model.config, test_jsonl, "test", str(media_dir),
+                                        cfg.eval_batch_size, think)
     result = eval_harness.evaluate(model, tokenizer, batches, max_new_tokens=cfg.eval_max_new_tokens, think=think)
     eval_harness.write_reports(result, outdir, title=title, timeline_per_task=cfg.timeline_per_task)
     return result
@@ -169,6 +166,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
         "before": _summary(before),
         "after": _summary(after),
         "held_out_reward_change": paired_difference(before, after, think),
+        "held_out_skipped": len(before.skipped),
         "timings": timings,
         "settings": {**dataclasses.asdict(cfg), "think": think},
     }

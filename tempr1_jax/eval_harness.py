@@ -16,8 +16,7 @@ import jax
 import numpy as np
 
 from tempr1_jax import evaluation, paper_results, tasks as tasks_lib
-from tempr1_jax.rewards import compute_rewards
-from tempr1_jax.rewards import reference
+from tempr1_jax.rewards import compute_rewards, reference
 
 RESULTS_JSON = "eval_results.json"
 PREDICTIONS_JSONL = "predictions.jsonl"
@@ -44,12 +43,13 @@ class EvalResult:
 
 
 def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *,
-                         max_new_tokens: int, mesh: Any = None, limit: int | None = None,
+                         max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
+                         limit: int | None = None,
                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Greedy completions for every valid row of the evaluation `batches` (see `make_eval_loader`).
 
-    Returns (predictions, targets, skipped); stops after `limit` samples if given. With `mesh`, inputs
-    are sharded along the batch.
+    Returns (predictions, targets, skipped); stops after `limit` samples if given. With `mesh` (the
+    model already sharded on it with `layout`), inputs are sharded along the batch and so is the cache.
     """
     from models.qwen2_5_vl.generation import generate
     from tempr1_jax.rl import setup
@@ -67,8 +67,8 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
             continue
         inputs = _fill_padding_rows(batch["inputs"], valid)
         inputs = inputs if mesh is None else setup.place_inputs(inputs, mesh)
-        out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0,
-                       eos_token_id=eos, pad_token_id=pad, return_dict=True)
+        out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=eos,
+                       pad_token_id=pad, return_dict=True, mesh=mesh, layout=layout)
         rows = np.flatnonzero(valid)
         tokens = np.asarray(jax.device_get(out.tokens))[rows]
         mask = np.asarray(jax.device_get(out.mask))[rows]
@@ -125,12 +125,12 @@ def reward_summary(predictions: Sequence[Mapping[str, Any]], targets: Sequence[M
 
 
 def evaluate(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *, max_new_tokens: int,
-             think: bool = True, mesh: Any = None, limit: int | None = None,
+             think: bool = True, mesh: Any = None, layout: str = "fsdp_tensor", limit: int | None = None,
              score_options: Mapping[str, Any] | None = None,
              reward_options: Mapping[str, Any] | None = None) -> EvalResult:
     """Greedy generation over `batches`, then benchmark metrics and mean rewards."""
     predictions, targets, skipped = generate_predictions(model, tokenizer, batches, max_new_tokens=max_new_tokens,
-                                                         mesh=mesh, limit=limit)
+                                                         mesh=mesh, layout=layout, limit=limit)
     metrics = score_predictions(predictions, targets, **dict(score_options or {}))
     rewards = reward_summary(predictions, targets, think=think, **dict(reward_options or {}))
     return EvalResult(predictions, targets, metrics, rewards, skipped)
@@ -245,28 +245,42 @@ def load_model(checkpoint: str | pathlib.Path, dtype: Any = None) -> Any:
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
 
 
+def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path, split: str,
+                 media_dir: str | None, batch_size: int, think: bool) -> Any:
+    """The evaluation loader (one ordered pass) over a prepared split directory or a JSONL file, with the
+    gin-bound `LoaderConfig` video/shape settings."""
+    from data_pipeline.loader import SourceConfig, make_eval_loader
+    from tempr1_jax.rl import setup
+
+    data = pathlib.Path(dataset)
+    source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
+              else SourceConfig(path=str(data), split=split, media_dir=media_dir))
+    return make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tokenizer, model_config,
+                            setup.prompt_builders(think))
+
+
 def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
                      workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
                      timeline_per_task: int, strict: bool) -> str:
     """`tempr1 eval` after gin is parsed: load, generate, score, write the reports; returns a summary."""
     import transformers
 
-    from data_pipeline.loader import SourceConfig, make_eval_loader
+    from models.qwen2_5_vl import sharding as sharding_lib
     from tempr1_jax.rl import setup
     from tempr1_jax.rl.rollout import RolloutConfig
 
-    model_setup = setup.ModelSetup()
+    model_setup, mesh_cfg, rollout_cfg = setup.ModelSetup(), setup.MeshConfig(), RolloutConfig()
     model = load_model(checkpoint, jax.numpy.dtype(model_setup.dtype))
+    mesh = None
+    if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1:
+        mesh = mesh_cfg.make()
+        sharding_lib.shard_model(model, mesh, mesh_cfg.layout)
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
-    data = pathlib.Path(dataset)
-    source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
-              else SourceConfig(path=str(data), split=split, media_dir=media_dir))
-    think = RolloutConfig().think
-    loader = make_eval_loader(setup.LoaderConfig(sources=(source,), batch_size=batch_size), tok, model.config,
-                              setup.prompt_builders(think))
-    max_new = max_new_tokens or RolloutConfig().max_new_tokens
-    result = evaluate(model, tok, loader, max_new_tokens=max_new, think=think, limit=limit,
+    loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
+    result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
+                      think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
                       score_options={"strict": strict} if strict else None)
-    paths = write_reports(result, workdir, title=f"{data.name} ({split})", timeline_per_task=timeline_per_task)
-    return (markdown_table(result.metrics, f"{data.name} ({split}): {len(result.predictions)} samples, "
+    name = pathlib.Path(dataset).name
+    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task)
+    return (markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
                            f"{len(result.skipped)} skipped") + f"\nwrote {', '.join(str(p) for p in paths.values())}")

@@ -9,8 +9,9 @@ state on a (data, fsdp, tensor) mesh of virtual CPU devices, lowers and compiles
 and reads XLA's per-device memory analysis of each program. FLOPs per step are counted
 analytically from the config (matmul FLOPs 2 * params per token, attention 4 * layers * width * context
 per token forward, backward twice the forward) and cross-checked with XLA's cost analysis. The MFU is
-a roofline estimate: compute-bound programs run at the chip's peak, decode steps are bounded by
-reading the weights and KV cache from HBM, so MFU = model FLOPs / (devices * peak * estimated time).
+a roofline estimate: each compiled program takes max(its XLA flops / peak, its XLA bytes / HBM
+bandwidth) per device, decode steps are bounded by reading the weights and KV cache from HBM, and
+MFU = model FLOPs / (devices * peak * estimated step time).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class StepShapes:
 
     prompts: prompts per step (global); group: completions per prompt (G); prompt_len: padded prompt
     tokens (text + visual tokens); completion_len: max new tokens; patches: padded vision patches per
-    prompt; micro_batch: sequences per gradient-accumulation micro-batch (global); num_iterations:
-    updates per rollout batch (old-policy log-probs are recomputed when > 1); kl: whether the frozen
+    prompt; micro_batch: prompts (x group sequences) per gradient-accumulation micro-batch (global);
+    num_iterations: updates per rollout batch (old-policy log-probs are recomputed when > 1); kl: whether the frozen
     reference runs (beta > 0).
     """
 
@@ -87,7 +88,7 @@ class StepShapes:
 
     @property
     def micro_batches(self) -> int:
-        return math.ceil(self.sequences / self.micro_batch)
+        return math.ceil(self.prompts / self.micro_batch)
 
 
 def _matmul_params(config: Any) -> tuple[int, int]:
@@ -125,20 +126,34 @@ def analytic_flops(config: Any, shapes: StepShapes) -> dict[str, float]:
     return {"prefill": prefill, "decode": decode, "train": train, "total": prefill + decode + train}
 
 
-def roofline_seconds(config: Any, shapes: StepShapes, flops: dict[str, float], devices: int, tensor: int,
-                     chip: Chip, weight_bytes: int = 2) -> dict[str, float]:
-    """Estimated seconds per phase: compute-bound at peak, except decode (weights + KV cache from HBM)."""
-    peak = chip.peak_tflops * 1e12 * devices
+def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, Any]], flops: dict[str, float],
+                 devices: int, tensor: int, chip: Chip, weight_bytes: int = 2) -> dict[str, float]:
+    """Roofline seconds per phase of one step on `chip`.
+
+    A compiled program takes max(XLA flops / peak, XLA bytes accessed / HBM bandwidth) per device, so
+    the estimate charges the implementation's real work (recomputed vision features, dense masks)
+    rather than the model's ideal FLOPs. Training runs `update_accumulate` once per micro-batch and
+    iteration, `update_apply` once per iteration, `logprobs` for the reference and old policy. The
+    decode loop is estimated analytically (XLA counts a while-loop body once): each new token streams
+    the gathered weights of a tensor shard and the live KV cache.
+    """
+    peak, bw = chip.peak_tflops * 1e12, chip.hbm_gbps * 1e9
+
+    def run(name: str) -> float:
+        p = programs[name]
+        return max(p["xla_flops"] / peak, p["xla_bytes"] / bw)
+
     t = config.text
-    params = config.num_params()
     kv_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * weight_bytes
-    # Each decode step streams the (gathered) weights once per tensor shard and the live KV cache.
-    bytes_per_step = params * weight_bytes / tensor + kv_per_token * shapes.sequences * shapes.seq_len / devices
-    decode_mem = shapes.completion_len * bytes_per_step / (chip.hbm_gbps * 1e9)
+    bytes_per_token = (config.num_params() * weight_bytes / tensor
+                       + kv_per_token * shapes.sequences * shapes.seq_len / devices)
+    logprob_passes = int(shapes.kl) + int(shapes.num_iterations > 1)
     out = {
-        "prefill": flops["prefill"] / peak,
-        "decode": max(flops["decode"] / peak, decode_mem),
-        "train": flops["train"] / peak,
+        "prefill": run("rollout_prefill") if "rollout_prefill" in programs else flops["prefill"] / (peak * devices),
+        "decode": max(flops["decode"] / (peak * devices), shapes.completion_len * bytes_per_token / bw),
+        "train": (shapes.micro_batches * shapes.num_iterations * run("update_accumulate")
+                  + shapes.num_iterations * run("update_apply")
+                  + (logprob_passes * run("logprobs") if logprob_passes else 0.0)),
     }
     out["total"] = sum(out.values())
     return out
@@ -164,13 +179,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name}: per-device peak {format_gib(mem['peak_bytes'])} (arguments {format_gib(mem['argument_bytes'])}, "
             f"outputs {format_gib(mem['output_bytes'])}, temporaries {format_gib(mem['temp_bytes'])}, "
             f"aliased {format_gib(mem['alias_bytes'])}); compiled in {prog['compile_seconds']:.1f} s; "
-            f"XLA flops/device {prog['xla_flops']:.3g}")
+            f"XLA per device: {prog['xla_flops']:.3g} flops, {prog['xla_bytes']:.3g} bytes")
     fl, sec = report["flops"], report["seconds"]
     lines += [
         f"FLOPs per step: {fl['total']:.3e} (prefill {fl['prefill']:.2e}, decode {fl['decode']:.2e}, "
         f"train {fl['train']:.2e})",
-        f"roofline time per step: {sec['total']:.2f} s (prefill {sec['prefill']:.2f}, decode {sec['decode']:.2f}, "
-        f"train {sec['train']:.2f}); MFU estimate {100 * report['mfu']:.1f}% of {report['peak_tflops']:.0f} "
+        f"estimated time per step (roofline of the compiled programs): {sec['total']:.2f} s (prefill {sec['prefill']:.2f}, decode {sec['decode']:.2f}, "
+        f"train {sec['train']:.2f}); MFU estimate (model FLOPs / time) {100 * report['mfu']:.1f}% of {report['peak_tflops']:.0f} "
         f"TFLOP/s per chip",
         f"per-device peak memory {format_gib(report['peak_bytes'])} vs budget {report['budget_gib']:.0f} GiB: "
         + ("FITS" if report["fits"] else "DOES NOT FIT"),
@@ -256,17 +271,26 @@ def _compile(name: str, jitted: Any, args: tuple, kwargs: dict | None = None,
     memory["peak_bytes"] = int(resident + max(mem.argument_size_in_bytes - resident_in_args, 0)
                                + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
     log.info("%s: compiled in %.1f s, peak %s", name, seconds, format_gib(memory["peak_bytes"]))
-    return {"memory": memory, "compile_seconds": seconds, "xla_flops": float((cost or {}).get("flops", 0.0))}, compiled
+    cost = cost or {}
+    return {"memory": memory, "compile_seconds": seconds, "xla_flops": float(cost.get("flops", 0.0)),
+            "xla_bytes": float(cost.get("bytes accessed", 0.0))}, compiled
 
 
-def _grpo_parts(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any) -> tuple[Any, Any]:
-    """(trainer, TrainStep) computing exactly the trainer's GRPO loss, without building data or weights."""
+def _grpo_programs(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any) -> tuple[Any, Any]:
+    """(TrainStep with the trainer's policy loss, log-prob function as the trainer jits it)."""
+    from flax import nnx
+
+    from tempr1_jax.rl.logprobs import completion_logprobs
     from tempr1_jax.rl.train_step import TrainStep
-    from tempr1_jax.rl.trainer import GRPOTrainer
+    from tempr1_jax.rl.trainer import make_policy_loss
 
-    trainer = object.__new__(GRPOTrainer)  # only the loss needs these three attributes
-    trainer.graphdef, trainer.rollout_cfg, trainer.loss_cfg = graphdef, rollout_cfg, loss_cfg
-    return trainer, TrainStep(trainer._loss_fn, optimizer)
+    g = rollout_cfg.num_generations
+    temperature = rollout_cfg.temperature if rollout_cfg.temperature > 0 else 1.0
+
+    def logprobs(params, frozen, prompt, completions, mask):
+        return completion_logprobs(nnx.merge(graphdef, params, frozen), prompt, completions, mask, g, temperature)
+
+    return TrainStep(make_policy_loss(graphdef, loss_cfg, g, temperature), optimizer), logprobs
 
 
 def _opt_state(optimizer: Any, params: Any, mesh: Any, layout: str) -> Any:
@@ -296,7 +320,8 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     from tempr1_jax.rl.setup import trainable_filter
     from tempr1_jax.rl.train_step import Accumulator, TrainState
 
-    rollout_cfg = rollout_cfg or RolloutConfig()
+    rollout_cfg = dataclasses.replace(rollout_cfg or RolloutConfig(), num_generations=shapes.group,
+                                      max_new_tokens=shapes.completion_len)
     loss_cfg = loss_cfg or LossConfig()
     opt_cfg = opt_cfg or OptimizerConfig()
     if shapes.prompts % shapes.micro_batch:
@@ -313,7 +338,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     ref_params = params if loss_cfg.beta > 0 else None
 
     optimizer = make_optimizer(opt_cfg, 1000)
-    trainer, step = _grpo_parts(graphdef, rollout_cfg, loss_cfg, optimizer)
+    step, logprobs = _grpo_programs(graphdef, rollout_cfg, loss_cfg, optimizer)
     counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     state = TrainState(step=counter, skipped=counter, params=params,
                        opt_state=_opt_state(optimizer, params, mesh, layout))
@@ -349,7 +374,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     completions, mask = _sds((n, t), jnp.int32, mesh), _sds((n, t), f32, mesh)
     if ref_params is not None or shapes.num_iterations > 1:
         programs["logprobs"], _ = _compile(
-            "logprobs", jax.jit(trainer._logprobs_impl), (params, frozen, prompt_all, completions, mask),
+            "logprobs", jax.jit(logprobs), (params, frozen, prompt_all, completions, mask),
             resident=resident, resident_in_args=policy_args)
     if rollout:
         cache_len = shapes.prompt_len + t
@@ -371,7 +396,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
             resident=resident, resident_in_args=full_args)
 
     flops = analytic_flops(config, shapes)
-    seconds = roofline_seconds(config, shapes, flops, devices, mesh_shape[2], chip)
+    seconds = step_seconds(config, shapes, programs, flops, devices, mesh_shape[2], chip)
     peak = max(p["memory"]["peak_bytes"] for p in programs.values())
     budget = chip.budget_gib if limit_gib is None else limit_gib
     return {
@@ -426,7 +451,7 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
                 dtype=model_setup.dtype, param_dtype=model_setup.param_dtype,
                 freeze_vision=model_setup.freeze_vision, rollout_cfg=rollout_cfg, loss_cfg=loss_cfg,
                 opt_cfg=OptimizerConfig(), limit_gib=args.limit_gib, rollout=not args.skip_rollout,
-                model_name=pathlib.Path(model_config).parent.name if model_setup.checkpoint else model_config)
+                model_name=str(model_config))
 
 
 def _bound(name: str, default: Any) -> Any:

@@ -251,6 +251,8 @@ class Task:
 
     def expected_choice(self, sample: Mapping[str, Any]) -> str:
         """The target's right letter (choice tasks) or letter order ("order"); ValueError if absent."""
+        if not isinstance(sample, Mapping):
+            raise ValueError(f"target is not a mapping: {type(sample).__name__}")
         if self.answer != "order":
             return answer_letter(sample)
         order = str(sample.get("answer") or "").strip().upper()

@@ -29,7 +29,8 @@ def test_short_demo(tmp_path):
         assert "mIoU" in report[phase]["tg"] and "Acc" in report[phase]["gvqa"]
         assert 0.0 <= report[phase]["mean_reward"] <= 3.0
     change = report["held_out_reward_change"]
-    assert change["num_samples"] == 4
+    # The tiny tokenizer may make a long prompt overflow the token bucket: skipped and counted.
+    assert change["num_samples"] + report["held_out_skipped"] == 4 and change["num_samples"] >= 2
     assert change["delta"] == pytest.approx(report["after"]["mean_reward"] - report["before"]["mean_reward"], abs=1e-5)
     assert (work / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     grpo_steps = [json.loads(line)["step"] for line in (work / "grpo" / "metrics.jsonl").read_text().splitlines()]

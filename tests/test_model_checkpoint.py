@@ -24,7 +24,7 @@ from model_oracle import (
 from safetensors.torch import save_file
 
 from models.qwen2_5_vl.checkpoint import detect_layout, file_keys, nnx_path
-from models.qwen2_5_vl.config import param_shapes, tiny_config
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, param_shapes, tiny_config
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration as Model
 from models.qwen2_5_vl.orbax_io import load_orbax_params, save_orbax_params
 from tempr1_jax import cli
@@ -129,25 +129,28 @@ def test_convert_round_trip(ref, hub_dir, kwargs, tmp_path):
     assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
 
 
+# Peak = VmHWM (the high-water mark of this process image; ru_maxrss would inherit the parent's).
 _MEASURE = """
-import resource, sys
+import sys
 import jax.numpy as jnp
+from models.qwen2_5_vl import checkpoint
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+def kb(field):
+    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(field))
 jnp.zeros(1).block_until_ready()
-base = int(open('/proc/self/statm').read().split()[1]) * 4096
+base = kb('VmRSS:')
 Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=jnp.bfloat16)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+print((kb('VmHWM:') - base) * 1024)
 """
 
 
 @pytest.mark.slow
 def test_bfloat16_load_peak_memory(tmp_path):
     """Loading streams tensors: peak host memory stays near one copy of the checkpoint."""
-    config = tiny_config(vocab_size=40000, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
-                         num_attention_heads=8, num_key_value_heads=2, mrope_section=(8, 12, 12), torch_dtype="bfloat16")
-    rng = np.random.default_rng(0)
-    tensors = {k: rng.standard_normal(s, dtype=np.float32).astype(ml_dtypes.bfloat16)
-               for k, s in param_shapes(config).items()}
+    config = tiny_config(vocab_size=60000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=2, mrope_section=(16, 24, 24), torch_dtype="bfloat16")
+    # ~440 MB: large enough that the fixed cost of building the abstract model is a small share.
+    tensors = {k: np.full(s, 0.01, ml_dtypes.bfloat16) for k, s in param_shapes(config).items()}
     safetensors.numpy.save_file(tensors, str(tmp_path / "model.safetensors"))
     del tensors
     (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
@@ -155,3 +158,13 @@ def test_bfloat16_load_peak_memory(tmp_path):
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path)], capture_output=True, text=True, check=True)
     peak = int(out.stdout.split()[-1])
     assert peak <= 1.3 * size, f"peak {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"
+
+
+@pytest.mark.slow
+def test_abstract_7b_model_matches_the_config(hf_configs_dir):
+    """Shape-only 7B model (as the memory planner builds it): every parameter has its hub shape."""
+    config = Qwen2_5_VLConfig.from_pretrained(hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json")
+    model = nnx.eval_shape(lambda: Model(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16))
+    shapes = {path: v.get_value().shape for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    assert sum(int(np.prod(s)) for s in shapes.values()) == config.num_params()
+    assert shapes[nnx_path("visual.patch_embed.proj.weight")] == (1176, 1280)

@@ -94,11 +94,13 @@ def test_text_decoder(pair):
 def test_logits_image_and_video_batch_left_padded(pair):
     config, ref, ours = pair
     kwargs = _batch(config, np.random.default_rng(2))
-    got = np.asarray(ours(**kwargs))
+    got = np.asarray(ours(**kwargs, mm_token_type_ids=token_types(config, kwargs["input_ids"])))
     expected = hf_logits(ref, config, **kwargs)
     valid = kwargs["attention_mask"].astype(bool)
     assert got.shape == expected.shape and got.dtype == np.float32
     assert rel_err(got[valid], expected[valid]) < TOL
+    with pytest.raises(ValueError, match="mm_token_type_ids disagree"):
+        ours(**kwargs, mm_token_type_ids=np.zeros_like(kwargs["input_ids"]))
 
 
 def test_logits_long_prompt(pair):
@@ -124,6 +126,11 @@ def test_tied_embeddings_text_only(tmp_path):
     assert ours.lm_head is None
     ids = np.random.default_rng(0).integers(0, 280, (2, 9))
     assert rel_err(np.asarray(ours(ids)), hf_logits(ref, config, ids)) < TOL
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # left padding: transformers' forward still numbers positions 0..L-1
+    valid = mask.astype(bool)
+    got, expected = np.asarray(ours(ids, mask)), hf_logits(ref, config, ids, mask)
+    assert rel_err(got[valid], expected[valid]) < TOL
 
 
 def test_prefill_and_decode_equal_full_forward(pair):

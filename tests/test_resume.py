@@ -95,4 +95,5 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_zero(tmp_path, compile_
     trainer = GRPOTrainer(workdir, TrainConfig(steps=50, tensorboard=False, progress=False))
     assert trainer.restore() == logged[-1]
     trainer.checkpoints.close()
-    assert json.loads((workdir / "checkpoints" / str(logged[-1]) / "meta" / "metadata").read_text())["step"] == logged[-1]
+    meta = workdir / "checkpoints" / str(logged[-1]) / "meta" / "metadata"
+    assert json.loads(meta.read_text())["step"] == logged[-1]

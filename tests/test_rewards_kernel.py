@@ -209,6 +209,12 @@ def test_malformed_target_raises_with_id():
         compute_rewards("tal", ["<answer>1 to 2</answer>"], [{"id": "broken", "duration": 10, "segments": [[5, 1]]}])
     with pytest.raises(ValueError, match="completions"):
         compute_rewards("tg", ["a", "b"], [TARGETS["tg"]])
+    with pytest.raises(ValueError, match="sigma"):
+        compute_rewards("tal", ["<answer>1 to 2</answer>"], [TARGETS["tal"]], sigma=0.0)
+    for name in NAMES:
+        for bad in (None, 5, {"id": "empty"}):
+            with pytest.raises(ValueError):
+                compute_rewards(name, ["<answer>A</answer>"], [bad])
 
 
 def test_compiles_once_per_bucket():

@@ -1,4 +1,4 @@
-"""One GRPO update on a (2, 2, 2) mesh of 8 fake CPU devices equals the same update on (1, 1, 1).
+"""The policy log-probs against the sampler's, and one GRPO update on a (2, 2, 2) mesh of 8 fake CPU devices equals the same update on (1, 1, 1).
 
 The policy is a tiny Qwen2.5-VL with a video in every prompt; completions, advantages and reference
 log-probs are fixed arrays, so the comparison covers log-probs, loss, gradients and the update.
@@ -13,8 +13,10 @@ import pytest
 from flax import nnx
 
 from models.qwen2_5_vl import sharding as sharding_lib
+from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
+from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossConfig
 from tempr1_jax.rl.setup import init_model, place_inputs, place_rows, trainable_filter
 from tempr1_jax.rl.train_step import TrainStep
@@ -78,3 +80,16 @@ def test_mesh_2x2x2_matches_single_device():
     flat8 = dict(jax.tree_util.tree_leaves_with_path(p8))
     for path, a in flat1:
         np.testing.assert_allclose(flat8[path], a, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_logprobs_match_generation():
+    """The trainer's log-probs of sampled completions equal the sampler's own (KV-cache path, M-RoPE ids)."""
+    model = init_model(CONFIG, seed=0)
+    inputs = prompts()
+    out = generate(model, inputs, max_new_tokens=T, temperature=1.0, num_return_sequences=G, rng=3,
+                   eos_token_id=(), pad_token_id=0, return_logprobs=True)
+    graphdef, state = nnx.split(model)
+    score = jax.jit(lambda s, p, c, m: completion_logprobs(nnx.merge(graphdef, s), p, c, m, G))
+    logp = score(state, inputs, out.tokens, out.mask)
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(out.logprobs), atol=2e-5)

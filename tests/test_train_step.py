@@ -78,7 +78,7 @@ def test_planted_nan_is_skipped_and_counted():
     assert not bool(metrics["applied"])
     assert int(state.skipped) == 1 and int(state.step) == 1
     np.testing.assert_array_equal(np.asarray(state.params["w"]), w_before)
-    for a, b in zip(jax.tree.leaves(state.opt_state), mu_before):
+    for a, b in zip(jax.tree.leaves(state.opt_state), mu_before, strict=True):
         np.testing.assert_array_equal(np.asarray(a), b)
     state, metrics = step(state, FROZEN, [toy_batch(2)])
     assert bool(metrics["applied"]) and int(state.step) == 2 and int(state.skipped) == 1

@@ -229,8 +229,13 @@ def save_pretrained(model, directory: str | pathlib.Path, *, max_shard_bytes: in
     if n_files > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    hf = config.to_hf_dict()
-    first = flat[nnx_path("model.embed_tokens.weight")].get_value().dtype
-    hf["torch_dtype"] = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
-        np.dtype(first), "float32")
-    (directory / "config.json").write_text(json.dumps(hf, indent=2))
+    (directory / "config.json").write_text(json.dumps(hf_config_dict(model), indent=2))
+
+
+def hf_config_dict(model) -> dict:
+    """`model.config.to_hf_dict()` with `torch_dtype` set to the dtype the parameters are stored in."""
+    hf = model.config.to_hf_dict()
+    dtype = np.dtype(model.model.language_model.embed_tokens.embedding.get_value().dtype)
+    names = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}
+    hf["torch_dtype"] = names.get(dtype, "float32")
+    return hf

@@ -72,13 +72,16 @@ def sampling_log_probs(logits: jax.Array, params: SamplingParams) -> jax.Array:
         return jax.nn.log_softmax(logits, axis=-1)
     logits = logits / params.temperature
     vocab = logits.shape[-1]
+    sorted_logits = None
     if 0 < params.top_k < vocab:
-        kth = jax.lax.top_k(logits, params.top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, _NEG_INF, logits)
+        sorted_logits = jax.lax.top_k(logits, params.top_k)[0]  # descending
+        logits = jnp.where(logits < sorted_logits[..., -1:], _NEG_INF, logits)
     if params.top_p < 1.0:
         # Keep the smallest prefix (by descending probability) whose mass reaches top_p: a token is
         # dropped when the mass strictly above it is already >= top_p (the top token always stays).
-        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        # After top-k only the k survivors matter, so the full-vocabulary sort is skipped.
+        if sorted_logits is None:
+            sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         mass_above = jnp.cumsum(probs, axis=-1) - probs
         keep = mass_above < params.top_p

@@ -10,8 +10,9 @@ Entry points (B batch, L tokens, V vocab, T cache length):
 * `hidden_states(inputs) -> [B, L, H]` and `logits_from_hidden(hidden) -> [..., V] float32`, the two
   halves of `forward`, for losses that chunk the vocabulary projection.
 * `__call__(input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-  pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> logits` (HF argument
-  names; numpy or array inputs; builds `ModelInputs` on the host, then runs a jitted `forward`).
+  pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, mm_token_type_ids=None)
+  -> logits` (HF argument names; numpy, torch or jax inputs; builds `ModelInputs` on the host, then
+  runs a jitted `forward`).
 * KV cache, for generation (prompts left padded):
   - `init_cache(batch, max_len, dtype=None) -> cache`: list over layers of
     `{"k": [B, T, n_kv_heads, head_dim], "v": same}` zeros (dtype defaults to the compute dtype).
@@ -47,6 +48,7 @@ from flax import nnx
 
 from .config import Qwen2_5_VLConfig
 from .inputs import ModelInputs, build_model_inputs
+from .rope_index import token_types
 from .text import KVCache, TextModel, causal_mask
 from .vision import VisionTransformer
 
@@ -105,11 +107,26 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         return self.logits_from_hidden(self.hidden_states(inputs))
 
     def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> jax.Array:
-        """Logits [B, L, V] from HF-style arguments (host-side preparation, then a jitted forward)."""
+                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
+                 mm_token_type_ids=None) -> jax.Array:
+        """Logits [B, L, V] from HF-style arguments (host-side preparation, then a jitted forward).
+
+        `mm_token_type_ids` (as the transformers 5 processor returns it) is optional: the token
+        types follow from the placeholder ids; when given, it must agree with them. As in
+        transformers, text-only inputs get positions 0..L-1 whatever the padding (`forward` on
+        `build_model_inputs` skips padding instead, as generation does).
+        """
+        if mm_token_type_ids is not None and not np.array_equal(
+                _host(mm_token_type_ids), token_types(self.config, _host(input_ids))):
+            raise ValueError("mm_token_type_ids disagree with the image/video placeholder ids in input_ids")
         inputs = build_model_inputs(
             self.config, _host(input_ids), _host(attention_mask), _host(pixel_values), _host(image_grid_thw),
             _host(pixel_values_videos), _host(video_grid_thw), _host(second_per_grid_ts))
+        if image_grid_thw is None and video_grid_thw is None:
+            # transformers' forward numbers text-only inputs 0..L-1 even under left padding.
+            b, length = inputs.input_ids.shape
+            arange = np.broadcast_to(np.arange(length, dtype=np.int32), (3, b, length))
+            inputs = inputs.replace(position_ids=arange, rope_deltas=np.zeros((b, 1), np.int32))
         return _jit_forward(self, inputs)
 
     # --- KV cache ------------------------------------------------------------------------------

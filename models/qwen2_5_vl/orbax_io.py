@@ -16,16 +16,20 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from .checkpoint import hf_config_dict, save_pretrained
 from .config import Qwen2_5_VLConfig
 
 PARAMS_DIR = "params"
 
 
 def save_orbax_params(model, directory: str | pathlib.Path) -> None:
-    """Write `config.json` and the parameters under `params/` (the directory must not hold `params/`)."""
+    """Write `config.json` (with `torch_dtype` = the stored dtype) and the parameters under `params/`.
+
+    The directory must not hold `params/` yet.
+    """
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
+    (directory / "config.json").write_text(json.dumps(hf_config_dict(model), indent=2))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     checkpointer.wait_until_finished()
@@ -71,8 +75,10 @@ def hf_to_orbax(src: str | pathlib.Path, dst: str | pathlib.Path, dtype: str | N
     save_orbax_params(model, dst)
 
 
-def orbax_to_hf(src: str | pathlib.Path, dst: str | pathlib.Path, dtype: str = "float32", **save_kwargs) -> None:
-    """Orbax directory -> HF checkpoint directory (`save_kwargs` go to `checkpoint.save_pretrained`)."""
-    from .checkpoint import save_pretrained
+def orbax_to_hf(src: str | pathlib.Path, dst: str | pathlib.Path, dtype: str | None = None, **save_kwargs) -> None:
+    """Orbax directory -> HF checkpoint directory, in the stored dtype by default.
 
+    `save_kwargs` go to `checkpoint.save_pretrained`.
+    """
+    dtype = dtype or Qwen2_5_VLConfig.from_pretrained(src).torch_dtype or "float32"
     save_pretrained(load_orbax_params(src, DTYPES[dtype]), dst, **save_kwargs)

@@ -24,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=pathlib.Path, help="input checkpoint directory")
     parser.add_argument("dst", type=pathlib.Path, help="output directory")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="parameter dtype of the output (default: the checkpoint's torch_dtype for "
-                             "hf-to-orbax, float32 for orbax-to-hf)")
+                        help="parameter dtype of the output (default: the input's torch_dtype)")
     parser.add_argument("--max-shard-gb", type=float, default=5.0,
                         help="orbax-to-hf: shard safetensors above this size (GiB)")
     parser.add_argument("--layout", choices=("hub", "transformers5"), default="hub",
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.direction == "hf-to-orbax":
         orbax_io.hf_to_orbax(args.src, args.dst, dtype=args.dtype)
     else:
-        orbax_io.orbax_to_hf(args.src, args.dst, dtype=args.dtype or "float32",
+        orbax_io.orbax_to_hf(args.src, args.dst, dtype=args.dtype,
                              max_shard_bytes=int(args.max_shard_gb * 1024**3), layout=args.layout)
     print(f"tempr1 convert {args.direction}: wrote {args.dst}")
     return 0

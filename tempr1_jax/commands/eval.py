@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from tempr1_jax.commands.train import mesh_bindings
+
 HELP = "Greedy generation over a prepared split and the benchmark metrics (with the paper's numbers)."
 
 
@@ -33,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--timeline_per_task", type=int, default=3)
     parser.add_argument("--strict", action="store_true", help="IoU > thr instead of >= thr (Time-R1's script)")
+    parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
+                        help="shard the model and the batch (MeshConfig shortcut); default one device")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from tempr1_jax import eval_harness
     from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
 
-    gin_config.parse_gin(args)
+    gin_config.parse_gin(args, bindings=mesh_bindings(args.mesh))
     summary = eval_harness.run_eval_command(
         checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
         media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,

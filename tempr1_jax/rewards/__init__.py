@@ -37,6 +37,12 @@ def compute_rewards(
     0.9 * exact + 0.1 * format-ok * 0.2, see `tasks.TPRU_WEIGHTS`). Model output never raises;
     a malformed target raises ValueError naming its id.
     """
+    try:
+        ok = 0 < float(sigma) < float("inf")
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     if isinstance(completions, str):
         raise ValueError("completions must be a sequence of strings, not one string")
     completions, targets = list(completions), list(targets)

@@ -137,7 +137,9 @@ def dp_siou(iou):
 
 def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma):
     """R_num + R_match (F1 of sIoU / N_pred and sIoU / N_gt) on sorted lists; 0 without predictions."""
-    s = dp_siou(iou_matrix(*chronological(ps, pe, pv), *chronological(gs, ge, gv)))
+    pred, gt = chronological(ps, pe, pv), chronological(gs, ge, gv)
+    # The matching is symmetric: scan over the shorter side (fewer sequential steps).
+    s = dp_siou(iou_matrix(*pred, *gt) if ps.shape[0] <= gs.shape[0] else iou_matrix(*gt, *pred))
     r_num = jnp.exp(-jnp.abs(n_pred - n_gt) / (jnp.maximum(jnp.minimum(n_gt, 3), 1) * sigma))
     r_match = jnp.where(s > 0, 2 * s / jnp.maximum(n_pred + n_gt, 1), 0.0)
     return jnp.where(n_pred > 0, r_num + r_match, 0.0)
@@ -152,7 +154,7 @@ def tiou(ps, pe, pv, gs, ge, gv, duration):
 
 @functools.partial(jax.jit, static_argnames="family")
 def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family):
-    """The `family` reward (a `KINDS` code, static) of every row; rows are batch-major here."""
+    """The `family` reward (a `KINDS` code, static) of every row (inputs batch-major, as given)."""
     ps, pe, pv = _clip(pred[..., 0].T, pred[..., 1].T, pred_mask.T, duration)
     gs, ge, gv = _clip(gt[..., 0].T, gt[..., 1].T, gt_mask.T, duration)
     n_pred = pred_mask.sum(-1).astype(duration.dtype)
@@ -208,7 +210,9 @@ def loc_rewards(
         b = len(rows)
         p = max(int(pred_mask[rows].sum(1).max()), 1)
         g = max(int(gt_mask[rows].sum(1).max()), 1)
-        bb, pb, gb = bucket(b, 8), bucket(p, 8), bucket(g, 8)
+        # A small batch pads every group to the batch's own bucket (up to 256 rows), so the
+        # varying task mix of training batches does not compile one variant per group size.
+        bb, pb, gb = bucket(b, min(bucket(len(kind), 8), 256)), bucket(p, 8), bucket(g, 8)
         args = (
             _pad(pred[rows, :p], (bb, pb, 2), 0.0),
             _pad(pred_mask[rows, :p], (bb, pb), False),

@@ -1,11 +1,12 @@
 """Per-token log-probabilities of sampled completions under a policy (or the frozen reference).
 
 The scored sequence of row `p * G + g` is prompt `p` (left padded, as generated from) followed by its
-completion `g`. Completion tokens continue the prompt's M-RoPE ids as generation placed them: the k-th
-generated token has id `n_valid_prompt_tokens + k + rope_delta` on all three axes (see
-`Qwen2_5_VLForConditionalGeneration.decode_step`). Only the T positions that predict completion tokens
-go through the LM head, in chunks of `chunk` positions, so the [N, T, V] logits never exist at once
-for long completions.
+completion `g`. The prompt's embeddings (vision tower included) are computed once per prompt and
+repeated for its G completions. Completion tokens continue the prompt's M-RoPE ids as generation
+placed them: the k-th generated token has id `n_valid_prompt_tokens + k + rope_delta` on all three axes
+(see `Qwen2_5_VLForConditionalGeneration.decode_step`). Only the T positions that predict completion
+tokens go through the LM head, in chunks of `chunk` positions, so the [N, T, V] logits of long
+completions never exist at once.
 """
 
 from __future__ import annotations
@@ -14,58 +15,45 @@ import jax
 import jax.numpy as jnp
 
 from models.qwen2_5_vl.inputs import ModelInputs
+from models.qwen2_5_vl.text import causal_mask
 
 
-def repeat_prompts(prompt: ModelInputs, group_size: int) -> ModelInputs:
-    """Each prompt row repeated `group_size` times (prompt-major), all fields; jittable."""
-    def rep(name: str, x):
-        return jnp.repeat(jnp.asarray(x), group_size, axis=1 if name == "position_ids" else 0)
-
-    return ModelInputs(**{f: rep(f, getattr(prompt, f)) for f in ModelInputs.__dataclass_fields__})
-
-
-def sequence_inputs(prompt: ModelInputs, completions: jax.Array, completion_mask: jax.Array,
-                    group_size: int) -> ModelInputs:
-    """ModelInputs of prompt + completion for every row [N = B * G, Lp + T]; jittable."""
-    rep = repeat_prompts(prompt, group_size)
-    completions = jnp.asarray(completions, jnp.int32)
-    cmask = jnp.asarray(completion_mask).astype(rep.attention_mask.dtype)
-    n, t = completions.shape
-    n_valid = jnp.sum(rep.attention_mask, axis=1).astype(jnp.int32)
-    ids = n_valid[:, None] + jnp.arange(t, dtype=jnp.int32)[None] + rep.rope_deltas.reshape(n, 1).astype(jnp.int32)
-    positions = jnp.broadcast_to(ids[None], (3, n, t)).astype(rep.position_ids.dtype)
-    return rep.replace(
-        input_ids=jnp.concatenate([rep.input_ids.astype(jnp.int32), completions], axis=1),
-        attention_mask=jnp.concatenate([rep.attention_mask, cmask], axis=1),
-        position_ids=jnp.concatenate([rep.position_ids, positions], axis=2),
-        vision_token_index=jnp.concatenate(
-            [rep.vision_token_index, jnp.full((n, t), -1, rep.vision_token_index.dtype)], axis=1),
-    )
+def sequence_layout(prompt: ModelInputs, completion_mask: jax.Array, group_size: int
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(attention mask [N, Lp + T], M-RoPE ids [3, N, Lp + T]) of prompt + completion rows; jittable."""
+    prompt_mask = jnp.repeat(jnp.asarray(prompt.attention_mask), group_size, axis=0)
+    prompt_pos = jnp.repeat(jnp.asarray(prompt.position_ids), group_size, axis=1)
+    deltas = jnp.repeat(jnp.asarray(prompt.rope_deltas).reshape(-1, 1), group_size, axis=0)
+    cmask = jnp.asarray(completion_mask).astype(prompt_mask.dtype)
+    n, t = cmask.shape
+    n_valid = jnp.sum(prompt_mask, axis=1, keepdims=True)
+    ids = (n_valid + jnp.arange(t)[None] + deltas).astype(prompt_pos.dtype)
+    positions = jnp.concatenate([prompt_pos, jnp.broadcast_to(ids[None], (3, n, t))], axis=2)
+    return jnp.concatenate([prompt_mask, cmask], axis=1), positions
 
 
 def completion_logprobs(model, prompt: ModelInputs, completions: jax.Array, completion_mask: jax.Array,
                         group_size: int, temperature: float = 1.0, chunk: int = 256) -> jax.Array:
     """log p(completion token t | prompt, tokens < t) as float32 [N, T] (0 where the mask is 0).
 
-    `temperature` divides the logits as sampling did (1.0 for greedy rollouts); `model` is a
+    `temperature` divides the logits as sampling did (pass 1.0 for greedy rollouts); `model` is a
     `Qwen2_5_VLForConditionalGeneration` (typically `nnx.merge`d from traced params inside jit).
     """
-    inputs = sequence_inputs(prompt, completions, completion_mask, group_size)
-    hidden = model.hidden_states(inputs)
-    lp = prompt.input_ids.shape[1]
-    t = completions.shape[1]
+    targets = jnp.asarray(completions, jnp.int32)
+    lm = model.model.language_model
+    embeds = jnp.concatenate(
+        [jnp.repeat(model.embed(prompt), group_size, axis=0), lm.embed_tokens(targets)], axis=1)
+    attention_mask, positions = sequence_layout(prompt, completion_mask, group_size)
+    hidden, _ = lm(embeds, positions, causal_mask(attention_mask))
+    lp, t = prompt.input_ids.shape[1], targets.shape[1]
     # Position i predicts token i + 1: the last prompt position predicts completion token 0.
     hidden = hidden[:, lp - 1:lp + t - 1]
     scale = 1.0 / temperature if temperature > 0 else 1.0
-    targets = jnp.asarray(completions, jnp.int32)
 
     def score(h, tok):
         logits = model.logits_from_hidden(h) * scale
         return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[..., None], axis=-1)[..., 0]
 
-    if t <= chunk:
-        logp = score(hidden, targets)
-    else:
-        pieces = [score(hidden[:, s:s + chunk], targets[:, s:s + chunk]) for s in range(0, t, chunk)]
-        logp = jnp.concatenate(pieces, axis=1)
+    pieces = [score(hidden[:, s:s + chunk], targets[:, s:s + chunk]) for s in range(0, t, chunk)]
+    logp = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
     return jnp.where(jnp.asarray(completion_mask).astype(bool), logp, 0.0)

@@ -65,7 +65,7 @@ def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray,
     """Text of each completion: masked tokens minus `drop_ids` (EOS, pad); other special tokens kept."""
     drop = np.asarray(list(drop_ids), np.int64)
     texts = []
-    for row, m in zip(np.asarray(tokens), np.asarray(mask, bool)):
+    for row, m in zip(np.asarray(tokens), np.asarray(mask, bool), strict=True):
         ids = row[m]
         ids = ids[~np.isin(ids, drop)]
         texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=False))

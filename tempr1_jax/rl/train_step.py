@@ -95,10 +95,13 @@ class TrainStep:
         """
         if self._zeros is None:
             (_, (_, aux)), grads = jax.eval_shape(self._grad, params, frozen, batch)
-            make = lambda: Accumulator(
-                grads=jax.tree.map(lambda g: jnp.zeros(g.shape, jnp.float32), grads),
-                total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32),
-                aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux))
+
+            def make() -> Accumulator:
+                return Accumulator(
+                    grads=jax.tree.map(lambda g: jnp.zeros(g.shape, jnp.float32), grads),
+                    total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32),
+                    aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux))
+
             out_shardings = None
             if self._param_shardings is not None:
                 mesh = jax.tree.leaves(self._param_shardings)[0].mesh
@@ -146,7 +149,10 @@ class TrainStep:
         ok = finite & (acc.count > 0)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
         new_state = TrainState(
             step=state.step + ok.astype(jnp.int32),
             skipped=state.skipped + jnp.logical_not(finite).astype(jnp.int32),
