@@ -93,7 +93,8 @@ def forward_flops(config, grid, seq_len: int) -> int:
     m, wm = v.spatial_merge_size, v.window_merged
     # Window sizes (in patches) of one frame: windows of wm x wm merge units, partial at the edges.
     mh, mw = h // m, w // m
-    window_sizes = [min(wm, mh - r) * min(wm, mw - c) * v.merge_unit for r in range(0, mh, wm) for c in range(0, mw, wm)]
+    window_sizes = [min(wm, mh - r) * min(wm, mw - c) * v.merge_unit
+                    for r in range(0, mh, wm) for c in range(0, mw, wm)]
     window_attn = frames * sum(4 * s * s * v.hidden_size for s in window_sizes)
     full_attn = frames * 4 * (h * w) ** 2 * v.hidden_size
     dv, iv = v.hidden_size, v.intermediate_size
@@ -167,7 +168,6 @@ def bench_prefill(config, hf, ours, repeats: int) -> dict:
 
 
 def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 64) -> dict:
-    import jax
     import torch
     from models.qwen2_5_vl import build_model_inputs
     from models.qwen2_5_vl.generation import generate

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import pathlib
 import time
@@ -33,8 +32,6 @@ from tempr1_jax.rl.metrics_log import read_metrics
 from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
 from tempr1_jax.sft import SFTConfig, SFTTrainer
-
-log = logging.getLogger(__name__)
 
 REPORT = "demo_report.json"
 CURVE = "learning_curve.png"

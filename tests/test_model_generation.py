@@ -16,6 +16,9 @@ from models.qwen2_5_vl import generation
 from models.qwen2_5_vl.generation import SamplingParams, generate, sampling_log_probs, with_completions
 from models.qwen2_5_vl.rope_index import token_types
 
+# One xdist worker for the whole file: the module fixture and the compiled programs are shared.
+pytestmark = pytest.mark.xdist_group("model_generation")
+
 STEPS = 32
 SAMPLE_STEPS = 12
 SAMPLING = SamplingParams(temperature=0.7, top_p=0.9, top_k=40)

@@ -14,7 +14,8 @@ from model_oracle import IMAGE_GRID, VIDEO_GRID, config_for_tests, left_pad, pix
 from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs, tiny_config
 from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.sharding import (
-    activation_spec, cache_specs, fit_spec, loader_sharding, make_mesh, param_specs, shard_batch, shard_model, weight_rule)
+    activation_spec, cache_specs, fit_spec, loader_sharding, make_mesh, param_specs, shard_batch, shard_model,
+    weight_rule)
 
 
 def _mesh():

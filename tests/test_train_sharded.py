@@ -1,4 +1,5 @@
-"""The policy log-probs against the sampler's, and one GRPO update on a (2, 2, 2) mesh of 8 fake CPU devices equals the same update on (1, 1, 1).
+"""The trainer's log-probs equal the sampler's; one GRPO update on a (2, 2, 2) mesh of 8 fake CPU
+devices equals the same update on (1, 1, 1).
 
 The policy is a tiny Qwen2.5-VL with a video in every prompt; completions, advantages and reference
 log-probs are fixed arrays, so the comparison covers log-probs, loss, gradients and the update.

@@ -9,7 +9,7 @@ Attention over more than `TextModel.attn_block` queries runs one block of querie
 
 KV cache: a list with one `{"k": [B, T, KV, D], "v": [B, T, KV, D]}` per layer. A call with
 `cache` and `cache_index` writes its keys/values at [cache_index, cache_index + L) and attends over
-the whole cache under `kv_mask` [B, L, T] (the caller builds it: causal, padding, unfilled slots).
+the whole cache under `mask` [B, L, T] (the caller builds it: causal, padding, unfilled slots).
 """
 
 from __future__ import annotations
