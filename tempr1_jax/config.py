@@ -50,7 +50,7 @@ def resolve_gin_file(name: str) -> pathlib.Path:
     direct = pathlib.Path(name)
     candidates = [direct]
     for d in config_search_dirs():
-        candidates += [d / name, d / direct.name]
+        candidates += [c for c in (d / name, d / direct.name) if c not in candidates]
     for c in candidates:
         if c.is_file():
             return c.resolve()

@@ -22,7 +22,7 @@ def test_short_demo(tmp_path):
     from tempr1_jax import cli
 
     work = tmp_path / "demo"
-    assert cli.main(["demo", "--workdir", str(work), "--gin_file", "demo_e2e.gin", *SHORT]) == 0
+    assert cli.main(["demo", "--workdir", str(work), *SHORT]) == 0
     report = json.loads((work / "demo_report.json").read_text())
     for phase in ("before", "after"):
         assert set(report[phase]) == {"tg", "gvqa", "mean_reward"}

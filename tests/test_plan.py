@@ -81,3 +81,23 @@ def test_plan_command_seven_b_on_64_devices(hf_configs_dir, tmp_path):
     report = json.loads(out.read_text())
     assert report["devices"] == 64 and report["params"] > 8e9
     assert result.returncode == 0 and report["fits"], result.stdout[-2000:]
+
+
+def test_use_cpu_devices_after_jax_started(monkeypatch):
+    import jax
+
+    from tempr1_jax.commands import plan as plan_command
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    n = len(jax.devices())
+    plan_command.use_cpu_devices(n)  # enough devices already: nothing to do
+    assert f"--xla_force_host_platform_device_count={n}" in os.environ["XLA_FLAGS"]
+    with pytest.raises(ValueError, match="fresh process"):
+        plan_command.use_cpu_devices(n + 1)
+
+
+def test_plan_rejects_bad_mesh():
+    from tempr1_jax import cli
+
+    with pytest.raises(ValueError, match="--mesh"):
+        cli.main(["plan", "--mesh", "data=two"])

@@ -66,9 +66,10 @@ ACTIVATION_SPECS: dict[str, tuple[Any, ...]] = {
     "logits": (BATCH, None, "tensor"),  # [B, L, V]
     "last_logits": (BATCH, "tensor"),  # [B, V]
     "kv_cache": (BATCH, None, "tensor", None),  # [B, S, Hkv, Dh] per layer
-    "vision_hidden": (None, None),  # [N, Dv] packed patches of every image/video
-    "vision_heads": (None, "tensor", None),  # [N, Hv, Dh]
-    "vision_mlp": (None, "tensor"),  # [N, Fv]
+    "pixels": (BATCH, None, None),  # [B, P, C*T*p*p] per-sample patches (ModelInputs.pixel_values)
+    "vision_hidden": (BATCH, None, None),  # [B, P, Dv]
+    "vision_heads": (BATCH, None, "tensor", None),  # [B, P, Hv, Dh]
+    "vision_mlp": (BATCH, None, "tensor"),  # [B, P, Fv]
 }
 
 

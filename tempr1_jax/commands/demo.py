@@ -18,13 +18,16 @@ DEFAULT_GIN = "demo_e2e.gin"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gin_arguments(parser)
     parser.add_argument("--workdir", default="runs/demo", help="output directory (default runs/demo)")
+    # --gin_file files are read after configs/demo_e2e.gin, so they override it.
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tempr1_jax import demo  # registers DemoConfig, SFTConfig and the trainer's configurables
 
-    parse_gin(args, files=[] if args.gin_file else [DEFAULT_GIN])
+    # The demo's own settings first, then any --gin_file / --gin.NAME=VALUE of the command line.
+    args.gin_file = [DEFAULT_GIN, *args.gin_file]
+    parse_gin(args)
     report = demo.run_demo(args.workdir)
     print(demo.format_report(report))
     print(f"wrote {args.workdir}/{demo.REPORT} and {args.workdir}/{demo.CURVE}")

@@ -70,6 +70,7 @@ class CheckpointManager:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """Steps of the checkpoints kept on disk, oldest first."""
         return list(self._manager.all_steps())
 
     def save(self, step: int, arrays: Any, *, data_state: Any = None, meta: dict | None = None,
@@ -99,5 +100,6 @@ class CheckpointManager:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for pending saves, then release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()

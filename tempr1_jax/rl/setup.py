@@ -45,6 +45,7 @@ class MeshConfig:
     layout: str = "fsdp_tensor"
 
     def make(self) -> Mesh:
+        """The `jax.sharding.Mesh` of these sizes over the first devices."""
         return sharding_lib.make_mesh(self.data, self.fsdp, self.tensor)
 
 

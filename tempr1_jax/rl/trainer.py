@@ -167,6 +167,7 @@ class GRPOTrainer:
         return int(step)
 
     def save(self, step: int, force: bool = False) -> bool:
+        """Checkpoint weights, optimizer, counters, RNG and loader state (async; on the interval or forced)."""
         return self.checkpoints.save(step, self._arrays(), data_state=self.loader.get_state(),
                                      meta={"step": step}, force=force)
 
