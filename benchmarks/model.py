@@ -246,18 +246,15 @@ def write_bf16_checkpoint(directory: pathlib.Path, shard_bytes: int = 128 * 1024
 
 
 def bench_load(tmp: pathlib.Path) -> dict:
-    """Load in fresh subprocesses: glibc defaults, and with large host buffers forced to mmap
-    (``MALLOC_MMAP_THRESHOLD_``) so that freed per-tensor buffers go back to the OS at once."""
+    """Load in a fresh subprocess (the loader itself makes glibc return freed per-tensor buffers to the OS)."""
     directory = tmp / "bf16"
     write_bf16_checkpoint(directory)
     out = {"ckpt_bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
-    for suffix, extra_env in (("", {}), ("_mmap", {"MALLOC_MMAP_THRESHOLD_": "65536"})):
-        proc = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(directory)], capture_output=True, text=True,
-                              check=True, cwd=pathlib.Path(__file__).resolve().parents[1],
-                              env={**os.environ, **extra_env})
-        mem = json.loads(proc.stdout.strip().splitlines()[-1])
-        out[f"load_peak_bytes{suffix}"] = mem["peak"] - mem["base"]
-        out[f"load_after_bytes{suffix}"] = mem["after"] - mem["base"]
+    proc = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(directory)], capture_output=True, text=True,
+                          check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    mem = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["load_peak_bytes"] = mem["peak"] - mem["base"]
+    out["load_after_bytes"] = mem["after"] - mem["base"]
     return out
 
 
@@ -268,7 +265,6 @@ def table(r: dict, threads: int) -> str:
     torch_tps = r["rollout_tokens"] / r["rollout_torch_s"]
     achieved = r["prefill_flops"] / r["prefill_jax_s"]
     mem_ratio = r["load_peak_bytes"] / r["ckpt_bytes"]
-    mem_ratio_mmap = r["load_peak_bytes_mmap"] / r["ckpt_bytes"]
     rows = [
         ("Prefill, video prompt "
          f"({r['prefill_tokens']} tokens, {r['prefill_flops'] / 1e9:.1f} GFLOP)",
@@ -281,8 +277,6 @@ def table(r: dict, threads: int) -> str:
         (f"Load bf16 checkpoint ({r['ckpt_bytes'] / 2**20:.0f} MiB): peak RSS increase",
          f"{r['load_peak_bytes'] / 2**20:.0f} MiB", "-", f"{mem_ratio:.2f}x ckpt", "<= 1.3x",
          "yes" if mem_ratio <= 1.3 else "NO"),
-        ("same, MALLOC_MMAP_THRESHOLD_=65536", f"{r['load_peak_bytes_mmap'] / 2**20:.0f} MiB", "-",
-         f"{mem_ratio_mmap:.2f}x ckpt", "<= 1.3x", "yes" if mem_ratio_mmap <= 1.3 else "NO"),
     ]
     head = (f"threads: {threads} (XLA and torch), float32, prefill rel. error vs torch {r['prefill_rel_err']:.1e}\n\n"
             "| benchmark | ours (JAX) | transformers (torch) | ratio | goal | met |\n|---|---|---|---|---|---|\n")
