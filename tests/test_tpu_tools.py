@@ -62,13 +62,13 @@ def test_setup_workers_dry_run():
 
 def test_launch_train_dry_run():
     (ssh,) = _commands("launch_train.sh", "--name", "pod", "--gin_file", "configs/tempr1_7b.gin",
-                       "--workdir", "gs://bucket/run1", "--mesh", "data=1,fsdp=64,tensor=1",
+                       "--workdir", "/mnt/shared/run1", "--mesh", "data=1,fsdp=64,tensor=1",
                        "--", "--steps", "10")
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"] and "--worker=all" in ssh
     remote = next(a for a in ssh if a.startswith("--command=")).split("=", 1)[1]
     words = shlex.split(remote.split("&&", 1)[1].split(">", 1)[0])
     assert words[:3] == ["nohup", "~/tempr1-venv/bin/tempr1", "train"]
-    assert words[3:] == ["--gin_file", "configs/tempr1_7b.gin", "--workdir", "gs://bucket/run1",
+    assert words[3:] == ["--gin_file", "configs/tempr1_7b.gin", "--workdir", "/mnt/shared/run1",
                          "--distributed", "--mesh", "data=1,fsdp=64,tensor=1",
                          "--steps", "10"]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start `tempr1 train` on every worker of a TPU VM, with JAX's distributed initialisation on.
-#   tools/tpu/launch_train.sh --name tempr1 --gin_file configs/tempr1_7b.gin --workdir gs://BUCKET/run1 \
+#   tools/tpu/launch_train.sh --name tempr1 --gin_file configs/tempr1_7b.gin --workdir /mnt/shared/run1 \
 #     [--mesh data=1,fsdp=64,tensor=1] [--dry-run] [-- EXTRA tempr1 train ARGS]
 # The run is started in the background (nohup) on each worker; its log is ~/tempr1-train.log there.
 set -euo pipefail
@@ -17,7 +17,9 @@ usage() {
   cat <<USAGE
 usage: $0 --gin_file FILE --workdir DIR [options] [-- extra tempr1 train arguments]
   --gin_file FILE    gin config, relative to the project (repeatable)
-  --workdir DIR      run directory shared by all hosts (a gs:// path on a pod)
+  --workdir DIR      run directory, the same path on every host; on a pod it must be a shared
+                     file system (e.g. a bucket mounted with gcsfuse, or Filestore): every host
+                     writes its shards of each checkpoint there
   --mesh SPEC        mesh shortcut, e.g. data=1,fsdp=64,tensor=1
   --remote-dir DIR   project directory on the workers (default tempr1-jax)
 ${COMMON_USAGE}
