@@ -97,7 +97,7 @@ def union_length(start, end):
 
     Sweep: sorted by start, each interval adds what sticks out past the running maximum end.
     """
-    start, end = sort_pairs(start, end)
+    start, end = lax.optimization_barrier(sort_pairs(start, end))
     reach = jnp.concatenate([jnp.zeros_like(end[:1]), _cummax(end)[:-1]], axis=0)
     return jnp.maximum(0.0, end - jnp.maximum(start, reach)).sum(0)
 
@@ -144,9 +144,10 @@ def dp_siou(iou):
 def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma):
     """R_num + R_match (F1 of sIoU / N_pred and sIoU / N_gt) on sorted lists; 0 without predictions."""
     pred, gt = chronological(ps, pe, pv), chronological(gs, ge, gv)
-    # The matching is symmetric: scan over the shorter side (fewer sequential steps). Each IoU row
-    # is computed inside the scan, so the [P, G, B] matrix is never materialised.
-    rows, cols = (pred, gt) if ps.shape[0] <= gs.shape[0] else (gt, pred)
+    # The matching is symmetric: scan over the longer side, so that the running maximum inside
+    # each step (a chain of maxima, quadratic once XLA fuses it) runs along the shorter one. Each
+    # IoU row is computed inside the scan, so the [P, G, B] matrix is never materialised.
+    rows, cols = (pred, gt) if ps.shape[0] >= gs.shape[0] else (gt, pred)
     s = _dp(lambda seg: _pair_iou(*(x[None] for x in seg), *cols), rows, cols[0].shape[0])
     r_num = jnp.exp(-jnp.abs(n_pred - n_gt) / (jnp.maximum(jnp.minimum(n_gt, 3), 1) * sigma))
     r_match = jnp.where(s > 0, 2 * s / jnp.maximum(n_pred + n_gt, 1), 0.0)
@@ -248,18 +249,18 @@ def prepare(
 ) -> Prepared:
     """Group rows by (reward family, segment bucket), pad each group and put it on the device.
 
-    Arguments as in `loc_rewards`. A row's segment bucket is the power of two (>= 8) that holds
-    its predictions and ground truths, so short rows do not pay for long ones; groups pad
-    to `[rows, bucket, 2]` with rows bucketed by `_row_bucket`.
+    Arguments as in `loc_rewards`. A row's segment buckets are the powers of two (>= 8) that
+    hold its predictions and its ground truths, so short rows do not pay for long ones; groups
+    pad to `[rows, pred bucket, 2]` and `[rows, gt bucket, 2]`, rows bucketed by `_row_bucket`.
     """
     kind = np.asarray(kind, np.int32)
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     pred_mask, gt_mask = np.asarray(pred_mask, bool), np.asarray(gt_mask, bool)
     duration = np.asarray(duration, np.float64)
-    longest = np.maximum(pred_mask.sum(1), gt_mask.sum(1))
-    # log2 of the segment bucket (>= 8) of every row
-    size = np.maximum(np.ceil(np.log2(np.maximum(longest, 1))).astype(np.int64), 3)
-    key = np.where(kind == KINDS["exact"], -1, kind.astype(np.int64) * 64 + size)
+    # log2 of the segment buckets (>= 8) of every row's predictions and ground truths
+    log_p = np.maximum(np.ceil(np.log2(np.maximum(pred_mask.sum(1), 1))).astype(np.int64), 3)
+    log_g = np.maximum(np.ceil(np.log2(np.maximum(gt_mask.sum(1), 1))).astype(np.int64), 3)
+    key = np.where(kind == KINDS["exact"], -1, (kind.astype(np.int64) * 64 + log_p) * 64 + log_g)
     order = np.argsort(key, kind="stable")
     uniq, starts = np.unique(key[order], return_index=True)
     groups = []
@@ -267,15 +268,15 @@ def prepare(
         for k, rows in zip(uniq, np.split(order, starts[1:])):
             if k < 0:
                 continue
-            n, width = _row_bucket(len(rows), len(kind)), 1 << int(k % 64)
+            n, p, g = _row_bucket(len(rows), len(kind)), 1 << int(k // 64 % 64), 1 << int(k % 64)
             host = (
-                _take(pred, rows, (n, width, 2), 0.0),
-                _take(pred_mask, rows, (n, width), False),
-                _take(gt, rows, (n, width, 2), 0.0),
-                _take(gt_mask, rows, (n, width), False),
+                _take(pred, rows, (n, p, 2), 0.0),
+                _take(pred_mask, rows, (n, p), False),
+                _take(gt, rows, (n, g, 2), 0.0),
+                _take(gt_mask, rows, (n, g), False),
                 _take(duration, rows, (n,), 1.0),
             )
-            groups.append(Group(int(k // 64), rows, tuple(jax.device_put(host, _cpu()))))
+            groups.append(Group(int(k // 4096), rows, tuple(jax.device_put(host, _cpu()))))
     return Prepared(len(kind), tuple(groups))
 
 

@@ -95,6 +95,17 @@ def _targets(targets: Sequence[Mapping[str, Any]], rows: list[int]) -> tuple[np.
     return flat, counts, durations
 
 
+def _group_by_task(task_list: Sequence[tasks_lib.Task]) -> list[tuple[tasks_lib.Task, list[int]]]:
+    """(task, its row indices) for each task in the batch (keyed by identity: registry records)."""
+    first = task_list[0] if task_list else None
+    if all(t is first for t in task_list):
+        return [(first, list(range(len(task_list))))] if task_list else []
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(map(id, task_list)):
+        groups.setdefault(t, []).append(i)
+    return [(task_list[rows[0]], rows) for rows in groups.values()]
+
+
 def parse_batch(
     task_list: Sequence[tasks_lib.Task],
     completions: Sequence[Any],
@@ -102,41 +113,53 @@ def parse_batch(
     think: bool = True,
     max_segments: int = tasks_lib.MAX_SEGMENTS,
 ) -> RewardInputs:
-    """Read completions (answer blocks only) and validate targets into padded arrays."""
+    """Read completions (answer blocks only) and validate targets into padded arrays.
+
+    Rows are handled one task at a time, with per-row work reduced to one strict-template match
+    (`map` over the task's rows) and list comprehensions over the results.
+    """
     n = len(completions)
     if len(targets) != n or len(task_list) != n:
         raise ValueError(f"{n} completions for {len(targets)} targets and {len(task_list)} tasks")
     format_ok = np.zeros(n, np.float64)
     cls = np.zeros(n, np.float64)
     kind = np.zeros(n, np.int32)
-    seg_rows: list[int] = []
+    seg_rows: list[np.ndarray] = []
     fast_rows, fast_bodies = [], []  # template matched: numbers read in bulk below
     slow_rows, slow_segs = [], []  # lenient parser
-    for i, (t, text) in enumerate(zip(task_list, completions)):
-        text = text if isinstance(text, str) else ""
-        m = t.output_regex(think).fullmatch(text)
-        format_ok[i] = m is not None
-        if m is not None and t.answer in _SEGMENT_ANSWERS:
-            fast_rows.append(i)
-            fast_bodies.append(m.group("body"))
-            choice = m.group("choice") if t.answer == "choice_glue" else None
-        else:
-            parsed = t.parse(text, max_segments=max_segments)
-            choice = parsed.choice
+    for t, rows in _group_by_task(task_list):
+        texts = [c if c.__class__ is str else "" for c in map(completions.__getitem__, rows)]
+        matches = list(map(t.output_regex(think).fullmatch, texts))
+        ok = np.fromiter([m is not None for m in matches], bool, len(rows))
+        rows_arr = np.asarray(rows, np.int64)
+        format_ok[rows_arr] = ok
+        fast = t.answer in _SEGMENT_ANSWERS
+        choices: list[str | None] = [None] * len(rows)
+        for k in np.flatnonzero(~ok) if fast else range(len(rows)):
+            parsed = t.parse(texts[k], max_segments=max_segments)
+            choices[k] = parsed.choice
             if parsed.segments:
-                slow_rows.append(i)
+                slow_rows.append(rows[k])
                 slow_segs.append(parsed.segments)
+        if fast:
+            matched = [m for m in matches if m is not None]
+            fast_rows.append(rows_arr[ok])
+            fast_bodies += [m["body"] for m in matched]
+            if t.answer == "choice_glue":
+                for k, m in zip(np.flatnonzero(ok), matched):
+                    choices[k] = m["choice"]
         if t.has_segments:
-            seg_rows.append(i)
-            kind[i] = KINDS[t.reward]
+            seg_rows.append(rows_arr)
+            kind[rows_arr] = KINDS[t.reward]
         if t.has_cls:
-            cls[i] = choice == t.expected_choice(targets[i])
+            expected = [t.expected_choice(targets[i]) for i in rows]
+            cls[rows_arr] = [a == b for a, b in zip(choices, expected)]
 
     # Predictions: template-matched bodies ("a to b, c to d") parsed together.
-    fast_counts = np.array([b.count("to") for b in fast_bodies], np.int64)
+    fast_counts = np.fromiter(map(str.count, fast_bodies, itertools.repeat("to")), np.int64, len(fast_bodies))
     fast_vals = np.fromstring(",".join(fast_bodies).replace("to", ","), np.float64, sep=",") if fast_bodies else np.zeros(0)
     fast_pos = _positions(fast_counts)
-    fast_row_of = np.repeat(np.asarray(fast_rows, np.int64), fast_counts)
+    fast_row_of = np.repeat(np.concatenate(fast_rows) if fast_rows else np.zeros(0, np.int64), fast_counts)
     # (A single-segment template holds one pair, so a task's `pick` cannot matter here.)
     keep = fast_pos < max_segments
     slow_counts = np.array([len(s) for s in slow_segs], np.int64)
@@ -153,8 +176,9 @@ def parse_batch(
     gt_pos = np.zeros(0, np.int64)
     gt_flat = np.zeros((0, 2))
     if seg_rows:
-        gt_flat, gt_counts, duration[seg_rows] = _targets(targets, seg_rows)
-        gt_rows = np.repeat(np.asarray(seg_rows, np.int64), gt_counts)
+        rows_arr = np.sort(np.concatenate(seg_rows))
+        gt_flat, gt_counts, duration[rows_arr] = _targets(targets, rows_arr.tolist())
+        gt_rows = np.repeat(rows_arr, gt_counts)
         gt_pos = _positions(gt_counts)
     gt, gt_mask = _scatter(n, gt_rows, gt_pos, gt_flat)
     return RewardInputs(pred, pred_mask, gt, gt_mask, duration, kind, format_ok, cls)
