@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import json
 
+import gin
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    """Leave no gin bindings behind for other tests in this process."""
+    yield
+    gin.clear_config()
 
 SHORT = ["--gin.DemoConfig.tasks=['tg', 'gvqa']", "--gin.DemoConfig.train_samples_per_task=2",
          "--gin.DemoConfig.test_samples_per_task=2", "--gin.DemoConfig.sft_steps=2",

@@ -6,10 +6,18 @@ from __future__ import annotations
 import json
 import pathlib
 
+import gin
 import numpy as np
 import pytest
 
 from tempr1_jax import eval_harness, evaluation
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    """Leave no gin bindings behind for other tests in this process."""
+    yield
+    gin.clear_config()
 
 TARGETS = [
     {"id": "a", "task": "tg", "source": "charades_sta", "duration": 20.0, "segments": [[2.0, 6.0]], "query": "q"},

@@ -229,3 +229,13 @@ def test_compiles_once_per_bucket():
     np.testing.assert_allclose(call(12, 6), call(9, 6)[:1].repeat(12))
     assert kernel._loc_rewards._cache_size() == size
     assert kernel.bucket(9, 8) == 16 and kernel.bucket(1, 8) == 8 and kernel.bucket(64) == 64
+
+
+def test_non_ascii_digits_in_strict_template():
+    # `\d` and `\s` of the strict template also match non-ASCII digits and spaces
+    texts = ["<think>x</think><answer>١ to ٣, 2 to 5</answer>", "<think>x</think><answer>1\u2003to 3</answer>"]
+    out = compute_rewards("tal", texts, [TARGETS["tal"]] * 2)
+    for i, text in enumerate(texts):
+        want = ref.reward_reference("tal", text, TARGETS["tal"])
+        for key, value in want.items():
+            assert out[key][i] == pytest.approx(value, abs=1e-6), (key, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,13 @@ from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from tempr1_jax import sft, tasks
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    """Leave no gin bindings behind for other tests in this process."""
+    yield
+    gin.clear_config()
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,11 @@ def compute_rewards(
     loc = kernel.loc_rewards(
         inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind, sigma
     )
-    weights = np.array([t.weights for t in task_list], np.float64).reshape(-1, 3)
+    weights = inputs.weights
     for col, override in enumerate((format_weight, loc_weight, cls_weight)):
         if override is not None:
             weights[:, col] = override
-    has_cls = np.array([t.has_cls for t in task_list], bool)
+    has_cls = inputs.has_cls
     total = kernel.total_rewards(inputs.format_ok, loc, np.where(has_cls, inputs.cls, 0.0), weights)
     out = {"format": inputs.format_ok, "loc": loc, "total": total}
     if has_cls.any():

@@ -1,12 +1,16 @@
 """Batched localisation rewards in jnp on padded arrays with masks (DESIGN §2).
 
-`loc_rewards` groups a batch's rows by reward family (Type 1, Type 2, Type 3, tIoU), pads each
-group to buckets (powers of two >= 8 for the rows and the segment counts) and calls one jitted
-function per group, which compiles once per (family, padded shape): repeated calls reuse it.
-`total_rewards` combines format, localisation and classification terms with per-row weights.
+`loc_rewards` = `run(prepare(...))`. `prepare` groups a batch's rows by reward family (Type 1,
+Type 2, Type 3, tIoU) and by the power-of-two buckets (>= 8) of their prediction and ground-truth
+counts, so that short rows do not pay for long ones, pads each group (rows bucketed too) and puts
+it on the device; `run` calls one jitted function per group, which compiles once per (family,
+padded shape): repeated calls reuse it. `total_rewards` combines format, localisation and
+classification terms with per-row weights.
 
 Layout: inside the jitted function arrays are segment-major, [N, B] (batch minor), so that the
-sorting network, the sweep and the DP row recurrence work on contiguous batch vectors.
+sorting network, the sweep and the DP row recurrence work on contiguous batch vectors, and a
+group larger than `TILE` rows is processed tile by tile (`lax.map`) so that each tile's working
+set stays in cache.
 
 It runs on the host CPU backend in float64 (scoped `jax.enable_x64`): completions are host text
 anyway, and float32 cannot hold 1e-6 agreement with the reference for short segments in long
@@ -59,14 +63,16 @@ def _cummax(x):
     return jnp.stack(out)
 
 
-def sort_pairs(key, other):
+def sort_pairs(key, other, first_merge: int = 2):
     """Sort [N, B] columns by (key, other) ascending with a bitonic network (N a power of two).
 
     Every compare-exchange stage is a reshape and elementwise selects on contiguous batch
     vectors, which XLA's CPU backend runs far faster than its generic comparator sort.
+    `first_merge=N` runs only the last merge, which sorts columns that are already bitonic
+    (ascending, then descending).
     """
     n, b = key.shape
-    k = 2
+    k = first_merge
     while k <= n:
         j = k // 2
         while j > 0:
@@ -92,22 +98,26 @@ def type1(ps, pe, pv, gs, ge, gv, n_pred, n_gt):
     return jnp.where(n_pred > 0, diag.sum(0) / jnp.maximum(jnp.maximum(n_pred, n_gt), 1), 0.0)
 
 
-def union_length(start, end):
-    """Length of the union of possibly overlapping intervals per column (empty entries [0, 0]).
+def _sweep(start, end):
+    """Length of the union of intervals sorted by start per column (empty entries [0, 0]).
 
-    Sweep: sorted by start, each interval adds what sticks out past the running maximum end.
+    Each interval adds what sticks out past the running maximum end of the earlier ones.
     """
-    start, end = lax.optimization_barrier(sort_pairs(start, end))
+    start, end = lax.optimization_barrier((start, end))  # keeps XLA from re-running the sort per use
     reach = jnp.concatenate([jnp.zeros_like(end[:1]), _cummax(end)[:-1]], axis=0)
     return jnp.maximum(0.0, end - jnp.maximum(start, reach)).sum(0)
 
 
 def type2(ps, pe, gs, ge):
-    """IoU of union(pred) and union(gt): |Up n Ug| = |Up| + |Ug| - |Up u Ug|."""
-    lp, lg = union_length(ps, pe), union_length(gs, ge)
-    both_s, both_e = jnp.concatenate([ps, gs]), jnp.concatenate([pe, ge])
-    pad = bucket(both_s.shape[0]) - both_s.shape[0]  # [0, 0] entries add nothing to a union
-    lpg = union_length(jnp.pad(both_s, ((0, pad), (0, 0))), jnp.pad(both_e, ((0, pad), (0, 0))))
+    """IoU of union(pred) and union(gt): |Up n Ug| = |Up| + |Ug| - |Up u Ug| (clipped inputs >= 0)."""
+    pred, gt = sort_pairs(ps, pe), sort_pairs(gs, ge)
+    lp, lg = _sweep(*pred), _sweep(*gt)
+    # Both lists padded in front with [0, 0] (adds nothing, sorts first) to the same power of two:
+    # one ascending and the other reversed form a bitonic column, which the last merge sorts.
+    m = max(ps.shape[0], gs.shape[0])
+    pad = lambda x: jnp.pad(x, ((m - x.shape[0], 0), (0, 0)))
+    both = [jnp.concatenate([pad(p), pad(g)[::-1]]) for p, g in zip(pred, gt)]
+    lpg = _sweep(*sort_pairs(*both, first_merge=2 * m))
     inter = jnp.maximum(0.0, lp + lg - lpg)
     return jnp.where(lpg > 0, inter / jnp.where(lpg > 0, lpg, 1.0), 0.0)
 
@@ -193,6 +203,9 @@ def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family):
     return lax.map(lambda xs: _family_rewards(*xs, sigma, family), tiles).reshape(b)
 
 
+SMALL_GROUP = 64  # rows; see `prepare`
+
+
 def _row_bucket(rows: int, batch: int) -> int:
     """Padded row count of a group of `rows` rows in a batch of `batch` rows.
 
@@ -261,6 +274,12 @@ def prepare(
     log_p = np.maximum(np.ceil(np.log2(np.maximum(pred_mask.sum(1), 1))).astype(np.int64), 3)
     log_g = np.maximum(np.ceil(np.log2(np.maximum(gt_mask.sum(1), 1))).astype(np.int64), 3)
     key = np.where(kind == KINDS["exact"], -1, (kind.astype(np.int64) * 64 + log_p) * 64 + log_g)
+    # Rows of small off-square groups join the square group of their longer side (fewer calls
+    # and compiled variants for the same padded work).
+    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    small = (counts[inverse] < SMALL_GROUP) & (log_p != log_g) & (key >= 0)
+    side = np.maximum(log_p, log_g)
+    key = np.where(small, (kind.astype(np.int64) * 64 + side) * 64 + side, key)
     order = np.argsort(key, kind="stable")
     uniq, starts = np.unique(key[order], return_index=True)
     groups = []

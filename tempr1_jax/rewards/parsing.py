@@ -7,9 +7,11 @@ DESIGN §2's rules. At most `max_segments` predicted segments are kept per compl
 dropped and not counted, so a 1000-segment completion pads like a 128-segment one. Targets are
 validated and a malformed one raises ValueError naming its sample id.
 
-Speed: this is the host-side part of `compute_rewards`, so it avoids per-segment Python. A
-completion that matches its strict template has exactly one answer block of known shape; its
-numbers are collected as text and converted for the whole batch in one `np.fromstring` call.
+Speed: this is the host-side part of `compute_rewards`, so it avoids per-segment Python. Rows
+are handled one task at a time. A completion that matches its strict template has exactly one
+answer block of known shape; its numbers are collected as text and converted for the whole batch
+in one `np.fromstring` call (ASCII; the template's `\\d` and `\\s` also match other Unicode digits
+and spaces, which Python's `float` then reads).
 Other completions go through the task's lenient parser (`Task.parse`), which defines the result;
 tests check that both routes agree with `reference.reward_reference`. Targets are converted in
 one `np.array` call and checked vectorised; if anything is off, `tasks.target_segments` re-checks
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +32,7 @@ from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.rewards.kernel import KINDS
 
 _SEGMENT_ANSWERS = ("segment", "segments", "choice_glue")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")  # a number of the strict templates
 
 
 @dataclasses.dataclass
@@ -43,6 +47,8 @@ class RewardInputs:
     kind: np.ndarray
     format_ok: np.ndarray
     cls: np.ndarray
+    weights: np.ndarray  # [B, 3] each row's task weights (format, loc, cls)
+    has_cls: np.ndarray  # [B] whether the row's task has a classification term
 
 
 def resolve_tasks(task: str | Sequence[str], n: int) -> list[tasks_lib.Task]:
@@ -97,13 +103,15 @@ def _targets(targets: Sequence[Mapping[str, Any]], rows: list[int]) -> tuple[np.
 
 def _group_by_task(task_list: Sequence[tasks_lib.Task]) -> list[tuple[tasks_lib.Task, list[int]]]:
     """(task, its row indices) for each task in the batch (keyed by identity: registry records)."""
-    first = task_list[0] if task_list else None
-    if all(t is first for t in task_list):
-        return [(first, list(range(len(task_list))))] if task_list else []
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(map(id, task_list)):
-        groups.setdefault(t, []).append(i)
-    return [(task_list[rows[0]], rows) for rows in groups.values()]
+    if not task_list:
+        return []
+    ids = np.fromiter(map(id, task_list), np.uint64, len(task_list))
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    if len(first) == 1:
+        return [(task_list[0], list(range(len(task_list))))]
+    order = np.argsort(inverse, kind="stable")
+    parts = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    return [(task_list[f], rows.tolist()) for f, rows in zip(first, parts)]
 
 
 def parse_batch(
@@ -124,6 +132,8 @@ def parse_batch(
     format_ok = np.zeros(n, np.float64)
     cls = np.zeros(n, np.float64)
     kind = np.zeros(n, np.int32)
+    weights = np.zeros((n, 3), np.float64)
+    has_cls = np.zeros(n, bool)
     seg_rows: list[np.ndarray] = []
     fast_rows, fast_bodies = [], []  # template matched: numbers read in bulk below
     slow_rows, slow_segs = [], []  # lenient parser
@@ -133,6 +143,8 @@ def parse_batch(
         ok = np.fromiter([m is not None for m in matches], bool, len(rows))
         rows_arr = np.asarray(rows, np.int64)
         format_ok[rows_arr] = ok
+        weights[rows_arr] = t.weights
+        has_cls[rows_arr] = t.has_cls
         fast = t.answer in _SEGMENT_ANSWERS
         choices: list[str | None] = [None] * len(rows)
         for k in np.flatnonzero(~ok) if fast else range(len(rows)):
@@ -157,7 +169,12 @@ def parse_batch(
 
     # Predictions: template-matched bodies ("a to b, c to d") parsed together.
     fast_counts = np.fromiter(map(str.count, fast_bodies, itertools.repeat("to")), np.int64, len(fast_bodies))
-    fast_vals = np.fromstring(",".join(fast_bodies).replace("to", ","), np.float64, sep=",") if fast_bodies else np.zeros(0)
+    joined = ",".join(fast_bodies)
+    # `\d` and `\s` of the template also match non-ASCII digits and spaces: `float` reads those
+    if joined.isascii():
+        fast_vals = np.fromstring(joined.replace("to", ","), np.float64, sep=",")
+    else:
+        fast_vals = np.array(list(map(float, _NUMBER.findall(joined))), np.float64)
     fast_pos = _positions(fast_counts)
     fast_row_of = np.repeat(np.concatenate(fast_rows) if fast_rows else np.zeros(0, np.int64), fast_counts)
     # (A single-segment template holds one pair, so a task's `pick` cannot matter here.)
@@ -181,4 +198,4 @@ def parse_batch(
         gt_rows = np.repeat(rows_arr, gt_counts)
         gt_pos = _positions(gt_counts)
     gt, gt_mask = _scatter(n, gt_rows, gt_pos, gt_flat)
-    return RewardInputs(pred, pred_mask, gt, gt_mask, duration, kind, format_ok, cls)
+    return RewardInputs(pred, pred_mask, gt, gt_mask, duration, kind, format_ok, cls, weights, has_cls)

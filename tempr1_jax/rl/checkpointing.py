@@ -2,7 +2,8 @@
 the data iterator's state and a small JSON record, saved asynchronously every N steps, last K kept.
 
 `CheckpointManager.restore(abstract)` takes the pytree of the run being resumed (arrays or
-`jax.ShapeDtypeStruct`s with shardings) so restored arrays land on the same mesh layout.
+`jax.ShapeDtypeStruct`s with shardings) so restored arrays land on the same mesh layout;
+`restore_params(abstract_params)` reads only the policy parameters (`arrays/state/params`), for export.
 A Grain iterator state may be bytes (DataLoader) or a dict (dataset iterators); both go through JSON.
 """
 
@@ -18,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 _BYTES_KEY = "__bytes_b64__"
+CHECKPOINTS_DIR = "checkpoints"  # a run's CheckpointManager directory, under its workdir
 
 
 @gin.configurable
@@ -85,15 +87,31 @@ class CheckpointManager:
 
     def restore(self, abstract_arrays: Any, step: int | None = None) -> tuple[Any, Any, dict]:
         """(arrays, data iterator state, meta) of `step` (default: the latest)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise ValueError(f"no checkpoint to restore in {self.directory}")
-        out = self._manager.restore(step, args=ocp.args.Composite(
+        out = self._manager.restore(self.resolve_step(step), args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(abstract_arrays),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         ))
         return out["arrays"], decode_data_state(out["data"]), dict(out["meta"] or {})
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+        """Only the TrainState's `params` of `step` (default: the latest), shaped like `abstract_params`;
+        the optimizer state is not read (orbax partial restore). Use on a manager that has not saved."""
+        target = {"state": {"params": abstract_params}}
+        out = self._manager.restore(self.resolve_step(step), args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+        return out["arrays"]["state"]["params"]
+
+    def resolve_step(self, step: int | None = None) -> int:
+        """`step`, or the latest step; ValueError naming the available steps if there is no such checkpoint."""
+        steps = self.all_steps()
+        if not steps:
+            raise ValueError(f"no checkpoint in {self.directory}")
+        if step is None:
+            return max(steps)
+        if step not in steps:
+            raise ValueError(f"no checkpoint of step {step} in {self.directory}; available steps: {steps}")
+        return step
 
     def wait(self) -> None:
         """Block until pending async saves are on disk."""

@@ -25,7 +25,7 @@ from data_pipeline import loader as loader_lib
 from data_pipeline.synthetic import write_synthetic_dataset
 from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl import sharding as sharding_lib
-from models.qwen2_5_vl.config import tiny_config
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
 from models.qwen2_5_vl.inputs import ModelInputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from tempr1_jax import tasks as tasks_lib
@@ -138,20 +138,27 @@ def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
     """(model on the default device, tokenizer) for `setup` (see `ModelSetup`)."""
     import transformers
 
-    dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
     if setup.checkpoint is not None:
-        tok_dir = setup.tokenizer or setup.checkpoint
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
-                                                                   param_dtype=param_dtype)
-        return model, tokenizer
+        tokenizer = transformers.AutoTokenizer.from_pretrained(setup.tokenizer or setup.checkpoint)
+        return base_model(setup), tokenizer
     tok_dir = pathlib.Path(setup.tokenizer or pathlib.Path(workdir) / "tokenizer")
     if (tok_dir / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
     else:
         tokenizer = train_tiny_tokenizer(_training_text(sources, think), tok_dir, setup.tokenizer_vocab_size)
     config = tiny_config(**{**special_token_ids(tokenizer), **dict(setup.tiny)})
-    return init_model(config, setup.seed, dtype, param_dtype), tokenizer
+    return base_model(setup, config), tokenizer
+
+
+def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None) -> Qwen2_5_VLForConditionalGeneration:
+    """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`."""
+    dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
+    if setup.checkpoint is not None:
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
+                                                                  param_dtype=param_dtype)
+    if config is None:
+        raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
+    return init_model(config, setup.seed, dtype, param_dtype)
 
 
 def init_model(config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,

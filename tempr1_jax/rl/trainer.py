@@ -8,6 +8,10 @@ Determinism, which exact resume and mesh-independence rest on: the step's key is
 fold_in(run key, step); the loader's state is checkpointed with the weights; the reference policy is
 rebuilt from the same source (seed or checkpoint) on resume; nothing else carries state.
 On SIGTERM the current step finishes, a checkpoint is written and `run` returns 0.
+
+Workdir: `model/` (what rebuilds the model, written at the start; see `rl.export`), `checkpoints/`,
+`metrics.jsonl`, `operative_config.gin` and, after a run that reached `TrainConfig.steps`, `hf/`: the
+final policy and tokenizer as a Hugging Face directory (`TrainConfig.export_hf`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from flax import nnx
 from data_pipeline.loader import make_loader
 from models.qwen2_5_vl import sharding as sharding_lib
 from tempr1_jax.config import write_operative_config
-from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.rl.checkpointing import CHECKPOINTS_DIR, CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.rl.export import HF_DIR, export_hf, write_run_model
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
 from tempr1_jax.rl.metrics_log import MetricsLogger
@@ -44,7 +49,8 @@ log = logging.getLogger(__name__)
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Loop settings. steps: rollout batches (each gives `num_iterations` optimizer updates)."""
+    """Loop settings. steps: rollout batches (each gives `num_iterations` optimizer updates).
+    export_hf: at the end of the run (not after a SIGTERM), write the policy to `workdir/hf`."""
 
     steps: int = 100
     seed: int = 0
@@ -52,6 +58,7 @@ class TrainConfig:
     micro_batches: int = 1
     tensorboard: bool = True
     progress: bool = True
+    export_hf: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.num_iterations < 1 or self.micro_batches < 1:
@@ -109,6 +116,8 @@ class GRPOTrainer:
 
         sources = resolve_sources(data_cfg, self.workdir)
         model, self.tokenizer = build_model(setup, self.workdir, sources, self.rollout_cfg.think)
+        if jax.process_index() == 0:
+            write_run_model(self.workdir, model, self.tokenizer, setup)
         self.model_config = model.config
         sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
         self.graphdef, params, self.frozen = nnx.split(model, trainable_filter(setup.freeze_vision), ...)
@@ -127,7 +136,7 @@ class GRPOTrainer:
         self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total_updates))
         self.state = self.train_step.init_state(params)
         self.rng = jax.random.key(self.cfg.seed)
-        self.checkpoints = CheckpointManager(self.workdir / "checkpoints", CheckpointConfig())
+        self.checkpoints = CheckpointManager(self.workdir / CHECKPOINTS_DIR, CheckpointConfig())
         self._logprobs = jax.jit(self._logprobs_impl)
         self.eos_ids = self.model_config.eos_token_ids or (self.tokenizer.eos_token_id,)
         self.pad_id = int(self.tokenizer.pad_token_id)
@@ -170,6 +179,19 @@ class GRPOTrainer:
         """Checkpoint weights, optimizer, counters, RNG and loader state (async; on the interval or forced)."""
         return self.checkpoints.save(step, self._arrays(), data_state=self.loader.get_state(),
                                      meta={"step": step}, force=force)
+
+    def export(self, directory: str | pathlib.Path | None = None) -> pathlib.Path | None:
+        """Write the current policy and the tokenizer as an HF directory (default `workdir/hf`); returns it.
+
+        Skipped (None) with several processes, whose parameters are not all addressable from one host:
+        `tempr1 convert orbax-to-hf WORKDIR OUT` exports the run's last checkpoint instead.
+        """
+        if jax.process_count() > 1:
+            log.warning("HF export skipped with %d processes; run `tempr1 convert orbax-to-hf %s OUT`",
+                        jax.process_count(), self.workdir)
+            return None
+        policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
+        return export_hf(policy, self.tokenizer, directory or self.workdir / HF_DIR)
 
     # --- one step ---------------------------------------------------------------------------------
 
@@ -243,12 +265,14 @@ class GRPOTrainer:
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Train up to `TrainConfig.steps`, resuming from a checkpoint in the workdir; returns 0."""
+        """Train up to `TrainConfig.steps`, resuming from a checkpoint in the workdir, then export the
+        policy (`TrainConfig.export_hf`) unless stopped by SIGTERM; returns 0."""
         start = self.restore()
         write_operative_config(self.workdir)
         logger = MetricsLogger(self.workdir, total_steps=self.cfg.steps, start_step=start,
                                tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
         last = start
+        stopped = False
         try:
             with _StopFlag() as stop:
                 for step in range(start, self.cfg.steps):
@@ -259,10 +283,15 @@ class GRPOTrainer:
                     self.save(last, force=final)
                     if stop.requested:
                         log.warning("stopped by SIGTERM after step %d; checkpoint saved", last)
+                        stopped = True
                         break
         finally:
             self.checkpoints.close()
             logger.close()
+        if self.cfg.export_hf and not stopped:
+            out = self.export()
+            if out is not None:
+                log.info("exported the policy of step %d to %s", last, out)
         return 0
 
 
