@@ -133,7 +133,8 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
     A compiled program takes max(XLA flops / peak, XLA bytes accessed / HBM bandwidth) per device, so
     the estimate charges the implementation's real work (recomputed vision features, dense masks)
     rather than the model's ideal FLOPs. Training runs `update_accumulate` once per micro-batch and
-    iteration, `update_apply` once per iteration, `logprobs` for the reference and old policy. The
+    iteration, `update_apply` once per iteration, `logprobs` once per micro-batch for the reference
+    and the old policy. The
     decode loop is estimated analytically (XLA counts a while-loop body once): each new token streams
     the gathered weights of a tensor shard and the live KV cache.
     """
@@ -153,7 +154,7 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
         "decode": max(flops["decode"] / (peak * devices), shapes.completion_len * bytes_per_token / bw),
         "train": (shapes.micro_batches * shapes.num_iterations * run("update_accumulate")
                   + shapes.num_iterations * run("update_apply")
-                  + (logprob_passes * run("logprobs") if logprob_passes else 0.0)),
+                  + (shapes.micro_batches * logprob_passes * run("logprobs") if logprob_passes else 0.0)),
     }
     out["total"] = sum(out.values())
     return out
@@ -305,7 +306,7 @@ def _opt_state(optimizer: Any, params: Any, mesh: Any, layout: str) -> Any:
 
 def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip: Chip, *,
          layout: str = "fsdp_tensor", dtype: str = "bfloat16", param_dtype: str = "float32",
-         freeze_vision: bool = False, rollout_cfg: Any = None, loss_cfg: Any = None, opt_cfg: Any = None,
+         freeze_vision: bool = False, remat: bool = False, rollout_cfg: Any = None, loss_cfg: Any = None, opt_cfg: Any = None,
          limit_gib: float | None = None, rollout: bool = True, model_name: str = "") -> dict[str, Any]:
     """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
     import jax.numpy as jnp
@@ -317,7 +318,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     from tempr1_jax.rl.losses import LossConfig
     from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer
     from tempr1_jax.rl.rollout import RolloutConfig
-    from tempr1_jax.rl.setup import trainable_filter
+    from tempr1_jax.rl.setup import set_remat, trainable_filter
     from tempr1_jax.rl.train_step import Accumulator, TrainState
 
     rollout_cfg = dataclasses.replace(rollout_cfg or RolloutConfig(), num_generations=shapes.group,
@@ -331,6 +332,8 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     devices = math.prod(mesh_shape)
     replicated = NamedSharding(mesh, PartitionSpec())
     model = nnx.eval_shape(lambda: _new_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype)))
+    set_remat(model, remat)
+    sharding_lib.set_activation_sharding(model, mesh, layout)  # as `shard_model` does in the trainer
     graphdef_full, state_full = nnx.split(model)
     graphdef, params, frozen = nnx.split(model, trainable_filter(freeze_vision), ...)
     place = lambda tree: _with_shardings(tree, sharding_lib.named(sharding_lib.param_specs(tree, mesh, layout)[0], mesh))
@@ -369,13 +372,11 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
         "update_apply", jax.jit(step._apply_impl, donate_argnums=(0, 1), out_shardings=(state_shardings, None)),
         (state, acc), resident=resident, resident_in_args=per_device_bytes(state))
 
-    n = shapes.sequences
-    prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
-    completions, mask = _sds((n, t), jnp.int32, mesh), _sds((n, t), f32, mesh)
-    if ref_params is not None or shapes.num_iterations > 1:
+    if ref_params is not None or shapes.num_iterations > 1:  # per micro-batch, as the trainer runs it
         programs["logprobs"], _ = _compile(
-            "logprobs", jax.jit(logprobs), (params, frozen, prompt_all, completions, mask),
+            "logprobs", jax.jit(logprobs), (params, frozen, prompt_mb, batch["completions"], batch["mask"]),
             resident=resident, resident_in_args=policy_args)
+    prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
     if rollout:
         cache_len = shapes.prompt_len + t
         full_args = per_device_bytes(state_full)
@@ -433,7 +434,7 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
         raise ValueError(f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, --devices is {devices}")
     gin_config.parse_gin(args)
     model_setup = setup.ModelSetup()
-    model_config = args.model_config or (model_setup.checkpoint and str(pathlib.Path(model_setup.checkpoint) / "config.json"))
+    model_config = args.model_config or _checkpoint_config(model_setup.checkpoint)
     if not model_config or not pathlib.Path(model_config).is_file():
         raise ValueError(f"no model config: pass --model_config CONFIG_JSON (looked for {model_config!r})")
     config = Qwen2_5_VLConfig.from_pretrained(model_config)
@@ -449,9 +450,22 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
         num_iterations=train_cfg.num_iterations, kl=loss_cfg.beta > 0)
     return plan(config, shapes, mesh_shape, get_chip(args.chip), layout=setup.MeshConfig().layout,
                 dtype=model_setup.dtype, param_dtype=model_setup.param_dtype,
-                freeze_vision=model_setup.freeze_vision, rollout_cfg=rollout_cfg, loss_cfg=loss_cfg,
+                freeze_vision=model_setup.freeze_vision, remat=model_setup.remat, rollout_cfg=rollout_cfg, loss_cfg=loss_cfg,
                 opt_cfg=OptimizerConfig(), limit_gib=args.limit_gib, rollout=not args.skip_rollout,
                 model_name=str(model_config))
+
+
+def _checkpoint_config(checkpoint: str | None) -> str | None:
+    """`checkpoint/config.json` if it exists, else the shipped published config of that model, if any."""
+    from models.qwen2_5_vl.published import config_for
+
+    if not checkpoint:
+        return None
+    local = pathlib.Path(checkpoint) / "config.json"
+    if local.is_file():
+        return str(local)
+    published = config_for(checkpoint)
+    return str(published) if published else str(local)
 
 
 def _bound(name: str, default: Any) -> Any:

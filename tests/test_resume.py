@@ -89,6 +89,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_zero(tmp_path, compile_
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
+    assert not (workdir / "hf").exists()  # the HF export is written only by a run that reaches its last step
     logged = [r["step"] for r in read_metrics(workdir)]
     assert logged == list(range(1, len(logged) + 1)) and len(logged) < 50
     parse_gin(files=["demo.gin"], bindings=SMALL)

@@ -27,6 +27,8 @@ Entry points (B batch, L tokens, V vocab, T cache length):
     what a full forward over prompt + completion (`get_rope_index`, as training log-probs see it)
     gives. (`rope_deltas` = max prompt id + 1 - n_valid is returned for HF compatibility; the
     max id exceeds the last id when a long video's temporal ids run past the trailing text.)
+* Activation sharding: `sharding.set_activation_sharding(model, mesh, layout)` (done by
+  `sharding.shard_model`) makes every submodule constrain its activations to the batch axes.
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
   (vision attention block size, see `vision.py`), `model.visual.remat` and
   `model.language_model.remat` (recompute each block/layer in the backward pass).
@@ -69,6 +71,7 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.config = config
         self.dtype = dtype
+        self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
         self.model = Qwen2_5_VLModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else nnx.Linear(
             config.text.hidden_size, config.text.vocab_size, use_bias=False, dtype=dtype,

@@ -61,6 +61,8 @@ ACTIVATION_SPECS: dict[str, tuple[Any, ...]] = {
     "tokens": (BATCH, None),  # [B, L] ids, masks, sampled tokens
     "positions": (None, BATCH, None),  # [3, B, L] M-RoPE position ids
     "hidden": (BATCH, None, None),  # [B, L, D] residual stream
+    "rope": (BATCH, None, None),  # [B, L, Dh] rotary cos / sin
+    "mask": (BATCH, None, None),  # [B, L, S] attention mask
     "heads": (BATCH, None, "tensor", None),  # [B, L, H, Dh] q / k / v / attention output
     "mlp": (BATCH, None, "tensor"),  # [B, L, F] SwiGLU intermediate
     "logits": (BATCH, None, "tensor"),  # [B, L, V]
@@ -204,6 +206,23 @@ def constrain(x: jax.Array, name: str, mesh: Mesh, layout: Layout = "fsdp_tensor
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, activation_spec(name, x.shape, mesh, layout)))
 
 
+def maybe_constrain(x: jax.Array, name: str, mesh: Mesh | None, layout: Layout = "fsdp_tensor") -> jax.Array:
+    """:func:`constrain` on a mesh; ``x`` unchanged when ``mesh`` is None (a model not placed on a mesh)."""
+    return x if mesh is None else constrain(x, name, mesh, layout)
+
+
+def set_activation_sharding(model: nnx.Module, mesh: Mesh | None, layout: Layout = "fsdp_tensor") -> None:
+    """Make ``model`` constrain its activations to ``ACTIVATION_SPECS`` on ``mesh`` (None: no constraints).
+
+    Sets the static ``activation_mesh`` / ``activation_layout`` attributes of every submodule that has
+    them, so each device processes only its batch rows whatever XLA's propagation would pick.
+    """
+    _check_layout(layout)
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "activation_mesh"):
+            module.activation_mesh, module.activation_layout = mesh, layout
+
+
 def cache_specs(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
     """Specs for a KV cache pytree: rank-4 leaves are ``[B, S, Hkv, Dh]`` (a leading layer dim is allowed,
     rank 5), lower-rank leaves (lengths, indices) are sharded on batch when rank 1, else replicated."""
@@ -249,8 +268,10 @@ def named(specs: Any, mesh: Mesh) -> Any:
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
-    """Place ``model``'s state on ``mesh`` according to ``layout`` (in place); returns the NamedSharding tree."""
+    """Place ``model``'s state on ``mesh`` according to ``layout`` (in place) and constrain its activations
+    there (:func:`set_activation_sharding`); returns the NamedSharding tree."""
     state = nnx.state(model)
     shardings = named(param_specs(state, mesh, layout)[0], mesh)
     nnx.update(model, jax.device_put(state, shardings))
+    set_activation_sharding(model, mesh, layout)
     return shardings

@@ -20,6 +20,7 @@ from flax import nnx
 
 from .config import TextConfig
 from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
+from .sharding import maybe_constrain
 
 KVCache = list  # list[dict[str, jax.Array]], one {"k", "v"} per layer
 
@@ -44,12 +45,18 @@ class Attention(nnx.Module):
         self.v_proj = nnx.Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, use_bias=True, **kw)
         self.o_proj = nnx.Linear(cfg.num_attention_heads * hd, cfg.hidden_size, use_bias=False, **kw)
         self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+        self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
     def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None):
         b, length, _ = x.shape
-        q = apply_rotary(self.q_proj(x).reshape(b, length, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rotary(self.k_proj(x).reshape(b, length, self.num_kv, self.head_dim), cos, sin)
-        v = self.v_proj(x).reshape(b, length, self.num_kv, self.head_dim)
+
+        def heads(y, n):
+            return maybe_constrain(y.reshape(b, length, n, self.head_dim), "heads", self.activation_mesh,
+                                   self.activation_layout)
+
+        q = apply_rotary(heads(self.q_proj(x), self.num_heads), cos, sin)
+        k = apply_rotary(heads(self.k_proj(x), self.num_kv), cos, sin)
+        v = heads(self.v_proj(x), self.num_kv)
         if layer_cache is not None:
             start = (0, cache_index, 0, 0)
             layer_cache = {
@@ -93,6 +100,7 @@ class TextModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.remat = False  # set True to recompute each layer in the backward pass (saves activations)
         self.attn_block = 1024  # queries per attention block for long inputs (bounds score memory)
+        self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
     def __call__(
         self,
@@ -106,13 +114,18 @@ class TextModel(nnx.Module):
 
         mask [B, L, S] is True where query l may attend key s (S = L without cache, T with cache).
         """
-        cos, sin = mrope_cos_sin(self.cfg, position_ids, self.dtype)
-        x = inputs_embeds.astype(self.dtype)
+        def shard(y, name):
+            return maybe_constrain(y, name, self.activation_mesh, self.activation_layout)
+
+        cos, sin = (shard(c, "rope") for c in mrope_cos_sin(self.cfg, position_ids, self.dtype))
+        x = shard(inputs_embeds.astype(self.dtype), "hidden")
+        mask = shard(mask, "mask") if mask.ndim == 3 and mask.shape[0] == x.shape[0] else mask
         new_cache = [] if cache is not None else None
         call = _layer_caller(self.attn_block)
         call = nnx.remat(call) if self.remat else call
         for i, layer in enumerate(self.layers):
             x, layer_cache = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            x = shard(x, "hidden")
             if cache is not None:
                 new_cache.append(layer_cache)
         return self.norm(x), new_cache

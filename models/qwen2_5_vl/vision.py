@@ -24,6 +24,7 @@ from flax import nnx
 
 from .config import VISION_RMS_EPS, VisionConfig
 from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
+from .sharding import maybe_constrain
 
 
 class PatchEmbed(nnx.Module):
@@ -54,12 +55,14 @@ class VisionAttention(nnx.Module):
         self.proj = nnx.Linear(cfg.hidden_size, cfg.hidden_size, use_bias=True, **kw)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
+        self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
                  max_segment: int | None, block: int) -> jax.Array:
         b, p, _ = x.shape
         qkv = self.qkv(x).reshape(b, p, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = (maybe_constrain(qkv[:, :, i], "vision_heads", self.activation_mesh, self.activation_layout)
+                   for i in range(3))
         # Rotary in float32, as in the reference.
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
@@ -148,6 +151,7 @@ class VisionTransformer(nnx.Module):
         self.cfg = cfg
         self.attn_block = attn_block
         self.remat = False  # set True to recompute each block in the backward pass (saves activations)
+        self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
         self.dtype = dtype
         self.patch_embed = PatchEmbed(cfg, **kw)
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
@@ -163,15 +167,18 @@ class VisionTransformer(nnx.Module):
         window_segment_ids: jax.Array,
     ) -> jax.Array:
         """Merged features [B, P // merge_unit, out_hidden] in HF order (see module docstring)."""
+        def shard(y, name):
+            return maybe_constrain(y, name, self.activation_mesh, self.activation_layout)
+
         unit = self.cfg.merge_unit
-        x = self.patch_embed(_take(pixel_values, window_index).astype(self.dtype))
-        cos, sin = vision_rotary(self.cfg, _take(vision_pos_ids, window_index))
+        x = shard(self.patch_embed(_take(pixel_values, window_index).astype(self.dtype)), "vision_hidden")
+        cos, sin = (shard(c, "rope") for c in vision_rotary(self.cfg, _take(vision_pos_ids, window_index)))
         window_max = self.cfg.window_merged**2 * unit
         for i, block in enumerate(self.blocks):
             full = i in self.cfg.fullatt_block_indexes
             # Segment bound and block size are static: bind them outside the (optional) remat.
             call = _block_caller(None if full else window_max, self.attn_block)
             call = nnx.remat(call) if self.remat else call
-            x = call(block, x, cos, sin, full_segment_ids if full else window_segment_ids)
+            x = shard(call(block, x, cos, sin, full_segment_ids if full else window_segment_ids), "vision_hidden")
         merged = self.merger(x)
         return _take(merged, window_inverse[:, ::unit] // unit)

@@ -58,7 +58,7 @@ def _convert(args: argparse.Namespace) -> str:
     if args.direction == "hf-to-orbax":
         orbax_io.hf_to_orbax(args.src, args.dst, dtype=args.dtype)
         return ""
-    save_kwargs = dict(max_shard_bytes=int(args.max_shard_gb * 1024**3), layout=args.layout)
+    save_kwargs = {"max_shard_bytes": int(args.max_shard_gb * 1024**3), "layout": args.layout}
     if (args.src / orbax_io.PARAMS_DIR).is_dir() and (args.src / "config.json").is_file():
         if args.step is not None:
             raise ValueError(f"--step applies to a training workdir, but {args.src} is an orbax parameter directory")

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit_gib", type=float, default=None,
                         help="per-device memory budget to check against (default: the chip's usable HBM)")
     parser.add_argument("--model_config", default=None, metavar="CONFIG_JSON",
-                        help="HF config.json of the model (default: ModelSetup.checkpoint/config.json)")
+                        help="HF config.json of the model (default: ModelSetup.checkpoint/config.json, else the "
+                             "published config of that model shipped in models/qwen2_5_vl/published)")
     parser.add_argument("--chips_per_host", type=int, default=4,
                         help="devices per host: prompts per step = LoaderConfig.batch_size x hosts")
     parser.add_argument("--prompts", type=int, default=None, help="override the prompts per step")

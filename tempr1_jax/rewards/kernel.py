@@ -274,12 +274,13 @@ def prepare(
     log_p = np.maximum(np.ceil(np.log2(np.maximum(pred_mask.sum(1), 1))).astype(np.int64), 3)
     log_g = np.maximum(np.ceil(np.log2(np.maximum(gt_mask.sum(1), 1))).astype(np.int64), 3)
     key = np.where(kind == KINDS["exact"], -1, (kind.astype(np.int64) * 64 + log_p) * 64 + log_g)
-    # Rows of small off-square groups join the square group of their longer side (fewer calls
-    # and compiled variants for the same padded work).
+    # Rows of small off-square groups join the square group of their longer side if the batch has
+    # one (fewer calls and compiled variants for little more padded work).
     uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    small = (counts[inverse] < SMALL_GROUP) & (log_p != log_g) & (key >= 0)
     side = np.maximum(log_p, log_g)
-    key = np.where(small, (kind.astype(np.int64) * 64 + side) * 64 + side, key)
+    square = (kind.astype(np.int64) * 64 + side) * 64 + side
+    join = (counts[inverse] < SMALL_GROUP) & (key >= 0) & np.isin(square, uniq)
+    key = np.where(join, square, key)
     order = np.argsort(key, kind="stable")
     uniq, starts = np.unique(key[order], return_index=True)
     groups = []

@@ -77,7 +77,9 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
         raise ValueError(f"{workdir} is not a training workdir: expected {CHECKPOINTS_DIR}/ and "
                          f"{MODEL_DIR}/config.json (written by `tempr1 train`)")
     model_dir = workdir / MODEL_DIR
-    setup = ModelSetup(**json.loads((model_dir / SETUP_FILE).read_text()))
+    record = json.loads((model_dir / SETUP_FILE).read_text())
+    # Fields added to ModelSetup after the run take their defaults; removed ones are dropped.
+    setup = ModelSetup(**{f.name: record[f.name] for f in dataclasses.fields(ModelSetup) if f.name in record})
     if param_dtype is not None:
         setup = dataclasses.replace(setup, dtype=param_dtype, param_dtype=param_dtype)
     config = Qwen2_5_VLConfig.from_pretrained(model_dir)

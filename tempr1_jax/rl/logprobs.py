@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from models.qwen2_5_vl.inputs import ModelInputs
+from models.qwen2_5_vl.sharding import maybe_constrain
 from models.qwen2_5_vl.text import causal_mask
 
 
@@ -39,19 +40,22 @@ def completion_logprobs(model, prompt: ModelInputs, completions: jax.Array, comp
     `temperature` divides the logits as sampling did (pass 1.0 for greedy rollouts); `model` is a
     `Qwen2_5_VLForConditionalGeneration` (typically `nnx.merge`d from traced params inside jit).
     """
+    def shard(y, name):
+        return maybe_constrain(y, name, model.activation_mesh, model.activation_layout)
+
     targets = jnp.asarray(completions, jnp.int32)
     lm = model.model.language_model
-    embeds = jnp.concatenate(
-        [jnp.repeat(model.embed(prompt), group_size, axis=0), lm.embed_tokens(targets)], axis=1)
+    embeds = shard(jnp.concatenate(
+        [jnp.repeat(model.embed(prompt), group_size, axis=0), lm.embed_tokens(targets)], axis=1), "hidden")
     attention_mask, positions = sequence_layout(prompt, completion_mask, group_size)
     hidden, _ = lm(embeds, positions, causal_mask(attention_mask))
     lp, t = prompt.input_ids.shape[1], targets.shape[1]
     # Position i predicts token i + 1: the last prompt position predicts completion token 0.
-    hidden = hidden[:, lp - 1:lp + t - 1]
+    hidden = shard(hidden[:, lp - 1:lp + t - 1], "hidden")
     scale = 1.0 / temperature if temperature > 0 else 1.0
 
     def score(h, tok):
-        logits = model.logits_from_hidden(h) * scale
+        logits = shard(model.logits_from_hidden(h), "logits") * scale
         return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[..., None], axis=-1)[..., 0]
 
     pieces = [score(hidden[:, s:s + chunk], targets[:, s:s + chunk]) for s in range(0, t, chunk)]

@@ -85,14 +85,18 @@ def score_completions(texts: Sequence[str], samples: Sequence[Mapping[str, Any]]
 
 def rollout(model: Any, prompts: ModelInputs, samples: Sequence[Mapping[str, Any]], tokenizer: Any,
             cfg: RolloutConfig, rng: jax.Array, *, eos_token_id: int | Sequence[int],
-            pad_token_id: int) -> Rollout:
-    """Sample `cfg.num_generations` completions per prompt with `model.generate`, then score them."""
+            pad_token_id: int, mesh: Any = None, layout: str = "fsdp_tensor") -> Rollout:
+    """Sample `cfg.num_generations` completions per prompt with `model.generate`, then score them.
+
+    With `mesh`, the KV cache is sharded over it in `layout` (batch over data x fsdp, heads over tensor).
+    """
     if len(samples) != prompts.input_ids.shape[0]:
         raise ValueError(f"{len(samples)} samples for {prompts.input_ids.shape[0]} prompt rows")
     t0 = time.perf_counter()
     out = generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=cfg.num_generations, rng=rng,
-                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_dict=True)
+                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_dict=True, mesh=mesh,
+                   layout=layout)
     tokens = local_rows(out.tokens).astype(np.int32)
     mask = local_rows(out.mask).astype(bool)
     t1 = time.perf_counter()

@@ -59,6 +59,8 @@ class ModelSetup:
     tokenizer: an HF tokenizer directory (default: `checkpoint`, or the trained tiny one).
     dtype / param_dtype: compute and storage dtypes ("float32", "bfloat16").
     freeze_vision: keep the vision tower's weights fixed (no gradients, no optimizer state).
+    remat: recompute each decoder layer and vision block in the backward pass (activation memory of
+      one layer instead of all; the 7B config needs it).
     """
 
     checkpoint: str | None = None
@@ -69,6 +71,7 @@ class ModelSetup:
     dtype: str = "float32"
     param_dtype: str = "float32"
     freeze_vision: bool = False
+    remat: bool = False
 
 
 @gin.configurable
@@ -154,11 +157,20 @@ def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None) -> Qwe
     """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`."""
     dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
     if setup.checkpoint is not None:
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
-                                                                  param_dtype=param_dtype)
-    if config is None:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
+                                                                   param_dtype=param_dtype)
+    elif config is None:
         raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
-    return init_model(config, setup.seed, dtype, param_dtype)
+    else:
+        model = init_model(config, setup.seed, dtype, param_dtype)
+    set_remat(model, setup.remat)
+    return model
+
+
+def set_remat(model: Qwen2_5_VLForConditionalGeneration, remat: bool) -> None:
+    """Recompute decoder layers and vision blocks in the backward pass (a static graph attribute)."""
+    model.model.language_model.remat = remat
+    model.model.visual.remat = remat
 
 
 def init_model(config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,

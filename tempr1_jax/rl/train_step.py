@@ -64,8 +64,9 @@ class TrainStep:
         self._zeros: Callable | None = None
 
     def init_state(self, params: Any) -> TrainState:
-        """A fresh TrainState; optimizer state is created on the params' shardings."""
-        opt_state = jax.jit(self.optimizer.init)(params)
+        """A fresh TrainState; optimizer state is created on the params' shardings (moments sharded
+        like their parameters, everything else replicated), never gathered on one device."""
+        opt_state = jax.jit(self.optimizer.init, out_shardings=_opt_shardings(self.optimizer, params))(params)
         state = TrainState(step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
                            params=params, opt_state=opt_state)
         return self.place_state(state, params)
@@ -172,6 +173,23 @@ class TrainStep:
         if acc is None:
             raise ValueError("TrainStep needs at least one micro-batch")
         return self.apply(state, acc)
+
+
+def _opt_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any:
+    """Out shardings of `optimizer.init(params)`: every sub-tree shaped like `params` (AdamW's mu and
+    nu) takes the params' shardings, other leaves (counts) are replicated; None off a mesh."""
+    shardings = shardings_of(params)
+    leaves = jax.tree.leaves(shardings)
+    if not leaves or not all(isinstance(s, jax.sharding.NamedSharding) for s in leaves):
+        return None
+    replicated = jax.sharding.NamedSharding(leaves[0].mesh, jax.sharding.PartitionSpec())
+    structure = jax.tree.structure(params)
+
+    def like_params(x: Any) -> bool:
+        return not isinstance(x, jax.ShapeDtypeStruct) and jax.tree.structure(x) == structure
+
+    return jax.tree.map(lambda x: shardings if like_params(x) else replicated,
+                        jax.eval_shape(optimizer.init, params), is_leaf=like_params)
 
 
 def _split_aux(out: tuple[jax.Array, jax.Array, dict[str, jax.Array]]):

@@ -113,6 +113,7 @@ class GRPOTrainer:
         setup = ModelSetup()
         data_cfg = DataConfig()
         self.mesh = mesh_cfg.make()
+        self.layout = mesh_cfg.layout
 
         sources = resolve_sources(data_cfg, self.workdir)
         model, self.tokenizer = build_model(setup, self.workdir, sources, self.rollout_cfg.think)
@@ -211,6 +212,16 @@ class GRPOTrainer:
             out.append(mb)
         return out
 
+    def _micro_logprobs(self, params, prompts, r: Rollout) -> np.ndarray:
+        """Process-local log-probs [N, T], one jitted call per update micro-batch (the same memory bound)."""
+        g = self.rollout_cfg.num_generations
+        per = prompts.input_ids.shape[0] // self.cfg.micro_batches
+        mask = r.mask.astype(np.float32)
+        return np.concatenate([local_rows(self._logprobs(
+            params, self.frozen, place_inputs(slice_inputs(prompts, lo, lo + per), self.mesh),
+            place_rows(r.tokens[lo * g:(lo + per) * g], self.mesh), place_rows(mask[lo * g:(lo + per) * g], self.mesh)))
+            for lo in range(0, prompts.input_ids.shape[0], per)])
+
     def step(self, step: int) -> dict[str, Any]:
         """Run training step `step` (0-based) and return its metrics."""
         t0 = time.perf_counter()
@@ -220,16 +231,14 @@ class GRPOTrainer:
         key = jax.random.fold_in(self.rng, step)
         policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
         r = rollout(policy, prompts, batch["samples"], self.tokenizer, self.rollout_cfg, key,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, mesh=self.mesh, layout=self.layout)
         t1 = time.perf_counter()
 
-        completions = place_rows(r.tokens, self.mesh)
-        mask = place_rows(r.mask.astype(np.float32), self.mesh)
         ref_logp = old_logp = None
         if self.ref_params is not None:
-            ref_logp = local_rows(self._logprobs(self.ref_params, self.frozen, prompts, completions, mask))
+            ref_logp = self._micro_logprobs(self.ref_params, host_prompts, r)
         if self.cfg.num_iterations > 1:
-            old_logp = local_rows(self._logprobs(self.state.params, self.frozen, prompts, completions, mask))
+            old_logp = self._micro_logprobs(self.state.params, host_prompts, r)
         t2 = time.perf_counter()
 
         micro = self._microbatches(host_prompts, r, ref_logp, old_logp)
