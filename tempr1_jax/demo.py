@@ -154,8 +154,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
                   "Held-out synthetic split, after GRPO")
     timings["eval_after_s"] = time.perf_counter() - t
 
-    policy.save_pretrained(work / EXPORT)
-    grpo.tokenizer.save_pretrained(str(work / EXPORT))
+    grpo.export(work / EXPORT)
     plot_learning_curve(read_metrics(work / "grpo"), cfg.tasks, work / CURVE)
     timings["total_s"] = time.perf_counter() - t0
 

@@ -30,6 +30,7 @@ from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.config import write_operative_config
 from tempr1_jax.rl import setup
 from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.rl.export import export_hf
 from tempr1_jax.rl.metrics_log import MetricsLogger
 from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from tempr1_jax.rl.rollout import RolloutConfig
@@ -161,10 +162,7 @@ class SFTTrainer:
 
     def export(self, directory: str | pathlib.Path | None = None) -> pathlib.Path:
         """Write the current model (HF safetensors + config) and the tokenizer to `directory`."""
-        out = pathlib.Path(directory or self.workdir / EXPORT_DIR)
-        self.model().save_pretrained(out)
-        self.tokenizer.save_pretrained(str(out))
-        return out
+        return export_hf(self.model(), self.tokenizer, directory or self.workdir / EXPORT_DIR)
 
     def run(self) -> int:
         """Train up to `SFTConfig.steps` (resuming from the workdir), then export; returns 0."""
