@@ -121,17 +121,21 @@ def measure(name: str, task_names, completions, targets, repeats: int, ref_repea
 
 
 ANALYSIS = """\
-Where the time goes (CPU, lightly loaded, profiled apart): on TAL 32/32 the kernel takes ~20 ms
-(bitonic sorts and the DP scan over 16 tiles of 256 rows), parsing ~95 ms: the strict format
-regex over 2.1 MB of text (~25 ms), `np.fromstring` of 262k numbers (~30 ms), the target
-conversion (~18 ms) and padding/grouping (~5 ms). On the 1-32 mix the kernel takes ~6 ms over
-10 groups (Type 2 sorts ~1.5 ms, the 384 x 32 x 32 TAL group ~2 ms, ~0.1 ms per small group),
-parsing ~20 ms (format regex ~6 ms, numbers ~4 ms, targets ~3 ms, padding ~3 ms, grouping
-~3 ms). The reference spends ~1 ms per TAL sample but only ~0.1 ms on a short TG/DTG/VHD/GVQA
-sample (0.42 s for the whole 1-32 mix), so a 30x end-to-end goal leaves ~3 us per sample for
-reading the text, the target dict and the numbers, which the per-sample Python floor (regex
-match, dict access, float conversion) does not meet.
+Where the time goes (CPU, profiled apart; all figures move by ~1.5x with the machine's load): on
+TAL 32/32 the kernel takes ~20-28 ms (bitonic sorts and the DP scan, over 16 tiles of 256 rows)
+and parsing ~95-135 ms: the strict format regex over 2.1 MB of text (~25 ms), `np.fromstring` of
+262k numbers (~30 ms), the target dicts (~18 ms), padding and grouping (~5 ms). On the 1-32 mix
+the kernel takes ~5-6 ms over 6 groups (the 448 x 32 x 32 TAL group ~2.8 ms, Type 2 ~1 ms, the
+rest ~0.1-0.4 ms each) and parsing ~22-28 ms (format regex ~6 ms, numbers ~4 ms, target dicts
+~3 ms, padding ~3 ms). The reference spends ~1 ms per TAL sample but only ~0.1 ms on a short
+TG/DTG/VHD/GVQA sample (0.4-0.9 s for a whole mix), so 30x end to end would leave ~3-7 us per
+sample for the regex match, the target dict and the number conversion: the 32/32 mix is at the
+goal's edge (31.8x CPU in the 01:34 run, 14.6x at 01:31 under load 4.6), the 1-32 mix is not (11-12x). Before this
+round (00:49 UTC, load ~9; its "kernel alone" included host grouping, like "kernel + grouping"
+here): mix 32/32 end to end 13.8x wall / 12.9x CPU, kernel 37x / 31x; mix 1-32 16.0x / 7.3x and
+15x / 9.9x; TAL 31.7x / 33.4x and 138x / 74x.\
 """
+
 
 GOALS = {"end to end": 30.0, "kernel alone": 100.0, "kernel + grouping": None}
 WHAT = (("end to end", "ref_e2e", "ours_e2e"), ("kernel alone", "ref_kernel", "ours_kernel"),
@@ -201,7 +205,7 @@ def main() -> None:
             "batch arrays (kernel + grouping). float64 on the host CPU backend, one jitted function per "
             "(reward family, padded shape). The mixes cycle tg, dtg (2-8 events), vhd (1-4 windows), "
             "gvqa (1-2 spans) and tal; TAL rows have 32/32 segments in the first mix and 1-32 (plus "
-            "spurious predictions) in the second.\n\n" + ANALYSIS
+            "spurious predictions) in the second.\n\n" + ANALYSIS.strip()
         )
         write_section(f"{note}\n\n{result}")
 

@@ -48,6 +48,16 @@ def test_seven_b_param_count(hf_configs_dir):
     assert 0.6e9 < vision < 0.7e9
 
 
+def test_published_config_when_the_checkpoint_is_absent(hf_configs_dir, tmp_path):
+    shipped = plan._checkpoint_config(str(tmp_path / "Qwen2.5-VL-7B-Instruct"))
+    assert shipped.endswith("published/qwen2_5_vl_7b_instruct.config.json")
+    assert json.loads(pathlib.Path(shipped).read_text()) == json.loads(
+        (hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json").read_text())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    assert plan._checkpoint_config(str(tmp_path / "mine")) == str(tmp_path / "mine" / "config.json")
+
+
 @pytest.mark.slow
 def test_plan_compiles_a_small_config_on_a_mesh():
     import jax
@@ -67,15 +77,15 @@ def test_plan_compiles_a_small_config_on_a_mesh():
 
 
 @pytest.mark.slow
-def test_plan_command_seven_b_on_64_devices(hf_configs_dir, tmp_path):
+def test_plan_command_seven_b_on_64_devices(tmp_path):
     """The paper's 7B config on a 64-device v5p mesh must fit in 90 GiB per device (no weights)."""
     if not os.environ.get("TEMPR1_PLAN_7B"):
         pytest.skip("set TEMPR1_PLAN_7B=1: compiling the 7B step on 64 CPU devices takes minutes")
     out = tmp_path / "plan.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run(
-        [sys.executable, "-m", "tempr1_jax.cli", "plan", "--gin_file", "configs/tempr1_7b.gin", "--model_config",
-         str(hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json"), "--mesh", "data=1,fsdp=16,tensor=4",
+        [sys.executable, "-m", "tempr1_jax.cli", "plan", "--gin_file", "configs/tempr1_7b.gin",  # shipped config
+         "--mesh", "data=1,fsdp=16,tensor=4",
          "--devices", "64", "--chip", "v5p", "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     report = json.loads(out.read_text())
