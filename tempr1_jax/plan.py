@@ -127,22 +127,28 @@ def analytic_flops(config: Any, shapes: StepShapes) -> dict[str, float]:
 
 
 def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, Any]], flops: dict[str, float],
-                 devices: int, tensor: int, chip: Chip, weight_bytes: int = 2) -> dict[str, float]:
+                 devices: int, tensor: int, chip: Chip, weight_bytes: int = 2, remat: bool = False
+                 ) -> dict[str, float]:
     """Roofline seconds per phase of one step on `chip`.
 
     A compiled program takes max(XLA flops / peak, XLA bytes accessed / HBM bandwidth) per device, so
     the estimate charges the implementation's real work (recomputed vision features, dense masks)
-    rather than the model's ideal FLOPs. Training runs `update_accumulate` once per micro-batch and
-    iteration, `update_apply` once per iteration, `logprobs` once per micro-batch for the reference
-    and the old policy. The
-    decode loop is estimated analytically (XLA counts a while-loop body once): each new token streams
+    rather than the model's ideal FLOPs. XLA counts a while-loop body once, so a program whose layers
+    run as a scan (`remat`) is charged at least its share of the analytic FLOPs (the update's with the
+    forward recomputed: 4 forward passes, not 3), which makes the estimate an upper bound. Training
+    runs `update_accumulate` once per micro-batch and iteration, `update_apply` once per iteration,
+    `logprobs` once per micro-batch for the reference and the old policy. The decode loop is
+    estimated analytically (XLA counts a while-loop body once): each new token streams
     the gathered weights of a tensor shard and the live KV cache.
     """
     peak, bw = chip.peak_tflops * 1e12, chip.hbm_gbps * 1e9
 
-    def run(name: str) -> float:
+    passes = 3.0 * shapes.num_iterations + int(shapes.kl) + int(shapes.num_iterations > 1)
+    forward = flops["train"] / passes / shapes.micro_batches / devices  # one micro-batch, per device
+
+    def run(name: str, model_flops: float = 0.0) -> float:
         p = programs[name]
-        return max(p["xla_flops"] / peak, p["xla_bytes"] / bw)
+        return max(max(p["xla_flops"], model_flops) / peak, p["xla_bytes"] / bw)
 
     t = config.text
     kv_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * weight_bytes
@@ -150,11 +156,11 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
                        + kv_per_token * shapes.sequences * shapes.seq_len / devices)
     logprob_passes = int(shapes.kl) + int(shapes.num_iterations > 1)
     out = {
-        "prefill": run("rollout_prefill") if "rollout_prefill" in programs else flops["prefill"] / (peak * devices),
+        "prefill": run("rollout_prefill", flops["prefill"] / devices) if "rollout_prefill" in programs else flops["prefill"] / (peak * devices),
         "decode": max(flops["decode"] / (peak * devices), shapes.completion_len * bytes_per_token / bw),
-        "train": (shapes.micro_batches * shapes.num_iterations * run("update_accumulate")
+        "train": (shapes.micro_batches * shapes.num_iterations * run("update_accumulate", (4.0 if remat else 3.0) * forward)
                   + shapes.num_iterations * run("update_apply")
-                  + (shapes.micro_batches * logprob_passes * run("logprobs") if logprob_passes else 0.0)),
+                  + (shapes.micro_batches * logprob_passes * run("logprobs", forward) if logprob_passes else 0.0)),
     }
     out["total"] = sum(out.values())
     return out
@@ -397,7 +403,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
             resident=resident, resident_in_args=full_args)
 
     flops = analytic_flops(config, shapes)
-    seconds = step_seconds(config, shapes, programs, flops, devices, mesh_shape[2], chip)
+    seconds = step_seconds(config, shapes, programs, flops, devices, mesh_shape[2], chip, remat=remat)
     peak = max(p["memory"]["peak_bytes"] for p in programs.values())
     budget = chip.budget_gib if limit_gib is None else limit_gib
     return {

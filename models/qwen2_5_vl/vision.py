@@ -137,6 +137,18 @@ def _block_caller(max_segment: int | None, attn_block: int):
     return call
 
 
+def _scan_blocks(call, blocks, x, cos, sin, segment_ids, shard):
+    """`blocks` as a `lax.scan` of a rematerialised block over their stacked weights (one block's
+    recomputation and backward at a time; see `text.TextModel._scan_layers`)."""
+    graphdef = nnx.graphdef(blocks[0])
+    stacked = jax.tree.map(lambda *w: jnp.stack(w), *(nnx.state(block) for block in blocks))
+
+    def body(h, weights):
+        return shard(call(nnx.merge(graphdef, weights), h, cos, sin, segment_ids), "vision_hidden"), None
+
+    return jax.lax.scan(jax.checkpoint(body), x, stacked)[0]
+
+
 def _take(x: jax.Array, index: jax.Array) -> jax.Array:
     """x [B, N, ...] gathered along N with index [B, M]."""
     return jax.vmap(lambda a, i: a[i])(x, index)
@@ -150,7 +162,7 @@ class VisionTransformer(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cfg = cfg
         self.attn_block = attn_block
-        self.remat = False  # set True to recompute each block in the backward pass (saves activations)
+        self.remat = False  # True: scan over rematerialised blocks (recomputed in the backward pass)
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
         self.dtype = dtype
         self.patch_embed = PatchEmbed(cfg, **kw)
@@ -174,11 +186,20 @@ class VisionTransformer(nnx.Module):
         x = shard(self.patch_embed(_take(pixel_values, window_index).astype(self.dtype)), "vision_hidden")
         cos, sin = (shard(c, "rope") for c in vision_rotary(self.cfg, _take(vision_pos_ids, window_index)))
         window_max = self.cfg.window_merged**2 * unit
-        for i, block in enumerate(self.blocks):
-            full = i in self.cfg.fullatt_block_indexes
+        full = [i in self.cfg.fullatt_block_indexes for i in range(len(self.blocks))]
+        start = 0
+        while start < len(self.blocks):  # runs of consecutive blocks with the same attention kind
+            stop = start + 1
+            while stop < len(self.blocks) and full[stop] == full[start]:
+                stop += 1
             # Segment bound and block size are static: bind them outside the (optional) remat.
-            call = _block_caller(None if full else window_max, self.attn_block)
-            call = nnx.remat(call) if self.remat else call
-            x = shard(call(block, x, cos, sin, full_segment_ids if full else window_segment_ids), "vision_hidden")
+            call = _block_caller(None if full[start] else window_max, self.attn_block)
+            segments = full_segment_ids if full[start] else window_segment_ids
+            if self.remat:
+                x = _scan_blocks(call, self.blocks[start:stop], x, cos, sin, segments, shard)
+            else:
+                for block in self.blocks[start:stop]:
+                    x = shard(call(block, x, cos, sin, segments), "vision_hidden")
+            start = stop
         merged = self.merger(x)
         return _take(merged, window_inverse[:, ::unit] // unit)
