@@ -1,6 +1,6 @@
 """`tempr1 demo` shortened: every phase runs and writes the report, the learning curve, metrics,
 checkpoints and a loadable HF export. (The full demo and its GRPO gain are measured in
-docs/DEMO_TPU_CONFIG.md; it takes minutes.)"""
+README.md "The demo"; it takes minutes.)"""
 
 from __future__ import annotations
 
