@@ -155,9 +155,9 @@ def collate_model_inputs(
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    samples = [_np(s) for s in samples]
     parts = []
     for s in samples:
-        s = _np(s)
         length, patches = s.seq_len, s.num_patches
         if length > pad_len_to:
             raise ValueError(f"sample of {length} tokens does not fit pad_len_to={pad_len_to}")
@@ -165,17 +165,23 @@ def collate_model_inputs(
             raise ValueError(f"sample of {patches} patches does not fit pad_patches_to={pad_patches_to}")
         extra = pad_len_to - length
         tok_pad = (extra, 0) if padding_side == "left" else (0, extra)
-        parts.append(ModelInputs(
+        parts.append(dict(
             input_ids=np.pad(s.input_ids, ((0, 0), tok_pad), constant_values=pad_token_id),
             attention_mask=np.pad(s.attention_mask, ((0, 0), tok_pad)),
             position_ids=np.pad(s.position_ids, ((0, 0), (0, 0), tok_pad)),
             rope_deltas=s.rope_deltas,
             vision_token_index=np.pad(s.vision_token_index, ((0, 0), tok_pad), constant_values=-1),
-            **_pad_patches(s, pad_patches_to),
+            **_pad_patch_metadata(s, pad_patches_to),
         ))
-    return ModelInputs(**{
-        f: np.concatenate([getattr(p, f) for p in parts], axis=1 if f == "position_ids" else 0)
-        for f in ModelInputs.__dataclass_fields__
+    # The pixels dominate the batch's bytes: write each sample's once into the padded batch array.
+    first = samples[0].pixel_values
+    pixel_values = np.zeros((sum(s.batch_size for s in samples), pad_patches_to, first.shape[2]), first.dtype)
+    row = 0
+    for s in samples:
+        pixel_values[row:row + s.batch_size, :s.num_patches] = s.pixel_values
+        row += s.batch_size
+    return ModelInputs(pixel_values=pixel_values, **{
+        f: np.concatenate([p[f] for p in parts], axis=1 if f == "position_ids" else 0) for f in parts[0]
     })
 
 
@@ -270,12 +276,11 @@ def _vision_arrays(config: Qwen2_5_VLConfig, grids, chunks, n_patches: int) -> d
     )
 
 
-def _pad_patches(s: ModelInputs, n_patches: int) -> dict[str, np.ndarray]:
-    """Pad a batch's patch arrays (at the end) to n_patches; padded patches map to themselves."""
+def _pad_patch_metadata(s: ModelInputs, n_patches: int) -> dict[str, np.ndarray]:
+    """Pad a batch's per-patch metadata (at the end) to n_patches; padded patches map to themselves."""
     extra = n_patches - s.num_patches
     tail = np.broadcast_to(np.arange(s.num_patches, n_patches, dtype=np.int32), (s.batch_size, extra))
     return dict(
-        pixel_values=np.pad(s.pixel_values, ((0, 0), (0, extra), (0, 0))),
         vision_pos_ids=np.pad(s.vision_pos_ids, ((0, 0), (0, extra), (0, 0))),
         window_index=np.concatenate([s.window_index, tail], axis=1),
         window_inverse=np.concatenate([s.window_inverse, tail], axis=1),
