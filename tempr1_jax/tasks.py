@@ -35,13 +35,15 @@ MAX_SEGMENTS = 128
 _P = "+" if sys.version_info >= (3, 11) else ""
 _NUM = rf"\d+{_P}(?:\.\d+{_P})?{_P}"
 _SEG = rf"{_NUM}\s*{_P}to\s*{_P}{_NUM}"
-_SEGS = rf"{_SEG}(?:\s*{_P},\s*{_P}{_SEG})*{_P}"
+# A strict answer's list of segments ("1.5 to 3, 4 to 5.25").
+SEGMENT_LIST = rf"{_SEG}(?:\s*{_P},\s*{_P}{_SEG})*{_P}"
 # Reasoning text may be anything except the template's own tags (so a second block cannot hide in it).
 _THINK = rf"<think>[^<]*{_P}(?:<(?!/?(?:think|answer|glue)>)[^<]*{_P})*{_P}</think>\s*{_P}"
+# `@SEG@` / `@SEGS@` stand for the answer's segment list; `_output_regex` fills them in.
 _ANSWER_BODY = {
-    "segment": rf"<answer>\s*(?P<body>{_SEG})\s*</answer>",
-    "segments": rf"<answer>\s*(?P<body>{_SEGS})\s*</answer>",
-    "choice_glue": rf"<answer>\s*(?P<choice>[A-Z])\s*</answer>\s*<glue>\s*(?P<body>{_SEGS})\s*</glue>",
+    "segment": r"<answer>@SEG@</answer>",
+    "segments": r"<answer>@SEGS@</answer>",
+    "choice_glue": r"<answer>\s*(?P<choice>[A-Z])\s*</answer>\s*<glue>@SEGS@</glue>",
     "choice": r"<answer>\s*[A-Z]\s*</answer>",
     "order": r"<answer>\s*[A-Z]{2,}\s*</answer>",
 }
@@ -199,9 +201,13 @@ class Task:
         """Whether the targets carry segments and a duration."""
         return self.answer in ("segment", "segments", "choice_glue")
 
-    def output_regex(self, think: bool = True) -> re.Pattern:
-        """The strict template the format reward matches (whole completion, optional spaces)."""
-        return _output_regex(self.answer, think)
+    def output_regex(self, think: bool = True, open_segments: bool = False) -> re.Pattern:
+        """The strict template the format reward matches (whole completion, optional spaces).
+
+        open_segments: the segment list is left open as a `body` group of any text without `<`, for
+        a caller that checks its grammar itself (`rewards.segment_lists`).
+        """
+        return _output_regex(self.answer, think, open_segments)
 
     def format_ok(self, text: str, think: bool = True) -> bool:
         """R_format: does the whole completion match the template?"""
@@ -284,21 +290,30 @@ class Task:
         return f"<think>{thought}</think>{body}" if think else body
 
 
-_REGEX_CACHE: dict[tuple[str, bool], re.Pattern] = {}
+_REGEX_CACHE: dict[tuple[str, bool, bool], re.Pattern] = {}
 
 
-def _output_regex(answer: str, think: bool) -> re.Pattern:
-    key = (answer, think)
+def _output_regex(answer: str, think: bool, open_segments: bool = False) -> re.Pattern:
+    key = (answer, think, open_segments)
     if key not in _REGEX_CACHE:
         prefix = _THINK if think else ""
-        _REGEX_CACHE[key] = re.compile(rf"\s*{prefix}{_ANSWER_BODY[answer]}\s*", re.DOTALL)
+        if open_segments:
+            seg = segs = r"(?P<body>[^<]*)"
+        else:
+            seg, segs = rf"\s*(?P<body>{_SEG})\s*", rf"\s*(?P<body>{SEGMENT_LIST})\s*"
+        body = _ANSWER_BODY[answer].replace("@SEGS@", segs).replace("@SEG@", seg)
+        _REGEX_CACHE[key] = re.compile(rf"\s*{prefix}{body}\s*", re.DOTALL)
     return _REGEX_CACHE[key]
 
 
 def answer_letter(sample: Mapping[str, Any]) -> str:
     """The target's answer as one upper-case letter (a letter, an option's text or an index)."""
     ans = sample.get("answer")
-    options = list(sample.get("options") or [])
+    options = sample.get("options") or ()
+    # the common case first (an upper-case letter that is not also an option's text): rewards read it per row
+    if ans.__class__ is str and len(ans) == 1 and "A" <= ans <= "Z" and ans not in options:
+        return ans
+    options = list(options)
     if isinstance(ans, bool) or ans is None:
         raise ValueError(f"sample {sample.get('id')!r}: missing answer")
     if isinstance(ans, int) and 0 <= ans < 26:

@@ -47,19 +47,32 @@ def compute_rewards(
         raise ValueError("completions must be a sequence of strings, not one string")
     completions, targets = list(completions), list(targets)
     task_list = parsing.resolve_tasks(task, len(completions))
-    inputs = parsing.parse_batch(task_list, completions, targets, think=think, max_segments=max_segments)
-    loc = kernel.loc_rewards(
-        inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind, sigma
-    )
-    weights = inputs.weights
+    n = len(completions)
+    if len(targets) != n:
+        raise ValueError(f"{n} completions for {len(targets)} targets")
+    format_ok, loc, cls = np.zeros(n), np.zeros(n), np.zeros(n)
+    weights, has_cls = np.zeros((n, 3)), np.zeros(n, bool)
+    # One kernel family at a time: its kernel runs (asynchronously) while the next rows are parsed.
+    pending = []
+    for rows in parsing.family_chunks(task_list):
+        if len(rows) == n:
+            sub = (task_list, completions, targets)
+        else:
+            sub = tuple([x[i] for i in rows.tolist()] for x in (task_list, completions, targets))
+        inputs = parsing.parse_batch(*sub, think=think, max_segments=max_segments)
+        args = (inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind)
+        pending.append((rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma)))
+    for rows, inputs, running in pending:
+        loc[rows] = kernel.collect(running)
+        format_ok[rows], cls[rows], weights[rows], has_cls[rows] = (
+            inputs.format_ok, inputs.cls, inputs.weights, inputs.has_cls)
     for col, override in enumerate((format_weight, loc_weight, cls_weight)):
         if override is not None:
             weights[:, col] = override
-    has_cls = inputs.has_cls
-    total = kernel.total_rewards(inputs.format_ok, loc, np.where(has_cls, inputs.cls, 0.0), weights)
-    out = {"format": inputs.format_ok, "loc": loc, "total": total}
+    total = kernel.total_rewards(format_ok, loc, np.where(has_cls, cls, 0.0), weights)
+    out = {"format": format_ok, "loc": loc, "total": total}
     if has_cls.any():
-        out["cls"] = inputs.cls
+        out["cls"] = cls
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 

@@ -2,9 +2,10 @@
 
 `loc_rewards` = `run(prepare(...))`. `prepare` groups a batch's rows by reward family (Type 1,
 Type 2, Type 3, tIoU) and by the power-of-two buckets (>= 8) of their prediction and ground-truth
-counts, so that short rows do not pay for long ones, pads each group (rows bucketed too) and puts
-it on the device; `run` calls one jitted function per group, which compiles once per (family,
-padded shape): repeated calls reuse it. `total_rewards` combines format, localisation and
+counts, so that short rows do not pay for long ones, and pads each group (rows bucketed too);
+`run` = `collect(dispatch(...))` calls one jitted function per group, which compiles once per
+(family, padded shape): repeated calls reuse it. `dispatch` returns at once, so a caller can
+parse more rows on the host while the kernel runs (`compute_rewards` does). `total_rewards` combines format, localisation and
 classification terms with per-row weights.
 
 Layout: inside the jitted function arrays are segment-major, [N, B] (batch minor), so that the
@@ -91,6 +92,13 @@ def sort_pairs(key, other, first_merge: int = 2):
     return key, other
 
 
+def sort_pairs_if_needed(key, other):
+    """`sort_pairs`, skipped (`lax.cond`) when every column is already in order, as annotations and
+    most model outputs are."""
+    in_order = ((key[1:] > key[:-1]) | ((key[1:] == key[:-1]) & (other[1:] >= other[:-1]))).all()
+    return lax.cond(in_order, lambda k, o: (k, o), sort_pairs, key, other)
+
+
 def type1(ps, pe, pv, gs, ge, gv, n_pred, n_gt):
     """Summed IoU of index-aligned pairs / max(n_pred, n_gt); 0 without predictions."""
     k = min(ps.shape[0], gs.shape[0])
@@ -110,7 +118,7 @@ def _sweep(start, end):
 
 def type2(ps, pe, gs, ge):
     """IoU of union(pred) and union(gt): |Up n Ug| = |Up| + |Ug| - |Up u Ug| (clipped inputs >= 0)."""
-    pred, gt = sort_pairs(ps, pe), sort_pairs(gs, ge)
+    pred, gt = sort_pairs_if_needed(ps, pe), sort_pairs_if_needed(gs, ge)
     lp, lg = _sweep(*pred), _sweep(*gt)
     # Both lists padded in front with [0, 0] (adds nothing, sorts first) to the same power of two:
     # one ascending and the other reversed form a bitonic column, which the last merge sorts.
@@ -124,7 +132,7 @@ def type2(ps, pe, gs, ge):
 
 def chronological(start, end, valid):
     """Columns sorted by (start, end), invalid/padded entries last: (start, end, valid)."""
-    key_s, key_e = sort_pairs(jnp.where(valid, start, jnp.inf), jnp.where(valid, end, jnp.inf))
+    key_s, key_e = sort_pairs_if_needed(jnp.where(valid, start, jnp.inf), jnp.where(valid, end, jnp.inf))
     valid = jnp.isfinite(key_s)
     return jnp.where(valid, key_s, 0.0), jnp.where(valid, key_e, 0.0), valid
 
@@ -237,11 +245,11 @@ def _cpu():
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """Rows of one reward family and one padded shape, on the device, ready for `run`."""
+    """Rows of one reward family and one padded shape (host arrays), ready for `dispatch`."""
 
     family: int
     rows: np.ndarray
-    args: tuple[jax.Array, ...]
+    args: tuple[np.ndarray, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +260,14 @@ class Prepared:
     groups: tuple[Group, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A `Prepared` batch whose jitted calls are running (`collect` waits for them)."""
+
+    prepared: Prepared
+    results: tuple[jax.Array, ...]
+
+
 def prepare(
     pred: np.ndarray,
     pred_mask: np.ndarray,
@@ -260,11 +276,13 @@ def prepare(
     duration: np.ndarray,
     kind: np.ndarray,
 ) -> Prepared:
-    """Group rows by (reward family, segment bucket), pad each group and put it on the device.
+    """Group rows by (reward family, segment bucket) and pad each group.
 
     Arguments as in `loc_rewards`. A row's segment buckets are the powers of two (>= 8) that
     hold its predictions and its ground truths, so short rows do not pay for long ones; groups
     pad to `[rows, pred bucket, 2]` and `[rows, gt bucket, 2]`, rows bucketed by `_row_bucket`.
+    Groups stay host numpy: the jitted call reads them directly, which on the CPU backend costs
+    less than an explicit `device_put`.
     """
     kind = np.asarray(kind, np.int32)
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
@@ -284,31 +302,42 @@ def prepare(
     order = np.argsort(key, kind="stable")
     uniq, starts = np.unique(key[order], return_index=True)
     groups = []
-    with jax.enable_x64(True):
-        for k, rows in zip(uniq, np.split(order, starts[1:])):
-            if k < 0:
-                continue
-            n, p, g = _row_bucket(len(rows), len(kind)), 1 << int(k // 64 % 64), 1 << int(k % 64)
-            host = (
-                _take(pred, rows, (n, p, 2), 0.0),
-                _take(pred_mask, rows, (n, p), False),
-                _take(gt, rows, (n, g, 2), 0.0),
-                _take(gt_mask, rows, (n, g), False),
-                _take(duration, rows, (n,), 1.0),
-            )
-            groups.append(Group(int(k // 4096), rows, tuple(jax.device_put(host, _cpu()))))
+    for k, rows in zip(uniq, np.split(order, starts[1:])):
+        if k < 0:
+            continue
+        n, p, g = _row_bucket(len(rows), len(kind)), 1 << int(k // 64 % 64), 1 << int(k % 64)
+        host = (
+            _take(pred, rows, (n, p, 2), 0.0),
+            _take(pred_mask, rows, (n, p), False),
+            _take(gt, rows, (n, g, 2), 0.0),
+            _take(gt_mask, rows, (n, g), False),
+            _take(duration, rows, (n,), 1.0),
+        )
+        groups.append(Group(int(k // 4096), rows, host))
+    # the costliest groups first, so that they start first when dispatched
+    groups.sort(key=lambda grp: -grp.args[0].shape[0] * grp.args[0].shape[1] * grp.args[2].shape[1])
     return Prepared(len(kind), tuple(groups))
 
 
-def run(prepared: Prepared, sigma: float = 1.0) -> np.ndarray:
-    """Localisation reward per row of a `prepare`d batch, float64 numpy [B]."""
-    out = np.zeros(prepared.size, np.float64)
+def dispatch(prepared: Prepared, sigma: float = 1.0) -> Pending:
+    """Start the jitted call of every group and return without waiting (JAX dispatches
+    asynchronously, so the host can parse the next rows meanwhile)."""
+    sigma = np.float64(sigma)
     with jax.enable_x64(True), jax.default_device(_cpu()):
-        sigma = jnp.float64(sigma)
-        results = [_loc_rewards(*g.args, sigma, family=g.family) for g in prepared.groups]
-        for g, r in zip(prepared.groups, results):
-            out[g.rows] = np.asarray(r)[: len(g.rows)]
+        return Pending(prepared, tuple(_loc_rewards(*g.args, sigma, family=g.family) for g in prepared.groups))
+
+
+def collect(pending: Pending) -> np.ndarray:
+    """Localisation reward per row of a dispatched batch, float64 numpy [B] (waits for the calls)."""
+    out = np.zeros(pending.prepared.size, np.float64)
+    for g, r in zip(pending.prepared.groups, pending.results):
+        out[g.rows] = np.asarray(r)[: len(g.rows)]
     return out
+
+
+def run(prepared: Prepared, sigma: float = 1.0) -> np.ndarray:
+    """Localisation reward per row of a `prepare`d batch, float64 numpy [B]: `collect(dispatch(...))`."""
+    return collect(dispatch(prepared, sigma))
 
 
 def loc_rewards(

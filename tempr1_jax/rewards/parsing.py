@@ -8,10 +8,9 @@ dropped and not counted, so a 1000-segment completion pads like a 128-segment on
 validated and a malformed one raises ValueError naming its sample id.
 
 Speed: this is the host-side part of `compute_rewards`, so it avoids per-segment Python. Rows
-are handled one task at a time. A completion that matches its strict template has exactly one
-answer block of known shape; its numbers are collected as text and converted for the whole batch
-in one `np.fromstring` call (ASCII; the template's `\\d` and `\\s` also match other Unicode digits
-and spaces, which Python's `float` then reads).
+are handled one task at a time. Each completion is matched once against its strict template with
+the segment list left open (`Task.output_regex(open_segments=True)`); the lists of the matching
+ones are then checked and converted together in one compiled pass (`segment_lists`).
 Other completions go through the task's lenient parser (`Task.parse`), which defines the result;
 tests check that both routes agree with `reference.reward_reference`. Targets are converted in
 one `np.array` call and checked vectorised; if anything is off, `tasks.target_segments` re-checks
@@ -22,17 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from tempr1_jax import tasks as tasks_lib
+from tempr1_jax.rewards import segment_lists
 from tempr1_jax.rewards.kernel import KINDS
 
 _SEGMENT_ANSWERS = ("segment", "segments", "choice_glue")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")  # a number of the strict templates
 
 
 @dataclasses.dataclass
@@ -114,6 +112,25 @@ def _group_by_task(task_list: Sequence[tasks_lib.Task]) -> list[tuple[tasks_lib.
     return [(task_list[f], rows.tolist()) for f, rows in zip(first, parts)]
 
 
+# Kernel families in the order `compute_rewards` dispatches them: the costliest kernel starts first.
+_FAMILY_ORDER = (KINDS["type3"], KINDS["type2"], KINDS["type1"], KINDS["tiou"], KINDS["exact"])
+
+
+def _family(t: tasks_lib.Task) -> int:
+    return KINDS[t.reward] if t.has_segments else KINDS["exact"]
+
+
+def family_chunks(task_list: Sequence[tasks_lib.Task]) -> list[np.ndarray]:
+    """Row indices of the batch split by reward kernel family (Type 3, Type 2, Type 1, tIoU, then
+    the rows without segments), empty families left out."""
+    by_family: dict[int, list[np.ndarray]] = {}
+    for t, rows in _group_by_task(task_list):
+        by_family.setdefault(_family(t), []).append(np.asarray(rows, np.int64))
+    if len(by_family) == 1:
+        return [np.arange(len(task_list))]
+    return [np.sort(np.concatenate(by_family[f])) for f in _FAMILY_ORDER if f in by_family]
+
+
 def parse_batch(
     task_list: Sequence[tasks_lib.Task],
     completions: Sequence[Any],
@@ -135,31 +152,35 @@ def parse_batch(
     weights = np.zeros((n, 3), np.float64)
     has_cls = np.zeros(n, bool)
     seg_rows: list[np.ndarray] = []
-    fast_rows, fast_bodies = [], []  # template matched: numbers read in bulk below
+    fast_rows, fast_counts, fast_vals = [], [], []  # template matched: lists read in bulk
     slow_rows, slow_segs = [], []  # lenient parser
     for t, rows in _group_by_task(task_list):
         texts = [c if c.__class__ is str else "" for c in map(completions.__getitem__, rows)]
-        matches = list(map(t.output_regex(think).fullmatch, texts))
+        fast = t.answer in _SEGMENT_ANSWERS
+        matches = list(map(t.output_regex(think, open_segments=fast).fullmatch, texts))
         ok = np.fromiter([m is not None for m in matches], bool, len(rows))
         rows_arr = np.asarray(rows, np.int64)
+        choices: list[str | None] = [None] * len(rows)
+        if fast:  # the template around the list matched: now the list itself
+            matched = [m for m in matches if m is not None]
+            lists_ok, counts, values = segment_lists.read_segment_lists(
+                [m["body"] for m in matched], single=t.answer == "segment")
+            ok[ok] = lists_ok
+            fast_rows.append(rows_arr[ok])
+            fast_counts.append(counts[lists_ok])
+            fast_vals.append(values)
+            if t.answer == "choice_glue":
+                for k, m in zip(np.flatnonzero(ok), itertools.compress(matched, lists_ok)):
+                    choices[k] = m["choice"]
         format_ok[rows_arr] = ok
         weights[rows_arr] = t.weights
         has_cls[rows_arr] = t.has_cls
-        fast = t.answer in _SEGMENT_ANSWERS
-        choices: list[str | None] = [None] * len(rows)
         for k in np.flatnonzero(~ok) if fast else range(len(rows)):
             parsed = t.parse(texts[k], max_segments=max_segments)
             choices[k] = parsed.choice
             if parsed.segments:
                 slow_rows.append(rows[k])
                 slow_segs.append(parsed.segments)
-        if fast:
-            matched = [m for m in matches if m is not None]
-            fast_rows.append(rows_arr[ok])
-            fast_bodies += [m["body"] for m in matched]
-            if t.answer == "choice_glue":
-                for k, m in zip(np.flatnonzero(ok), matched):
-                    choices[k] = m["choice"]
         if t.has_segments:
             seg_rows.append(rows_arr)
             kind[rows_arr] = KINDS[t.reward]
@@ -167,14 +188,8 @@ def parse_batch(
             expected = [t.expected_choice(targets[i]) for i in rows]
             cls[rows_arr] = [a == b for a, b in zip(choices, expected)]
 
-    # Predictions: template-matched bodies ("a to b, c to d") parsed together.
-    fast_counts = np.fromiter(map(str.count, fast_bodies, itertools.repeat("to")), np.int64, len(fast_bodies))
-    joined = ",".join(fast_bodies)
-    # `\d` and `\s` of the template also match non-ASCII digits and spaces: `float` reads those
-    if joined.isascii():
-        fast_vals = np.fromstring(joined.replace("to", ","), np.float64, sep=",")
-    else:
-        fast_vals = np.array(list(map(float, _NUMBER.findall(joined))), np.float64)
+    fast_counts = np.concatenate(fast_counts) if fast_counts else np.zeros(0, np.int64)
+    fast_vals = np.concatenate(fast_vals).reshape(-1) if fast_vals else np.zeros(0)
     fast_pos = _positions(fast_counts)
     fast_row_of = np.repeat(np.concatenate(fast_rows) if fast_rows else np.zeros(0, np.int64), fast_counts)
     # (A single-segment template holds one pair, so a task's `pick` cannot matter here.)
