@@ -147,14 +147,15 @@ def run_curate_command(*, checkpoint: str, tokenizer: str | None, dataset: str, 
     """`tempr1 curate` after gin is parsed: greedy outputs of the model, difficulty, subset, files.
 
     Writes `out` (JSONL of the kept samples, media paths as in the source), `out` + `.difficulty.jsonl`
-    (id, task, iou, output for every sample) and `out` + `.report.json`.
+    (id, task, iou, output for every sample) and `out` + `.report.json`. With several processes each
+    generates for its shard of the split (the model on its own devices) and process 0 writes the files.
     """
     import json
     import pathlib
 
     import transformers
 
-    from tempr1_jax import eval_harness
+    from tempr1_jax import eval_harness, multihost
     from tempr1_jax.rl.rollout import RolloutConfig
 
     rollout_cfg = RolloutConfig()
@@ -165,6 +166,8 @@ def run_curate_command(*, checkpoint: str, tokenizer: str | None, dataset: str, 
         model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens)
     kept, ious, summary = curate(predictions, targets, CurateConfig(), mode)
     summary["skipped"] = len(skipped)
+    if not multihost.is_main():  # every process has all the outputs; one writes the files
+        return summary
     path = pathlib.Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(dict(s)) + "\n" for s in kept))

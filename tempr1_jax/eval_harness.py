@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from tempr1_jax import evaluation, paper_results, tasks as tasks_lib
+from tempr1_jax import evaluation, multihost, paper_results, tasks as tasks_lib
 from tempr1_jax.rewards import compute_rewards, reference
 
 RESULTS_JSON = "eval_results.json"
@@ -44,12 +44,17 @@ class EvalResult:
 
 def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *,
                          max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
-                         limit: int | None = None,
+                         limit: int | None = None, gather: multihost.Gather = multihost.allgather,
                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Greedy completions for every valid row of the evaluation `batches` (see `make_eval_loader`).
 
     Returns (predictions, targets, skipped); stops after `limit` samples if given. With `mesh` (the
     model already sharded on it with `layout`), inputs are sharded along the batch and so is the cache.
+
+    With several processes, `batches` is this process's shard; the processes run generate in step
+    (`multihost.lockstep`: common batch count and shapes, a dummy batch once a shard has run out), read
+    their own output rows, and every process returns the predictions of all of them (`gather`), interleaved
+    back into split order (exact unless samples were skipped or the loader has worker processes).
     """
     from models.qwen2_5_vl.generation import generate
     from tempr1_jax.rl import setup
@@ -58,26 +63,28 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
     eos = list(model.config.eos_token_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     predictions, targets, skipped = [], [], []
-    for batch in batches:
-        if limit is not None and len(predictions) >= limit:
-            break
-        skipped += list(batch.get("skipped", ()))
-        valid = np.asarray(batch["valid"], bool)
-        if not valid.any():
-            continue
-        inputs = _fill_padding_rows(batch["inputs"], valid)
+    for batch, shape in multihost.lockstep(batches, limit=limit, gather=gather):
+        valid = np.zeros(0, bool) if batch is None else np.asarray(batch["valid"], bool)
+        skipped += [] if batch is None else list(batch.get("skipped", ()))
+        inputs = _fill_padding_rows(batch["inputs"], valid) if valid.any() else _dummy_inputs(model.config, pad)
+        inputs = setup.pad_inputs(inputs, shape, pad)
         inputs = inputs if mesh is None else setup.place_inputs(inputs, mesh)
         out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=eos,
                        pad_token_id=pad, return_dict=True, mesh=mesh, layout=layout)
+        if not valid.any():
+            continue
         rows = np.flatnonzero(valid)
-        tokens = np.asarray(jax.device_get(out.tokens))[rows]
-        mask = np.asarray(jax.device_get(out.mask))[rows]
+        tokens = setup.local_rows(out.tokens)[rows]
+        mask = setup.local_rows(out.mask)[rows]
         texts = decode_completions(tokenizer, tokens, mask, drop_ids=[*eos, pad])
         for sample, text in zip(batch["samples"], texts):
             sample = dict(sample)
             predictions.append({"id": sample.get("id"), "task": sample["task"],
                                 "source": sample.get("source"), "output": text})
             targets.append(sample)
+    shards = multihost.gather_objects([predictions, targets, skipped], gather)
+    predictions, targets = (multihost.interleave([shard[k] for shard in shards]) for k in (0, 1))
+    skipped = [s for shard in shards for s in shard[2]]
     if limit is not None:
         predictions, targets = predictions[:limit], targets[:limit]
     return predictions, targets, skipped
@@ -86,12 +93,19 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
 def _fill_padding_rows(inputs: Any, valid: np.ndarray) -> Any:
     """The batch with its padding rows (`valid` False, all-masked) replaced by copies of the first valid
     row, so that every row is a real left-padded prompt; their outputs are dropped."""
+    from tempr1_jax.rl import setup
+
     if valid.all():
         return inputs
-    take = np.where(valid, np.arange(len(valid)), np.flatnonzero(valid)[0])
-    return type(inputs)(**{f: np.asarray(getattr(inputs, f))[:, take] if f == "position_ids"
-                           else np.asarray(getattr(inputs, f))[take]
-                           for f in inputs.__dataclass_fields__})
+    return setup.take_rows(inputs, np.where(valid, np.arange(len(valid)), np.flatnonzero(valid)[0]))
+
+
+def _dummy_inputs(config: Any, pad: int) -> Any:
+    """A one-row prompt of a single (attended) pad token: what a process with no sample to generate for
+    feeds the collective step; its output is dropped."""
+    from models.qwen2_5_vl.inputs import build_model_inputs
+
+    return build_model_inputs(config, np.full((1, 1), pad, np.int32))
 
 
 def score_predictions(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
@@ -262,7 +276,9 @@ def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path,
 def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
                      workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
                      timeline_per_task: int, strict: bool) -> str:
-    """`tempr1 eval` after gin is parsed: load, generate, score, write the reports; returns a summary."""
+    """`tempr1 eval` after gin is parsed: load, generate, score, write the reports; returns a summary.
+
+    With several processes each generates for its shard of the split and process 0 writes the reports."""
     import transformers
 
     from models.qwen2_5_vl import sharding as sharding_lib
@@ -281,6 +297,9 @@ def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, sp
                       think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
                       score_options={"strict": strict} if strict else None)
     name = pathlib.Path(dataset).name
+    table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
+                                           f"{len(result.skipped)} skipped")
+    if not multihost.is_main():  # every process has the whole result; one writes it
+        return table + "\nreports written by process 0"
     paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task)
-    return (markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
-                           f"{len(result.skipped)} skipped") + f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return table + f"\nwrote {', '.join(str(p) for p in paths.values())}"

@@ -22,11 +22,12 @@ from typing import Any, Mapping
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from data_pipeline.loader import make_loader
 from models.qwen2_5_vl import sharding as sharding_lib
-from tempr1_jax import tasks as tasks_lib
+from tempr1_jax import multihost, tasks as tasks_lib
 from tempr1_jax.config import write_operative_config
 from tempr1_jax.rl import setup
 from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
@@ -108,8 +109,11 @@ class SFTTrainer:
         model, self.tokenizer = setup.build_model(model_setup, self.workdir, sources, think)
         sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
         self.graphdef, params, self.frozen = nnx.split(model, setup.trainable_filter(model_setup.freeze_vision), ...)
-        self.loader = make_loader(setup.LoaderConfig(sources=sources), self.tokenizer, model.config,
-                                  setup.prompt_builders(think), answer_builders(think))
+        loader_cfg = setup.LoaderConfig(sources=sources)
+        self.padding_side = loader_cfg.padding_side
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.loader = make_loader(loader_cfg, self.tokenizer, model.config, setup.prompt_builders(think),
+                                  answer_builders(think))
         with gin.config_scope("sft"):
             opt_cfg = OptimizerConfig()
         total = max(self.cfg.steps, 1)
@@ -137,6 +141,17 @@ class SFTTrainer:
         self.loader.set_state(data_state)
         return int(step)
 
+    def _common_shape(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch padded to the largest (rows, tokens, patches) of all processes (each picks its own
+        buckets; their rows form one global array). Extra rows, if any, carry no answer tokens."""
+        inputs, mask = batch["inputs"], batch["completion_mask"]
+        shape = multihost.common_shape((inputs.batch_size, inputs.seq_len, inputs.num_patches))
+        side = self.padding_side
+        padded = setup.pad_inputs(inputs, shape, self.pad_id, padding_side=side)
+        extra = shape[1] - mask.shape[1]
+        mask = np.pad(mask, ((0, shape[0] - mask.shape[0]), (extra, 0) if side == "left" else (0, extra)))
+        return {**batch, "inputs": padded, "completion_mask": mask}
+
     def _microbatches(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows = batch["inputs"].input_ids.shape[0]
         k = self.cfg.micro_batches
@@ -150,7 +165,7 @@ class SFTTrainer:
     def step(self, step: int) -> dict[str, float]:
         """One update on the next batch; returns its metrics."""
         t0 = time.perf_counter()
-        batch = next(self.loader)
+        batch = self._common_shape(next(self.loader))
         self.state, m = self.train_step(self.state, self.frozen, self._microbatches(batch))
         m = jax.device_get(m)
         tokens = max(float(m["tokens"]), 1.0)

@@ -32,3 +32,18 @@ def hf_configs_dir() -> pathlib.Path:
     if not HF_CONFIGS.is_dir():
         pytest.skip(f"published configs not found at {HF_CONFIGS}")
     return HF_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for one test module (restored afterwards); its path can be
+    given to subprocesses. Modules of one `xdist_group` share a worker, so later tests reuse programs."""
+    import jax
+
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield path
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])

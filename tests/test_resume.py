@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import pytest
 
 from tempr1_jax.config import parse_gin
@@ -36,18 +35,6 @@ SMALL = [
 
 # Same worker under `pytest -n 2 --dist loadgroup`, so the second test reuses the first one's programs.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module (restored afterwards); also given to subprocesses."""
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def run(workdir, steps):

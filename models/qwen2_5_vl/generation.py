@@ -257,7 +257,7 @@ def generate(
         inputs = hf_model_inputs(config, **hf_inputs)
     elif hf_inputs:
         raise ValueError(f"generate: unexpected arguments {sorted(hf_inputs)} with prepared ModelInputs")
-    if not np.asarray(inputs.attention_mask)[:, -1].all():
+    if not _last_column_set(inputs.attention_mask):
         raise ValueError("generate: prompts must be left padded (attention_mask[:, -1] must be 1 for every row)")
     params = SamplingParams(0.0 if do_sample is False else float(temperature), float(top_p), int(top_k))
     if eos_token_id is None and config is not None:
@@ -284,6 +284,14 @@ def generate(
     if not (return_dict or return_logprobs):
         return tokens
     return GenerationOutput(tokens, mask, mask.sum(axis=1, dtype=jnp.int32), logprobs if return_logprobs else None)
+
+
+def _last_column_set(mask: Any) -> bool:
+    """Whether every row of `mask` ends in 1 (left padding); of a global array spanning several
+    processes, the rows this process holds."""
+    if isinstance(mask, jax.Array) and not mask.is_fully_addressable:
+        return all(np.asarray(shard.data)[:, -1].all() for shard in mask.addressable_shards)
+    return bool(np.asarray(mask)[:, -1].all())
 
 
 def with_completions(inputs: ModelInputs, tokens: jax.Array, mask: jax.Array,

@@ -6,12 +6,16 @@
     # before another epoch: drop what the current policy solves (IoU > CurateConfig.solved_iou)
     tempr1 curate --mode filter --gin_file configs/time_r1_7b.gin --checkpoint POLICY \
         --dataset data/curated/timerft_train.jsonl --out data/curated/timerft_epoch2.jsonl
+
+On a pod, run it on every host with --distributed: each host scores its shard, host 0 writes the files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed
 
 HELP = "Score sample difficulty (model IoU) and pick a Gaussian-weighted subset, or drop solved samples."
 
@@ -31,9 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help="default: RolloutConfig.max_new_tokens from the gin config")
+    add_distributed_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    initialize_distributed(args)  # before jax is used
     from tempr1_jax import config as gin_config
     from tempr1_jax import curate
     from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)

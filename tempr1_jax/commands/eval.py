@@ -5,13 +5,14 @@
 
 Writes `eval_results.json`, `predictions.jsonl`, `eval_table.md` (TempR1's Table 1-2 numbers beside
 ours) and `eval_timeline.png` (predicted vs ground-truth segments, a few samples per task) to --workdir.
+On a pod, run it on every host with --distributed: each host generates for its shard, host 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from tempr1_jax.commands.train import mesh_bindings
+from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed, mesh_bindings
 
 HELP = "Greedy generation over a prepared split and the benchmark metrics (with the paper's numbers)."
 
@@ -37,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="IoU > thr instead of >= thr (Time-R1's script)")
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                         help="shard the model and the batch (MeshConfig shortcut); default one device")
+    add_distributed_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    initialize_distributed(args)  # before jax is used
     from tempr1_jax import config as gin_config
     from tempr1_jax import eval_harness
     from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)

@@ -26,6 +26,20 @@ def mesh_bindings(text: str | None) -> list[str]:
     return [] if not text else [f"MeshConfig.{k} = {v}" for k, v in parse_mesh(text).items()]
 
 
+def add_distributed_argument(parser: argparse.ArgumentParser) -> None:
+    """--distributed: one process per TPU host (`initialize_distributed`)."""
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (one process per TPU host)")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize()` with --distributed (before anything touches the devices)."""
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--gin_file/--gin.NAME=VALUE, --workdir, --steps, --mesh, --distributed."""
     add_gin_arguments(parser)
@@ -33,18 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="total training steps (TrainConfig.steps)")
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                         help="device mesh shortcut for MeshConfig.data/fsdp/tensor")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (one process per TPU host)")
+    add_distributed_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Parse the gin config, build the trainer and train; 0 on success or after a SIGTERM save."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    initialize_distributed(args)
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     from tempr1_jax.rl import trainer  # registers the configurables before parsing

@@ -240,7 +240,7 @@ def _take(x: np.ndarray, rows: np.ndarray, shape: tuple[int, ...], fill) -> np.n
 
 @functools.cache
 def _cpu():
-    return jax.devices("cpu")[0]
+    return jax.local_devices(backend="cpu")[0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,8 +90,11 @@ def rollout(model: Any, prompts: ModelInputs, samples: Sequence[Mapping[str, Any
 
     With `mesh`, the KV cache is sharded over it in `layout` (batch over data x fsdp, heads over tensor).
     """
-    if len(samples) != prompts.input_ids.shape[0]:
-        raise ValueError(f"{len(samples)} samples for {prompts.input_ids.shape[0]} prompt rows")
+    rows = prompts.input_ids.shape[0]
+    if isinstance(prompts.input_ids, jax.Array) and not prompts.input_ids.is_fully_addressable:
+        rows //= jax.process_count()  # `samples` are this process's rows of the global batch (`place_rows`)
+    if len(samples) != rows:
+        raise ValueError(f"{len(samples)} samples for {rows} prompt rows")
     t0 = time.perf_counter()
     out = generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=cfg.num_generations, rng=rng,

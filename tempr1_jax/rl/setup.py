@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +27,7 @@ from data_pipeline.synthetic import write_synthetic_dataset
 from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl import sharding as sharding_lib
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
-from models.qwen2_5_vl.inputs import ModelInputs
+from models.qwen2_5_vl.inputs import ModelInputs, collate_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from tempr1_jax import tasks as tasks_lib
 
@@ -223,9 +224,17 @@ def batch_sharding(shape: Sequence[int], mesh: Mesh, axis: int = 0) -> NamedShar
 
 
 def place_rows(x: Any, mesh: Mesh, axis: int = 0) -> jax.Array:
-    """A host array as a global array sharded along its batch dimension (process-local rows)."""
+    """This process's rows (a host array) as its part of a global array of every process's rows, in
+    process order, sharded along the batch dimension `axis` (of the global shape: with several
+    processes the local batch need not divide over the mesh's batch axes, but the global one must)."""
     x = np.asarray(x)
-    return jax.make_array_from_process_local_data(batch_sharding(x.shape, mesh, axis), x)
+    shape = (*x.shape[:axis], x.shape[axis] * jax.process_count(), *x.shape[axis + 1:])
+    devices = math.prod(mesh.shape[a] for a in sharding_lib.BATCH)
+    if jax.process_count() > 1 and shape[axis] % devices:
+        # Replicating it instead would have each process claim different rows for the same array.
+        raise ValueError(f"{x.shape[axis]} rows per process x {jax.process_count()} processes do not divide over "
+                         f"the mesh's batch axes (data x fsdp = {devices}); change the batch size or the mesh")
+    return jax.make_array_from_process_local_data(batch_sharding(shape, mesh, axis), x, shape)
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
@@ -249,8 +258,24 @@ def place_inputs(inputs: ModelInputs, mesh: Mesh) -> ModelInputs:
 
 
 def slice_inputs(inputs: ModelInputs, start: int, stop: int) -> ModelInputs:
-    """Rows [start, stop) of host `ModelInputs`."""
-    return ModelInputs(**{f: (np.asarray(getattr(inputs, f))[:, start:stop] if f == "position_ids"
-                              else np.asarray(getattr(inputs, f))[start:stop])
+    """Rows [start, stop) of host `ModelInputs` (views)."""
+    return take_rows(inputs, slice(start, stop))
+
+
+def take_rows(inputs: ModelInputs, rows: np.ndarray | slice) -> ModelInputs:
+    """Rows `rows` (indices, repeats allowed, or a slice) of host `ModelInputs`."""
+    return ModelInputs(**{f: (np.asarray(getattr(inputs, f))[:, rows] if f == "position_ids"
+                              else np.asarray(getattr(inputs, f))[rows])
                           for f in ModelInputs.__dataclass_fields__})
 
+
+def pad_inputs(inputs: ModelInputs, shape: tuple[int, int, int], pad_token_id: int,
+               padding_side: str = "left") -> ModelInputs:
+    """Host `inputs` padded to (rows, tokens, patches) = `shape`: tokens on `padding_side` (the side the
+    batch is already padded on), patches at the end, extra rows copies of the first; `inputs` itself if
+    it has that shape already."""
+    rows, tokens, patches = shape
+    if (inputs.batch_size, inputs.seq_len, inputs.num_patches) == tuple(shape):
+        return inputs
+    inputs = collate_model_inputs([inputs], tokens, patches, padding_side=padding_side, pad_token_id=pad_token_id)
+    return take_rows(inputs, np.where(np.arange(rows) < inputs.batch_size, np.arange(rows), 0))

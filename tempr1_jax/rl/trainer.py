@@ -9,9 +9,12 @@ fold_in(run key, step); the loader's state is checkpointed with the weights; the
 rebuilt from the same source (seed or checkpoint) on resume; nothing else carries state.
 On SIGTERM the current step finishes, a checkpoint is written and `run` returns 0.
 
+With `TrainConfig.drop_solved`, each epoch from the second on starts by dropping the samples the policy
+solves (Time-R1's filter, `rl.curriculum`); the epoch is part of the checkpoint, its set in `curriculum/`.
+
 Workdir: `model/` (what rebuilds the model, written at the start; see `rl.export`), `checkpoints/`,
-`metrics.jsonl`, `operative_config.gin` and, after a run that reached `TrainConfig.steps`, `hf/`: the
-final policy and tokenizer as a Hugging Face directory (`TrainConfig.export_hf`).
+`metrics.jsonl`, `operative_config.gin`, `curriculum/` (with `drop_solved`) and, after a run that reached
+`TrainConfig.steps`, `hf/`: the final policy and tokenizer as a Hugging Face directory (`TrainConfig.export_hf`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ import gin
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipeline.loader import make_loader
 from models.qwen2_5_vl import sharding as sharding_lib
+from tempr1_jax import multihost
 from tempr1_jax.config import write_operative_config
+from tempr1_jax.curate import CurateConfig
 from tempr1_jax.rl.checkpointing import CHECKPOINTS_DIR, CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.rl.curriculum import Curriculum
 from tempr1_jax.rl.export import HF_DIR, export_hf, write_run_model
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
@@ -39,8 +46,8 @@ from tempr1_jax.rl.metrics_log import MetricsLogger
 from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from tempr1_jax.rl.rollout import Rollout, RolloutConfig, reward_metrics, rollout
 from tempr1_jax.rl.setup import (DataConfig, LoaderConfig, MeshConfig, ModelSetup, build_model, local_rows,
-                                 place_inputs, place_rows, prompt_builders, resolve_sources, slice_inputs,
-                                 trainable_filter)
+                                 pad_inputs, place_inputs, place_rows, prompt_builders, resolve_sources,
+                                 slice_inputs, trainable_filter)
 from tempr1_jax.rl.train_step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -50,7 +57,11 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop settings. steps: rollout batches (each gives `num_iterations` optimizer updates).
-    export_hf: at the end of the run (not after a SIGTERM), write the policy to `workdir/hf`."""
+    export_hf: at the end of the run (not after a SIGTERM), write the policy to `workdir/hf`.
+    drop_solved: before each epoch from the second on, drop the training samples whose greedy IoU under the
+      current policy exceeds `CurateConfig.solved_iou` (Time-R1; see `rl.curriculum`).
+    epoch_steps: steps per epoch for `drop_solved`; None: one pass over the epoch's samples
+      (samples // (LoaderConfig.batch_size * processes), so epochs shrink with the set)."""
 
     steps: int = 100
     seed: int = 0
@@ -59,10 +70,14 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     export_hf: bool = True
+    drop_solved: bool = False
+    epoch_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.num_iterations < 1 or self.micro_batches < 1:
             raise ValueError("TrainConfig: steps >= 0, num_iterations >= 1 and micro_batches >= 1 are required")
+        if self.epoch_steps is not None and self.epoch_steps < 1:
+            raise ValueError(f"TrainConfig.epoch_steps must be >= 1 or None, got {self.epoch_steps}")
 
 
 def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, temperature: float = 1.0):
@@ -125,12 +140,13 @@ class GRPOTrainer:
         # A separate copy: the policy's buffers are donated to the update.
         self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
 
-        loader_cfg = LoaderConfig(sources=sources)
-        if loader_cfg.batch_size % self.cfg.micro_batches:
+        self.loader_cfg = LoaderConfig(sources=sources)
+        if self.loader_cfg.batch_size % self.cfg.micro_batches:
             raise ValueError(f"TrainConfig.micro_batches={self.cfg.micro_batches} must divide "
-                             f"LoaderConfig.batch_size={loader_cfg.batch_size}")
-        self.loader = make_loader(loader_cfg, self.tokenizer, self.model_config,
-                                  prompt_builders(self.rollout_cfg.think))
+                             f"LoaderConfig.batch_size={self.loader_cfg.batch_size}")
+        self.curriculum = (Curriculum(self.workdir, self.loader_cfg, CurateConfig().solved_iou, self.cfg.epoch_steps)
+                           if self.cfg.drop_solved else None)
+        self.loader = self._make_loader()
         total_updates = max(self.cfg.steps * self.cfg.num_iterations, 1)
         opt_cfg = OptimizerConfig()
         self.schedule = make_schedule(opt_cfg, total_updates)
@@ -159,19 +175,46 @@ class GRPOTrainer:
         return completion_logprobs(model, prompt, completions, mask, self.rollout_cfg.num_generations,
                                    self._temperature)
 
+    # --- data ---------------------------------------------------------------------------------------
+
+    def _make_loader(self) -> Any:
+        """The training loader: over the run's sources, or over the current curriculum epoch's set."""
+        loader_cfg = self.loader_cfg if self.curriculum is None else self.curriculum.loader_config()
+        return make_loader(loader_cfg, self.tokenizer, self.model_config, prompt_builders(self.rollout_cfg.think))
+
+    def drop_solved(self, step: int) -> dict[str, Any]:
+        """Start the next curriculum epoch at `step`: score the current set greedily with the current policy,
+        drop the solved samples, rebuild the loader; returns the `curriculum_*` metrics (`curriculum_s`: time)."""
+        t0 = time.perf_counter()
+        policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
+        ious = self.curriculum.score(policy, self.tokenizer, self.model_config,
+                                     prompt_builders(self.rollout_cfg.think),
+                                     max_new_tokens=self.rollout_cfg.max_new_tokens, mesh=self.mesh,
+                                     layout=self.layout)
+        metrics = self.curriculum.advance(step, ious)
+        self.loader = self._make_loader()
+        return {**metrics, "curriculum_s": time.perf_counter() - t0}
+
     # --- state ------------------------------------------------------------------------------------
 
     def _arrays(self) -> dict[str, Any]:
-        return {"state": self.state, "rng": jax.random.key_data(self.rng)}
+        # The key replicated on the mesh: orbax cannot save a single-device array with several processes.
+        rng = jax.device_put(jax.random.key_data(self.rng), NamedSharding(self.mesh, PartitionSpec()))
+        return {"state": self.state, "rng": rng}
 
     def restore(self) -> int:
         """Continue from the newest checkpoint in the workdir, if any; returns the step to start from."""
         step = self.checkpoints.latest_step()
         if step is None:
             return 0
-        arrays, data_state, _ = self.checkpoints.restore(abstract_like(self._arrays()), step)
+        arrays, data_state, meta = self.checkpoints.restore(abstract_like(self._arrays()), step)
         self.state = self.train_step.place_state(arrays["state"], arrays["state"].params)
         self.rng = jax.random.wrap_key_data(arrays["rng"])
+        if self.curriculum is not None and self.curriculum.restore(meta):
+            self.loader = self._make_loader()
+        elif self.curriculum is None and meta.get("curriculum_epoch", 1) > 1:
+            log.warning("the checkpoint was trained on a filtered set (TrainConfig.drop_solved); resuming on "
+                        "the full set, so the batches differ from the original run's")
         self.loader.set_state(data_state)
         log.info("resumed from the checkpoint of step %d", step)
         return int(step)
@@ -179,7 +222,8 @@ class GRPOTrainer:
     def save(self, step: int, force: bool = False) -> bool:
         """Checkpoint weights, optimizer, counters, RNG and loader state (async; on the interval or forced)."""
         return self.checkpoints.save(step, self._arrays(), data_state=self.loader.get_state(),
-                                     meta={"step": step}, force=force)
+                                     meta={"step": step, **(self.curriculum.meta() if self.curriculum else {})},
+                                     force=force)
 
     def export(self, directory: str | pathlib.Path | None = None) -> pathlib.Path | None:
         """Write the current policy and the tokenizer as an HF directory (default `workdir/hf`); returns it.
@@ -227,6 +271,9 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         batch = next(self.loader)
         host_prompts = batch["inputs"]
+        # Each process's batch takes its own buckets; the processes' rows form one array of one shape.
+        host_prompts = pad_inputs(host_prompts, multihost.common_shape(
+            (host_prompts.batch_size, host_prompts.seq_len, host_prompts.num_patches)), self.pad_id)
         prompts = place_inputs(host_prompts, self.mesh)
         key = jax.random.fold_in(self.rng, step)
         policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
@@ -278,16 +325,20 @@ class GRPOTrainer:
         policy (`TrainConfig.export_hf`) unless stopped by SIGTERM; returns 0."""
         start = self.restore()
         write_operative_config(self.workdir)
-        logger = MetricsLogger(self.workdir, total_steps=self.cfg.steps, start_step=start,
-                               tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
+        # One process writes the shared metrics files (its reward metrics cover its own rows).
+        logger = (MetricsLogger(self.workdir, total_steps=self.cfg.steps, start_step=start,
+                                tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
+                  if multihost.is_main() else None)
         last = start
         stopped = False
         try:
             with _StopFlag() as stop:
                 for step in range(start, self.cfg.steps):
-                    metrics = self.step(step)
+                    dropped = self.drop_solved(step) if self.curriculum and self.curriculum.due(step) else {}
+                    metrics = {**self.step(step), **dropped}
                     last = step + 1
-                    logger.log(last, metrics)
+                    if logger:
+                        logger.log(last, metrics)
                     final = last == self.cfg.steps or stop.requested
                     self.save(last, force=final)
                     if stop.requested:
@@ -296,7 +347,8 @@ class GRPOTrainer:
                         break
         finally:
             self.checkpoints.close()
-            logger.close()
+            if logger:
+                logger.close()
         if self.cfg.export_hf and not stopped:
             out = self.export()
             if out is not None:
