@@ -135,9 +135,9 @@ TAL 32/32 ~16 ms over 16 tiles of 256 rows (bitonic sorts, skipped by a `lax.con
 already in order, and the DP scan); on the 1-32 mix ~4 ms for 6 groups run in parallel (the
 448 x 32 x 32 TAL group ~2 ms, Type 2 on 1792 x 8 x 8 ~1 ms, a 32 x 64 x 32 group of the rows with
 spurious predictions ~0.4 ms). The reference spends ~1 ms per TAL sample but only ~0.1 ms on a short
-TG/DTG/VHD/GVQA sample, so the 1-32 mix, where short samples dominate, is the hardest case: it meets
-30x end to end in wall time only when the second core is free, and its kernel alone stays below
-100x (the fixed cost of the small groups).\
+TG/DTG/VHD/GVQA sample, so the 1-32 mix, where short samples dominate, is the hardest case: on a
+quiet machine it reaches ~22x end to end (~1.5 us per sample would be needed for 30x: the target
+dicts alone take ~0.7 us) and ~85x for the kernel alone (the fixed cost of its small groups).\
 """
 
 
