@@ -43,6 +43,10 @@ def test_paper_settings():
 def test_ablations_change_only_what_they_name():
     gin_config.parse_gin(files=["ablations/dapo.gin"])
     assert gin.query_parameter("LossConfig.name") == "dapo" and gin.query_parameter("LossConfig.epsilon_high") == 0.28
+    gin_config.parse_gin(files=["ablations/tal_sequential_match.gin"])
+    assert gin.query_parameter("RolloutConfig.reward_options") == {"matching": "sequential"}
+    gin_config.parse_gin(files=["ablations/tal_no_count_reward.gin"])
+    assert gin.query_parameter("RolloutConfig.reward_options") == {"use_count_reward": False}
     gin_config.parse_gin(files=["ablations/tasks_tg.gin"])
     assert len(gin.query_parameter("DataConfig.sources")) == 2
     assert gin.query_parameter("LossConfig.name") == "grpo"

@@ -50,13 +50,15 @@ def _pad(rows):
 
 
 @SETTINGS
-@given(st.lists(row, min_size=1, max_size=8), st.sampled_from([1.0, 0.5, 2.0]))
-def test_kernel_matches_reference(rows, sigma):
+@given(st.lists(row, min_size=1, max_size=8), st.sampled_from([1.0, 0.5, 2.0]),
+       st.sampled_from([(True, "dp"), (False, "dp"), (True, "sequential"), (False, "sequential")]))
+def test_kernel_matches_reference(rows, sigma, type3_variant):
     kinds, preds, gts, durations, _ = zip(*rows)
     pred, pred_mask = _pad(preds)
     gt, gt_mask = _pad(gts)
-    got = kernel.loc_rewards(pred, pred_mask, gt, gt_mask, np.array(durations), np.array([kernel.KINDS[k] for k in kinds]), sigma)
-    want = [ref.loc_reward(k, list(p), list(g), d, sigma) for k, p, g, d in zip(kinds, preds, gts, durations)]
+    got = kernel.loc_rewards(pred, pred_mask, gt, gt_mask, np.array(durations), np.array([kernel.KINDS[k] for k in kinds]),
+                             sigma, *type3_variant)
+    want = [ref.loc_reward(k, list(p), list(g), d, sigma, *type3_variant) for k, p, g, d in zip(kinds, preds, gts, durations)]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
@@ -202,6 +204,12 @@ def test_mixed_batch_equals_per_task_and_options():
     assert "cls" not in compute_rewards("tg", texts[:1], [TARGETS["tg"]])
     no_think = compute_rewards("tg", ["<answer>2 to 7.5</answer>"], [TARGETS["tg"]], think=False, format_weight=0.5, loc_weight=2.0)
     assert no_think["format"][0] == 1.0 and no_think["total"][0] == pytest.approx(2.5)
+    for options in ({"use_count_reward": False}, {"matching": "sequential"}):
+        got = compute_rewards(NAMES, texts, [TARGETS[n] for n in NAMES], max_segments=WIDTH, **options)["loc"]
+        want = [ref.reward_reference(n, t, TARGETS[n], max_segments=WIDTH, **options)["loc"] for n, t in zip(NAMES, texts)]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="matching"):
+        compute_rewards("tal", texts[:1], [TARGETS["tal"]], matching="greedy")
 
 
 def test_malformed_target_raises_with_id():

@@ -104,6 +104,19 @@ def test_type3_eq9():
     assert ref.type3_reward(gts, gts, 100, sigma=0.5) == pytest.approx(2.0)
 
 
+def test_type3_table3_variants():
+    # chronological order: (0, 10) <-> (0, 10), (20, 30) <-> (20, 30); (5, 8) sorts between them
+    preds = [(20, 30), (0, 10), (5, 8)]
+    gts = [(0, 10), (20, 30)]
+    # DP: sIoU = 2, F1 = 2 * 2 / (3 + 2) = 0.8; R_num = exp(-1 / 2)
+    assert ref.type3_reward(preds, gts, 100, use_count_reward=False) == pytest.approx(0.8)
+    # sequential: (0, 10) vs (0, 10) = 1, (5, 8) vs (20, 30) = 0 -> sIoU = 1, F1 = 2 / 5
+    assert ref.match_reward(preds, gts, 100, matching="sequential") == pytest.approx(0.4)
+    assert ref.type3_reward(preds, gts, 100, matching="sequential") == pytest.approx(math.exp(-1 / 2) + 0.4)
+    assert ref.type3_reward(preds, gts, 100, use_count_reward=False, matching="sequential") == pytest.approx(0.4)
+    assert ref.type3_reward([], gts, 100, use_count_reward=False) == 0.0
+
+
 def test_tiou():
     # IoU 0.6, factors (1 - 2/20) * (1 - 2/20)
     assert ref.tiou_reward([(2, 8)], [(0, 10)], 20) == pytest.approx(0.6 * 0.81)

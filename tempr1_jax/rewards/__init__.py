@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tempr1_jax import tasks as tasks_lib
-from tempr1_jax.rewards import kernel, parsing
+from tempr1_jax.rewards import kernel, parsing, reference
 
 
 def compute_rewards(
@@ -26,6 +26,8 @@ def compute_rewards(
     loc_weight: float | None = None,
     cls_weight: float | None = None,
     max_segments: int = tasks_lib.MAX_SEGMENTS,
+    use_count_reward: bool = True,
+    matching: str = "dp",
 ) -> dict[str, np.ndarray]:
     """Rewards per completion as float32 numpy arrays: `format`, `loc`, `total` (+ `cls`).
 
@@ -34,8 +36,9 @@ def compute_rewards(
     sigma: Type 3 count-reward scale. think: whether the format template requires the
     `<think>` block. *_weight: override the task's weights in
     total = w_format * format + w_loc * loc + w_cls * cls (TempR1: 1, 1, 1 for GVQA; TPRU:
-    0.9 * exact + 0.1 * format-ok * 0.2, see `tasks.TPRU_WEIGHTS`). Model output never raises;
-    a malformed target raises ValueError naming its id.
+    0.9 * exact + 0.1 * format-ok * 0.2, see `tasks.TPRU_WEIGHTS`). use_count_reward / matching:
+    TempR1 Table 3's Type 3 ablations (R_num left out; "sequential" instead of the "dp" matcher).
+    Model output never raises; a malformed target raises ValueError naming its id.
     """
     try:
         ok = 0 < float(sigma) < float("inf")
@@ -43,6 +46,8 @@ def compute_rewards(
         ok = False
     if not ok:
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if matching not in reference.MATCHINGS:
+        raise ValueError(f"matching must be one of {reference.MATCHINGS}, got {matching!r}")
     if isinstance(completions, str):
         raise ValueError("completions must be a sequence of strings, not one string")
     completions, targets = list(completions), list(targets)
@@ -61,7 +66,7 @@ def compute_rewards(
             sub = tuple([x[i] for i in rows.tolist()] for x in (task_list, completions, targets))
         inputs = parsing.parse_batch(*sub, think=think, max_segments=max_segments)
         args = (inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind)
-        pending.append((rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma)))
+        pending.append((rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma, use_count_reward, matching)))
     for rows, inputs, running in pending:
         loc[rows] = kernel.collect(running)
         format_ok[rows], cls[rows], weights[rows], has_cls[rows] = (

@@ -159,15 +159,24 @@ def dp_siou(iou):
     return _dp(lambda row: row, iou, iou.shape[1])
 
 
-def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma):
-    """R_num + R_match (F1 of sIoU / N_pred and sIoU / N_gt) on sorted lists; 0 without predictions."""
+def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma, use_count_reward: bool = True, matching: str = "dp"):
+    """R_num + R_match (F1 of sIoU / N_pred and sIoU / N_gt) on sorted lists; 0 without predictions.
+
+    use_count_reward=False drops R_num; matching "sequential" matches the k-th sorted prediction with
+    the k-th sorted ground truth instead of Algorithm 1 (TempR1 Table 3's ablations).
+    """
     pred, gt = chronological(ps, pe, pv), chronological(gs, ge, gv)
-    # The matching is symmetric: scan over the longer side, so that the running maximum inside
-    # each step (a chain of maxima, quadratic once XLA fuses it) runs along the shorter one. Each
-    # IoU row is computed inside the scan, so the [P, G, B] matrix is never materialised.
-    rows, cols = (pred, gt) if ps.shape[0] >= gs.shape[0] else (gt, pred)
-    s = _dp(lambda seg: _pair_iou(*(x[None] for x in seg), *cols), rows, cols[0].shape[0])
+    if matching == "sequential":
+        k = min(ps.shape[0], gs.shape[0])
+        s = _pair_iou(*(x[:k] for x in pred), *(x[:k] for x in gt)).sum(0)
+    else:
+        # The matching is symmetric: scan over the longer side, so that the running maximum inside
+        # each step (a chain of maxima, quadratic once XLA fuses it) runs along the shorter one. Each
+        # IoU row is computed inside the scan, so the [P, G, B] matrix is never materialised.
+        rows, cols = (pred, gt) if ps.shape[0] >= gs.shape[0] else (gt, pred)
+        s = _dp(lambda seg: _pair_iou(*(x[None] for x in seg), *cols), rows, cols[0].shape[0])
     r_num = jnp.exp(-jnp.abs(n_pred - n_gt) / (jnp.maximum(jnp.minimum(n_gt, 3), 1) * sigma))
+    r_num = r_num if use_count_reward else jnp.zeros_like(r_num)
     r_match = jnp.where(s > 0, 2 * s / jnp.maximum(n_pred + n_gt, 1), 0.0)
     return jnp.where(n_pred > 0, r_num + r_match, 0.0)
 
@@ -179,8 +188,9 @@ def tiou(ps, pe, pv, gs, ge, gv, duration):
     return jnp.where(pv[0], iou * factor, 0.0)
 
 
-def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int):
-    """The `family` reward (a `KINDS` code) of every row (inputs batch-major, as given)."""
+def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int, variant: tuple[bool, str]):
+    """The `family` reward (a `KINDS` code) of every row (inputs batch-major, as given); `variant` =
+    (use_count_reward, matching) of Type 3."""
     ps, pe, pv = _clip(pred[..., 0].T, pred[..., 1].T, pred_mask.T, duration)
     gs, ge, gv = _clip(gt[..., 0].T, gt[..., 1].T, gt_mask.T, duration)
     n_pred = pred_mask.sum(-1).astype(duration.dtype)
@@ -190,7 +200,7 @@ def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int):
     if family == KINDS["type2"]:
         return type2(ps, pe, gs, ge)
     if family == KINDS["type3"]:
-        return type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma)
+        return type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma, *variant)
     return tiou(ps, pe, pv, gs, ge, gv, duration)
 
 
@@ -199,16 +209,16 @@ def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int):
 TILE = 256
 
 
-@functools.partial(jax.jit, static_argnames="family")
-def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family):
+@functools.partial(jax.jit, static_argnames=("family", "variant"))
+def _loc_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family, variant=(True, "dp")):
     """`_family_rewards` over tiles of at most `TILE` rows (a `lax.map`; the row count is a
     multiple of the tile when it exceeds it)."""
     b = pred.shape[0]
     tile = math.gcd(b, TILE)
     if tile == b:
-        return _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family)
+        return _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family, variant)
     tiles = [x.reshape(b // tile, tile, *x.shape[1:]) for x in (pred, pred_mask, gt, gt_mask, duration)]
-    return lax.map(lambda xs: _family_rewards(*xs, sigma, family), tiles).reshape(b)
+    return lax.map(lambda xs: _family_rewards(*xs, sigma, family, variant), tiles).reshape(b)
 
 
 SMALL_GROUP = 64  # rows; see `prepare`
@@ -319,12 +329,16 @@ def prepare(
     return Prepared(len(kind), tuple(groups))
 
 
-def dispatch(prepared: Prepared, sigma: float = 1.0) -> Pending:
+def dispatch(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp") -> Pending:
     """Start the jitted call of every group and return without waiting (JAX dispatches
-    asynchronously, so the host can parse the next rows meanwhile)."""
+    asynchronously, so the host can parse the next rows meanwhile). The Type 3 options are as in `type3`."""
     sigma = np.float64(sigma)
+    type3_variant = (bool(use_count_reward), matching)
     with jax.enable_x64(True), jax.default_device(_cpu()):
-        return Pending(prepared, tuple(_loc_rewards(*g.args, sigma, family=g.family) for g in prepared.groups))
+        return Pending(prepared, tuple(
+            _loc_rewards(*g.args, sigma, family=g.family,
+                         variant=type3_variant if g.family == KINDS["type3"] else (True, "dp"))
+            for g in prepared.groups))
 
 
 def collect(pending: Pending) -> np.ndarray:
@@ -335,9 +349,9 @@ def collect(pending: Pending) -> np.ndarray:
     return out
 
 
-def run(prepared: Prepared, sigma: float = 1.0) -> np.ndarray:
+def run(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp") -> np.ndarray:
     """Localisation reward per row of a `prepare`d batch, float64 numpy [B]: `collect(dispatch(...))`."""
-    return collect(dispatch(prepared, sigma))
+    return collect(dispatch(prepared, sigma, use_count_reward, matching))
 
 
 def loc_rewards(
@@ -348,15 +362,17 @@ def loc_rewards(
     duration: np.ndarray,
     kind: np.ndarray,
     sigma: float = 1.0,
+    use_count_reward: bool = True,
+    matching: str = "dp",
 ) -> np.ndarray:
-    """Localisation reward per row, float64 numpy [B]: `run(prepare(...), sigma)`.
+    """Localisation reward per row, float64 numpy [B]: `run(prepare(...), sigma, ...)`.
 
     pred [B, P, 2] raw parsed (start, end) (NaN/inf allowed), pred_mask [B, P] (True = a parsed
     prediction, counted in N_pred even if invalid; present entries first); gt [B, G, 2]
     validated, gt_mask [B, G]; duration [B] > 0; kind [B] int codes from `KINDS` ("exact" rows
     get 0). The jitted function compiles once per (kind, padded shape).
     """
-    return run(prepare(pred, pred_mask, gt, gt_mask, duration, kind), sigma)
+    return run(prepare(pred, pred_mask, gt, gt_mask, duration, kind), sigma, use_count_reward, matching)
 
 
 @jax.jit

@@ -111,14 +111,24 @@ def dp_matching(iou_matrix: Sequence[Sequence[float]]) -> tuple[float, list[tupl
     return D[m][n], pairs[::-1]
 
 
-def match_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float) -> float:
-    """Eq. 7-8: F1 with P = sIoU / N_pred and R = sIoU / N_gt over chronologically sorted lists."""
+MATCHINGS = ("dp", "sequential")
+
+
+def match_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, matching: str = "dp") -> float:
+    """Eq. 7-8: F1 with P = sIoU / N_pred and R = sIoU / N_gt over chronologically sorted lists.
+
+    matching "dp": sIoU of Algorithm 1; "sequential" (TempR1 Table 3's naive baseline): the k-th
+    prediction is matched with the k-th ground truth, k < min(N_pred, N_gt).
+    """
     if not preds or not gts:
         return 0.0
     p_sorted = _chronological([clip_segment(p, duration) for p in preds])
     g_sorted = _chronological([clip_segment(g, duration) for g in gts])
-    matrix = [[iou(p, g) for g in g_sorted] for p in p_sorted]
-    s_iou, _ = dp_matching(matrix)
+    if matching == "sequential":
+        s_iou = sum(iou(p, g) for p, g in zip(p_sorted, g_sorted))
+    else:
+        matrix = [[iou(p, g) for g in g_sorted] for p in p_sorted]
+        s_iou, _ = dp_matching(matrix)
     precision = s_iou / len(preds)
     recall = s_iou / len(gts)
     if precision + recall == 0:
@@ -126,11 +136,16 @@ def match_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: flo
     return 2 * precision * recall / (precision + recall)
 
 
-def type3_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0) -> float:
-    """Eq. 9, many-to-many (TAL): R_num + R_match; 0 when nothing could be parsed."""
+def type3_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0,
+                 use_count_reward: bool = True, matching: str = "dp") -> float:
+    """Eq. 9, many-to-many (TAL): R_num + R_match; 0 when nothing could be parsed.
+
+    use_count_reward=False drops R_num and `matching` picks R_match's matcher (TempR1 Table 3's ablations).
+    """
     if not preds:
         return 0.0
-    return count_reward(len(preds), len(gts), sigma) + match_reward(preds, gts, duration)
+    r_num = count_reward(len(preds), len(gts), sigma) if use_count_reward else 0.0
+    return r_num + match_reward(preds, gts, duration, matching)
 
 
 def tiou_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float) -> float:
@@ -144,14 +159,16 @@ def tiou_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: floa
     return iou(p, g) * (1 - abs(p[0] - g[0]) / duration) * (1 - abs(p[1] - g[1]) / duration)
 
 
-def loc_reward(kind: str, preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0) -> float:
-    """The localisation reward `kind` ("type1", "type2", "type3", "tiou"; "exact" has none)."""
+def loc_reward(kind: str, preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0,
+               use_count_reward: bool = True, matching: str = "dp") -> float:
+    """The localisation reward `kind` ("type1", "type2", "type3", "tiou"; "exact" has none); `sigma`,
+    `use_count_reward` and `matching` shape Type 3."""
     if kind == "type1":
         return type1_reward(preds, gts, duration)
     if kind == "type2":
         return union_iou(preds, gts, duration)
     if kind == "type3":
-        return type3_reward(preds, gts, duration, sigma)
+        return type3_reward(preds, gts, duration, sigma, use_count_reward, matching)
     if kind == "tiou":
         return tiou_reward(preds, gts, duration)
     return 0.0
@@ -165,6 +182,8 @@ def reward_reference(
     think: bool = True,
     weights: Sequence[float] | None = None,
     max_segments: int = tasks_lib.MAX_SEGMENTS,
+    use_count_reward: bool = True,
+    matching: str = "dp",
 ) -> dict[str, float]:
     """Eq. 3, 10, 11 for one completion: {"format", "loc", "total"} and "cls" where the task has it.
 
@@ -178,7 +197,7 @@ def reward_reference(
     r_loc = 0.0
     if t.has_segments:
         gts, duration = tasks_lib.target_segments(target)
-        r_loc = loc_reward(t.reward, list(parsed.segments), gts, duration, sigma)
+        r_loc = loc_reward(t.reward, list(parsed.segments), gts, duration, sigma, use_count_reward, matching)
     out = {"format": r_format, "loc": r_loc}
     total = w_format * r_format + w_loc * r_loc
     if t.has_cls:
