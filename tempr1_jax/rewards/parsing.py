@@ -13,7 +13,7 @@ the segment list left open (`Task.output_regex(open_segments=True)`); the lists 
 ones are then checked and converted together in one compiled pass (`segment_lists`).
 Other completions go through the task's lenient parser (`Task.parse`), which defines the result;
 tests check that both routes agree with `reference.reward_reference`. Targets are converted in
-one `np.array` call and checked vectorised; if anything is off, `tasks.target_segments` re-checks
+one `np.fromiter` pass and checked vectorised; if anything is off, `tasks.target_segments` re-checks
 them one by one to name the offending sample.
 """
 
@@ -189,7 +189,7 @@ def parse_batch(
             cls[rows_arr] = [a == b for a, b in zip(choices, expected)]
 
     fast_counts = np.concatenate(fast_counts) if fast_counts else np.zeros(0, np.int64)
-    fast_vals = np.concatenate(fast_vals).reshape(-1) if fast_vals else np.zeros(0)
+    fast_vals = np.concatenate(fast_vals) if fast_vals else np.zeros((0, 2))  # [segments, 2]
     fast_pos = _positions(fast_counts)
     fast_row_of = np.repeat(np.concatenate(fast_rows) if fast_rows else np.zeros(0, np.int64), fast_counts)
     # (A single-segment template holds one pair, so a task's `pick` cannot matter here.)
@@ -200,7 +200,7 @@ def parse_batch(
         n,
         np.concatenate([fast_row_of[keep], np.repeat(np.asarray(slow_rows, np.int64), slow_counts)]),
         np.concatenate([fast_pos[keep], _positions(slow_counts)]),
-        np.concatenate([fast_vals.reshape(-1, 2)[keep].reshape(-1), slow_vals]),
+        np.concatenate([fast_vals[keep].reshape(-1), slow_vals]),
     )
 
     duration = np.ones(n, np.float64)
