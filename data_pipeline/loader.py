@@ -149,7 +149,7 @@ def make_loader(
     prepare = _Prepare(config, tokenizer, model_config, prompt_builders, answer_builders)
     parts, sizes = [], []
     for i, source in enumerate(config.sources):
-        records = _records(source)[shard_index::shard_count]
+        records = source_records(source)[shard_index::shard_count]
         if len(records) == 0:
             raise ValueError(f"source {source.path} has no records for shard {shard_index} of {shard_count}")
         sizes.append(len(records))
@@ -173,7 +173,7 @@ def make_eval_loader(
     """
     shard_index, shard_count = _shard(config)
     prepare = _Prepare(config, tokenizer, model_config, prompt_builders, None)
-    parts = [_records(s).map(_SourcePrepare(prepare, s)) for s in config.sources]
+    parts = [source_records(s).map(_SourcePrepare(prepare, s)) for s in config.sources]
     ordered = grain.MapDataset.concatenate(parts)[shard_index::shard_count]
     return _pipeline(ordered, config, prepare, pad_last=True)
 
@@ -190,7 +190,7 @@ def _shard(config: LoaderConfig) -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def _records(source: SourceConfig) -> grain.MapDataset:
+def source_records(source: SourceConfig) -> grain.MapDataset:
     """The source's records as a MapDataset of JSON text/bytes (parsed lazily in the map)."""
     if source.split is not None:
         return grain.MapDataset.source(arrayrecord_io.open_split(source.path, source.split))

@@ -320,7 +320,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     from jax.sharding import NamedSharding, PartitionSpec
 
     from models.qwen2_5_vl import sharding as sharding_lib
-    from models.qwen2_5_vl.generation import SamplingParams, _decode, _prefill
+    from models.qwen2_5_vl.generation import SamplingParams, decode, prefill
     from tempr1_jax.rl.losses import LossConfig
     from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer
     from tempr1_jax.rl.rollout import RolloutConfig
@@ -363,7 +363,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
         "ref_logp": _sds((n_mb, t), f32, mesh) if ref_params is not None else None,
         "old_logp": _sds((n_mb, t), f32, mesh) if shapes.num_iterations > 1 else None,
     }
-    (_, (_, aux)), grads = jax.eval_shape(step._grad, params, frozen, batch)
+    (_, (_, aux)), grads = jax.eval_shape(step.value_and_grad, params, frozen, batch)
     scalar = jax.ShapeDtypeStruct((), f32, sharding=replicated)
     acc = Accumulator(grads=jax.tree.map(lambda gr, p: jax.ShapeDtypeStruct(gr.shape, f32, sharding=p.sharding),
                                          grads, params),
@@ -387,16 +387,16 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
         cache_len = shapes.prompt_len + t
         full_args = per_device_bytes(state_full)
         programs["rollout_prefill"], _ = _compile(
-            "rollout_prefill", _prefill, (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),
+            "rollout_prefill", prefill, (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),
             resident=resident, resident_in_args=full_args)
         last_logits, cache = jax.eval_shape(
-            lambda s, i: _prefill(graphdef_full, s, i, cache_len, mesh, layout), state_full, prompt_all)
+            lambda s, i: prefill(graphdef_full, s, i, cache_len, mesh, layout), state_full, prompt_all)
         cache = _with_shardings(cache, sharding_lib.named(sharding_lib.cache_specs(cache, mesh, layout), mesh))
         last_logits = _sds(last_logits.shape, last_logits.dtype, mesh)
         key = jax.eval_shape(lambda: jax.random.key(0))
         sampling = SamplingParams(rollout_cfg.temperature, rollout_cfg.top_p, rollout_cfg.top_k)
         programs["rollout_decode"], _ = _compile(
-            "rollout_decode", _decode,
+            "rollout_decode", decode,
             (graphdef_full, state_full, cache, last_logits, prompt_all.attention_mask, prompt_all.position_ids, key,
              jax.ShapeDtypeStruct((4,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)),
             dict(params=sampling, max_new_tokens=t, num_return_sequences=g, mesh=mesh, layout=layout),

@@ -59,23 +59,23 @@ def test_greedy_matches_transformers_and_compiles_once(setup):
     ours = generate(model, inputs, max_new_tokens=STEPS, temperature=0.0, eos_token_id=())
     np.testing.assert_array_equal(np.asarray(ours), ref)
     # HF argument names through the model method (torch tensors accepted); same bucket: no retrace.
-    sizes = (generation._prefill._cache_size(), generation._decode._cache_size())
+    sizes = (generation.prefill._cache_size(), generation.decode._cache_size())
     again = model.generate(**{k: torch.as_tensor(v) for k, v in hf_args.items()}, max_new_tokens=STEPS,
                            do_sample=False, eos_token_id=())
     np.testing.assert_array_equal(np.asarray(again), ref)
-    assert (generation._prefill._cache_size(), generation._decode._cache_size()) == sizes
+    assert (generation.prefill._cache_size(), generation.decode._cache_size()) == sizes
 
 
 def test_sampling_reproducible_and_shares_prefill(setup, monkeypatch):
     _, _, model, _, inputs = setup
     calls = []
-    real = generation._prefill
+    real = generation.prefill
 
     def spy(graphdef, state, prefill_inputs, *args):
         calls.append(prefill_inputs.input_ids.shape[0])
         return real(graphdef, state, prefill_inputs, *args)
 
-    monkeypatch.setattr(generation, "_prefill", spy)
+    monkeypatch.setattr(generation, "prefill", spy)
     kw = dict(max_new_tokens=SAMPLE_STEPS, temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,
               top_p=SAMPLING.top_p, num_return_sequences=3, eos_token_id=())
     a = generate(model, inputs, rng=jax.random.key(7), **kw)

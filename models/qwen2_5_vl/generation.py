@@ -157,7 +157,7 @@ def decode_loop(
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "mesh", "layout"))
-def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache_len: int,
+def prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache_len: int,
              mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
     """Vision tower + decoder over the prompts; logits of the last position and the filled cache."""
     model = nnx.merge(graphdef, state)
@@ -169,7 +169,7 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cach
 
 @functools.partial(
     jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "mesh", "layout"))
-def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: jax.Array,
+def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: jax.Array,
             attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, eos_ids: jax.Array,
             pad_token_id: jax.Array, *, params: SamplingParams, max_new_tokens: int, num_return_sequences: int,
             mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
@@ -273,11 +273,11 @@ def generate(
     graphdef, state = nnx.split(model)
     inputs = jax.tree.map(jnp.asarray, inputs)
     cache_len = inputs.input_ids.shape[1] + max_new_tokens
-    last_logits, cache = _prefill(graphdef, state, inputs, cache_len, mesh, layout)
+    last_logits, cache = prefill(graphdef, state, inputs, cache_len, mesh, layout)
     # Stop ids are data, padded to a multiple of 4 with -1, so changing them rarely recompiles.
     eos_arr = np.full(max(4, -(-len(eos_ids) // 4) * 4), -1, np.int32)
     eos_arr[:len(eos_ids)] = eos_ids
-    tokens, logprobs, mask = _decode(
+    tokens, logprobs, mask = decode(
         graphdef, state, cache, last_logits, inputs.attention_mask, inputs.position_ids, rng, eos_arr,
         jnp.int32(pad_token_id), params=params, max_new_tokens=int(max_new_tokens),
         num_return_sequences=int(num_return_sequences), mesh=mesh, layout=layout)

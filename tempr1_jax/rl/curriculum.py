@@ -69,7 +69,7 @@ def read_samples(sources: Sequence[loader_lib.SourceConfig]) -> list[list[dict[s
     """Every sample of each source (JSONL file or ArrayRecord split), parsed, in file order."""
     out = []
     for source in sources:
-        records = loader_lib._records(source)  # the loader's own reader: same samples, same order
+        records = loader_lib.source_records(source)  # the loader's own reader: same samples, same order
         out.append([json.loads(records[i]) for i in range(len(records))])
     return out
 

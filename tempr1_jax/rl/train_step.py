@@ -56,7 +56,7 @@ class TrainStep:
     def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation) -> None:
         self.loss_fn = loss_fn
         self.optimizer = optimizer
-        self._grad = jax.value_and_grad(lambda p, f, b: _split_aux(loss_fn(p, f, b)), has_aux=True)
+        self.value_and_grad = jax.value_and_grad(lambda p, f, b: _split_aux(loss_fn(p, f, b)), has_aux=True)
         self._accumulate = jax.jit(self._accumulate_impl, donate_argnums=(3,))
         self._apply: Callable | None = None
         self._state_shardings: Any = None
@@ -95,7 +95,7 @@ class TrainStep:
         Its shapes depend only on the params, so the jitted constructor is built once.
         """
         if self._zeros is None:
-            (_, (_, aux)), grads = jax.eval_shape(self._grad, params, frozen, batch)
+            (_, (_, aux)), grads = jax.eval_shape(self.value_and_grad, params, frozen, batch)
 
             def make() -> Accumulator:
                 return Accumulator(
@@ -119,7 +119,7 @@ class TrainStep:
         return self._accumulate(state.params, frozen, batch, acc)
 
     def _accumulate_impl(self, params, frozen, batch, acc: Accumulator) -> Accumulator:
-        (total, (count, aux)), grads = self._grad(params, frozen, batch)
+        (total, (count, aux)), grads = self.value_and_grad(params, frozen, batch)
         grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc.grads, grads)
         if self._param_shardings is not None:
             grads = jax.lax.with_sharding_constraint(grads, self._param_shardings)
