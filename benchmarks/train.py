@@ -24,7 +24,7 @@ PARTS = ("step_time_s", "rollout_s", "generate_s", "reward_s", "logprob_s", "upd
 
 def main(argv: list[str] | None = None) -> int:
     from tempr1_jax.commands.train import mesh_bindings
-    from tempr1_jax.config import add_gin_arguments, parse_gin
+    from tempr1_jax.config import add_gin_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_gin_arguments(parser)
@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first step compiles)")
 
+    from tempr1_jax.configurables import parse_gin
     from tempr1_jax.rl import trainer as trainer_lib
-    from tempr1_jax.rl.metrics_log import read_metrics
+    from tempr1_jax.training.metrics_log import read_metrics
 
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_train_"))
     parse_gin(args, files=["demo.gin"] if not args.gin_file else [],

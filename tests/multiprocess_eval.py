@@ -23,8 +23,10 @@ from data_pipeline.loader import LoaderConfig, SourceConfig, make_eval_loader  #
 from data_pipeline.tokenizer import special_token_ids  # noqa: E402
 from models.qwen2_5_vl import sharding as sharding_lib  # noqa: E402
 from models.qwen2_5_vl.config import tiny_config  # noqa: E402
-from tempr1_jax import eval_harness, multihost  # noqa: E402
-from tempr1_jax.rl.setup import init_model, prompt_builders  # noqa: E402
+from tempr1_jax.training import multihost  # noqa: E402
+from tempr1_jax.training.predictions import generate_predictions  # noqa: E402
+from tempr1_jax.training.data_setup import prompt_builders  # noqa: E402
+from tempr1_jax.training.model_setup import init_model  # noqa: E402
 
 tok = transformers.AutoTokenizer.from_pretrained(str(data / "tok"))
 model = init_model(tiny_config(**special_token_ids(tok)), 0)
@@ -45,7 +47,7 @@ def traced(batches, **kwargs):
 
 
 multihost.lockstep = traced
-predictions, targets, skipped = eval_harness.generate_predictions(
+predictions, targets, skipped = generate_predictions(
     model, tok, make_eval_loader(cfg, tok, model.config, prompt_builders()), max_new_tokens=8, mesh=mesh)
 pathlib.Path(f"{out}_{pid}.json").write_text(json.dumps({"predictions": predictions, "skipped": skipped,
                                                          "shapes": shapes}))

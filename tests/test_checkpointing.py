@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
-from tempr1_jax.rl.metrics_log import MetricsLogger, read_metrics
+from tempr1_jax.training.checkpoints import CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.training.metrics_log import MetricsLogger, read_metrics
 
 
 def test_checkpoint_round_trip_and_retention(tmp_path):

@@ -67,10 +67,12 @@ def test_mesh_shortcut():
 
 
 def test_demo_config_parses():
-    from tempr1_jax.rl import trainer  # registers the configurables
+    from tempr1_jax import configurables  # noqa: F401  (registers every configurable)
+    from tempr1_jax.rl import trainer
+    from tempr1_jax.training.model_setup import MeshConfig
 
     parse_gin(files=["demo.gin"], bindings=["MeshConfig.data = 2"])
     assert trainer.TrainConfig().steps == 8
     assert trainer.RolloutConfig().num_generations == 4
-    assert trainer.MeshConfig().data == 2
+    assert MeshConfig().data == 2
     assert trainer.LossConfig().name == "grpo"

@@ -8,8 +8,8 @@ import gin
 import pytest
 
 from tempr1_jax import config as gin_config
-from tempr1_jax import curate, demo, sft  # noqa: F401  (register CurateConfig, DemoConfig, SFTConfig)
-from tempr1_jax.rl import trainer  # noqa: F401  (registers the trainer's configurables)
+from tempr1_jax import configurables  # noqa: F401  (registers every configurable)
+from tempr1_jax.rl import trainer
 
 
 @pytest.fixture(autouse=True)

@@ -25,11 +25,14 @@ from data_pipeline.loader import LoaderConfig, SourceConfig, make_eval_loader, m
 from data_pipeline.synthetic import write_synthetic_dataset
 from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl.config import tiny_config
-from tempr1_jax import curate, eval_harness, multihost
+from tempr1_jax import difficulty
+from tempr1_jax.apps import curate
+from tempr1_jax.training import multihost
+from tempr1_jax.training.predictions import generate_predictions
 from tempr1_jax.config import parse_gin
 from tempr1_jax.rl.curriculum import CURRICULUM_DIR, Curriculum, check_unique_ids, epoch_length
-from tempr1_jax.rl.metrics_log import read_metrics
-from tempr1_jax.rl.setup import prompt_builders
+from tempr1_jax.training.metrics_log import read_metrics
+from tempr1_jax.training.data_setup import prompt_builders
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
 from test_resume import SMALL
 
@@ -155,9 +158,9 @@ def test_trainer_scores_like_curate_on_separate_greedy_outputs(tmp_path, data, c
     # Separately: an unsharded copy of the policy, the evaluation loader, `curate` in filter mode.
     plain = nnx.merge(t.graphdef, *jax.device_get((t.state.params, t.frozen)))
     batches = make_eval_loader(t.loader_cfg, t.tokenizer, t.model_config, prompt_builders())
-    predictions, targets, _ = eval_harness.generate_predictions(plain, t.tokenizer, batches,
+    predictions, targets, _ = generate_predictions(plain, t.tokenizer, batches,
                                                                 max_new_tokens=t.rollout_cfg.max_new_tokens)
-    kept, expected, _ = curate.curate(predictions, targets, curate.CurateConfig(), mode="filter")
+    kept, expected, _ = curate.curate(predictions, targets, difficulty.CurateConfig(), mode="filter")
     assert [p["id"] for p in predictions] == [s["id"] for s in t.curriculum.samples() if s["id"] != "broken"]
     np.testing.assert_array_equal(ious[:-1], expected)
     assert np.isnan(ious[-1]) and len(ious) == 7

@@ -10,7 +10,8 @@ import gin
 import numpy as np
 import pytest
 
-from tempr1_jax import eval_harness, evaluation
+from tempr1_jax import evaluation
+from tempr1_jax.apps import eval_report, evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -33,22 +34,22 @@ PREDICTIONS = [
 
 
 def test_score_predictions_groups_by_dataset_and_task():
-    metrics = eval_harness.score_predictions(PREDICTIONS, TARGETS)
+    metrics = evaluate.score_predictions(PREDICTIONS, TARGETS)
     assert list(metrics) == [("charades_sta", "tg"), ("activitynet13", "tal")]
     assert metrics[("charades_sta", "tg")] == evaluation.score("tg", [p["output"] for p in PREDICTIONS[:2]], TARGETS[:2])
     assert metrics[("charades_sta", "tg")]["mIoU"] == pytest.approx(50.0)
 
 
 def test_reward_summary():
-    rewards = eval_harness.reward_summary(PREDICTIONS, TARGETS, think=False)
-    per_sample = eval_harness.per_sample_rewards(PREDICTIONS, TARGETS, think=False)
+    rewards = evaluate.reward_summary(PREDICTIONS, TARGETS, think=False)
+    per_sample = evaluate.per_sample_rewards(PREDICTIONS, TARGETS, think=False)
     assert rewards["tg/reward"] == pytest.approx((2.0 + 0.0) / 2)  # format + IoU 1, then nothing
     assert rewards["mean_reward"] == pytest.approx(float(np.mean(per_sample)))
-    assert eval_harness.reward_summary([], []) == {"mean_reward": 0.0}
+    assert evaluate.reward_summary([], []) == {"mean_reward": 0.0}
 
 
 def test_markdown_table_prints_the_paper_beside_ours():
-    table = eval_harness.markdown_table({("charades_sta", "tg"): {"mIoU": 12.34, "R1@0.5": 5.0},
+    table = eval_report.markdown_table({("charades_sta", "tg"): {"mIoU": 12.34, "R1@0.5": 5.0},
                                          ("synthetic", "tal"): {"mF1": 3.0}})
     assert "| mIoU | 12.3 | 61.4 | TempR1 |" in table
     assert "| R1@0.5 | 5.0 | 72.7 | TempR1 |" in table
@@ -56,15 +57,15 @@ def test_markdown_table_prints_the_paper_beside_ours():
 
 
 def test_predicted_segments_drop_invalid_and_clip():
-    segs = eval_harness.predicted_segments("tal", "<answer>-1 to 3, 5 to 4, nan to 2, 8 to 99</answer>", 10.0)
+    segs = eval_report.predicted_segments("tal", "<answer>-1 to 3, 5 to 4, nan to 2, 8 to 99</answer>", 10.0)
     assert segs == [(0.0, 3.0), (8.0, 10.0)]
 
 
 def test_timeline_png(tmp_path):
-    path = eval_harness.plot_timelines(PREDICTIONS, TARGETS, tmp_path / "t.png", per_task=1)
+    path = eval_report.plot_timelines(PREDICTIONS, TARGETS, tmp_path / "t.png", per_task=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # letter-only tasks and empty input still give a figure
-    empty = eval_harness.plot_timelines([], [], tmp_path / "e.png")
+    empty = eval_report.plot_timelines([], [], tmp_path / "e.png")
     assert empty.stat().st_size > 0
 
 

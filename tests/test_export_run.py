@@ -16,8 +16,8 @@ from model_oracle import VIDEO_GRID, hf_logits, pixels, rel_err, vision_prompt
 
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from tempr1_jax import cli
-from tempr1_jax.rl.export import SETUP_FILE, restore_policy
-from tempr1_jax.rl.setup import ModelSetup, base_model
+from tempr1_jax.training.export import SETUP_FILE, restore_policy
+from tempr1_jax.training.model_setup import ModelSetup, base_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Evaluation on several processes (`tempr1_jax.multihost`), with threads standing in for the processes:
+"""Evaluation on several processes (`tempr1_jax.training.multihost`), with threads standing in for the processes:
 the shards of a split (`rows[index::count]`, as `make_eval_loader` reads them) run the same number of
 lockstep steps, the shorter ones on dummy batches (None), with the common largest shape; `limit` stops
 every process at the same step; gathered rows interleave back into split order.
@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from models.qwen2_5_vl.config import tiny_config
-from tempr1_jax import eval_harness, multihost
-from tempr1_jax.rl import setup
+from tempr1_jax.training import batches, multihost, predictions
 
 
 class ThreadGather:
@@ -102,11 +101,11 @@ def test_gather_objects_and_interleave():
 def test_dummy_and_padded_inputs_are_left_padded_prompts_of_the_common_shape():
     config = tiny_config()
     pad = 0
-    dummy = eval_harness._dummy_inputs(config, pad)
-    padded = setup.pad_inputs(dummy, (3, 6, 8), pad)
+    dummy = predictions.dummy_inputs(config, pad)
+    padded = batches.pad_inputs(dummy, (3, 6, 8), pad)
     assert (padded.batch_size, padded.seq_len, padded.num_patches) == (3, 6, 8)
     np.testing.assert_array_equal(padded.attention_mask, [[0, 0, 0, 0, 0, 1]] * 3)
     np.testing.assert_array_equal(padded.input_ids, np.full((3, 6), pad))
     assert not padded.patch_valid.any() and padded.position_ids.shape == (3, 3, 6)
     # A batch of the common shape already is passed through as it is.
-    assert setup.pad_inputs(padded, (3, 6, 8), pad) is padded
+    assert batches.pad_inputs(padded, (3, 6, 8), pad) is padded

@@ -12,7 +12,7 @@ import pytest
 
 from data_pipeline.synthetic import write_synthetic_dataset
 from data_pipeline.tokenizer import train_tiny_tokenizer
-from tempr1_jax.rl.setup import prompt_builders
+from tempr1_jax.training.data_setup import prompt_builders
 
 SCRIPT = pathlib.Path(__file__).with_name("multiprocess_eval.py")
 

@@ -9,8 +9,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models.qwen2_5_vl import sharding as sharding_lib
-from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer
-from tempr1_jax.rl.train_step import TrainStep
+from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer
+from tempr1_jax.training.train_step import TrainStep
 
 
 def test_moments_sharded_like_params():

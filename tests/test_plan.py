@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
-from tempr1_jax import plan
+from tempr1_jax.apps import plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPES = plan.StepShapes(prompts=4, group=2, prompt_len=64, completion_len=8, patches=16, micro_batch=2)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tempr1_jax.config import parse_gin
-from tempr1_jax.rl.metrics_log import read_metrics
+from tempr1_jax.training.metrics_log import read_metrics
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
 
 SMALL = [

@@ -15,7 +15,8 @@ from flax import nnx
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
-from tempr1_jax import sft, tasks
+from tempr1_jax import tasks
+from tempr1_jax.apps import sft
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,9 @@ from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossConfig
-from tempr1_jax.rl.setup import init_model, place_inputs, place_rows, trainable_filter
-from tempr1_jax.rl.train_step import TrainStep
+from tempr1_jax.training.batches import place_inputs, place_rows
+from tempr1_jax.training.model_setup import init_model, trainable_filter
+from tempr1_jax.training.train_step import TrainStep
 from tempr1_jax.rl.trainer import make_policy_loss
 
 G, T = 4, 6

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
-from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
-from tempr1_jax.rl.train_step import TrainStep
+from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from tempr1_jax.training.train_step import TrainStep
 
 N, T, F, V = 8, 5, 6, 11
 

@@ -4,7 +4,7 @@
     tempr1 convert orbax-to-hf IN OUT_HF_DIR [--step N] [--dtype bfloat16] [--max-shard-gb 5] [--layout hub]
 
 The orbax side is either a parameter directory (`config.json` + `params/`, `models.qwen2_5_vl.orbax_io`)
-or a `tempr1 train` workdir (`checkpoints/` + `model/config.json`, `tempr1_jax.rl.export`), whose
+or a `tempr1 train` workdir (`checkpoints/` + `model/config.json`, `tempr1_jax.training.export`), whose
 checkpoint of `--step` (default: the latest) is exported with the run's tokenizer; only the policy
 parameters are read. The HF side is a directory that transformers'
 `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads. Parameters are converted one tensor at a
@@ -64,8 +64,8 @@ def _convert(args: argparse.Namespace) -> str:
             raise ValueError(f"--step applies to a training workdir, but {args.src} is an orbax parameter directory")
         orbax_io.orbax_to_hf(args.src, args.dst, dtype=args.dtype, **save_kwargs)
         return ""
-    from tempr1_jax.rl import export
-    from tempr1_jax.rl.checkpointing import CHECKPOINTS_DIR
+    from tempr1_jax.training import export
+    from tempr1_jax.training.checkpoints import CHECKPOINTS_DIR
 
     if not export.is_run_dir(args.src):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""`tempr1 curate`: Time-R1's data recipe with a model's greedy outputs (see `tempr1_jax.curate`).
+"""`tempr1 curate`: Time-R1's data recipe with a model's greedy outputs (see `tempr1_jax.apps.curate`).
 
     # difficulty = the base model's IoU; keep CurateConfig.size samples, Gaussian over difficulty
     tempr1 curate --gin_file configs/time_r1_7b.gin --checkpoint BASE --dataset data/prepared/timerft \
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
+from typing import Any
 
 from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed
+from tempr1_jax.config import add_gin_arguments
 
 HELP = "Score sample difficulty (model IoU) and pick a Gaussian-weighted subset, or drop solved samples."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tempr1_jax import config as gin_config
-
-    gin_config.add_gin_arguments(parser)
+    add_gin_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="model: HF export or orbax params directory")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: --checkpoint)")
     parser.add_argument("--dataset", required=True, help="a prepared dataset directory or a JSONL file")
@@ -40,14 +41,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # before jax is used
-    from tempr1_jax import config as gin_config
-    from tempr1_jax import curate
-    from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
+    from tempr1_jax import configurables
 
-    gin_config.parse_gin(args)
-    summary = curate.run_curate_command(
+    configurables.parse_gin(args)
+    summary = curate_split(
         checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
         media_dir=args.media_dir, out=args.out, mode=args.mode, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
+                       out: str, mode: str, batch_size: int, max_new_tokens: int | None) -> dict[str, Any]:
+    """Greedy outputs of the model, difficulty, subset, files (gin parsed); returns the summary.
+
+    Writes `out` (JSONL of the kept samples, media paths as in the source), `out` + `.difficulty.jsonl`
+    (id, task, iou, output for every sample) and `out` + `.report.json`. With several processes each
+    generates for its shard of the split (the model on its own devices) and process 0 writes the files.
+    """
+    import transformers
+
+    from tempr1_jax.apps.curate import curate
+    from tempr1_jax.apps.evaluate import load_model, split_loader
+    from tempr1_jax.difficulty import CurateConfig
+    from tempr1_jax.rl.rollout import RolloutConfig
+    from tempr1_jax.training import multihost
+    from tempr1_jax.training.predictions import generate_predictions
+
+    rollout_cfg = RolloutConfig()
+    model = load_model(checkpoint)
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
+    predictions, targets, skipped = generate_predictions(
+        model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens)
+    kept, ious, summary = curate(predictions, targets, CurateConfig(), mode)
+    summary["skipped"] = len(skipped)
+    if not multihost.is_main():  # every process has all the outputs; one writes the files
+        return summary
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(dict(s)) + "\n" for s in kept))
+    with open(f"{path}.difficulty.jsonl", "w") as f:
+        for p, iou in zip(predictions, ious):
+            f.write(json.dumps({"id": p["id"], "task": p["task"], "iou": float(iou), "output": p["output"]}) + "\n")
+    pathlib.Path(f"{path}.report.json").write_text(json.dumps(summary, indent=2))
+    return summary

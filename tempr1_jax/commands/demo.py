@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tempr1_jax.config import add_gin_arguments, parse_gin
+from tempr1_jax.config import add_gin_arguments
 
 HELP = "End-to-end run on a built-in synthetic dataset (SFT, eval, GRPO, eval, export)."
 DEFAULT_GIN = "demo_e2e.gin"
@@ -23,11 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tempr1_jax import demo  # registers DemoConfig, SFTConfig and the trainer's configurables
+    from tempr1_jax import configurables
+    from tempr1_jax.apps import demo
 
     # The demo's own settings first, then any --gin_file / --gin.NAME=VALUE of the command line.
     args.gin_file = [DEFAULT_GIN, *args.gin_file]
-    parse_gin(args)
+    configurables.parse_gin(args)
     report = demo.run_demo(args.workdir)
     print(demo.format_report(report))
     print(f"wrote {args.workdir}/{demo.REPORT} and {args.workdir}/{demo.CURVE}")

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 
 from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed, mesh_bindings
+from tempr1_jax.config import add_gin_arguments
 
 HELP = "Greedy generation over a prepared split and the benchmark metrics (with the paper's numbers)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tempr1_jax import config as gin_config
-
-    gin_config.add_gin_arguments(parser)
+    add_gin_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
                         help="model directory: an HF export (config.json + safetensors) or an orbax params "
                              "directory (config.json + params/)")
@@ -43,16 +42,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # before jax is used
-    from tempr1_jax import config as gin_config
-    from tempr1_jax import eval_harness
-    from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
+    from tempr1_jax import configurables
+    from tempr1_jax.config import write_operative_config
 
-    gin_config.parse_gin(args, bindings=mesh_bindings(args.mesh))
-    summary = eval_harness.run_eval_command(
+    configurables.parse_gin(args, bindings=mesh_bindings(args.mesh))
+    summary = evaluate_split(
         checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
         media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
         strict=args.strict)
-    gin_config.write_operative_config(args.workdir)
+    write_operative_config(args.workdir)
     print(summary)
     return 0
+
+
+def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
+                     workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
+                     timeline_per_task: int, strict: bool) -> str:
+    """Load, generate, score, write the reports (gin parsed); returns a summary.
+
+    With several processes each generates for its shard of the split and process 0 writes the reports."""
+    import pathlib
+
+    import jax.numpy as jnp
+    import transformers
+
+    from models.qwen2_5_vl import sharding as sharding_lib
+    from tempr1_jax.apps.eval_report import markdown_table, write_reports
+    from tempr1_jax.apps.evaluate import evaluate, load_model, split_loader
+    from tempr1_jax.rl.rollout import RolloutConfig
+    from tempr1_jax.training import multihost
+    from tempr1_jax.training.model_setup import MeshConfig, ModelSetup
+
+    model_setup, mesh_cfg, rollout_cfg = ModelSetup(), MeshConfig(), RolloutConfig()
+    model = load_model(checkpoint, jnp.dtype(model_setup.dtype))
+    mesh = None
+    if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1:
+        mesh = mesh_cfg.make()
+        sharding_lib.shard_model(model, mesh, mesh_cfg.layout)
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
+    result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
+                      think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
+                      score_options={"strict": strict} if strict else None)
+    name = pathlib.Path(dataset).name
+    table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
+                                           f"{len(result.skipped)} skipped")
+    if not multihost.is_main():  # every process has the whole result; one writes it
+        return table + "\nreports written by process 0"
+    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task)
+    return table + f"\nwrote {', '.join(str(p) for p in paths.values())}"

@@ -11,6 +11,7 @@ import argparse
 import os
 
 from tempr1_jax.commands.train import parse_mesh
+from tempr1_jax.config import add_gin_arguments
 
 HELP = "Compile the train step for abstract inputs and report memory, FLOPs and MFU."
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
@@ -18,9 +19,7 @@ DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The plan's options plus the gin options (`--gin_file`, `--gin.NAME=VALUE`)."""
-    from tempr1_jax import config as gin_config
-
-    gin_config.add_gin_arguments(parser)
+    add_gin_arguments(parser)
     parser.add_argument("--mesh", default="data=1,fsdp=1,tensor=1",
                         help="mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 (default 1,1,1)")
     parser.add_argument("--devices", type=int, default=None,
@@ -67,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
     mesh_shape = (sizes.get("data", 1), sizes.get("fsdp", 1), sizes.get("tensor", 1))
     n = args.devices or mesh_shape[0] * mesh_shape[1] * mesh_shape[2]
     use_cpu_devices(n)
-    from tempr1_jax import plan
-    from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
+    from tempr1_jax import configurables
+    from tempr1_jax.apps import plan
 
+    configurables.parse_gin(args)
     report = plan.plan_from_args(args, mesh_shape, n)
     print(plan.format_report(report))
     if args.json:

@@ -1,4 +1,4 @@
-"""`tempr1 sft`: supervised cold start on reference answers (see `tempr1_jax.sft`).
+"""`tempr1 sft`: supervised cold start on reference answers (see `tempr1_jax.apps.sft`).
 
     tempr1 sft --gin_file configs/demo.gin --workdir runs/sft --steps 50 --gin.sft/OptimizerConfig.learning_rate=3e-3
 """
@@ -9,7 +9,7 @@ import argparse
 import logging
 
 from tempr1_jax.commands.train import mesh_bindings
-from tempr1_jax.config import add_gin_arguments, parse_gin
+from tempr1_jax.config import add_gin_arguments
 
 HELP = "Supervised cold start on reference answers (loss on answer tokens only); exports an HF checkpoint."
 
@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
-    from tempr1_jax import sft  # registers SFTConfig before parsing
-    from tempr1_jax.rl import trainer  # noqa: F401  (base.gin binds the trainer's configurables)
+    from tempr1_jax import configurables
+    from tempr1_jax.apps import sft
 
-    parse_gin(args, bindings=mesh_bindings(args.mesh))
+    configurables.parse_gin(args, bindings=mesh_bindings(args.mesh))
     return sft.sft(args.workdir, steps=args.steps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tempr1_jax.config import add_gin_arguments, parse_gin
+from tempr1_jax.config import add_gin_arguments
 
 HELP = "GRPO (or DAPO/GSPO) training from gin configs; resumes from a checkpoint in --workdir."
 
@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     initialize_distributed(args)
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
-    from tempr1_jax.rl import trainer  # registers the configurables before parsing
+    from tempr1_jax import configurables
+    from tempr1_jax.rl import trainer
 
     steps = [] if args.steps is None else [f"TrainConfig.steps = {args.steps}"]
-    parse_gin(args, bindings=[*mesh_bindings(args.mesh), *steps])
+    configurables.parse_gin(args, bindings=[*mesh_bindings(args.mesh), *steps])
     return trainer.train(args.workdir)

@@ -7,8 +7,9 @@ sample count (n // (batch_size * processes), at least 1), so an epoch of a small
 At the first step of each later epoch, before that step's batch is drawn, the trainer:
 
 1. scores every sample of the current set with the current policy (`score_samples`: greedy outputs
-   from `eval_harness.generate_predictions` over the evaluation loader, IoU from `curate.sample_ious`);
-2. keeps the samples with IoU <= threshold (`curate.drop_solved`). A sample the loader cannot prepare
+   from `training.predictions.generate_predictions` over the evaluation loader, IoU from
+   `difficulty.sample_ious`);
+2. keeps the samples with IoU <= threshold (`difficulty.drop_solved`). A sample the loader cannot prepare
    (undecodable video, too long) gets no IoU and is left out as well, as `tempr1 curate` does: training
    would skip it anyway. If no sample is left the set is kept unchanged, with a warning, so training
    never runs on an empty loader;
@@ -43,7 +44,9 @@ import jax
 import numpy as np
 
 from data_pipeline import loader as loader_lib
-from tempr1_jax import curate, eval_harness, multihost
+from tempr1_jax.difficulty import drop_solved, sample_ious
+from tempr1_jax.training import multihost
+from tempr1_jax.training.predictions import generate_predictions
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +100,11 @@ def score_samples(policy: Any, tokenizer: Any, samples: Sequence[Mapping[str, An
     `batches` being (this process's shard of) the evaluation loader over them; the outputs of every
     process come back from `generate_predictions`, and ids map them back to positions."""
     position = {str(s.get("id")): i for i, s in enumerate(samples)}
-    predictions, targets, _ = eval_harness.generate_predictions(
+    predictions, targets, _ = generate_predictions(
         policy, tokenizer, batches, max_new_tokens=max_new_tokens, mesh=mesh, layout=layout)
     ious = np.full(len(samples), np.nan)
     if predictions:
-        scored = curate.sample_ious([p["task"] for p in predictions], [p["output"] for p in predictions], targets)
+        scored = sample_ious([p["task"] for p in predictions], [p["output"] for p in predictions], targets)
         ious[[position[str(p["id"])] for p in predictions]] = scored
     return ious
 
@@ -159,7 +162,7 @@ class Curriculum:
         for part in parts:
             part_ious = ious[lo:lo + len(part)]
             scored = np.isfinite(part_ious)
-            kept.append(curate.drop_solved([s for s, ok in zip(part, scored) if ok], part_ious[scored],
+            kept.append(drop_solved([s for s, ok in zip(part, scored) if ok], part_ious[scored],
                                            self.threshold))
             lo += len(part)
         # The training loader needs a sample of every source for each process's shard.

@@ -19,7 +19,8 @@ from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.inputs import ModelInputs
 from tempr1_jax.rewards import compute_rewards
 from tempr1_jax.rl.advantages import STD_FORMS, group_advantages
-from tempr1_jax.rl.setup import local_rows
+from tempr1_jax.training.batches import local_rows
+from tempr1_jax.training.predictions import decode_completions
 
 
 @gin.configurable
@@ -58,18 +59,6 @@ class Rollout:
     equal_groups: np.ndarray  # [N] bool: the row's group has all-equal total rewards
     generate_s: float = 0.0  # wall time of the jitted generation (tokens on the host)
     score_s: float = 0.0  # wall time of decoding and rewards on the host
-
-
-def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray,
-                       drop_ids: Sequence[int] = ()) -> list[str]:
-    """Text of each completion: masked tokens minus `drop_ids` (EOS, pad); other special tokens kept."""
-    drop = np.asarray(list(drop_ids), np.int64)
-    texts = []
-    for row, m in zip(np.asarray(tokens), np.asarray(mask, bool), strict=True):
-        ids = row[m]
-        ids = ids[~np.isin(ids, drop)]
-        texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=False))
-    return texts
 
 
 def score_completions(texts: Sequence[str], samples: Sequence[Mapping[str, Any]], group_size: int,

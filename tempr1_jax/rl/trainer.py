@@ -1,4 +1,4 @@
-"""The GRPO training loop (GRPO, DAPO or GSPO through `LossConfig.name`), configured with gin.
+"""The GRPO trainer (GRPO, DAPO or GSPO through `LossConfig.name`) on the shared loop (`training.loop`).
 
 One step: next batch of prompts (mixed tasks) -> rollout (jitted generate, host rewards, advantages)
 -> reference (and, with `num_iterations` > 1, old-policy) log-probs (jitted) -> `num_iterations`
@@ -7,12 +7,12 @@ updates, each accumulated over `micro_batches` (jitted) -> metrics.jsonl -> chec
 Determinism, which exact resume and mesh-independence rest on: the step's key is
 fold_in(run key, step); the loader's state is checkpointed with the weights; the reference policy is
 rebuilt from the same source (seed or checkpoint) on resume; nothing else carries state.
-On SIGTERM the current step finishes, a checkpoint is written and `run` returns 0.
+Resume, SIGTERM, metrics and export are the shared loop's (`training.loop.Trainer`).
 
 With `TrainConfig.drop_solved`, each epoch from the second on starts by dropping the samples the policy
 solves (Time-R1's filter, `rl.curriculum`); the epoch is part of the checkpoint, its set in `curriculum/`.
 
-Workdir: `model/` (what rebuilds the model, written at the start; see `rl.export`), `checkpoints/`,
+Workdir: `model/` (what rebuilds the model, written at the start; see `training.export`), `checkpoints/`,
 `metrics.jsonl`, `operative_config.gin`, `curriculum/` (with `drop_solved`) and, after a run that reached
 `TrainConfig.steps`, `hf/`: the final policy and tokenizer as a Hugging Face directory (`TrainConfig.export_hf`).
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-import signal
 import time
 from typing import Any
 
@@ -33,22 +32,17 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipeline.loader import make_loader
-from models.qwen2_5_vl import sharding as sharding_lib
-from tempr1_jax import multihost
-from tempr1_jax.config import write_operative_config
-from tempr1_jax.curate import CurateConfig
-from tempr1_jax.rl.checkpointing import CHECKPOINTS_DIR, CheckpointConfig, CheckpointManager, abstract_like
+from tempr1_jax.difficulty import CurateConfig
 from tempr1_jax.rl.curriculum import Curriculum
-from tempr1_jax.rl.export import HF_DIR, export_hf, write_run_model
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
-from tempr1_jax.rl.metrics_log import MetricsLogger
-from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from tempr1_jax.rl.rollout import Rollout, RolloutConfig, reward_metrics, rollout
-from tempr1_jax.rl.setup import (DataConfig, LoaderConfig, MeshConfig, ModelSetup, build_model, local_rows,
-                                 pad_inputs, place_inputs, place_rows, prompt_builders, resolve_sources,
-                                 slice_inputs, trainable_filter)
-from tempr1_jax.rl.train_step import TrainStep
+from tempr1_jax.training import multihost
+from tempr1_jax.training.batches import local_rows, pad_inputs, place_inputs, place_rows, slice_inputs
+from tempr1_jax.training.data_setup import LoaderConfig, prompt_builders
+from tempr1_jax.training.loop import LoopSettings, Trainer
+from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from tempr1_jax.training.train_step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -96,51 +90,20 @@ def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, tempe
     return loss_fn
 
 
-class _StopFlag:
-    """Set by SIGTERM; the loop checks it between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_StopFlag":
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        log.warning("SIGTERM: finishing the current step, then saving a checkpoint")
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-class GRPOTrainer:
+class GRPOTrainer(Trainer):
     """Builds every part of a run from the gin configuration, then `run()` trains in `workdir`."""
 
     def __init__(self, workdir: str | pathlib.Path, config: TrainConfig | None = None) -> None:
-        self.workdir = pathlib.Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.cfg = config or TrainConfig()
+        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
+                                               self.cfg.export_hf))
         self.rollout_cfg = RolloutConfig()
         self.loss_cfg = LossConfig()
-        mesh_cfg = MeshConfig()
-        setup = ModelSetup()
-        data_cfg = DataConfig()
-        self.mesh = mesh_cfg.make()
-        self.layout = mesh_cfg.layout
-
-        sources = resolve_sources(data_cfg, self.workdir)
-        model, self.tokenizer = build_model(setup, self.workdir, sources, self.rollout_cfg.think)
-        if jax.process_index() == 0:
-            write_run_model(self.workdir, model, self.tokenizer, setup)
-        self.model_config = model.config
-        sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
-        self.graphdef, params, self.frozen = nnx.split(model, trainable_filter(setup.freeze_vision), ...)
+        params = self.build_policy(self.rollout_cfg.think)
         # A separate copy: the policy's buffers are donated to the update.
         self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
 
-        self.loader_cfg = LoaderConfig(sources=sources)
+        self.loader_cfg = LoaderConfig(sources=self.sources)
         if self.loader_cfg.batch_size % self.cfg.micro_batches:
             raise ValueError(f"TrainConfig.micro_batches={self.cfg.micro_batches} must divide "
                              f"LoaderConfig.batch_size={self.loader_cfg.batch_size}")
@@ -153,10 +116,8 @@ class GRPOTrainer:
         self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total_updates))
         self.state = self.train_step.init_state(params)
         self.rng = jax.random.key(self.cfg.seed)
-        self.checkpoints = CheckpointManager(self.workdir / CHECKPOINTS_DIR, CheckpointConfig())
         self._logprobs = jax.jit(self._logprobs_impl)
         self.eos_ids = self.model_config.eos_token_ids or (self.tokenizer.eos_token_id,)
-        self.pad_id = int(self.tokenizer.pad_token_id)
 
     # --- jitted pieces ---------------------------------------------------------------------------
 
@@ -186,7 +147,7 @@ class GRPOTrainer:
         """Start the next curriculum epoch at `step`: score the current set greedily with the current policy,
         drop the solved samples, rebuild the loader; returns the `curriculum_*` metrics (`curriculum_s`: time)."""
         t0 = time.perf_counter()
-        policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
+        policy = self.model()
         ious = self.curriculum.score(policy, self.tokenizer, self.model_config,
                                      prompt_builders(self.rollout_cfg.think),
                                      max_new_tokens=self.rollout_cfg.max_new_tokens, mesh=self.mesh,
@@ -197,46 +158,28 @@ class GRPOTrainer:
 
     # --- state ------------------------------------------------------------------------------------
 
-    def _arrays(self) -> dict[str, Any]:
+    def before_step(self, step: int) -> dict[str, Any]:
+        """Start the next curriculum epoch when one is due at `step`."""
+        return self.drop_solved(step) if self.curriculum and self.curriculum.due(step) else {}
+
+    def checkpoint_arrays(self) -> dict[str, Any]:
         # The key replicated on the mesh: orbax cannot save a single-device array with several processes.
         rng = jax.device_put(jax.random.key_data(self.rng), NamedSharding(self.mesh, PartitionSpec()))
         return {"state": self.state, "rng": rng}
 
-    def restore(self) -> int:
-        """Continue from the newest checkpoint in the workdir, if any; returns the step to start from."""
-        step = self.checkpoints.latest_step()
-        if step is None:
-            return 0
-        arrays, data_state, meta = self.checkpoints.restore(abstract_like(self._arrays()), step)
-        self.state = self.train_step.place_state(arrays["state"], arrays["state"].params)
+    def load_checkpoint_arrays(self, arrays: dict[str, Any]) -> None:
+        super().load_checkpoint_arrays(arrays)
         self.rng = jax.random.wrap_key_data(arrays["rng"])
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.curriculum.meta() if self.curriculum else {}
+
+    def on_restore(self, meta: dict[str, Any]) -> None:
         if self.curriculum is not None and self.curriculum.restore(meta):
             self.loader = self._make_loader()
         elif self.curriculum is None and meta.get("curriculum_epoch", 1) > 1:
             log.warning("the checkpoint was trained on a filtered set (TrainConfig.drop_solved); resuming on "
                         "the full set, so the batches differ from the original run's")
-        self.loader.set_state(data_state)
-        log.info("resumed from the checkpoint of step %d", step)
-        return int(step)
-
-    def save(self, step: int, force: bool = False) -> bool:
-        """Checkpoint weights, optimizer, counters, RNG and loader state (async; on the interval or forced)."""
-        return self.checkpoints.save(step, self._arrays(), data_state=self.loader.get_state(),
-                                     meta={"step": step, **(self.curriculum.meta() if self.curriculum else {})},
-                                     force=force)
-
-    def export(self, directory: str | pathlib.Path | None = None) -> pathlib.Path | None:
-        """Write the current policy and the tokenizer as an HF directory (default `workdir/hf`); returns it.
-
-        Skipped (None) with several processes, whose parameters are not all addressable from one host:
-        `tempr1 convert orbax-to-hf WORKDIR OUT` exports the run's last checkpoint instead.
-        """
-        if jax.process_count() > 1:
-            log.warning("HF export skipped with %d processes; run `tempr1 convert orbax-to-hf %s OUT`",
-                        jax.process_count(), self.workdir)
-            return None
-        policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
-        return export_hf(policy, self.tokenizer, directory or self.workdir / HF_DIR)
 
     # --- one step ---------------------------------------------------------------------------------
 
@@ -276,7 +219,7 @@ class GRPOTrainer:
             (host_prompts.batch_size, host_prompts.seq_len, host_prompts.num_patches)), self.pad_id)
         prompts = place_inputs(host_prompts, self.mesh)
         key = jax.random.fold_in(self.rng, step)
-        policy = nnx.merge(self.graphdef, self.state.params, self.frozen)
+        policy = self.model()
         r = rollout(policy, prompts, batch["samples"], self.tokenizer, self.rollout_cfg, key,
                     eos_token_id=self.eos_ids, pad_token_id=self.pad_id, mesh=self.mesh, layout=self.layout)
         t1 = time.perf_counter()
@@ -317,44 +260,6 @@ class GRPOTrainer:
             "update_s": t3 - t2,
         }
         return metrics
-
-    # --- the loop ---------------------------------------------------------------------------------
-
-    def run(self) -> int:
-        """Train up to `TrainConfig.steps`, resuming from a checkpoint in the workdir, then export the
-        policy (`TrainConfig.export_hf`) unless stopped by SIGTERM; returns 0."""
-        start = self.restore()
-        write_operative_config(self.workdir)
-        # One process writes the shared metrics files (its reward metrics cover its own rows).
-        logger = (MetricsLogger(self.workdir, total_steps=self.cfg.steps, start_step=start,
-                                tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
-                  if multihost.is_main() else None)
-        last = start
-        stopped = False
-        try:
-            with _StopFlag() as stop:
-                for step in range(start, self.cfg.steps):
-                    dropped = self.drop_solved(step) if self.curriculum and self.curriculum.due(step) else {}
-                    metrics = {**self.step(step), **dropped}
-                    last = step + 1
-                    if logger:
-                        logger.log(last, metrics)
-                    final = last == self.cfg.steps or stop.requested
-                    self.save(last, force=final)
-                    if stop.requested:
-                        log.warning("stopped by SIGTERM after step %d; checkpoint saved", last)
-                        stopped = True
-                        break
-        finally:
-            self.checkpoints.close()
-            if logger:
-                logger.close()
-        if self.cfg.export_hf and not stopped:
-            out = self.export()
-            if out is not None:
-                log.info("exported the policy of step %d to %s", last, out)
-        return 0
-
 
 def train(workdir: str | pathlib.Path) -> int:
     """Build a `GRPOTrainer` from the parsed gin config and run it in `workdir`."""

@@ -21,8 +21,8 @@ from flax import nnx
 from models.qwen2_5_vl.checkpoint import hf_config_dict
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
-from tempr1_jax.rl.checkpointing import CHECKPOINTS_DIR, CheckpointManager
-from tempr1_jax.rl.setup import ModelSetup, base_model, trainable_filter
+from tempr1_jax.training.checkpoints import CHECKPOINTS_DIR, CheckpointManager
+from tempr1_jax.training.model_setup import ModelSetup, base_model, trainable_filter
 
 MODEL_DIR = "model"
 SETUP_FILE = "setup.json"

@@ -24,7 +24,27 @@ import pathlib
 import time
 from typing import Any
 
+import gin
 import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from models.qwen2_5_vl import sharding as sharding_lib
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, param_shapes
+from models.qwen2_5_vl.generation import SamplingParams, decode, prefill
+from models.qwen2_5_vl.inputs import ModelInputs
+from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+from models.qwen2_5_vl.published import config_for
+from tempr1_jax.rl.logprobs import completion_logprobs
+from tempr1_jax.rl.losses import LossConfig
+from tempr1_jax.rl.rollout import RolloutConfig
+from tempr1_jax.rl.trainer import TrainConfig, make_policy_loss
+from tempr1_jax.training.batches import batch_sharding
+from tempr1_jax.training.model_setup import MeshConfig, ModelSetup, set_remat, trainable_filter
+from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer
+from tempr1_jax.training.train_step import Accumulator, TrainState, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +113,6 @@ class StepShapes:
 
 def _matmul_params(config: Any) -> tuple[int, int]:
     """(text, vision) parameters that take part in matmuls (embeddings and norms excluded)."""
-    from models.qwen2_5_vl.config import param_shapes
 
     text = vision = 0
     for name, shape in param_shapes(config).items():
@@ -212,7 +231,6 @@ def write_json(report: dict[str, Any], path: str | pathlib.Path) -> None:
 
 def per_device_bytes(tree: Any) -> int:
     """Bytes one device holds of the (abstract or concrete) arrays of `tree`: its shard of each leaf."""
-    import numpy as np
 
     total = 0
     for leaf in jax.tree.leaves(tree):
@@ -225,16 +243,13 @@ def per_device_bytes(tree: Any) -> int:
 
 
 def _sds(shape: tuple[int, ...], dtype: Any, mesh: Any, axis: int = 0) -> Any:
-    from tempr1_jax.rl.setup import batch_sharding
 
     return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(shape, mesh, axis))
 
 
 def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: Any) -> Any:
     """`ModelInputs` of ShapeDtypeStructs, every field sharded along its batch dimension."""
-    import jax.numpy as jnp
 
-    from models.qwen2_5_vl.inputs import ModelInputs
 
     b, length, p = batch, seq_len, patches
     i32 = jnp.int32
@@ -285,11 +300,7 @@ def _compile(name: str, jitted: Any, args: tuple, kwargs: dict | None = None,
 
 def _grpo_programs(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any) -> tuple[Any, Any]:
     """(TrainStep with the trainer's policy loss, log-prob function as the trainer jits it)."""
-    from flax import nnx
 
-    from tempr1_jax.rl.logprobs import completion_logprobs
-    from tempr1_jax.rl.train_step import TrainStep
-    from tempr1_jax.rl.trainer import make_policy_loss
 
     g = rollout_cfg.num_generations
     temperature = rollout_cfg.temperature if rollout_cfg.temperature > 0 else 1.0
@@ -303,7 +314,6 @@ def _grpo_programs(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: An
 def _opt_state(optimizer: Any, params: Any, mesh: Any, layout: str) -> Any:
     """Abstract optimizer state, its moments sharded like their parameters (the same path rules apply:
     `...mu.model.language_model.layers.0.mlp.up_proj.kernel`), scalars replicated."""
-    from models.qwen2_5_vl import sharding as sharding_lib
 
     abstract = jax.eval_shape(optimizer.init, params)
     specs = sharding_lib.param_specs(abstract, mesh, layout)[0]
@@ -315,17 +325,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
          freeze_vision: bool = False, remat: bool = False, rollout_cfg: Any = None, loss_cfg: Any = None, opt_cfg: Any = None,
          limit_gib: float | None = None, rollout: bool = True, model_name: str = "") -> dict[str, Any]:
     """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    from models.qwen2_5_vl import sharding as sharding_lib
-    from models.qwen2_5_vl.generation import SamplingParams, decode, prefill
-    from tempr1_jax.rl.losses import LossConfig
-    from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer
-    from tempr1_jax.rl.rollout import RolloutConfig
-    from tempr1_jax.rl.setup import set_remat, trainable_filter
-    from tempr1_jax.rl.train_step import Accumulator, TrainState
 
     rollout_cfg = dataclasses.replace(rollout_cfg or RolloutConfig(), num_generations=shapes.group,
                                       max_new_tokens=shapes.completion_len)
@@ -417,29 +417,19 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
 
 
 def _new_model(config: Any, dtype: Any, param_dtype: Any) -> Any:
-    from flax import nnx
 
-    from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 
     return Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
 
 
 def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) -> dict[str, Any]:
-    """`tempr1 plan`: read the gin config (trainer configurables) and the model config, then `plan`."""
-    import gin
+    """`tempr1 plan` after gin is parsed: read the trainer's configurables and the model config, then `plan`."""
 
-    from models.qwen2_5_vl.config import Qwen2_5_VLConfig
-    from tempr1_jax import config as gin_config
-    from tempr1_jax.rl import setup
-    from tempr1_jax.rl.losses import LossConfig
-    from tempr1_jax.rl.optimizer import OptimizerConfig
-    from tempr1_jax.rl.rollout import RolloutConfig
-    from tempr1_jax.rl.trainer import TrainConfig
+
 
     if math.prod(mesh_shape) > devices:
         raise ValueError(f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, --devices is {devices}")
-    gin_config.parse_gin(args)
-    model_setup = setup.ModelSetup()
+    model_setup = ModelSetup()
     model_config = args.model_config or _checkpoint_config(model_setup.checkpoint)
     if not model_config or not pathlib.Path(model_config).is_file():
         raise ValueError(f"no model config: pass --model_config CONFIG_JSON (looked for {model_config!r})")
@@ -454,7 +444,7 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
         prompt_len=args.prompt_len or max(token_buckets), completion_len=rollout_cfg.max_new_tokens,
         patches=args.patches or max(patch_buckets), micro_batch=prompts // train_cfg.micro_batches,
         num_iterations=train_cfg.num_iterations, kl=loss_cfg.beta > 0)
-    return plan(config, shapes, mesh_shape, get_chip(args.chip), layout=setup.MeshConfig().layout,
+    return plan(config, shapes, mesh_shape, get_chip(args.chip), layout=MeshConfig().layout,
                 dtype=model_setup.dtype, param_dtype=model_setup.param_dtype,
                 freeze_vision=model_setup.freeze_vision, remat=model_setup.remat, rollout_cfg=rollout_cfg, loss_cfg=loss_cfg,
                 opt_cfg=OptimizerConfig(), limit_gib=args.limit_gib, rollout=not args.skip_rollout,
@@ -463,7 +453,6 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
 
 def _checkpoint_config(checkpoint: str | None) -> str | None:
     """`checkpoint/config.json` if it exists, else the shipped published config of that model, if any."""
-    from models.qwen2_5_vl.published import config_for
 
     if not checkpoint:
         return None
@@ -476,7 +465,6 @@ def _checkpoint_config(checkpoint: str | None) -> str | None:
 
 def _bound(name: str, default: Any) -> Any:
     """A gin-bound value, or `default` when the config does not bind it."""
-    import gin
 
     try:
         return gin.query_parameter(name)

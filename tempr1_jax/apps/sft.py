@@ -2,9 +2,9 @@
 
 Every row is prompt + `Task.reference_answer(sample)` + eos (the loader's SFT mode); the loss covers
 only the answer and eos tokens (`completion_mask`). The run reuses the GRPO trainer's parts: model and
-data setup (`rl.setup`), the jitted accumulate/apply update (`rl.train_step.TrainStep`, so micro-batches
-give the full batch's gradient and a non-finite loss is skipped), orbax checkpoints with the loader
-state (`rl.checkpointing`, resumed from the workdir) and `metrics.jsonl` (`rl.metrics_log`).
+data setup, the jitted accumulate/apply update (`training.train_step.TrainStep`, so micro-batches
+give the full batch's gradient and a non-finite loss is skipped) and the shared loop (`training.loop`:
+orbax checkpoints with the loader state, exact resume, SIGTERM, `metrics.jsonl` from process 0, export).
 
 gin: the same `ModelSetup`, `DataConfig`, `LoaderConfig`, `MeshConfig`, `CheckpointConfig` as
 `tempr1 train`; `SFTConfig` for the loop; the optimizer is `OptimizerConfig` in the gin scope `sft`
@@ -26,18 +26,14 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.loader import make_loader
-from models.qwen2_5_vl import sharding as sharding_lib
-from tempr1_jax import multihost, tasks as tasks_lib
-from tempr1_jax.config import write_operative_config
-from tempr1_jax.rl import setup
-from tempr1_jax.rl.checkpointing import CheckpointConfig, CheckpointManager, abstract_like
-from tempr1_jax.rl.export import export_hf
-from tempr1_jax.rl.metrics_log import MetricsLogger
-from tempr1_jax.rl.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.rl.rollout import RolloutConfig
-from tempr1_jax.rl.train_step import TrainStep
-
-EXPORT_DIR = "hf"
+from tempr1_jax.training import multihost
+from tempr1_jax.training.batches import pad_inputs, place_inputs, place_rows, slice_inputs
+from tempr1_jax.training.data_setup import LoaderConfig, prompt_builders
+from tempr1_jax.training.loop import LoopSettings, Trainer
+from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from tempr1_jax.training.train_step import TrainStep
 
 
 @gin.configurable
@@ -92,27 +88,19 @@ def answer_nll(model: Any, inputs: Any, completion_mask: jax.Array, chunk: int =
     return nll, jnp.sum(mask), correct
 
 
-class SFTTrainer:
+class SFTTrainer(Trainer):
     """Builds the model, loader, optimizer and checkpoints from gin; `run()` trains in `workdir`."""
 
     def __init__(self, workdir: str | pathlib.Path, config: SFTConfig | None = None) -> None:
-        self.workdir = pathlib.Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.cfg = config or SFTConfig()
-        mesh_cfg = setup.MeshConfig()
-        model_setup = setup.ModelSetup()
-        data_cfg = setup.DataConfig()
+        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
+                                               self.cfg.export, desc="sft"))
         # Prompts and reference answers follow the RL template (with or without a <think> block).
         think = RolloutConfig().think
-        self.mesh = mesh_cfg.make()
-        sources = setup.resolve_sources(data_cfg, self.workdir)
-        model, self.tokenizer = setup.build_model(model_setup, self.workdir, sources, think)
-        sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
-        self.graphdef, params, self.frozen = nnx.split(model, setup.trainable_filter(model_setup.freeze_vision), ...)
-        loader_cfg = setup.LoaderConfig(sources=sources)
+        params = self.build_policy(think)
+        loader_cfg = LoaderConfig(sources=self.sources)
         self.padding_side = loader_cfg.padding_side
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.loader = make_loader(loader_cfg, self.tokenizer, model.config, setup.prompt_builders(think),
+        self.loader = make_loader(loader_cfg, self.tokenizer, self.model_config, prompt_builders(think),
                                   answer_builders(think))
         with gin.config_scope("sft"):
             opt_cfg = OptimizerConfig()
@@ -120,26 +108,11 @@ class SFTTrainer:
         self.schedule = make_schedule(opt_cfg, total)
         self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total))
         self.state = self.train_step.init_state(params)
-        self.checkpoints = CheckpointManager(self.workdir / "checkpoints", CheckpointConfig())
 
     def _loss_fn(self, params, frozen, batch):
         model = nnx.merge(self.graphdef, params, frozen)
         nll, count, correct = answer_nll(model, batch["inputs"], batch["completion_mask"], self.cfg.chunk)
         return nll, count, {"tokens": count, "correct": correct}
-
-    def model(self) -> Any:
-        """The current policy as a model (params merged back into the graph)."""
-        return nnx.merge(self.graphdef, self.state.params, self.frozen)
-
-    def restore(self) -> int:
-        """Continue from the newest checkpoint in the workdir, if any; returns the next step."""
-        step = self.checkpoints.latest_step()
-        if step is None:
-            return 0
-        arrays, data_state, _ = self.checkpoints.restore(abstract_like({"state": self.state}), step)
-        self.state = self.train_step.place_state(arrays["state"], arrays["state"].params)
-        self.loader.set_state(data_state)
-        return int(step)
 
     def _common_shape(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The batch padded to the largest (rows, tokens, patches) of all processes (each picks its own
@@ -147,7 +120,7 @@ class SFTTrainer:
         inputs, mask = batch["inputs"], batch["completion_mask"]
         shape = multihost.common_shape((inputs.batch_size, inputs.seq_len, inputs.num_patches))
         side = self.padding_side
-        padded = setup.pad_inputs(inputs, shape, self.pad_id, padding_side=side)
+        padded = pad_inputs(inputs, shape, self.pad_id, padding_side=side)
         extra = shape[1] - mask.shape[1]
         mask = np.pad(mask, ((0, shape[0] - mask.shape[0]), (extra, 0) if side == "left" else (0, extra)))
         return {**batch, "inputs": padded, "completion_mask": mask}
@@ -158,8 +131,8 @@ class SFTTrainer:
         if rows % k:
             raise ValueError(f"SFTConfig.micro_batches={k} must divide the batch size {rows}")
         per = rows // k
-        return [{"inputs": setup.place_inputs(setup.slice_inputs(batch["inputs"], i * per, (i + 1) * per), self.mesh),
-                 "completion_mask": setup.place_rows(batch["completion_mask"][i * per:(i + 1) * per], self.mesh)}
+        return [{"inputs": place_inputs(slice_inputs(batch["inputs"], i * per, (i + 1) * per), self.mesh),
+                 "completion_mask": place_rows(batch["completion_mask"][i * per:(i + 1) * per], self.mesh)}
                 for i in range(k)]
 
     def step(self, step: int) -> dict[str, float]:
@@ -174,29 +147,6 @@ class SFTTrainer:
                 "grad_norm": float(m["grad_norm"]), "learning_rate": float(self.schedule(step)),
                 "answer_tokens": int(tokens), "updates_skipped_total": int(self.state.skipped),
                 "tokens_per_s": tokens / max(dt, 1e-9), "step_time_s": dt}
-
-    def export(self, directory: str | pathlib.Path | None = None) -> pathlib.Path:
-        """Write the current model (HF safetensors + config) and the tokenizer to `directory`."""
-        return export_hf(self.model(), self.tokenizer, directory or self.workdir / EXPORT_DIR)
-
-    def run(self) -> int:
-        """Train up to `SFTConfig.steps` (resuming from the workdir), then export; returns 0."""
-        start = self.restore()
-        write_operative_config(self.workdir)
-        logger = MetricsLogger(self.workdir, total_steps=self.cfg.steps, start_step=start,
-                               tensorboard=self.cfg.tensorboard, progress=self.cfg.progress, desc="sft")
-        try:
-            for step in range(start, self.cfg.steps):
-                logger.log(step + 1, self.step(step))
-                self.checkpoints.save(step + 1, {"state": self.state}, data_state=self.loader.get_state(),
-                                      meta={"step": step + 1}, force=step + 1 == self.cfg.steps)
-        finally:
-            self.checkpoints.close()
-            logger.close()
-        if self.cfg.export:
-            self.export()
-        return 0
-
 
 def sft(workdir: str | pathlib.Path, steps: int | None = None) -> int:
     """Build an `SFTTrainer` from the parsed gin config (`steps` overrides SFTConfig.steps) and run it."""

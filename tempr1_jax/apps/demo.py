@@ -27,11 +27,12 @@ import gin
 import numpy as np
 
 from data_pipeline.synthetic import VIDEO_TASKS, write_synthetic_dataset
-from tempr1_jax import eval_harness
-from tempr1_jax.rl.metrics_log import read_metrics
+from tempr1_jax.apps.eval_report import write_reports
+from tempr1_jax.apps.evaluate import EvalResult, evaluate, per_sample_rewards, split_loader
+from tempr1_jax.apps.sft import SFTConfig, SFTTrainer
 from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
-from tempr1_jax.sft import SFTConfig, SFTTrainer
+from tempr1_jax.training.metrics_log import read_metrics
 
 REPORT = "demo_report.json"
 CURVE = "learning_curve.png"
@@ -55,15 +56,15 @@ class DemoConfig:
 
 
 def _eval(model: Any, tokenizer: Any, test_jsonl: pathlib.Path, media_dir: pathlib.Path, cfg: DemoConfig,
-          think: bool, outdir: pathlib.Path, title: str) -> eval_harness.EvalResult:
-    batches = eval_harness.split_loader(tokenizer, model.config, test_jsonl, "test", str(media_dir),
+          think: bool, outdir: pathlib.Path, title: str) -> EvalResult:
+    batches = split_loader(tokenizer, model.config, test_jsonl, "test", str(media_dir),
                                         cfg.eval_batch_size, think)
-    result = eval_harness.evaluate(model, tokenizer, batches, max_new_tokens=cfg.eval_max_new_tokens, think=think)
-    eval_harness.write_reports(result, outdir, title=title, timeline_per_task=cfg.timeline_per_task)
+    result = evaluate(model, tokenizer, batches, max_new_tokens=cfg.eval_max_new_tokens, think=think)
+    write_reports(result, outdir, title=title, timeline_per_task=cfg.timeline_per_task)
     return result
 
 
-def _summary(result: eval_harness.EvalResult) -> dict[str, Any]:
+def _summary(result: EvalResult) -> dict[str, Any]:
     """Per-task metrics (with the task's mean reward) and the overall mean reward."""
     out: dict[str, Any] = {}
     for (_, task), metrics in result.metrics.items():
@@ -72,14 +73,14 @@ def _summary(result: eval_harness.EvalResult) -> dict[str, Any]:
     return out
 
 
-def paired_difference(before: eval_harness.EvalResult, after: eval_harness.EvalResult, think: bool) -> dict[str, float]:
+def paired_difference(before: EvalResult, after: EvalResult, think: bool) -> dict[str, float]:
     """Mean per-sample reward change on the held-out split and its standard error (paired by sample).
 
     Greedy evaluation is deterministic for given weights, so the noise that matters is sampling noise
     over which held-out samples happen to improve: |delta| / stderr > 2 means the gain is not that.
     """
-    r0 = eval_harness.per_sample_rewards(before.predictions, before.targets, think=think)
-    r1 = eval_harness.per_sample_rewards(after.predictions, after.targets, think=think)
+    r0 = per_sample_rewards(before.predictions, before.targets, think=think)
+    r1 = per_sample_rewards(after.predictions, after.targets, think=think)
     diff = r1 - r0
     n = len(diff)
     stderr = float(np.std(diff, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -149,8 +150,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     timings["grpo_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    policy = _policy(grpo)
-    after = _eval(policy, grpo.tokenizer, splits["test"], data_dir, cfg, think, work / "eval_after",
+    after = _eval(grpo.model(), grpo.tokenizer, splits["test"], data_dir, cfg, think, work / "eval_after",
                   "Held-out synthetic split, after GRPO")
     timings["eval_after_s"] = time.perf_counter() - t
 
@@ -168,13 +168,6 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     }
     (work / REPORT).write_text(json.dumps(report, indent=2))
     return report
-
-
-def _policy(trainer: GRPOTrainer) -> Any:
-    """The trainer's current policy as a model."""
-    from flax import nnx
-
-    return nnx.merge(trainer.graphdef, trainer.state.params, trainer.frozen)
 
 
 def format_report(report: dict[str, Any]) -> str:

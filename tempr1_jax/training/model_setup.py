@@ -1,0 +1,154 @@
+"""What a run's model is built from, configured with gin: the device mesh and the model + tokenizer.
+
+Shared by every command that loads a model (train, sft, eval, curate, plan, demo). With no checkpoint,
+`build_model` trains a tiny tokenizer on the run's own training text (saved in `workdir/tokenizer`,
+reused on resume) and initialises a tiny Qwen2.5-VL from `ModelSetup.seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from data_pipeline import loader as loader_lib
+from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
+from models.qwen2_5_vl import sharding as sharding_lib
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
+from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+from tempr1_jax.training.data_setup import training_text
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes (data x fsdp x tensor must not exceed the device count) and weight layout."""
+
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+    layout: str = "fsdp_tensor"
+
+    def make(self) -> Mesh:
+        """The `jax.sharding.Mesh` of these sizes over the first devices."""
+        return sharding_lib.make_mesh(self.data, self.fsdp, self.tensor)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """The policy's starting point.
+
+    checkpoint: an HF checkpoint directory; None builds a tiny model from `seed` with `tiny` overrides
+      (see `models.qwen2_5_vl.config.tiny_config`) sized to a tiny tokenizer trained on the data.
+    tokenizer: an HF tokenizer directory (default: `checkpoint`, or the trained tiny one).
+    dtype / param_dtype: compute and storage dtypes ("float32", "bfloat16").
+    freeze_vision: keep the vision tower's weights fixed (no gradients, no optimizer state).
+    remat: recompute each decoder layer and vision block in the backward pass (activation memory of
+      one layer instead of all; the 7B config needs it).
+    """
+
+    checkpoint: str | None = None
+    tokenizer: str | None = None
+    tiny: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tokenizer_vocab_size: int = 512
+    seed: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    freeze_vision: bool = False
+    remat: bool = False
+
+
+def _dtype(name: str):
+    try:
+        return jnp.dtype(name)
+    except TypeError:
+        raise ValueError(f"unknown dtype {name!r}") from None
+
+
+def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
+                sources: Sequence[loader_lib.SourceConfig], think: bool = True,
+                ) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
+    """(model on the default device, tokenizer) for `setup` (see `ModelSetup`)."""
+    import transformers
+
+    if setup.checkpoint is not None:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(setup.tokenizer or setup.checkpoint)
+        return base_model(setup), tokenizer
+    tok_dir = pathlib.Path(setup.tokenizer or pathlib.Path(workdir) / "tokenizer")
+    if (tok_dir / "tokenizer.json").is_file():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+    else:
+        tokenizer = train_tiny_tokenizer(training_text(sources, think), tok_dir, setup.tokenizer_vocab_size)
+    config = tiny_config(**{**special_token_ids(tokenizer), **dict(setup.tiny)})
+    return base_model(setup, config), tokenizer
+
+
+def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None) -> Qwen2_5_VLForConditionalGeneration:
+    """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`."""
+    dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
+    if setup.checkpoint is not None:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
+                                                                   param_dtype=param_dtype)
+    elif config is None:
+        raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
+    else:
+        model = init_model(config, setup.seed, dtype, param_dtype)
+    set_remat(model, setup.remat)
+    return model
+
+
+def set_remat(model: Qwen2_5_VLForConditionalGeneration, remat: bool) -> None:
+    """Recompute decoder layers and vision blocks in the backward pass (a static graph attribute)."""
+    model.model.language_model.remat = remat
+    model.model.visual.remat = remat
+
+
+def init_model(config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+               std: float = 0.02) -> Qwen2_5_VLForConditionalGeneration:
+    """A freshly initialised model, drawn on the host with numpy from `seed` (no XLA compilation).
+
+    Kernels and embeddings ~ N(0, std) (the HF initialiser), biases 0, norm weights 1. Eager NNX
+    initialisation compiles one XLA program per parameter shape, which dominates a tiny CPU run.
+    """
+    abstract = nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(
+        config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError("init_model: the model has non-parameter variables; initialise it with nnx instead")
+    rng = np.random.default_rng(seed)
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path if not str(k).endswith("value")]
+        last = names[-1] if names else ""
+        if last == "bias":
+            value = np.zeros(leaf.shape)
+        elif last in ("weight", "scale") and any("norm" in n or n == "ln_q" for n in names[-2:]):
+            value = np.ones(leaf.shape)
+        else:
+            value = rng.normal(0.0, std, leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, params), rest)
+
+
+def trainable_filter(freeze_vision: bool):
+    """nnx filter of the trained parameters (all `nnx.Param`s, minus the vision tower if frozen)."""
+    def keep(path: tuple, value: Any) -> bool:
+        if not isinstance(value, nnx.Param):
+            return False
+        return not (freeze_vision and "visual" in (str(p) for p in path))
+
+    return keep
+
+
+# --- batches on the mesh ------------------------------------------------------------------------
+
+
