@@ -151,8 +151,10 @@ def evaluate(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *
 
 
 def write_reports(result: EvalResult, outdir: str | pathlib.Path, title: str = "Evaluation",
-                  timeline_per_task: int = 3) -> dict[str, pathlib.Path]:
-    """Write `eval_results.json`, `predictions.jsonl`, `eval_table.md` and `eval_timeline.png`."""
+                  timeline_per_task: int = 3,
+                  score_options: Mapping[str, Any] | None = None) -> dict[str, pathlib.Path]:
+    """Write `eval_results.json`, `predictions.jsonl`, `eval_table.md` and `eval_timeline.png`
+    (`score_options`: those the metrics were computed with, named in the table)."""
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {name: outdir / name for name in (RESULTS_JSON, PREDICTIONS_JSONL, TABLE_MD, TIMELINE_PNG)}
@@ -163,7 +165,7 @@ def write_reports(result: EvalResult, outdir: str | pathlib.Path, title: str = "
         "skipped": result.skipped,
     }, indent=2))
     write_predictions(paths[PREDICTIONS_JSONL], result.predictions)
-    paths[TABLE_MD].write_text(markdown_table(result.metrics, title))
+    paths[TABLE_MD].write_text(markdown_table(result.metrics, title, score_options))
     plot_timelines(result.predictions, result.targets, paths[TIMELINE_PNG], per_task=timeline_per_task)
     return paths
 
@@ -172,12 +174,17 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title: str = "Evaluation") -> str:
-    """One section per (dataset, task): metric | ours | the paper's figure for that dataset and metric
-    (TempR1 Tables 1-2 where it reports one, else the first published method; "-" if none)."""
+def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title: str = "Evaluation",
+                   score_options: Mapping[str, Any] | None = None) -> str:
+    """One section per (dataset, task): the conventions of our numbers (`score_options`) and of the
+    paper's, then metric | ours | the paper's figure for that dataset and metric (TempR1 Tables 1-2
+    where it reports one, else the first published method; "-" if none)."""
     lines = [f"## {title}", ""]
     for (dataset, task), values in metrics.items():
-        lines += [f"### {dataset} ({task})", "", "| metric | ours | paper | method |", "|---|---:|---:|---|"]
+        methods = dict.fromkeys(ref[0] for name in values if (ref := paper_results.paper_figure(dataset, name, task)))
+        lines += [f"### {dataset} ({task})", "", f"- ours: {evaluation.conventions(task, **dict(score_options or {}))}"]
+        lines += [f"- {method}: {paper_results.paper_convention(dataset, method, task)}" for method in methods]
+        lines += ["", "| metric | ours | paper | method |", "|---|---:|---:|---|"]
         for name, value in values.items():
             ref = paper_results.paper_figure(dataset, name, task)
             method, paper = ref if ref else ("", None)
@@ -293,13 +300,15 @@ def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, sp
         sharding_lib.shard_model(model, mesh, mesh_cfg.layout)
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
+    score_options = {"strict": strict} if strict else None
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
                       think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
-                      score_options={"strict": strict} if strict else None)
+                      score_options=score_options)
     name = pathlib.Path(dataset).name
     table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
-                                           f"{len(result.skipped)} skipped")
+                                           f"{len(result.skipped)} skipped", score_options)
     if not multihost.is_main():  # every process has the whole result; one writes it
         return table + "\nreports written by process 0"
-    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task)
+    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task,
+                          score_options=score_options)
     return table + f"\nwrote {', '.join(str(p) for p in paths.values())}"
