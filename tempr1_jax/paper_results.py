@@ -3,7 +3,8 @@
 Sources (seeds/): TempR1 Tables 1-2 (and the full-model row of Table 3 for TAL F1@thr), Time-R1's
 slides (its own tables), TPRU's summary. Metric names are ours (`evaluation.score` keys): the
 TempR1 table's VHD "R1@thr" columns are our vhd "R@thr". Methods marked * were fine-tuned on
-that single dataset after multi-task training.
+that single dataset after multi-task training. `paper_convention` says how a figure was computed
+where its source says so (its public evaluation script), for the report tables.
 """
 
 from __future__ import annotations
@@ -84,6 +85,20 @@ def canonical_dataset(name: str | None, task: str | None = None) -> str | None:
     if key == "activitynet_captions" and task == "tal":
         return "activitynet_1.3"
     return key
+
+
+# Time-R1's own figures come from its public `eval_all.py`: IoU > thr on the last "x to y" of the output.
+_TIME_R1_SCRIPT = "IoU > thr, last 'x to y' of the answer, raw times (Time-R1 eval_all)"
+PAPER_CONVENTIONS: dict[tuple[str, str], str] = {
+    ("charades_sta", "Time-R1 (zero-shot, Time-R1 slides)"): _TIME_R1_SCRIPT,
+    ("activitynet_captions", "Time-R1 (zero-shot, Time-R1 slides)"): _TIME_R1_SCRIPT,
+    ("tvgbench", "Time-R1"): _TIME_R1_SCRIPT,
+}
+
+
+def paper_convention(dataset: str | None, method: str, task: str | None = None) -> str:
+    """How the published figure of `method` on `dataset` was computed, or "not stated by the source"."""
+    return PAPER_CONVENTIONS.get((canonical_dataset(dataset, task), method), "not stated by the source")
 
 
 def paper_figure(dataset: str | None, metric: str, task: str | None = None) -> tuple[str, float] | None:

@@ -56,6 +56,16 @@ def test_markdown_table_prints_the_paper_beside_ours():
     assert "| mF1 | 3.0 | - |  |" in table
 
 
+def test_markdown_table_names_the_conventions():
+    table = eval_report.markdown_table({("charades_sta", "tg"): {"mIoU": 1.0}, ("tvgbench", "tvg"): {"R1@0.5": 2.0}},
+                                        score_options={"strict": True})
+    assert "### charades_sta (tg)\n\n- ours: IoU > thr; first predicted segment; raw annotation times\n" in table
+    assert "- TempR1: not stated by the source\n" in table
+    assert "- ours: IoU > thr; last 'x to y' of the answer; raw annotation times\n" in table
+    assert "- Time-R1: IoU > thr, last 'x to y' of the answer, raw times (Time-R1 eval_all)\n" in table
+    assert "- ours: IoU >= thr; first" in eval_report.markdown_table({("charades_sta", "tg"): {"mIoU": 1.0}})
+
+
 def test_predicted_segments_drop_invalid_and_clip():
     segs = eval_report.predicted_segments("tal", "<answer>-1 to 3, 5 to 4, nan to 2, 8 to 99</answer>", 10.0)
     assert segs == [(0.0, 3.0), (8.0, 10.0)]

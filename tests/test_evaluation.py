@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tempr1_jax import tasks
+from tempr1_jax import evaluation, tasks
 from tempr1_jax.evaluation import score
 
 
@@ -74,6 +74,62 @@ def test_tal_f1_hand_worked():
     assert score("tal", ["<answer>0 to 10, 20 to 25, 70 to 80</answer>"], [target], strict=True)["F1@0.5"] == pytest.approx(third)
 
 
+def test_raw_times_by_default_clip_as_option():
+    # ground truth [15, 25] in a 20 s video, prediction [15, 20]: raw IoU 0.5, clipped 1
+    target = {"id": "p", "duration": 20.0, "segments": [[15, 25]]}
+    assert score("tg", ["<answer>15 to 20</answer>"], [target])["mIoU"] == pytest.approx(50.0)
+    assert score("tg", ["<answer>15 to 20</answer>"], [target], clip=True)["mIoU"] == pytest.approx(100.0)
+    # a prediction past the end keeps its length: [10, 30] against [10, 20] is 0.5 raw, 1 clipped
+    assert score("tg", ["<answer>10 to 30</answer>"], [T10 | {"segments": [[10, 20]]}])["mIoU"] == pytest.approx(50.0)
+    assert score("tg", ["<answer>10 to 30</answer>"], [T10 | {"segments": [[10, 20]]}], clip=True)["mIoU"] == 100.0
+    # negative numbers stay as they are; reversed and non-finite segments are still IoU 0
+    assert score("tg", ["<answer>-10 to 10</answer>"], [T10])["mIoU"] == pytest.approx(50.0)
+    assert score("tg", ["<answer>8 to 2</answer>", "<answer>nan to 5</answer>"], [T10] * 2)["mIoU"] == 0.0
+    tal = {"id": "t", "duration": 10.0, "segments": [[8, 12]]}
+    assert score("tal", ["<answer>8 to 10</answer>"], [tal])["F1@0.5"] == 100.0
+    assert score("tal", ["<answer>8 to 10</answer>"], [tal])["F1@0.7"] == 0.0
+    assert score("tal", ["<answer>8 to 10</answer>"], [tal], clip=True)["F1@0.7"] == 100.0
+    vhd = {"id": "v", "duration": 10.0, "segments": [[0, 2], [8, 12]]}
+    assert score("vhd", ["<answer>0 to 2, 8 to 10</answer>"], [vhd])["mIoU"] == pytest.approx(400 / 6)
+    assert score("vhd", ["<answer>0 to 2, 8 to 10</answer>"], [vhd], clip=True)["mIoU"] == pytest.approx(100.0)
+
+
+def test_tg_pick_first_or_last():
+    outs = ["<answer>0 to 10, 50 to 60</answer>", "<answer>50 to 60, 0 to 10</answer>"]
+    assert score("tg", outs, [T10] * 2)["mIoU"] == 50.0  # MUSEG: the first segment
+    assert score("tg", outs, [T10] * 2, pick="last")["mIoU"] == 50.0
+    assert score("tg", outs[:1], [T10], pick="last")["mIoU"] == 0.0
+    assert score("tvg", outs[1:], [T10])["mIoU"] == 100.0  # Time-R1: the last
+    assert score("tvg", outs[1:], [T10], pick="first")["mIoU"] == 0.0
+    with pytest.raises(ValueError, match="pick"):
+        score("tg", outs, [T10] * 2, pick="middle")
+
+
+def test_gvqa_point_span_iop_and_official_subset():
+    target = {"id": "q", "duration": 30.0, "segments": [[0, 10], [20, 25]], "options": ["a", "b"], "answer": "A"}
+    outs = ["<answer>A</answer><glue>5 to 5</glue>",  # a point inside evidence: IoP 1, IoU 0
+            "<answer>A</answer><glue>15 to 15</glue>",  # a point outside: 0
+            "<answer>A</answer><glue>20 to 30</glue>",  # IoP 0.5, IoU 0.5 on raw times
+            "<answer>B</answer>"]  # no span
+    m = score("gvqa", outs, [target] * 4)
+    assert m["gqa_mIoP"] == pytest.approx(150 / 4) and m["gqa_IoP@0.5"] == pytest.approx(50.0)
+    assert m["gqa_mIoU"] == pytest.approx(50 / 4) and m["Acc@GQA"] == pytest.approx(50.0)
+    # NExT-GQA's script leaves the question without a span out of the means
+    off = score("gvqa", outs, [target] * 4, official=True)
+    assert off["gqa_mIoP"] == pytest.approx(50.0) and off["gqa_IoP@0.5"] == pytest.approx(200 / 3)
+    assert off["gqa_mIoU"] == pytest.approx(50 / 3) and off["Acc@GQA"] == pytest.approx(200 / 3)
+    assert off["Acc"] == m["Acc"] == 75.0 and off["mIoU"] == m["mIoU"]
+
+
+def test_conventions_name_the_options():
+    assert evaluation.conventions("tg") == "IoU >= thr; first predicted segment; raw annotation times"
+    assert evaluation.conventions("tvg", strict=True) == "IoU > thr; last 'x to y' of the answer; raw annotation times"
+    assert "clipped" in evaluation.conventions("tal", clip=True)
+    assert "left out" in evaluation.conventions("gvqa", official=True)
+    assert "moment_detr" in evaluation.conventions("vhd", official=True)
+    assert evaluation.conventions("mcq") == "exact match"
+
+
 def test_accuracy_tasks():
     order = [{"id": "o", "answer": "CABD"}] * 2
     assert score("order", ["<answer>CABD</answer>", "<answer>ABCD</answer>"], order) == {"Acc": 50.0}
@@ -117,9 +173,17 @@ def test_charades_ground_truth_and_shrunk(annotations_dir):
         length = e - s
         shrunk.append(_ans([(s + 0.2 * length, e - 0.2 * length)]))
     kept = 100.0 * (len(targets) - empty) / len(targets)
-    m = score("tg", shrunk, targets)
+    m = score("tg", shrunk, targets, clip=True)
     assert m["mIoU"] == pytest.approx(0.6 * kept, abs=1e-3)
     assert m["R1@0.5"] == pytest.approx(kept) and m["R1@0.7"] == 0.0
+    # On the raw times (the default) the 562 queries that end past the video score less: their
+    # ground truth keeps its length past the end, which the shrunk prediction does not cover.
+    past = {i for i, t in enumerate(targets) if t["segments"][0][1] > t["duration"]}
+    assert len(past) == 562
+    assert score("tg", shrunk, targets)["mIoU"] < m["mIoU"] - 1.0
+    assert score("tg", [shrunk[i] for i in past], [targets[i] for i in past])["mIoU"] < 60.0
+    others = [i for i in range(len(targets)) if i not in past]
+    assert score("tg", [shrunk[i] for i in others], [targets[i] for i in others])["mIoU"] == pytest.approx(60.0, abs=1e-3)
 
 
 def test_activitynet_dtg_drop_last(annotations_dir):
@@ -173,7 +237,7 @@ def test_thumos_tal(annotations_dir):
     assert len(targets) == 227
     m = score("tal", [_ans(t["segments"]) for t in targets], targets)
     assert all(v == 100.0 for v in m.values()), m
-    # as many extra predictions past the video's end (clipped to an empty segment): P = 1/2, R = 1
+    # as many extra predictions past the video's end (IoU 0 with every GT): P = 1/2, R = 1
     padded = [_ans(t["segments"] + [[1e9, 2e9]] * len(t["segments"])) for t in targets]
     m = score("tal", padded, targets)
     assert all(v == pytest.approx(200 / 3) for v in m.values()), m

@@ -68,3 +68,43 @@ def test_paper_results_lookup():
     assert paper_figure("activitynet-1.3", "mF1", "tal") == ("TempR1", 71.0)
     assert paper_figure("thumos14", "mF1", "tal") is None
     assert canonical_dataset(None) is None
+
+
+def test_score_peer_formats_and_conventions(tmp_path, capsys):
+    targets = _write(tmp_path / "t.jsonl", [
+        {"id": "a", "task": "tvg", "video": "a.mp4", "duration": 20.0, "query": "q", "segments": [[10, 30]], "source": "tvgbench"},
+        {"id": "b", "task": "tvg", "video": "b.mp4", "duration": 20.0, "query": "q", "segments": [[0, 10]], "source": "tvgbench"},
+    ])
+    # Time-R1's evaluate.py rows: its own qids, matched by ground truth and duration
+    preds = _write(tmp_path / "tg_0_1.jsonl", [
+        {"qid": "tvgbench_0", "pred": [10.0, 20.0], "target": [10.0, 30.0], "duration": 20.0, "output_text": "..."},
+        {"qid": "tvgbench_1", "pred": [0.0, 5.0], "target": [0.0, 10.0], "duration": 20.0, "output_text": "..."},
+    ])
+    out = tmp_path / "m.json"
+    assert cli.main(["score", "--task", "tvg", "--predictions", preds, "--targets", targets, "--format", "time_r1",
+                     "--strict", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["missing"] == 0 and report["unmatched"] == 0 and report["format"] == "time_r1"
+    # raw times: [10, 20] against [10, 30] is 0.5, not above 0.5 with --strict
+    assert report["metrics"] == pytest.approx({"mIoU": 50.0, "R1@0.3": 100.0, "R1@0.5": 0.0, "R1@0.7": 0.0})
+    assert report["conventions"] == "IoU > thr; last 'x to y' of the answer; raw annotation times"
+    assert "conventions: IoU > thr" in capsys.readouterr().out
+    assert cli.main(["score", "--task", "tvg", "--predictions", preds, "--targets", targets, "--format", "time_r1",
+                     "--clip", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["mIoU"] == pytest.approx(75.0)
+
+
+def test_score_pick_and_bad_peer_file(tmp_path, capsys):
+    targets = _write(tmp_path / "t.jsonl", TARGETS[:1])
+    preds = _write(tmp_path / "p.jsonl", [{"id": "a", "output": "<answer>0-10 12-14</answer>"}])
+    out = tmp_path / "m.json"
+    assert cli.main(["score", "--task", "tg", "--predictions", preds, "--targets", targets, "--format", "museg",
+                     "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["mIoU"] == 100.0
+    assert cli.main(["score", "--task", "tg", "--predictions", preds, "--targets", targets, "--format", "museg",
+                     "--pick", "last", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["mIoU"] == 0.0
+    bad = _write(tmp_path / "bad.jsonl", [{"video": "a.mp4"}])
+    assert cli.main(["score", "--task", "tg", "--predictions", bad, "--targets", targets, "--format", "time_r1"]) == 2
+    assert "row 1: not a time_r1 prediction" in capsys.readouterr().err
+    assert cli.main(["score", "--task", "tal", "--predictions", preds, "--targets", targets, "--format", "time_r1"]) == 2

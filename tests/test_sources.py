@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from data_pipeline.samples import InvalidSampleError, validate_sample
-from data_pipeline.sources import SOURCES, ValidationReport, load, load_validated
+from data_pipeline.sources import (
+    SOURCES,
+    ValidationReport,
+    load,
+    load_validated,
+    nextgqa,
+)
 from data_pipeline.sources._common import find_video, probe_duration
 from data_pipeline.sources.time_r1 import parse_answer
 
@@ -68,8 +74,10 @@ def test_qvhighlights(annotations_dir):
 def test_nextgqa(annotations_dir):
     files = [annotations_dir / "nextgqa_test.csv", annotations_dir / "nextgqa_gsub_test.json"]
     samples, report = _skipped("nextgqa", files)
-    assert len(samples) == 5553 and not report.skipped
-    assert sum(len(s.segments) for s in samples) == 6600
+    # 3842638015_4's answer "happy" is the text of both D and E, and the csv has no answer index
+    assert report.total == 5553 and len(samples) == 5552 and dict(report.skipped) == {"answer": 1}
+    assert "(id '3842638015_4')" in report.examples["answer"]
+    assert sum(len(s.segments) for s in samples) == 6599
     first = samples[0]
     assert (first.id, first.task, first.duration, first.answer) == ("2574374895_8", "gvqa", 30.0, "C")
     assert first.options[2] == "lay on floor" and len(first.options) == 5
@@ -77,6 +85,24 @@ def test_nextgqa(annotations_dir):
     assert {s.answer for s in samples} == set("ABCDE")
     # The two files may come in either order.
     assert next(load("nextgqa", files[::-1])) == first
+    with pytest.raises(InvalidSampleError, match="record 3084 \\(id '3842638015_4'\\): answer"):
+        list(load_validated("nextgqa", files))
+
+
+@pytest.mark.parametrize(
+    "answer, options, letter",
+    [
+        ("happy", ("sad", "happy", "calm", "x", "y"), "B"),
+        ("happy", ("sad", "calm", "x", "happy", "happy"), None),  # two options carry the text
+        ("3", ("a", "b", "c", "d", "e"), "D"),  # NExT-QA's answer index
+        ("3", ("a", "b", "c", "3", "e"), "D"),  # text and index name the same option
+        ("2", ("a", "b", "c", "2", "e"), None),  # text and index disagree
+        ("nothing", ("a", "b", "c", "d", "e"), None),
+        ("", ("a", "b", "c", "d", ""), None),
+    ],
+)
+def test_nextgqa_answer_letter(answer, options, letter):
+    assert nextgqa.answer_letter(answer, options) == letter
 
 
 def test_thumos14_museg(annotations_dir):
@@ -107,10 +133,21 @@ def test_tvgbench(annotations_dir):
         ((13.4, 28.1),),
     )
     assert first.extra == {"dataset_name": "charades", "qsemtype": "Human Pose"}
+    # Time-R1's protocol (the default): TVGBench's start/end are not decode windows; 252 records set them
+    # (one of them is record 718 above), and keep them in `extra`.
+    assert all(s.video_start is None and s.video_end is None for s in samples)
+    assert sum("clip" in s.extra for s in samples) == 251
     clip = next(s for s in samples if s.id == "aHDGMOQgHUE#154")
+    assert clip.extra["clip"] == pytest.approx([53.05562446378865, 152.42562446378867])
+    assert clip.duration == 99.37 and clip.segments[0][0] == pytest.approx(9.944375536211354)
+    # windows=True: the file's [start, end] clip is decoded instead
+    windowed = list(load("tvgbench", annotations_dir / "tvgbench.json", windows=True))
+    assert sum(s.video_start is not None for s in windowed) == 252
+    clip = next(s for s in windowed if s.id == "aHDGMOQgHUE#154")
     assert clip.video_start == pytest.approx(53.05562446378865)
     assert clip.video_end == pytest.approx(152.42562446378867)
     assert clip.duration == 99.37 and clip.segments[0][0] == pytest.approx(9.944375536211354)
+    assert "clip" not in clip.extra
 
 
 # ---- fixtures ---------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """NExT-GQA (grounded video QA, GVQA): the questions csv plus the grounding json.
 
 - csv (`test.csv` / `val.csv`): `video_id, frame_count, width, height, question, answer, qid,
-  type, a0..a4`; `answer` is the text of the right option.
+  type, a0..a4`; `answer` is the text of the right option (NExT-GQA), or its index 0-4 (NExT-QA's
+  original form).
 - grounding json (`gsub_test.json` / `gsub_val.json`): `{video_id: {duration, fps,
   location: {qid: [[s, e], ...]}}}` evidence spans in seconds.
 - optional video map json (NExT-QA's `map_vid_vidorID.json`): `{video_id: "dir/name"}` for
   videos stored as `videos_dir/dir/name.mp4`; without it videos are `videos_dir/{video_id}.mp4`.
 
 One sample per csv row, id `"{video_id}_{qid}"`, options a0..a4 as letters A-E, answer the letter
-of the answer text.
+of the answer: the one option whose text it is, or the option it indexes. An answer that fits
+several options (3842638015_4 in test.csv: D and E are both "happy", and the file has no index) or
+none is not guessed: the sample gets no answer and validation rejects it, naming its id.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
         location = entry.get("location") if isinstance(entry.get("location"), dict) else {}
         options = tuple(row.get(f"a{i}", "") or "" for i in range(NUM_OPTIONS))
         answer = row.get("answer")
-        letter = LETTERS[options.index(answer)] if answer in options else None
+        letter = answer_letter(answer, options)
         yield Sample(
             id=f"{vid}_{qid}",
             task="gvqa",
@@ -50,8 +53,21 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
             options=options,
             answer=letter,
             segments=tuple(segment_list(location.get(qid))),
-            extra={"type": row.get("type", ""), "answer_text": answer or ""},
+            extra={"type": row.get("type", ""),
+                   "answer_text": options[LETTERS.index(letter)] if letter else (answer or "")},
         )
+
+
+def answer_letter(answer: str | None, options: Sequence[str]) -> str | None:
+    """The letter of the one option `answer` names, by its text or by its index; None if it names
+    none or several."""
+    answer = (answer or "").strip()
+    if not answer:
+        return None
+    named = {i for i, text in enumerate(options) if text.strip() == answer}
+    if answer.isdigit() and int(answer) < len(options):
+        named.add(int(answer))
+    return LETTERS[named.pop()] if len(named) == 1 else None
 
 
 def _read_files(paths):

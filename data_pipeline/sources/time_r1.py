@@ -7,9 +7,15 @@ A list of records in either of Time-R1's two layouts (both may appear in one fil
 - TVGBench (`tvgbench.json`): `path`, `duration`, `answer: "s-e"`, `question`, `start`, `end`,
   optional `dataset_name`, `qsemtype`.
 
-When the clip bounds are set, the sample is that clip of the file, and `duration` and the segment
-are relative to its start (as Time-R1 reads them). Ids are `"{video stem}#{record index}"`
-(TVGBench repeats some queries). Task `tvg` (Time-R1's timestamp-aware IoU reward) by default.
+Clip windows follow Time-R1's protocol: its datasets read `video_start`/`video_end`, so a TimeRFT
+record with them set is that clip of the file, with `duration` and the segment relative to its start.
+Time-R1's TVGBench evaluation ignores the TVGBench `start`/`end` fields (252 of the 800 records set
+them): by default the sample is the whole file at `path`, with the record's `duration` and answer as
+given, and the fields are kept in `extra["clip"]`. `windows=True` turns them into decode windows
+instead (the file's [start, end] clip), a departure from the published protocol.
+
+Ids are `"{video stem}#{record index}"` (TVGBench repeats some queries). Task `tvg` (Time-R1's
+timestamp-aware IoU reward) by default.
 """
 
 from __future__ import annotations
@@ -49,16 +55,20 @@ def load(
     *,
     source: str,
     task: str = "tvg",
+    windows: bool = False,
 ) -> Iterator[Sample]:
-    """One grounding sample per record."""
+    """One grounding sample per record; `windows`: TVGBench `start`/`end` become decode windows."""
     path = single_path(annotations, source)
     records = expect_type(read_json(path), list, path, "a list of records")
     for index, record in enumerate(records):
         record = record if isinstance(record, dict) else {}
+        extra = {key: record[key] for key in _EXTRA_KEYS if record.get(key) is not None}
         if "answer" in record:
             segment = parse_answer(record.get("answer"))
             file, query = record.get("path"), record.get("question")
             clip = (record.get("start"), record.get("end"))
+            if not windows and clip != (None, None):
+                extra["clip"], clip = list(clip), (None, None)
         else:
             segment = segment_list([record.get("timestamp")])[0]
             file, query = record.get("video"), record.get("sentence")
@@ -74,5 +84,5 @@ def load(
             segments=(segment,),
             video_start=optional_number(clip[0]),
             video_end=optional_number(clip[1]),
-            extra={key: record[key] for key in _EXTRA_KEYS if record.get(key) is not None},
+            extra=extra,
         )

@@ -10,7 +10,7 @@ import pathlib
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
-from tempr1_jax import paper_results
+from tempr1_jax import evaluation, paper_results
 from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.apps.evaluate import EvalResult
 from tempr1_jax.rewards import reference
@@ -32,8 +32,10 @@ TIMELINE_PNG = "eval_timeline.png"
 
 
 def write_reports(result: EvalResult, outdir: str | pathlib.Path, title: str = "Evaluation",
-                  timeline_per_task: int = 3) -> dict[str, pathlib.Path]:
-    """Write `eval_results.json`, `predictions.jsonl`, `eval_table.md` and `eval_timeline.png`."""
+                  timeline_per_task: int = 3,
+                  score_options: Mapping[str, Any] | None = None) -> dict[str, pathlib.Path]:
+    """Write `eval_results.json`, `predictions.jsonl`, `eval_table.md` and `eval_timeline.png`
+    (`score_options`: those the metrics were computed with, named in the table)."""
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {name: outdir / name for name in (RESULTS_JSON, PREDICTIONS_JSONL, TABLE_MD, TIMELINE_PNG)}
@@ -44,7 +46,7 @@ def write_reports(result: EvalResult, outdir: str | pathlib.Path, title: str = "
         "skipped": result.skipped,
     }, indent=2))
     write_predictions(paths[PREDICTIONS_JSONL], result.predictions)
-    paths[TABLE_MD].write_text(markdown_table(result.metrics, title))
+    paths[TABLE_MD].write_text(markdown_table(result.metrics, title, score_options))
     plot_timelines(result.predictions, result.targets, paths[TIMELINE_PNG], per_task=timeline_per_task)
     return paths
 
@@ -55,12 +57,17 @@ def _fmt(x: float | None) -> str:
 
 
 
-def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title: str = "Evaluation") -> str:
-    """One section per (dataset, task): metric | ours | the paper's figure for that dataset and metric
-    (TempR1 Tables 1-2 where it reports one, else the first published method; "-" if none)."""
+def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title: str = "Evaluation",
+                   score_options: Mapping[str, Any] | None = None) -> str:
+    """One section per (dataset, task): the conventions of our numbers (`score_options`) and of the
+    paper's, then metric | ours | the paper's figure for that dataset and metric (TempR1 Tables 1-2
+    where it reports one, else the first published method; "-" if none)."""
     lines = [f"## {title}", ""]
     for (dataset, task), values in metrics.items():
-        lines += [f"### {dataset} ({task})", "", "| metric | ours | paper | method |", "|---|---:|---:|---|"]
+        methods = dict.fromkeys(ref[0] for name in values if (ref := paper_results.paper_figure(dataset, name, task)))
+        lines += [f"### {dataset} ({task})", "", f"- ours: {evaluation.conventions(task, **dict(score_options or {}))}"]
+        lines += [f"- {method}: {paper_results.paper_convention(dataset, method, task)}" for method in methods]
+        lines += ["", "| metric | ours | paper | method |", "|---|---:|---:|---|"]
         for name, value in values.items():
             ref = paper_results.paper_figure(dataset, name, task)
             method, paper = ref if ref else ("", None)

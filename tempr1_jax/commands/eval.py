@@ -11,7 +11,9 @@ On a pod, run it on every host with --distributed: each host generates for its s
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from tempr1_jax.commands.score import add_metric_arguments, metric_options
 from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed, mesh_bindings
 from tempr1_jax.config import add_gin_arguments
 
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: RolloutConfig.max_new_tokens from the gin config")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--timeline_per_task", type=int, default=3)
-    parser.add_argument("--strict", action="store_true", help="IoU > thr instead of >= thr (Time-R1's script)")
+    add_metric_arguments(parser)
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                         help="shard the model and the batch (MeshConfig shortcut); default one device")
     add_distributed_argument(parser)
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
         media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
-        strict=args.strict)
+        score_options=metric_options(args))
     write_operative_config(args.workdir)
     print(summary)
     return 0
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
                      workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
-                     timeline_per_task: int, strict: bool) -> str:
+                     timeline_per_task: int, score_options: dict[str, Any] | None = None) -> str:
     """Load, generate, score, write the reports (gin parsed); returns a summary.
 
     With several processes each generates for its shard of the split and process 0 writes the reports."""
@@ -84,11 +86,12 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
                       think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
-                      score_options={"strict": strict} if strict else None)
+                      score_options=score_options)
     name = pathlib.Path(dataset).name
     table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
-                                           f"{len(result.skipped)} skipped")
+                                           f"{len(result.skipped)} skipped", score_options)
     if not multihost.is_main():  # every process has the whole result; one writes it
         return table + "\nreports written by process 0"
-    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task)
+    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task,
+                          score_options=score_options)
     return table + f"\nwrote {', '.join(str(p) for p in paths.values())}"

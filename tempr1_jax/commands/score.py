@@ -1,9 +1,11 @@
 """`tempr1 score`: benchmark metrics of a predictions file against unified targets.
 
 Targets: JSONL, one unified sample (DESIGN §6) per line. Predictions: JSONL, one
-`{"id": ..., "output": "..."}` per line. A target without a prediction is scored as an
-unparseable output (0) and the number of such targets is printed. Prints our metrics with the
-paper's figure beside them where one exists, and optionally writes them to `--out` as JSON.
+`{"id": ..., "output": "..."}` per line, or with `--format` a peer's prediction file (Time-R1,
+VideoChat-R1, MUSEG; see `tempr1_jax.prediction_formats`), read with that peer's parsing rules. A
+target without a prediction is scored as an unparseable output (0) and the number of such targets
+is printed. Prints our metrics with the paper's figure beside them where one exists, and the
+conventions the numbers used, and optionally writes them to `--out` as JSON.
 """
 
 from __future__ import annotations
@@ -14,18 +16,41 @@ import pathlib
 import sys
 from typing import Any
 
+from tempr1_jax.evaluation import PICKS
+from tempr1_jax.prediction_formats import FORMATS
+
 HELP = "Score a predictions file against unified targets."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("--task", required=True, help="task name: tg dtg vhd gvqa tal tvg order mcq")
-    parser.add_argument("--predictions", required=True, type=pathlib.Path, help='JSONL of {"id", "output"}')
+    parser.add_argument("--predictions", required=True, type=pathlib.Path,
+                        help='JSONL of {"id", "output"}, or a peer\'s prediction file with --format')
+    parser.add_argument("--format", default="tempr1", choices=sorted(FORMATS),
+                        help="how the predictions file is laid out and its outputs are read (default: ours)")
     parser.add_argument("--targets", required=True, type=pathlib.Path, help="JSONL of unified samples")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the metrics here as JSON")
     parser.add_argument("--dataset", default=None, help="benchmark name for the paper column (default: targets' source)")
+    add_metric_arguments(parser)
+
+
+def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    """The metric conventions (`evaluation.score` options) as flags; `tempr1 eval` takes them too."""
     parser.add_argument("--strict", action="store_true", help="thresholds use IoU > thr (Time-R1) instead of >=")
-    parser.add_argument("--official", action="store_true", help="vhd: add QVHighlights moment-retrieval MR_R1@0.5/0.7 (top window)")
+    parser.add_argument("--pick", choices=PICKS, default=None,
+                        help="tg/tvg: first predicted segment (MUSEG) or last 'x to y' (Time-R1, VideoChat-R1); "
+                             "default: the task's (tg first, tvg last)")
+    parser.add_argument("--clip", action="store_true",
+                        help="clip times to [0, duration] (as the rewards do) instead of the raw annotation times")
+    parser.add_argument("--official", action="store_true",
+                        help="vhd: add QVHighlights moment-retrieval MR_R1@0.5/0.7 (first window); gvqa: "
+                             "NExT-GQA figures over the items with a predicted span only (eval_ground)")
+
+
+def metric_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `evaluation.score` options of the flags of `add_metric_arguments`."""
+    return {"strict": args.strict, "official": args.official, "clip": args.clip, "pick": args.pick}
 
 
 def _read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
@@ -58,30 +83,30 @@ def format_table(metrics: dict[str, float], dataset: str | None, task: str) -> s
 
 def run(args: argparse.Namespace) -> int:
     """Score, print the table, optionally write JSON; 0 on success, 2 on bad input."""
-    from tempr1_jax.evaluation import score
+    from tempr1_jax.evaluation import conventions, score
     from tempr1_jax.paper_results import canonical_dataset
+    from tempr1_jax.prediction_formats import align, read_predictions
 
+    options = metric_options(args)
     try:
         targets = _read_jsonl(args.targets, "targets")
-        predictions = _read_jsonl(args.predictions, "predictions")
         if not targets:
             raise ValueError(f"targets {args.targets}: no samples")
-        outputs_by_id = {str(p["id"]): p.get("output") for p in predictions}
-        outputs = [outputs_by_id.get(str(t["id"])) for t in targets]
+        outputs, unmatched = align(read_predictions(args.predictions, args.format, args.task), targets)
         missing = sum(o is None for o in outputs)
-        known = {str(t["id"]) for t in targets}
-        unmatched = sum(1 for pid in outputs_by_id if pid not in known)
-        metrics = score(args.task, [o if isinstance(o, str) else "" for o in outputs], targets, strict=args.strict, official=args.official)
+        metrics = score(args.task, [o if isinstance(o, str) else "" for o in outputs], targets, **options)
     except (OSError, ValueError) as e:
         print(f"tempr1 score: {e}", file=sys.stderr)
         return 2
     dataset = canonical_dataset(args.dataset or targets[0].get("source"), args.task)
+    used = conventions(args.task, **options)
     print(f"task {args.task}, dataset {dataset or '?'}: {len(targets)} targets, "
-          f"{missing} without a prediction (scored 0), {unmatched} predictions with unknown ids")
+          f"{missing} without a prediction (scored 0), {unmatched} predictions matching no target")
+    print(f"conventions: {used}")
     print(format_table(metrics, dataset, args.task))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {"task": args.task, "dataset": dataset, "n": len(targets), "missing": missing,
-                  "unmatched": unmatched, "metrics": metrics}
+                  "unmatched": unmatched, "format": args.format, "conventions": used, "metrics": metrics}
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
