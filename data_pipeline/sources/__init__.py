@@ -83,9 +83,12 @@ def load_validated(
     skip_bad: bool = False,
     check_files: bool = True,
     report: ValidationReport | None = None,
+    relabel: Callable[[Sample], Sample] | None = None,
     **kwargs,
 ) -> Iterator[Sample]:
     """`load` followed by `validate_sample` on every record, and a check that ids are unique.
+
+    `relabel` (e.g. a new task name, `tempr1 prepare --task`) maps each sample before validation.
 
     A bad record raises `InvalidSampleError` naming the annotation file(s) and the record number
     (0-based, in the adapter's order) and id; with `skip_bad` it is skipped and counted in
@@ -97,6 +100,8 @@ def load_validated(
     seen: set[str] = set()
     for index, sample in enumerate(load(dataset, annotations, videos_dir, **kwargs)):
         report.total += 1
+        if relabel is not None:
+            sample = relabel(sample)
         where = f"{files} record {index}"
         try:
             validate_sample(sample, where=where, videos_dir=videos_dir if check_files else None)
