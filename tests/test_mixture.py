@@ -115,3 +115,51 @@ def test_curriculum_epochs_keep_the_subset(data, tmp_path):
     (kept,) = curriculum.epoch.sources
     assert kept.max_samples is None and kept.fraction is None
     assert ids(kept) == ids(source)
+
+
+# Published sizes of the prepared training splits (TAL: approximate (video, class) counts).
+SPLIT_SIZES = {"charades_sta": (12408, "tg"), "didemo": (33005, "tg"), "timerft_tg": (2500, "tg"),
+               "activitynet_captions_dtg": (10009, "dtg"), "qvhighlights": (7218, "vhd"), "nextgqa": (3358, "gvqa"),
+               "activitynet13": (10000, "tal"), "hacs": (37600, "tal")}
+TABLE5 = {"ablations/tasks_tg.gin": ("tg",), "ablations/tasks_tg_gvqa.gin": ("tg", "gvqa"),
+          "ablations/tasks_tg_dtg_gvqa.gin": ("tg", "dtg", "gvqa"),
+          "ablations/tasks_tg_dtg_vhd_gvqa.gin": ("tg", "dtg", "vhd", "gvqa"),
+          "tempr1_7b.gin": ("tg", "dtg", "vhd", "gvqa", "tal")}
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    """One JSONL file per prepared source of the 7B config, with the split's published number of records."""
+    root = tmp_path_factory.mktemp("prepared")
+    for name, (size, task) in SPLIT_SIZES.items():
+        (root / f"{name}.jsonl").write_text("".join(f'{{"id": "{name}{i}", "task": "{task}"}}\n' for i in range(size)))
+    return root
+
+
+def configured(name):
+    import gin
+
+    from tempr1_jax.config import parse_gin
+    from tempr1_jax.rl import trainer  # registers the configurables
+
+    parse_gin(files=[name])
+    try:
+        return [dict(s) for s in trainer.DataConfig().sources], trainer.TrainConfig().steps
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("name, tasks", TABLE5.items())
+def test_paper_mixture_and_table5_subsets(name, tasks, stand_ins):
+    full, _ = configured("tempr1_7b.gin")
+    sources, steps = configured(name)
+    assert all(s in full for s in sources)  # the Table 5 rows reuse the 7B entries and their caps
+    assert {"path": "data/prepared/nextgqa", "split": "val"} in full  # GVQA trains on the val questions
+    local = [SourceConfig(**{**s, "path": str(stand_ins / (s["path"].split("/")[-1] + ".jsonl")), "split": None})
+             for s in sources]
+    counts = mixture_counts(local)
+    assert set(counts["tasks"]) == set(tasks)
+    assert steps == counts["epoch_samples"] // 64  # one epoch at 64 prompts per step
+    if name == "tempr1_7b.gin":
+        assert counts["epoch_samples"] == 60493
+        assert counts["tasks"] == {"tg": 24908, "dtg": 10009, "vhd": 7218, "gvqa": 3358, "tal": 15000}
