@@ -110,12 +110,18 @@ def _dummy_inputs(config: Any, pad: int) -> Any:
 
 def score_predictions(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
                       **options: Any) -> dict[tuple[str, str], dict[str, float]]:
-    """`evaluation.score` per (dataset, task) group, groups in first-seen order."""
+    """`evaluation.score` per (dataset, task) group, groups in first-seen order; the video multiple-choice
+    benchmarks (`evaluation.MCQ_BREAKDOWNS`) by `evaluation.video_mcq_scores`, per dimension."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, p in enumerate(predictions):
         groups[(str(p.get("source") or "unknown"), p["task"])].append(i)
-    return {key: evaluation.score(key[1], [predictions[i]["output"] for i in idx],
-                                  [targets[i] for i in idx], **options)
+
+    def scores(source, task, outputs, group_targets):
+        if task == "mcq" and source in evaluation.MCQ_BREAKDOWNS:
+            return evaluation.video_mcq_scores(source, outputs, group_targets)
+        return evaluation.score(task, outputs, group_targets, **options)
+
+    return {key: scores(*key, [predictions[i]["output"] for i in idx], [targets[i] for i in idx])
             for key, idx in groups.items()}
 
 
@@ -174,7 +180,8 @@ def _fmt(x: float | None) -> str:
 
 def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title: str = "Evaluation") -> str:
     """One section per (dataset, task): metric | ours | the paper's figure for that dataset and metric
-    (TempR1 Tables 1-2 where it reports one, else the first published method; "-" if none)."""
+    (TempR1 Tables 1-2 where it reports one, else the first published method; "-" if none); then the
+    general video benchmarks beside TempR1 Fig. 3 (`paper_results.general_video_table`), if any."""
     lines = [f"## {title}", ""]
     for (dataset, task), values in metrics.items():
         lines += [f"### {dataset} ({task})", "", "| metric | ours | paper | method |", "|---|---:|---:|---|"]
@@ -183,7 +190,7 @@ def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title
             method, paper = ref if ref else ("", None)
             lines.append(f"| {name} | {_fmt(value)} | {_fmt(paper)} | {method} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + paper_results.general_video_table(metrics)
 
 
 def predicted_segments(task: str, output: str, duration: float) -> list[tuple[float, float]]:

@@ -221,6 +221,10 @@ def test_registry_names():
         "timerft",
         "tvgbench",
         "tpru",
+        "tempcompass",
+        "mvbench",
+        "videomme",
+        "perception_test",
     }
     with pytest.raises(ValueError, match="unknown dataset 'kinetics'"):
         load("kinetics", "x.json")

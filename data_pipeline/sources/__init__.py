@@ -21,12 +21,16 @@ from data_pipeline.sources import (
     activitynet_captions,
     charades_sta,
     didemo,
+    mvbench,
     nextgqa,
+    perception_test,
     qvhighlights,
     tal_database,
+    tempcompass,
     thumos14,
     time_r1,
     tpru,
+    videomme,
 )
 from data_pipeline.sources._common import as_paths
 
@@ -45,6 +49,11 @@ SOURCES: dict[str, Source] = {
     "timerft": functools.partial(time_r1.load, source="timerft"),
     "tvgbench": functools.partial(time_r1.load, source="tvgbench"),
     "tpru": tpru.load,
+    # general video multiple-choice benchmarks (TempR1 Fig. 3), task mcq
+    "tempcompass": tempcompass.load,
+    "mvbench": mvbench.load,
+    "videomme": videomme.load,
+    "perception_test": perception_test.load,
 }
 
 
