@@ -99,6 +99,7 @@ class LoaderConfig:
     count the mixture ends when the first source (relative to its weight) runs out, so every sample
     is used when the weights are left proportional to the source sizes (None).
     padding_side: "left" for generation (GRPO prompts), "right" is usual for SFT.
+    label_images: precede the images of a multi-image prompt with "Image A: ", "Image B: ", ...
     num_workers 0 decodes in this process (with `read_threads` threads); N > 0 uses N processes.
     shard_index / shard_count default to `jax.process_index()` / `jax.process_count()`.
     """
@@ -114,6 +115,7 @@ class LoaderConfig:
     read_threads: int = 2
     padding_side: Literal["left", "right"] = "left"
     system_prompt: str | None = None
+    label_images: bool = False
     fps: float = video.FPS
     min_frames: int = video.MIN_FRAMES
     max_frames: int = video.MAX_FRAMES
@@ -335,6 +337,7 @@ class _Prepare:
             "video_token_counts": merged_token_count(vision.get("video_grid_thw", np.zeros((0, 3))),
                                                      self.config.preprocessor).tolist(),
             "system_prompt": self.config.system_prompt,
+            "label_images": self.config.label_images,
         }
         builder = self.prompt_builders[task]
         element: dict[str, Any] = {"sample": sample}

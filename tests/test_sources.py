@@ -221,6 +221,7 @@ def test_registry_names():
         "timerft",
         "tvgbench",
         "tpru",
+        "tpru_sequences",
         "tempcompass",
         "mvbench",
         "videomme",

@@ -49,6 +49,7 @@ SOURCES: dict[str, Source] = {
     "timerft": functools.partial(time_r1.load, source="timerft"),
     "tvgbench": functools.partial(time_r1.load, source="tvgbench"),
     "tpru": tpru.load,
+    "tpru_sequences": tpru.load_sequences,
     # general video multiple-choice benchmarks (TempR1 Fig. 3), task mcq
     "tempcompass": tempcompass.load,
     "mvbench": mvbench.load,

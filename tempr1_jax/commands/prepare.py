@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--subset", default=None, help="activitynet13/hacs: keep one subset, e.g. validation")
     parser.add_argument("--num_shards", type=int, default=1, help="number of ArrayRecord shards")
+    parser.add_argument("--negative_share", type=float, default=None,
+                        help="tpru_sequences: share of next/previous-frame questions whose answer is "
+                             "'none of the choices' (default 0.25)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="tpru_sequences: seed of the shuffles, distractors and negatives (default 0)")
     parser.add_argument("--task", default=None, help="relabel every sample with this task (same answer form), "
                         "e.g. --dataset timerft --task tg")
     parser.add_argument("--disjoint_from", action="append", type=pathlib.Path, default=[],
@@ -86,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --subset applies to {', '.join(SUBSET_DATASETS)} only", file=sys.stderr)
         return 2
     kwargs = {"subset": args.subset} if args.subset is not None else {}
+    for name in ("negative_share", "seed"):
+        if getattr(args, name) is not None:
+            if args.dataset != "tpru_sequences":
+                print(f"error: --{name} applies to tpru_sequences only", file=sys.stderr)
+                return 2
+            kwargs[name] = getattr(args, name)
     report = ValidationReport()
     try:
         relabel = None if args.task is None else relabeller(args.task)
