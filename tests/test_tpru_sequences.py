@@ -125,7 +125,7 @@ def test_tpru_config_labels_the_images():
     import gin
 
     from tempr1_jax.config import parse_gin
-    from tempr1_jax.rl import setup
+    from tempr1_jax.rl import setup, trainer  # noqa: F401  (registers the configurables)
 
     parse_gin(files=["tpru_7b.gin"])
     try:
