@@ -50,9 +50,10 @@ class Sample:
     """One unified sample (DESIGN §6).
 
     Exactly one of `video` (a path) and `images` (paths, multi-image tasks) is set. `duration` is
-    required for video samples with times (not for a video multiple-choice question). `segments` are [start, end] pairs in seconds, in the order the
-    task defines (DTG: one per line of the query, in that order; TAL: chronological). `answer` is an
-    option letter (gvqa, mcq) or an order string such as "CABD" (order). `extra` carries
+    required for video samples with times (not for a video multiple-choice question). `segments`
+    are [start, end] pairs in seconds, in the order the task defines (DTG: one per line of the
+    query, in that order; TAL: chronological). `answer` is an option letter (gvqa, mcq) or an order
+    string such as "CABD" (order). `extra` carries
     source-specific fields (e.g. Time-R1 difficulty, QVHighlights saliency) that no task needs.
     """
 
