@@ -2,11 +2,15 @@
 
 Training (`make_loader`):
 
-    per source: MapDataset(records)[shard::n_shards] -> shuffle(seed + i) -> repeat(num_epochs)
+    per source: MapDataset(selected records)[shard::n_shards] -> shuffle(seed + i) -> repeat(num_epochs)
                 -> map(decode video/images, patchify, prompt ids, build_model_inputs)
     MapDataset.mix(sources, weights) -> to_iter_dataset(read threads)
     -> batches (skipped samples dropped, batches stay full; padded to shape buckets)
     -> mp_prefetch(num_workers) -> stats (skip counts; part of the iterator state)
+
+A source may use a seeded random subset of its records (`SourceConfig.max_samples` / `fraction`);
+`mixture_counts` reports what an epoch draws per source and per task (logged when a training loader
+is built).
 
 Evaluation (`make_eval_loader`): the sources concatenated in order, one pass, no shuffle or mixing,
 every sample kept; the last batch (of each worker) is completed with padding rows (`valid` False).
@@ -31,6 +35,7 @@ dicts) restore it so that it continues with exactly the same batches, and it wor
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -60,14 +65,28 @@ _RECENT_SKIPS = 100  # skip records kept in memory for `stats()`
 class SourceConfig:
     """One task source: a JSONL file of unified samples, or an ArrayRecord split (`split` set).
 
-    weight: mixing weight; leave every source's weight None to mix in proportion to source sizes.
+    weight: mixing weight; leave every source's weight None to mix in proportion to the sizes of the
+      (selected) sources, so that an epoch draws each selected record once.
     media_dir: directory that relative `video` / `images` paths are resolved against.
+    max_samples / fraction: use only a random subset of the source's records, of at most
+      `max_samples` records and at most round(fraction * size) (at least 1); the smaller bound wins.
+    seed: seed of that subset. The subset is drawn from the whole source before sharding, so every
+      process, the curriculum and `mixture_counts` see the same records; it keeps the file order.
     """
 
     path: str
     weight: float | None = None
     split: str | None = None
     media_dir: str | None = None
+    max_samples: int | None = None
+    fraction: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_samples is not None and (isinstance(self.max_samples, bool) or self.max_samples < 1):
+            raise ValueError(f"source {self.path}: max_samples must be an integer >= 1, got {self.max_samples!r}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"source {self.path}: fraction must be in (0, 1], got {self.fraction!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +99,7 @@ class LoaderConfig:
     count the mixture ends when the first source (relative to its weight) runs out, so every sample
     is used when the weights are left proportional to the source sizes (None).
     padding_side: "left" for generation (GRPO prompts), "right" is usual for SFT.
+    label_images: precede the images of a multi-image prompt with "Image A: ", "Image B: ", ...
     num_workers 0 decodes in this process (with `read_threads` threads); N > 0 uses N processes.
     shard_index / shard_count default to `jax.process_index()` / `jax.process_count()`.
     """
@@ -95,6 +115,7 @@ class LoaderConfig:
     read_threads: int = 2
     padding_side: Literal["left", "right"] = "left"
     system_prompt: str | None = None
+    label_images: bool = False
     fps: float = video.FPS
     min_frames: int = video.MIN_FRAMES
     max_frames: int = video.MAX_FRAMES
@@ -147,6 +168,7 @@ def make_loader(
     """
     shard_index, shard_count = _shard(config)
     prepare = _Prepare(config, tokenizer, model_config, prompt_builders, answer_builders)
+    log.info("%s", format_mixture(mixture_counts(config.sources)))
     parts, sizes = [], []
     for i, source in enumerate(config.sources):
         records = source_records(source)[shard_index::shard_count]
@@ -191,14 +213,91 @@ def _shard(config: LoaderConfig) -> tuple[int, int]:
 
 
 def source_records(source: SourceConfig) -> grain.MapDataset:
-    """The source's records as a MapDataset of JSON text/bytes (parsed lazily in the map)."""
+    """The source's selected records (see `SourceConfig.max_samples`) as a MapDataset of JSON
+    text/bytes (parsed lazily in the map)."""
+    records = _all_records(source)
+    keep = subset_indices(len(records), source)
+    return grain.MapDataset.source(records if len(keep) == len(records) else _Subset(records, keep))
+
+
+def _all_records(source: SourceConfig) -> Sequence[str | bytes]:
     if source.split is not None:
-        return grain.MapDataset.source(arrayrecord_io.open_split(source.path, source.split))
+        return arrayrecord_io.open_split(source.path, source.split)
     path = pathlib.Path(source.path)
     if not path.is_file():
         raise ValueError(f"source file not found: {path}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return grain.MapDataset.source(lines)
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def subset_indices(size: int, source: SourceConfig) -> np.ndarray:
+    """Ascending positions of the records a source of `size` records uses: all of them, or a random
+    subset (seeded with `source.seed`) of the size `max_samples` / `fraction` allow."""
+    keep = size
+    if source.fraction is not None:
+        keep = min(keep, max(1, round(source.fraction * size)))
+    if source.max_samples is not None:
+        keep = min(keep, source.max_samples)
+    if keep >= size:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(source.seed).choice(size, keep, replace=False))
+
+
+class _Subset:
+    """The records of `parent` at `indices` (a random-access source; picklable for worker processes)."""
+
+    def __init__(self, parent: Sequence[str | bytes], indices: np.ndarray):
+        self._parent = parent
+        self._indices = indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> str | bytes:
+        return self._parent[int(self._indices[index])]
+
+    def __repr__(self) -> str:
+        return f"_Subset({self._parent!r}, {len(self._indices)} records)"
+
+
+def mixture_counts(sources: Sequence[SourceConfig], epoch_samples: int | None = None) -> dict[str, Any]:
+    """What an epoch of the training mixture draws, per source and per task.
+
+    Per source: `available` records, `selected` ones (after `max_samples` / `fraction`), its mixing
+    `share` (its weight over the sum, or its selected size over the total when no weights are given)
+    and `per_epoch` = share x `epoch_samples` (default: the selected total, i.e. one pass over every
+    selected record with size-proportional mixing); `tasks` counts the selected records per task.
+    The top-level `tasks` is the expected number of samples per task in the epoch.
+    """
+    rows = []
+    for source in sources:
+        records = _all_records(source)
+        keep = subset_indices(len(records), source)
+        tasks = collections.Counter(str(json.loads(records[int(i)]).get("task")) for i in keep)
+        rows.append({"path": source.path, "split": source.split, "available": len(records),
+                     "selected": len(keep), "weight": source.weight, "tasks": dict(sorted(tasks.items()))})
+    selected = sum(r["selected"] for r in rows)
+    total = selected if epoch_samples is None else int(epoch_samples)
+    weights = [r["selected"] if r["weight"] is None else r["weight"] for r in rows]
+    by_task: collections.Counter = collections.Counter()
+    for row, weight in zip(rows, weights):
+        row["share"] = weight / sum(weights) if sum(weights) > 0 else 0.0
+        row["per_epoch"] = row["share"] * total
+        for task, count in row["tasks"].items():
+            by_task[task] += row["per_epoch"] * count / row["selected"]
+    return {"epoch_samples": total, "selected": selected, "sources": rows,
+            "tasks": {task: round(n, 1) for task, n in sorted(by_task.items())}}
+
+
+def format_mixture(counts: Mapping[str, Any]) -> str:
+    """`mixture_counts` as a small text table (one line per source, then per task)."""
+    lines = [f"training mixture: {counts['selected']} selected records, {counts['epoch_samples']} samples per epoch"]
+    for row in counts["sources"]:
+        name = row["path"] + (f" [{row['split']}]" if row["split"] else "")
+        tasks = ", ".join(f"{t} {n}" for t, n in row["tasks"].items())
+        lines.append(f"  {name}: {row['selected']} of {row['available']} records ({tasks}), share "
+                     f"{100 * row['share']:.1f}% -> {row['per_epoch']:.0f} per epoch")
+    lines.append("  per task per epoch: " + ", ".join(f"{t} {n:.0f}" for t, n in counts["tasks"].items()))
+    return "\n".join(lines)
 
 
 class _Prepare:
@@ -238,6 +337,7 @@ class _Prepare:
             "video_token_counts": merged_token_count(vision.get("video_grid_thw", np.zeros((0, 3))),
                                                      self.config.preprocessor).tolist(),
             "system_prompt": self.config.system_prompt,
+            "label_images": self.config.label_images,
         }
         builder = self.prompt_builders[task]
         element: dict[str, Any] = {"sample": sample}

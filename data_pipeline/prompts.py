@@ -22,12 +22,24 @@ VIDEO_PAD = "<|video_pad|>"
 PromptBuilder = Callable[[Mapping[str, Any]], str]
 
 
-def build_messages(sample: Mapping[str, Any], prompt_text: str, system_prompt: str | None = None) -> list[dict]:
-    """Chat messages: optional system turn, then the user turn (vision items, then `prompt_text`)."""
+def image_label(index: int) -> str:
+    """The text placed before the `index`-th image with `label_images`: "Image A: ", "Image B: ", ..."""
+    return f"Image {chr(ord('A') + index)}: "
+
+
+def build_messages(sample: Mapping[str, Any], prompt_text: str, system_prompt: str | None = None,
+                   label_images: bool = False) -> list[dict]:
+    """Chat messages: optional system turn, then the user turn (vision items, then `prompt_text`).
+
+    label_images: put "Image A: ", "Image B: ", ... before the images, so that a prompt (TPRU's
+    ordering and frame-choice questions) can refer to them by letter.
+    """
     content: list[dict[str, Any]] = []
     if sample.get("video"):
         content.append({"type": "video", "video": str(sample["video"])})
-    for path in sample.get("images") or ():
+    for index, path in enumerate(sample.get("images") or ()):
+        if label_images:
+            content.append({"type": "text", "text": image_label(index)})
         content.append({"type": "image", "image": str(path)})
     content.append({"type": "text", "text": prompt_text})
     messages: list[dict[str, Any]] = []
@@ -45,14 +57,15 @@ def build_prompt_ids(
     image_token_counts: Sequence[int] = (),
     video_token_counts: Sequence[int] = (),
     system_prompt: str | None = None,
+    label_images: bool = False,
 ) -> np.ndarray:
     """Token ids [L] (int32) of the generation prompt, ending with `<|im_start|>assistant\\n`.
 
     `image_token_counts` / `video_token_counts` give, per image / video of the sample in order, the
     number of placeholder tokens (`vision_inputs.merged_token_count` of its grid). Raises ValueError when the counts do
-    not match the sample's vision items.
+    not match the sample's vision items. `label_images` as in `build_messages`.
     """
-    messages = build_messages(sample, prompt_builder(sample), system_prompt)
+    messages = build_messages(sample, prompt_builder(sample), system_prompt, label_images)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), np.int32)
     ids = _expand(ids, _token_id(tokenizer, IMAGE_PAD), image_token_counts, "image", sample)
@@ -76,6 +89,7 @@ def build_sft_ids(
     image_token_counts: Sequence[int] = (),
     video_token_counts: Sequence[int] = (),
     system_prompt: str | None = None,
+    label_images: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A full supervised sequence: (ids [L] int32, completion_mask [L] int32).
 
@@ -83,7 +97,8 @@ def build_sft_ids(
     loss covers only what the model must generate.
     """
     prompt = build_prompt_ids(tokenizer, sample, prompt_builder, image_token_counts=image_token_counts,
-                              video_token_counts=video_token_counts, system_prompt=system_prompt)
+                              video_token_counts=video_token_counts, system_prompt=system_prompt,
+                              label_images=label_images)
     completion = encode_completion(tokenizer, answer)
     mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(completion), np.int32)])
     return np.concatenate([prompt, completion]), mask

@@ -50,9 +50,10 @@ class Sample:
     """One unified sample (DESIGN §6).
 
     Exactly one of `video` (a path) and `images` (paths, multi-image tasks) is set. `duration` is
-    required for video samples. `segments` are [start, end] pairs in seconds, in the order the
-    task defines (DTG: one per line of the query, in that order; TAL: chronological). `answer` is an
-    option letter (gvqa, mcq) or an order string such as "CABD" (order). `extra` carries
+    required for video samples with times (not for a video multiple-choice question). `segments`
+    are [start, end] pairs in seconds, in the order the task defines (DTG: one per line of the
+    query, in that order; TAL: chronological). `answer` is an option letter (gvqa, mcq) or an order
+    string such as "CABD" (order). `extra` carries
     source-specific fields (e.g. Time-R1 difficulty, QVHighlights saliency) that no task needs.
     """
 
@@ -160,7 +161,8 @@ def validate_sample(
     """Raise `InvalidSampleError` ("{where} (id ...): problem") if the sample cannot be used.
 
     Checks: known task; non-empty id, source and query; exactly one of video / images; video
-    samples have a finite duration > 0 and a valid optional clip window; segments are finite,
+    samples have a finite duration > 0 (optional for a question without times, e.g. a video `mcq`)
+    and a valid optional clip window; segments are finite,
     start <= end and inside [0, duration] up to `tolerance(duration)` seconds; localisation
     tasks have at least one segment (DTG: one per query line); gvqa/mcq answers are a letter of
     the options; order answers permute the image letters; with `videos_dir`, the media files
@@ -207,7 +209,9 @@ def _video_problems(sample: Sample, videos_dir, tolerance) -> Iterator[tuple[str
         if not path.is_file():
             yield "missing_file", f"video file not found: {path}"
     duration = sample.duration
-    if not (_finite(duration) and duration > 0):
+    # a video question without times (mcq) needs no duration; a given one must still be valid
+    needs_duration = sample.task in LOCALISATION_TASKS or sample.segments or duration is not None
+    if needs_duration and not (_finite(duration) and duration > 0):
         yield "duration", f"duration must be a finite number > 0, got {duration!r}"
         return
     start, end = sample.video_start, sample.video_end
@@ -215,6 +219,8 @@ def _video_problems(sample: Sample, videos_dir, tolerance) -> Iterator[tuple[str
         yield "clip", "video_start and video_end must be given together"
     elif start is not None and not (_finite(start) and _finite(end) and 0 <= start < end):
         yield "clip", f"clip window must satisfy 0 <= video_start < video_end, got [{start}, {end}]"
+    if not needs_duration:
+        return
     tol = tolerance(duration)
     for i, seg in enumerate(sample.segments):
         if len(seg) != 2 or not all(_finite(t) for t in seg):

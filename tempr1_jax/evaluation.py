@@ -20,7 +20,8 @@ a number used, for reports):
 Keys per task: tg/tvg `mIoU R1@0.3 R1@0.5 R1@0.7`; dtg/vhd `mIoU R@0.3 R@0.5 R@0.7` (vhd adds
 `MR_R1@0.5 MR_R1@0.7` with `official=True`); gvqa `Acc mIoU R@0.3 R@0.5 R@0.7 gqa_mIoP
 gqa_IoP@0.3 gqa_IoP@0.5 gqa_mIoU gqa_IoU@0.3 gqa_IoU@0.5 Acc@GQA`; tal `F1@0.1 F1@0.3 F1@0.5
-F1@0.7 mF1`; order/mcq `Acc`.
+F1@0.7 mF1`; order/mcq `Acc`. The video multiple-choice benchmarks of TempR1 Fig. 3 (TempCompass,
+MVBench, Video-MME, Perception Test) are scored per dimension by `video_mcq_scores`.
 """
 
 from __future__ import annotations
@@ -184,4 +185,51 @@ def score(
     for thr in GQA_THRESHOLDS:
         out[f"gqa_IoU@{thr}"] = _mean([float(_hit(iou_, thr, strict)) for (iou_, _), _ in grounded])
     out["Acc@GQA"] = _mean([c * float(_hit(iop, 0.5, strict)) for (_, iop), c in grounded])
+    return out
+
+
+# ---- general video multiple-choice benchmarks (TempR1 Fig. 3) ----------------------------------
+
+# benchmark (the samples' `source`) -> the `extra` fields its official script breaks accuracy down by:
+# TempCompass per temporal dimension, MVBench per task, Video-MME per video length, domain and task
+# type, Perception Test per area and reasoning type.
+MCQ_BREAKDOWNS: dict[str, tuple[str, ...]] = {
+    "tempcompass": ("dimension",),
+    "mvbench": ("task_type",),
+    "videomme": ("duration", "domain", "task_type"),
+    "perception_test": ("area", "reasoning"),
+}
+
+
+def mcq_choice(output: str, n_options: int) -> str | None:
+    """The option letter an output gives: the first standalone capital letter that names an option, in
+    the last `<answer>` block or, without one, in the whole text (so "I think B" reads B)."""
+    output = output if isinstance(output, str) else ""
+    block = tasks_lib.last_block(output, "answer")
+    text = output if block is None else block
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_options]
+    for i, ch in enumerate(text):
+        if ch in letters and not text[i - 1:i].isalpha() and not text[i + 1:i + 2].isalpha():
+            return ch
+    return None
+
+
+def video_mcq_scores(benchmark: str, outputs: Sequence[str], targets: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Accuracy in percent as the benchmark's official script reports it: `Acc` over all questions (the
+    scripts' overall / "avg": correct over questions) and `{field}/{value}` per value of each of its
+    breakdown fields (`MCQ_BREAKDOWNS`, read from the targets' `extra`), values in first-seen order."""
+    if benchmark not in MCQ_BREAKDOWNS:
+        raise ValueError(f"unknown video multiple-choice benchmark {benchmark!r}; known: {', '.join(MCQ_BREAKDOWNS)}")
+    outputs, targets = list(outputs), list(targets)
+    if len(outputs) != len(targets):
+        raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
+    mcq = tasks_lib.get_task("mcq")
+    correct = [float(mcq_choice(o, len(t.get("options") or ())) == mcq.expected_choice(t))
+               for o, t in zip(outputs, targets)]
+    out = {"Acc": _mean(correct)}
+    for field in MCQ_BREAKDOWNS[benchmark]:
+        groups: dict[str, list[float]] = {}
+        for c, t in zip(correct, targets):
+            groups.setdefault(str((t.get("extra") or {}).get(field, "")), []).append(c)
+        out.update({f"{field}/{value}": _mean(values) for value, values in groups.items()})
     return out

@@ -1,7 +1,7 @@
 """Published figures to print beside ours, keyed by (dataset, metric) -> {method: percent}.
 
-Sources (seeds/): TempR1 Tables 1-2 (and the full-model row of Table 3 for TAL F1@thr), Time-R1's
-slides (its own tables), TPRU's summary. Metric names are ours (`evaluation.score` keys): the
+Sources (seeds/): TempR1 Tables 1-2 (and the full-model row of Table 3 for TAL F1@thr) and Fig. 3
+(see `FIG3`), Time-R1's slides (its own tables), TPRU's summary. Metric names are ours (`evaluation.score` keys): the
 TempR1 table's VHD "R1@thr" columns are our vhd "R@thr". Methods marked * were fine-tuned on
 that single dataset after multi-task training. `paper_convention` says how a figure was computed
 where its source says so (its public evaluation script), for the report tables.
@@ -10,6 +10,7 @@ where its source says so (its public evaluation script), for the report tables.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 _TG = ("mIoU", "R1@0.3", "R1@0.5", "R1@0.7")
 _LOC = ("mIoU", "R@0.3", "R@0.5", "R@0.7")
@@ -55,6 +56,16 @@ _TABLES = [
     *_rows("tpru_test", ("Acc",), {"TPRU-7B": (75.70,)}),
 ]
 
+# TempR1 Fig. 3: general video understanding (accuracy, percent) of the base model, SFT on the same
+# training data, and TempR1. The figure is a chart whose values are not in the text this project has
+# (seeds/tempr1_paper.md: only that SFT falls below the base model and TempR1 rises above it), so they
+# are None here, printed as "-", until read off the figure; a value filled in here also shows in the
+# per-benchmark tables (`paper_figure`).
+FIG3_BENCHMARKS = ("videomme", "perception_test", "tempcompass", "mvbench")
+FIG3_METHODS = ("Qwen2.5-VL-7B", "SFT", "TempR1")
+FIG3: dict[str, dict[str, float | None]] = {b: {m: None for m in FIG3_METHODS} for b in FIG3_BENCHMARKS}
+_TABLES += [row for b in FIG3_BENCHMARKS for row in _rows(b, ("Acc",), {m: (v,) for m, v in FIG3[b].items()})]
+
 PAPER_RESULTS: dict[tuple[str, str], dict[str, float]] = {}
 for _key, _method, _value in _TABLES:
     PAPER_RESULTS.setdefault(_key, {})[_method] = _value
@@ -69,6 +80,8 @@ _ALIASES = {
     "anetv13": "activitynet_1.3",
     "tvgbench": "tvgbench",
     "tpru": "tpru_test", "tprutest": "tpru_test",
+    "videomme": "videomme", "perceptiontest": "perception_test", "tempcompass": "tempcompass",
+    "mvbench": "mvbench",
 }
 
 
@@ -108,3 +121,20 @@ def paper_figure(dataset: str | None, metric: str, task: str | None = None) -> t
         return None
     method = "TempR1" if "TempR1" in figures else next(iter(figures))
     return method, figures[method]
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def general_video_table(metrics: Mapping[tuple[str, str], Mapping[str, float]]) -> str:
+    """Our accuracy on the Fig. 3 benchmarks found in `metrics` ((dataset, task) -> metric -> value, as
+    `eval_harness.score_predictions` returns) beside Fig. 3's methods, as a markdown table ("" if none)."""
+    ours = {canonical_dataset(dataset, task): values.get("Acc") for (dataset, task), values in metrics.items()}
+    rows = [b for b in FIG3_BENCHMARKS if b in ours]
+    if not rows:
+        return ""
+    lines = ["### General video understanding (TempR1 Fig. 3)", "",
+             "| benchmark | ours | " + " | ".join(FIG3_METHODS) + " |", "|---|---:|" + "---:|" * len(FIG3_METHODS)]
+    lines += [f"| {b} | {_fmt(ours[b])} | " + " | ".join(_fmt(FIG3[b][m]) for m in FIG3_METHODS) + " |" for b in rows]
+    return "\n".join(lines) + "\n"

@@ -58,7 +58,7 @@ _LETTER = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
 _LETTER_RUN = re.compile(r"(?<![A-Za-z])([A-Z]{2,})(?![A-Za-z])")
 
 
-def _last_block(text: str, tag: str) -> str | None:
+def last_block(text: str, tag: str) -> str | None:
     """Content of the last `<tag>` block (to `</tag>`, or to the end if it is never closed)."""
     start = text.rfind(f"<{tag}>")
     if start < 0:
@@ -216,7 +216,7 @@ class Task:
     def parse(self, text: str, fallback: bool = False, max_segments: int = MAX_SEGMENTS) -> Parsed:
         """Leniently read a completion; see the module docstring for `fallback`."""
         text = text if isinstance(text, str) else ""
-        block = _last_block(text, "answer")
+        block = last_block(text, "answer")
         if block is None and fallback:
             block = text
         if block is None:
@@ -224,7 +224,7 @@ class Task:
         if self.answer in ("segment", "segments"):
             return Parsed(tuple(parse_segments(block, max_segments, last=self.pick == "last")))
         if self.answer == "choice_glue":
-            glue = _last_block(text, "glue")
+            glue = last_block(text, "glue")
             if glue is None and fallback:
                 glue = text
             segs = () if glue is None else tuple(parse_segments(glue, max_segments))

@@ -258,6 +258,11 @@ def test_registry_names():
         "timerft",
         "tvgbench",
         "tpru",
+        "tpru_sequences",
+        "tempcompass",
+        "mvbench",
+        "videomme",
+        "perception_test",
     }
     with pytest.raises(ValueError, match="unknown dataset 'kinetics'"):
         load("kinetics", "x.json")

@@ -21,12 +21,16 @@ from data_pipeline.sources import (
     activitynet_captions,
     charades_sta,
     didemo,
+    mvbench,
     nextgqa,
+    perception_test,
     qvhighlights,
     tal_database,
+    tempcompass,
     thumos14,
     time_r1,
     tpru,
+    videomme,
 )
 from data_pipeline.sources._common import as_paths
 
@@ -45,6 +49,12 @@ SOURCES: dict[str, Source] = {
     "timerft": functools.partial(time_r1.load, source="timerft"),
     "tvgbench": functools.partial(time_r1.load, source="tvgbench"),
     "tpru": tpru.load,
+    "tpru_sequences": tpru.load_sequences,
+    # general video multiple-choice benchmarks (TempR1 Fig. 3), task mcq
+    "tempcompass": tempcompass.load,
+    "mvbench": mvbench.load,
+    "videomme": videomme.load,
+    "perception_test": perception_test.load,
 }
 
 
@@ -83,9 +93,12 @@ def load_validated(
     skip_bad: bool = False,
     check_files: bool = True,
     report: ValidationReport | None = None,
+    relabel: Callable[[Sample], Sample] | None = None,
     **kwargs,
 ) -> Iterator[Sample]:
     """`load` followed by `validate_sample` on every record, and a check that ids are unique.
+
+    `relabel` (e.g. a new task name, `tempr1 prepare --task`) maps each sample before validation.
 
     A bad record raises `InvalidSampleError` naming the annotation file(s) and the record number
     (0-based, in the adapter's order) and id; with `skip_bad` it is skipped and counted in
@@ -97,6 +110,8 @@ def load_validated(
     seen: set[str] = set()
     for index, sample in enumerate(load(dataset, annotations, videos_dir, **kwargs)):
         report.total += 1
+        if relabel is not None:
+            sample = relabel(sample)
         where = f"{files} record {index}"
         try:
             validate_sample(sample, where=where, videos_dir=videos_dir if check_files else None)

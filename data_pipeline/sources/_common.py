@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,3 +129,13 @@ def probe_duration(path: str) -> float | None:
     except (OSError, av.error.FFmpegError, IndexError):
         return None
     return None
+
+
+_LETTERED = re.compile(r"^\s*\(?([A-Z])[.):]\s*(.*?)\s*$", re.DOTALL)
+
+
+def lettered(text: Any) -> tuple[str | None, str]:
+    """An option written with its letter ("B. text", "(B) text", "B) text", "B: text") -> ("B", "text");
+    (None, text) when it has none."""
+    match = _LETTERED.match(str(text))
+    return (match[1], match[2]) if match else (None, str(text).strip())

@@ -61,7 +61,8 @@ def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title
                    score_options: Mapping[str, Any] | None = None) -> str:
     """One section per (dataset, task): the conventions of our numbers (`score_options`) and of the
     paper's, then metric | ours | the paper's figure for that dataset and metric (TempR1 Tables 1-2
-    where it reports one, else the first published method; "-" if none)."""
+    where it reports one, else the first published method; "-" if none); then the general video
+    benchmarks beside TempR1 Fig. 3 (`paper_results.general_video_table`), if any."""
     lines = [f"## {title}", ""]
     for (dataset, task), values in metrics.items():
         methods = dict.fromkeys(ref[0] for name in values if (ref := paper_results.paper_figure(dataset, name, task)))
@@ -73,7 +74,7 @@ def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title
             method, paper = ref if ref else ("", None)
             lines.append(f"| {name} | {_fmt(value)} | {_fmt(paper)} | {method} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + paper_results.general_video_table(metrics)
 
 
 

@@ -41,12 +41,18 @@ class EvalResult:
 
 def score_predictions(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
                       **options: Any) -> dict[tuple[str, str], dict[str, float]]:
-    """`evaluation.score` per (dataset, task) group, groups in first-seen order."""
+    """`evaluation.score` per (dataset, task) group, groups in first-seen order; the video multiple-choice
+    benchmarks (`evaluation.MCQ_BREAKDOWNS`) by `evaluation.video_mcq_scores`, per dimension."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, p in enumerate(predictions):
         groups[(str(p.get("source") or "unknown"), p["task"])].append(i)
-    return {key: evaluation.score(key[1], [predictions[i]["output"] for i in idx],
-                                  [targets[i] for i in idx], **options)
+
+    def scores(source, task, outputs, group_targets):
+        if task == "mcq" and source in evaluation.MCQ_BREAKDOWNS:
+            return evaluation.video_mcq_scores(source, outputs, group_targets)
+        return evaluation.score(task, outputs, group_targets, **options)
+
+    return {key: scores(*key, [predictions[i]["output"] for i in idx], [targets[i] for i in idx])
             for key, idx in groups.items()}
 
 

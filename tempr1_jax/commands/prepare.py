@@ -11,6 +11,11 @@ either stops at the first bad record, naming file and record (exit code 1), or w
   with `data_pipeline.arrayrecord_io.open_split(out, split)`);
 - `{split}.jsonl`: the same samples, one per line (for `tempr1 score --targets`);
 - `prepare_report.json`: per split, counts kept / skipped (by reason) and per task.
+
+`--task NAME` relabels every sample (e.g. TimeRFT, by default `tvg`, as `tg` for TempR1's TG mix); the
+new task must read the same answer form. `--disjoint_from FILE` (repeatable) refuses to write a split
+that shares a sample id or a video with a prepared held-out split (`data_pipeline.splits`), e.g. the
+NExT-GQA training split (prepared from its val files) against its test split.
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--subset", default=None, help="activitynet13/hacs: keep one subset, e.g. validation")
     parser.add_argument("--num_shards", type=int, default=1, help="number of ArrayRecord shards")
+    parser.add_argument("--negative_share", type=float, default=None,
+                        help="tpru_sequences: share of next/previous-frame questions whose answer is "
+                             "'none of the choices' (default 0.25)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="tpru_sequences: seed of the shuffles, distractors and negatives (default 0)")
+    parser.add_argument("--task", default=None, help="relabel every sample with this task (same answer form), "
+                        "e.g. --dataset timerft --task tg")
+    parser.add_argument("--disjoint_from", action="append", type=pathlib.Path, default=[],
+                        help="a prepared held-out split (JSONL) that may share no sample id and no video "
+                             "with this one; repeatable")
 
 
 def _progress(iterable, desc: str):
@@ -62,8 +77,9 @@ def _progress(iterable, desc: str):
 def run(args: argparse.Namespace) -> int:
     """Validate and write one split; 0 on success, 1 on a bad record, 2 on unusable input."""
     from data_pipeline import arrayrecord_io
-    from data_pipeline.samples import InvalidSampleError, write_jsonl
+    from data_pipeline.samples import InvalidSampleError, read_jsonl, write_jsonl
     from data_pipeline.sources import ValidationReport, load_validated
+    from data_pipeline.splits import LeakError, check_disjoint
 
     if "-" in args.split:
         print(f"error: --split may not contain '-', got {args.split!r}", file=sys.stderr)
@@ -75,7 +91,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --subset applies to {', '.join(SUBSET_DATASETS)} only", file=sys.stderr)
         return 2
     kwargs = {"subset": args.subset} if args.subset is not None else {}
+    for name in ("negative_share", "seed"):
+        if getattr(args, name) is not None:
+            if args.dataset != "tpru_sequences":
+                print(f"error: --{name} applies to tpru_sequences only", file=sys.stderr)
+                return 2
+            kwargs[name] = getattr(args, name)
     report = ValidationReport()
+    try:
+        relabel = None if args.task is None else relabeller(args.task)
+        held_out = [(path, read_jsonl(path)) for path in args.disjoint_from]
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     records = load_validated(
         args.dataset,
         args.annotations,
@@ -83,16 +111,18 @@ def run(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         check_files=not args.no_video_check,
         report=report,
+        relabel=relabel,
         **kwargs,
     )
     try:
         with _progress(records, f"prepare {args.dataset}") as bar:
             samples = list(bar)
-    except InvalidSampleError as err:
-        print(
-            f"error: {err}\n(stopped at the first bad record; --skip_bad skips and counts them)",
-            file=sys.stderr,
-        )
+        for path, other in held_out:
+            check_disjoint(samples, other, str(path))
+    except (InvalidSampleError, LeakError) as err:
+        hint = "nothing was written" if isinstance(err, LeakError) else \
+            "stopped at the first bad record; --skip_bad skips and counts them"
+        print(f"error: {err}\n({hint})", file=sys.stderr)
         return 1
     except ValueError as err:
         print(f"error: {args.dataset}: {err}", file=sys.stderr)
@@ -114,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         "videos": str(args.videos) if args.videos is not None else None,
         **report.to_dict(),
         "by_task": dict(collections.Counter(s.task for s in samples)),
+        "relabelled_as": args.task,
+        "disjoint_from": [str(p) for p in args.disjoint_from],
         "files": [p.name for p in shards] + [jsonl.name],
     }
     _update_report(args.out / REPORT_NAME, args.split, summary)
@@ -135,3 +167,22 @@ def _update_report(path: pathlib.Path, split: str, summary: dict) -> None:
     report = json.loads(path.read_text()) if path.is_file() else {"splits": {}}
     report["splits"][split] = summary
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+def relabeller(task: str):
+    """`sample -> sample` with `task` as its task; ValueError when the sample's own task reads another
+    answer form (a TimeRFT `tvg` sample may become `tg`, not `dtg`)."""
+    import dataclasses
+
+    from tempr1_jax.tasks import get_task
+
+    new = get_task(task)
+
+    def relabel(sample):
+        old = get_task(sample.task)
+        if old.answer != new.answer:
+            raise ValueError(f"cannot relabel sample {sample.id!r} from {old.name} ({old.answer} answers) "
+                             f"as {new.name} ({new.answer} answers)")
+        return dataclasses.replace(sample, task=task)
+
+    return relabel

@@ -28,6 +28,7 @@ def compute_rewards(
     max_segments: int = tasks_lib.MAX_SEGMENTS,
     use_count_reward: bool = True,
     matching: str = "dp",
+    tvg_reward: str = "tiou",
 ) -> dict[str, np.ndarray]:
     """Rewards per completion as float32 numpy arrays: `format`, `loc`, `total` (+ `cls`).
 
@@ -38,6 +39,8 @@ def compute_rewards(
     total = w_format * format + w_loc * loc + w_cls * cls (TempR1: 1, 1, 1 for GVQA; TPRU:
     0.9 * exact + 0.1 * format-ok * 0.2, see `tasks.TPRU_WEIGHTS`). use_count_reward / matching:
     TempR1 Table 3's Type 3 ablations (R_num left out; "sequential" instead of the "dp" matcher).
+    tvg_reward: Time-R1's grounding reward form for the `tvg` task, one of `reference.TVG_REWARDS`
+    ("tiou" by default; "iou", "iou_center", "center", "exact", "abs", "rmse": its reward ablation).
     Model output never raises; a malformed target raises ValueError naming its id.
     """
     try:
@@ -48,6 +51,8 @@ def compute_rewards(
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     if matching not in reference.MATCHINGS:
         raise ValueError(f"matching must be one of {reference.MATCHINGS}, got {matching!r}")
+    if tvg_reward not in reference.TVG_REWARDS:
+        raise ValueError(f"tvg_reward must be one of {reference.TVG_REWARDS}, got {tvg_reward!r}")
     if isinstance(completions, str):
         raise ValueError("completions must be a sequence of strings, not one string")
     completions, targets = list(completions), list(targets)
@@ -66,7 +71,8 @@ def compute_rewards(
             sub = tuple([x[i] for i in rows.tolist()] for x in (task_list, completions, targets))
         inputs = parsing.parse_batch(*sub, think=think, max_segments=max_segments)
         args = (inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind)
-        pending.append((rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma, use_count_reward, matching)))
+        pending.append((rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma, use_count_reward, matching,
+                                                            tvg_reward)))
     for rows, inputs, running in pending:
         loc[rows] = kernel.collect(running)
         format_ok[rows], cls[rows], weights[rows], has_cls[rows] = (

@@ -181,16 +181,37 @@ def type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma, use_count_reward: bool = 
     return jnp.where(n_pred > 0, r_num + r_match, 0.0)
 
 
-def tiou(ps, pe, pv, gs, ge, gv, duration):
-    """Time-R1 tIoU of the first prediction and first ground truth."""
-    iou = _pair_iou(ps[0], pe[0], pv[0], gs[0], ge[0], gv[0])
-    factor = (1 - jnp.abs(ps[0] - gs[0]) / duration) * (1 - jnp.abs(pe[0] - ge[0]) / duration)
-    return jnp.where(pv[0], iou * factor, 0.0)
+# as `reference.CENTER_MIN_LENGTH` (the kernel imports nothing of the reference it is tested against)
+CENTER_MIN_LENGTH = 0.5
 
 
-def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int, variant: tuple[bool, str]):
+def tiou(ps, pe, pv, gs, ge, gv, duration, form: str = "tiou"):
+    """Time-R1's grounding reward `form` (`reference.time_r1_reward`) of the first prediction against the
+    first ground truth; a missing or invalid prediction scores the worst value inside the video."""
+    p_s, p_e, valid, g_s, g_e = ps[0], pe[0], pv[0], gs[0], ge[0]
+    iou = _pair_iou(p_s, p_e, valid, g_s, g_e, gv[0])
+    d_start, d_end = jnp.abs(p_s - g_s), jnp.abs(p_e - g_e)
+    if form == "tiou":
+        return jnp.where(valid, iou * (1 - d_start / duration) * (1 - d_end / duration), 0.0)
+    if form == "iou":
+        return iou
+    if form == "exact":
+        return jnp.where(valid & (p_s == g_s) & (p_e == g_e), 1.0, 0.0)
+    d_start = jnp.where(valid, d_start, jnp.maximum(g_s, duration - g_s))
+    d_end = jnp.where(valid, d_end, jnp.maximum(g_e, duration - g_e))
+    if form == "abs":
+        return -(d_start + d_end)
+    if form == "rmse":
+        return -jnp.sqrt((d_start ** 2 + d_end ** 2) / 2)
+    center = (g_s + g_e) / 2
+    d_center = jnp.where(valid, jnp.abs((p_s + p_e) / 2 - center), jnp.maximum(center, duration - center))
+    r_center = 1 - d_center / jnp.maximum(g_e - g_s, CENTER_MIN_LENGTH)
+    return r_center if form == "center" else iou + r_center
+
+
+def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int, variant: tuple):
     """The `family` reward (a `KINDS` code) of every row (inputs batch-major, as given); `variant` =
-    (use_count_reward, matching) of Type 3."""
+    (use_count_reward, matching) of Type 3, (form,) of tIoU."""
     ps, pe, pv = _clip(pred[..., 0].T, pred[..., 1].T, pred_mask.T, duration)
     gs, ge, gv = _clip(gt[..., 0].T, gt[..., 1].T, gt_mask.T, duration)
     n_pred = pred_mask.sum(-1).astype(duration.dtype)
@@ -201,7 +222,7 @@ def _family_rewards(pred, pred_mask, gt, gt_mask, duration, sigma, family: int, 
         return type2(ps, pe, gs, ge)
     if family == KINDS["type3"]:
         return type3(ps, pe, pv, gs, ge, gv, n_pred, n_gt, sigma, *variant)
-    return tiou(ps, pe, pv, gs, ge, gv, duration)
+    return tiou(ps, pe, pv, gs, ge, gv, duration, *variant)
 
 
 # Rows per tile: a tile's working set ([N, TILE] float64 vectors) stays in cache, which makes the
@@ -329,15 +350,16 @@ def prepare(
     return Prepared(len(kind), tuple(groups))
 
 
-def dispatch(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp") -> Pending:
+def dispatch(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp",
+             tvg_form: str = "tiou") -> Pending:
     """Start the jitted call of every group and return without waiting (JAX dispatches
-    asynchronously, so the host can parse the next rows meanwhile). The Type 3 options are as in `type3`."""
+    asynchronously, so the host can parse the next rows meanwhile). The Type 3 options are as in `type3`,
+    `tvg_form` as `tiou`'s `form`."""
     sigma = np.float64(sigma)
-    type3_variant = (bool(use_count_reward), matching)
+    variants = {KINDS["type3"]: (bool(use_count_reward), matching), KINDS["tiou"]: (tvg_form,)}
     with jax.enable_x64(True), jax.default_device(_cpu()):
         return Pending(prepared, tuple(
-            _loc_rewards(*g.args, sigma, family=g.family,
-                         variant=type3_variant if g.family == KINDS["type3"] else (True, "dp"))
+            _loc_rewards(*g.args, sigma, family=g.family, variant=variants.get(g.family, (True, "dp")))
             for g in prepared.groups))
 
 
@@ -349,9 +371,10 @@ def collect(pending: Pending) -> np.ndarray:
     return out
 
 
-def run(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp") -> np.ndarray:
+def run(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp",
+        tvg_form: str = "tiou") -> np.ndarray:
     """Localisation reward per row of a `prepare`d batch, float64 numpy [B]: `collect(dispatch(...))`."""
-    return collect(dispatch(prepared, sigma, use_count_reward, matching))
+    return collect(dispatch(prepared, sigma, use_count_reward, matching, tvg_form))
 
 
 def loc_rewards(
@@ -364,6 +387,7 @@ def loc_rewards(
     sigma: float = 1.0,
     use_count_reward: bool = True,
     matching: str = "dp",
+    tvg_form: str = "tiou",
 ) -> np.ndarray:
     """Localisation reward per row, float64 numpy [B]: `run(prepare(...), sigma, ...)`.
 
@@ -372,7 +396,7 @@ def loc_rewards(
     validated, gt_mask [B, G]; duration [B] > 0; kind [B] int codes from `KINDS` ("exact" rows
     get 0). The jitted function compiles once per (kind, padded shape).
     """
-    return run(prepare(pred, pred_mask, gt, gt_mask, duration, kind), sigma, use_count_reward, matching)
+    return run(prepare(pred, pred_mask, gt, gt_mask, duration, kind), sigma, use_count_reward, matching, tvg_form)
 
 
 @jax.jit

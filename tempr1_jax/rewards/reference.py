@@ -159,10 +159,55 @@ def tiou_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: floa
     return iou(p, g) * (1 - abs(p[0] - g[0]) / duration) * (1 - abs(p[1] - g[1]) / duration)
 
 
+# Time-R1's reward forms for temporal grounding (its ablation of reward designs; `time_r1_reward`).
+TVG_REWARDS = ("tiou", "iou", "iou_center", "center", "exact", "abs", "rmse")
+# A zero-length ground truth would make r_center infinite: its length is floored at one frame interval
+# of the 2 FPS sampling (predictions are not finer than that).
+CENTER_MIN_LENGTH = 0.5
+
+
+def time_r1_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, form: str = "tiou") -> float:
+    """Time-R1's grounding reward `form` for the (single) prediction p against the ground truth g, both
+    clipped to [0, D] (D = duration):
+
+    - "tiou": IoU * (1 - |ps - gs| / D) * (1 - |pe - ge| / D) (the Time-R1 method; `tiou_reward`)
+    - "iou": IoU; "exact": 1 if ps = gs and pe = ge, else 0
+    - "center": r_center = 1 - |(ps + pe) / 2 - (gs + ge) / 2| / (ge - gs), the length floored at
+      `CENTER_MIN_LENGTH`; "iou_center": IoU + r_center (the ablation slide's "tIoU", eq. 9)
+    - "abs": -(|ps - gs| + |pe - ge|); "rmse": -sqrt(((ps - gs)^2 + (pe - ge)^2) / 2)
+
+    A missing or invalid prediction scores what the worst prediction inside the video would: 0 for the
+    IoU forms and "exact", the largest distances from g's points to the ends of the video otherwise.
+    """
+    if form == "tiou":
+        return tiou_reward(preds, gts, duration)
+    g = clip_segment(gts[0], duration)
+    p = clip_segment(preds[0], duration) if preds else None
+    overlap = iou(p, g)
+    if form == "iou":
+        return overlap
+    if form == "exact":
+        return 1.0 if p is not None and p == g else 0.0
+    worst = (max(g[0], duration - g[0]), max(g[1], duration - g[1]))
+    d_start, d_end = (abs(p[0] - g[0]), abs(p[1] - g[1])) if p is not None else worst
+    if form == "abs":
+        return -(d_start + d_end)
+    if form == "rmse":
+        return -math.sqrt((d_start ** 2 + d_end ** 2) / 2)
+    center = (g[0] + g[1]) / 2
+    d_center = abs((p[0] + p[1]) / 2 - center) if p is not None else max(center, duration - center)
+    r_center = 1 - d_center / max(g[1] - g[0], CENTER_MIN_LENGTH)
+    if form == "center":
+        return r_center
+    if form == "iou_center":
+        return overlap + r_center
+    raise ValueError(f"tvg_reward must be one of {TVG_REWARDS}, got {form!r}")
+
+
 def loc_reward(kind: str, preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0,
-               use_count_reward: bool = True, matching: str = "dp") -> float:
+               use_count_reward: bool = True, matching: str = "dp", tvg_form: str = "tiou") -> float:
     """The localisation reward `kind` ("type1", "type2", "type3", "tiou"; "exact" has none); `sigma`,
-    `use_count_reward` and `matching` shape Type 3."""
+    `use_count_reward` and `matching` shape Type 3, `tvg_form` the "tiou" kind (`time_r1_reward`)."""
     if kind == "type1":
         return type1_reward(preds, gts, duration)
     if kind == "type2":
@@ -170,7 +215,7 @@ def loc_reward(kind: str, preds: Sequence[Segment], gts: Sequence[Segment], dura
     if kind == "type3":
         return type3_reward(preds, gts, duration, sigma, use_count_reward, matching)
     if kind == "tiou":
-        return tiou_reward(preds, gts, duration)
+        return time_r1_reward(preds, gts, duration, tvg_form)
     return 0.0
 
 
@@ -184,11 +229,13 @@ def reward_reference(
     max_segments: int = tasks_lib.MAX_SEGMENTS,
     use_count_reward: bool = True,
     matching: str = "dp",
+    tvg_reward: str = "tiou",
 ) -> dict[str, float]:
     """Eq. 3, 10, 11 for one completion: {"format", "loc", "total"} and "cls" where the task has it.
 
     weights = (w_format, w_loc, w_cls), defaulting to the task's; TPRU tasks default to
-    0.9 * exact + 0.1 * format-ok * 0.2 (see `tasks.TPRU_WEIGHTS`).
+    0.9 * exact + 0.1 * format-ok * 0.2 (see `tasks.TPRU_WEIGHTS`). `tvg_reward` picks Time-R1's
+    grounding reward form for the `tvg` task (`TVG_REWARDS`).
     """
     t = tasks_lib.get_task(task)
     w_format, w_loc, w_cls = t.weights if weights is None else weights
@@ -197,7 +244,8 @@ def reward_reference(
     r_loc = 0.0
     if t.has_segments:
         gts, duration = tasks_lib.target_segments(target)
-        r_loc = loc_reward(t.reward, list(parsed.segments), gts, duration, sigma, use_count_reward, matching)
+        r_loc = loc_reward(t.reward, list(parsed.segments), gts, duration, sigma, use_count_reward, matching,
+                           tvg_reward)
     out = {"format": r_format, "loc": r_loc}
     total = w_format * r_format + w_loc * r_loc
     if t.has_cls:

@@ -177,7 +177,9 @@ class Curriculum:
         sources, files = [], {}
         for k, (source, samples) in enumerate(zip(self.epoch.sources, kept)):
             if samples:
-                sources.append(dataclasses.replace(source, path=str(out / f"source_{k}.jsonl"), split=None))
+                # the file holds the kept records of the selected subset: none is left out again
+                sources.append(dataclasses.replace(source, path=str(out / f"source_{k}.jsonl"), split=None,
+                                                   max_samples=None, fraction=None))
                 files[out / f"source_{k}.jsonl"] = "".join(json.dumps(s) + "\n" for s in samples)
         kept_ids = {str(s.get("id")) for samples in kept for s in samples}
         gone = [(str(s.get("id")), iou) for s, iou in zip((s for part in parts for s in part), ious)
