@@ -242,8 +242,9 @@ def write_predictions(path: str | pathlib.Path, predictions: Iterable[Mapping[st
             f.write(json.dumps(dict(p)) + "\n")
 
 
-def load_model(checkpoint: str | pathlib.Path, dtype: Any = None) -> Any:
-    """A model from an HF directory (config.json + safetensors) or an orbax params directory (+ params/)."""
+def load_model(checkpoint: str | pathlib.Path, dtype: Any = None, sharding: Any = None) -> Any:
+    """A model from an HF directory (config.json + safetensors) or an orbax params directory (+ params/),
+    each parameter placed by `sharding(path, shape)` (default: the default device)."""
     import jax.numpy as jnp
 
     from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
@@ -252,11 +253,11 @@ def load_model(checkpoint: str | pathlib.Path, dtype: Any = None) -> Any:
     path = pathlib.Path(checkpoint)
     dtype = jnp.float32 if dtype is None else dtype
     if (path / PARAMS_DIR).is_dir():
-        return load_orbax_params(path, dtype=dtype)
+        return load_orbax_params(path, dtype=dtype, sharding=sharding)
     if not (path / "config.json").is_file():
         raise ValueError(f"--checkpoint {path}: neither an HF export (config.json + safetensors) nor an "
                          f"orbax params directory (config.json + {PARAMS_DIR}/)")
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, sharding=sharding)
 
 
 def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path, split: str,
@@ -286,11 +287,11 @@ def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, sp
     from tempr1_jax.rl.rollout import RolloutConfig
 
     model_setup, mesh_cfg, rollout_cfg = setup.ModelSetup(), setup.MeshConfig(), RolloutConfig()
-    model = load_model(checkpoint, jax.numpy.dtype(model_setup.dtype))
-    mesh = None
-    if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1:
-        mesh = mesh_cfg.make()
-        sharding_lib.shard_model(model, mesh, mesh_cfg.layout)
+    mesh = mesh_cfg.make() if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1 else None
+    model = load_model(checkpoint, jax.numpy.dtype(model_setup.dtype),
+                       None if mesh is None else sharding_lib.loader_sharding(mesh, mesh_cfg.layout))
+    if mesh is not None:
+        sharding_lib.shard_model(model, mesh, mesh_cfg.layout)  # in place already; constrains the activations
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,

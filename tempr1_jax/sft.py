@@ -106,7 +106,7 @@ class SFTTrainer:
         think = RolloutConfig().think
         self.mesh = mesh_cfg.make()
         sources = setup.resolve_sources(data_cfg, self.workdir)
-        model, self.tokenizer = setup.build_model(model_setup, self.workdir, sources, think)
+        model, self.tokenizer = setup.build_model(model_setup, self.workdir, sources, think, self.mesh, mesh_cfg.layout)
         sharding_lib.shard_model(model, self.mesh, mesh_cfg.layout)
         self.graphdef, params, self.frozen = nnx.split(model, setup.trainable_filter(model_setup.freeze_vision), ...)
         loader_cfg = setup.LoaderConfig(sources=sources)

@@ -131,7 +131,8 @@ class GRPOTrainer:
         self.layout = mesh_cfg.layout
 
         sources = resolve_sources(data_cfg, self.workdir)
-        model, self.tokenizer = build_model(setup, self.workdir, sources, self.rollout_cfg.think)
+        model, self.tokenizer = build_model(setup, self.workdir, sources, self.rollout_cfg.think, self.mesh,
+                                            mesh_cfg.layout)
         if jax.process_index() == 0:
             write_run_model(self.workdir, model, self.tokenizer, setup)
         self.model_config = model.config
