@@ -24,9 +24,9 @@ from data_pipeline.tokenizer import special_token_ids  # noqa: E402
 from models.qwen2_5_vl import sharding as sharding_lib  # noqa: E402
 from models.qwen2_5_vl.config import tiny_config  # noqa: E402
 from tempr1_jax.training import multihost  # noqa: E402
-from tempr1_jax.training.predictions import generate_predictions  # noqa: E402
 from tempr1_jax.training.data_setup import prompt_builders  # noqa: E402
 from tempr1_jax.training.model_setup import init_model  # noqa: E402
+from tempr1_jax.training.predictions import generate_predictions  # noqa: E402
 
 tok = transformers.AutoTokenizer.from_pretrained(str(data / "tok"))
 model = init_model(tiny_config(**special_token_ids(tok)), 0)

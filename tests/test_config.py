@@ -6,8 +6,14 @@ import gin
 import pytest
 
 from tempr1_jax.commands.train import mesh_bindings, parse_mesh
-from tempr1_jax.config import (add_gin_arguments, parse_gin, quote_value, resolve_gin_file, rewrite_gin_args,
-                               write_operative_config)
+from tempr1_jax.config import (
+    add_gin_arguments,
+    parse_gin,
+    quote_value,
+    resolve_gin_file,
+    rewrite_gin_args,
+    write_operative_config,
+)
 
 
 @gin.configurable

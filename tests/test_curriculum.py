@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_resume import SMALL
 
 from data_pipeline.loader import LoaderConfig, SourceConfig, make_eval_loader, make_loader
 from data_pipeline.synthetic import write_synthetic_dataset
@@ -27,14 +28,13 @@ from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl.config import tiny_config
 from tempr1_jax import difficulty
 from tempr1_jax.apps import curate
-from tempr1_jax.training import multihost
-from tempr1_jax.training.predictions import generate_predictions
 from tempr1_jax.config import parse_gin
 from tempr1_jax.rl.curriculum import CURRICULUM_DIR, Curriculum, check_unique_ids, epoch_length
-from tempr1_jax.training.metrics_log import read_metrics
-from tempr1_jax.training.data_setup import prompt_builders
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
-from test_resume import SMALL
+from tempr1_jax.training import multihost
+from tempr1_jax.training.data_setup import prompt_builders
+from tempr1_jax.training.metrics_log import read_metrics
+from tempr1_jax.training.predictions import generate_predictions
 
 DEMO_LOADER = {"batch_size": 2, "max_frames": 4, "min_pixels": 784, "max_pixels": 3136, "total_pixels": 12544,
                "token_buckets": (256,), "patch_buckets": (64,), "num_workers": 0}  # as in configs/demo.gin

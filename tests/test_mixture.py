@@ -9,8 +9,15 @@ import pytest
 from PIL import Image
 
 from data_pipeline.arrayrecord_io import write_split
-from data_pipeline.loader import (LoaderConfig, SourceConfig, format_mixture, make_loader, mixture_counts,
-                                  source_records, subset_indices)
+from data_pipeline.loader import (
+    LoaderConfig,
+    SourceConfig,
+    format_mixture,
+    make_loader,
+    mixture_counts,
+    source_records,
+    subset_indices,
+)
 from data_pipeline.samples import Sample
 from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl.config import tiny_config

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -23,10 +24,12 @@ from model_oracle import (
 )
 from safetensors.torch import save_file
 
-from models.qwen2_5_vl.checkpoint import detect_layout, file_keys, nnx_path
+from models.qwen2_5_vl import checkpoint
+from models.qwen2_5_vl.checkpoint import detect_layout, file_keys, hf_block, nnx_path, to_hf
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig, param_shapes, tiny_config
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration as Model
 from models.qwen2_5_vl.orbax_io import load_orbax_params, save_orbax_params
+from models.qwen2_5_vl.sharding import loader_sharding, make_mesh
 from tempr1_jax import cli
 
 CONFIG = tiny_config(vision_depth=2, vision_fullatt_block_indexes=(1,), num_hidden_layers=1)
@@ -97,6 +100,76 @@ def test_name_mapping_covers_every_parameter():
     assert ours == {nnx_path(name) for name in param_shapes(CONFIG)}
 
 
+def test_hf_block_takes_blocks_on_the_hf_axes():
+    """A block of our parameter, cut from the HF tensor on the HF axes, equals that block of the whole
+    converted tensor; the whole converted tensor is what `to_hf` inverts."""
+    rng = np.random.default_rng(0)
+    for name, hf_shape in param_shapes(CONFIG).items():
+        hf = rng.normal(size=hf_shape).astype(np.float32)
+        full_index, finish = hf_block(name, (slice(None),) * (2 if len(hf_shape) == 5 else len(hf_shape)))
+        ours = finish(hf[full_index])
+        np.testing.assert_array_equal(to_hf(name, ours, hf_shape), hf, err_msg=name)
+        index = tuple(slice(n // 4, n // 2 + 1) for n in ours.shape)
+        hf_index, finish = hf_block(name, index)
+        np.testing.assert_array_equal(finish(hf[hf_index]), ours[index], err_msg=name)
+
+
+@pytest.mark.parametrize("layout", ["hub", "transformers5"])
+def test_sharded_load_reads_only_device_blocks(hub_dir, tmp_path, monkeypatch, layout):
+    """Loading into a mesh reads each distinct device block once, as a safetensors slice of the block's
+    size, and gives the unsharded load's parameters in the loader's shardings."""
+    # Must fail, not skip: conftest.py provides 8 fake CPU devices.
+    assert jax.device_count() == 8, f"needs 8 devices, got {jax.device_count()}"
+    unsharded = Model.from_pretrained(hub_dir)
+    unsharded.save_pretrained(tmp_path, layout=layout, max_shard_bytes=50_000)
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    reads: dict[str, list[int]] = {}  # hub name -> element count of each slice read
+    real_open = checkpoint.safe_open
+
+    class SpySlice:
+        def __init__(self, key, tensor):
+            self.key, self.tensor = key, tensor
+
+        def get_shape(self):
+            return self.tensor.get_shape()
+
+        def __getitem__(self, index):
+            out = self.tensor[index]
+            reads.setdefault(checkpoint.t5_to_hub(self.key), []).append(out.size)
+            return out
+
+    class SpyOpen:
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_slice(self, key):
+            return SpySlice(key, self.file.get_slice(key))
+
+    monkeypatch.setattr(checkpoint, "safe_open", SpyOpen)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    sharding = loader_sharding(mesh)
+    loaded = Model.from_pretrained(tmp_path, sharding=sharding)
+    _assert_same_params(loaded, unsharded)
+    for path, variable in nnx.to_flat_state(nnx.state(loaded, nnx.Param)):
+        value = variable.get_value()
+        name = next(n for n in param_shapes(CONFIG) if nnx_path(n) == path)
+        assert value.sharding == sharding(path, value.shape), name
+        blocks = {tuple(s.indices(n) for s, n in zip(index, value.shape))
+                  for index in value.sharding.devices_indices_map(value.shape).values()}
+        assert reads[name] == [int(np.prod(value.sharding.shard_shape(value.shape)))] * len(blocks), name
+    assert max(max(r) for r in reads.values()) < max(int(np.prod(s)) for s in param_shapes(CONFIG).values())
+
+
 @pytest.mark.parametrize("layout,shard_bytes", [("hub", 10**9), ("transformers5", 50_000)])
 def test_save_pretrained_loads_in_transformers(hub_dir, kwargs, tmp_path, layout, shard_bytes):
     ours = Model.from_pretrained(hub_dir)
@@ -129,24 +202,27 @@ def test_convert_round_trip(ref, hub_dir, kwargs, tmp_path):
     assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
 
 
-# Peak = VmHWM (the high-water mark of this process image; ru_maxrss would inherit the parent's).
+# Writing "5" to /proc/self/clear_refs resets VmHWM (the peak RSS of this process image) to the current RSS,
+# so VmHWM - RSS at the reset is the peak during the load alone. RSS counts the safetensors file pages the
+# loader has mapped (one tensor's at a time) besides anonymous memory.
 _MEASURE = """
 import sys
 import jax.numpy as jnp
-from models.qwen2_5_vl import checkpoint
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 def kb(field):
     return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(field))
 jnp.zeros(1).block_until_ready()
+open('/proc/self/clear_refs', 'w').write('5')
 base = kb('VmRSS:')
-Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=jnp.bfloat16)
-print((kb('VmHWM:') - base) * 1024)
+model = Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=jnp.bfloat16)
+print((kb('VmHWM:') - base) * 1024, (kb('VmRSS:') - base) * 1024)
 """
 
 
 @pytest.mark.slow
 def test_bfloat16_load_peak_memory(tmp_path):
-    """Loading streams tensors: peak host memory stays near one copy of the checkpoint."""
+    """Loading streams tensors: peak host memory stays near one copy of the checkpoint, and once loaded the
+    process holds the weights only (no host buffer of a tensor outlives its transfer)."""
     config = tiny_config(vocab_size=60000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
                          num_attention_heads=8, num_key_value_heads=2, mrope_section=(16, 24, 24), torch_dtype="bfloat16")
     # ~440 MB: large enough that the fixed cost of building the abstract model is a small share.
@@ -156,8 +232,9 @@ def test_bfloat16_load_peak_memory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
     size = (tmp_path / "model.safetensors").stat().st_size
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path)], capture_output=True, text=True, check=True)
-    peak = int(out.stdout.split()[-1])
+    peak, after = map(int, out.stdout.split()[-2:])
     assert peak <= 1.3 * size, f"peak {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"
+    assert after <= 1.05 * size, f"{after / 1e6:.0f} MB held after loading a {size / 1e6:.0f} MB checkpoint"
 
 
 @pytest.mark.slow

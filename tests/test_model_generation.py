@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import jax
-import jax.numpy as jnp
-from transformers.generation.logits_process import (
-    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
-
 from model_oracle import VIDEO_GRID, config_for_tests, hf_model, left_pad, pixels, vision_prompt
-from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs
-from models.qwen2_5_vl import generation
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs, generation
 from models.qwen2_5_vl.generation import SamplingParams, generate, sampling_log_probs, with_completions
 from models.qwen2_5_vl.rope_index import token_types
 

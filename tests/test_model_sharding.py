@@ -3,19 +3,27 @@ model sharded over 8 fake devices (data=2, fsdp=2, tensor=2) computes what the u
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-
 from model_oracle import IMAGE_GRID, VIDEO_GRID, config_for_tests, left_pad, pixels, vision_prompt
+
 from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs, tiny_config
 from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.sharding import (
-    activation_spec, cache_specs, fit_spec, loader_sharding, make_mesh, param_specs, shard_batch, shard_model,
-    weight_rule)
+    activation_spec,
+    cache_specs,
+    fit_spec,
+    loader_sharding,
+    make_mesh,
+    param_specs,
+    shard_batch,
+    shard_model,
+    weight_rule,
+)
 
 
 def _mesh():

@@ -3,10 +3,10 @@ over all 4) gives every process exactly the predictions of one process with 4 de
 shards differ in length (one runs a dummy step) and in token bucket (one pads 128 -> 256 tokens)."""
 
 import json
+import pathlib
 import socket
 import subprocess
 import sys
-import pathlib
 
 import pytest
 

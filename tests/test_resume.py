@@ -16,8 +16,8 @@ import time
 import pytest
 
 from tempr1_jax.config import parse_gin
-from tempr1_jax.training.metrics_log import read_metrics
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
+from tempr1_jax.training.metrics_log import read_metrics
 
 SMALL = [
     "DataConfig.synthetic_samples_per_task = 2",

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_rewards_kernel import _pad, gt_segment, pred_segment
 
 from tempr1_jax.rewards import compute_rewards, kernel
 from tempr1_jax.rewards import reference as ref
-from test_rewards_kernel import _pad, gt_segment, pred_segment
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WIDTH = 8

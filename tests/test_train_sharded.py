@@ -14,15 +14,15 @@ import pytest
 from flax import nnx
 
 from models.qwen2_5_vl import sharding as sharding_lib
-from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.config import tiny_config
+from models.qwen2_5_vl.generation import generate
 from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossConfig
+from tempr1_jax.rl.trainer import make_policy_loss
 from tempr1_jax.training.batches import place_inputs, place_rows
 from tempr1_jax.training.model_setup import init_model, trainable_filter
 from tempr1_jax.training.train_step import TrainStep
-from tempr1_jax.rl.trainer import make_policy_loss
 
 G, T = 4, 6
 CONFIG = tiny_config(num_hidden_layers=2, hidden_size=64, intermediate_size=128, vision_depth=2,

@@ -9,16 +9,19 @@ Two key layouts exist and both are read (detected from the file keys):
 `max_shard_bytes` with a `model.safetensors.index.json`.
 
 The name mapping between HF tensors and our NNX parameter paths lives here only (`nnx_path`,
-`to_nnx`, `to_hf`); the list of expected tensors comes from `config.param_shapes`.
+`hf_block`, `to_hf`); the list of expected tensors comes from `config.param_shapes`.
+
+Loading builds the model abstractly and reads each parameter straight into its sharding: a process
+reads only the safetensors slices its devices hold (`load_pretrained`, `sharding.loader_sharding`).
 """
 
 from __future__ import annotations
 
 import ctypes
-
+import gc
 import json
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -77,18 +80,29 @@ def _is_norm(parts: list) -> bool:
     return any(isinstance(p, str) and (p.startswith("norm") or p.endswith("layernorm") or p == "ln_q") for p in parts)
 
 
-def to_nnx(hub_name: str, tensor: np.ndarray) -> np.ndarray:
-    """HF (torch layout) tensor -> our parameter layout."""
-    if hub_name == "visual.patch_embed.proj.weight":
-        return tensor.reshape(tensor.shape[0], -1).T
-    if tensor.ndim == 2 and "embed_tokens" not in hub_name:
-        return tensor.T
-    return tensor
+PATCH_EMBED = "visual.patch_embed.proj.weight"
+
+Index = tuple[slice, ...]
+
+
+def hf_block(hub_name: str, index: Index) -> tuple[Index, Callable[[np.ndarray], np.ndarray]]:
+    """Where block `index` of our parameter lies in the HF (torch layout) tensor `hub_name`.
+
+    Returns (HF index, `finish`): `finish(hf_tensor[hf_index])` is our parameter's block `index`. Our
+    Linear kernels are the HF weights transposed, so a block's rows are HF columns; the patch
+    embedding is also flattened to [C*T*p*p, out], so its rows are cut after flattening whole HF rows.
+    """
+    if hub_name == PATCH_EMBED:
+        rows, cols = index
+        return (cols,), lambda t: t.reshape(t.shape[0], -1).T[rows]
+    if len(index) == 2 and "embed_tokens" not in hub_name:
+        return (index[1], index[0]), lambda t: t.T
+    return index, lambda t: t
 
 
 def to_hf(hub_name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Our parameter -> HF tensor of `shape` (inverse of `to_nnx`)."""
-    if hub_name == "visual.patch_embed.proj.weight":
+    """Our parameter -> HF tensor of `shape` (inverse of `hf_block` over the whole tensor)."""
+    if hub_name == PATCH_EMBED:
         return np.ascontiguousarray(value.T).reshape(shape)
     if value.ndim == 2 and "embed_tokens" not in hub_name:
         return np.ascontiguousarray(value.T)
@@ -110,22 +124,14 @@ def checkpoint_files(directory: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
-def iter_tensors(directory: str | pathlib.Path) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
-    """(hub name, loader) for every tensor; each loader reads that one tensor when called.
-
-    The file is opened (memory-mapped) per tensor, so mapped pages of tensors already read are
-    released and the process holds at most one tensor of the file at a time.
-    """
+def tensor_locations(directory: str | pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]:
+    """Hub name -> (file, name as stored) for every tensor of the checkpoint (either layout); reads headers only."""
+    locations = {}
     for path in checkpoint_files(pathlib.Path(directory)):
         with safe_open(str(path), framework="numpy") as f:
-            keys = list(f.keys())
-        for key in keys:
-            yield t5_to_hub(key), (lambda path=path, key=key: _read_one(path, key))
-
-
-def _read_one(path: pathlib.Path, key: str) -> np.ndarray:
-    with safe_open(str(path), framework="numpy") as f:
-        return f.get_tensor(key)
+            for key in f.keys():
+                locations[t5_to_hub(key)] = (path, key)
+    return locations
 
 
 def detect_layout(keys: list[str]) -> str:
@@ -141,21 +147,17 @@ def detect_layout(keys: list[str]) -> str:
 
 def file_keys(directory: str | pathlib.Path) -> list[str]:
     """Tensor names as stored in the files (either layout)."""
-    keys = []
-    for path in checkpoint_files(pathlib.Path(directory)):
-        with safe_open(str(path), framework="numpy") as f:
-            keys.extend(f.keys())
-    return keys
+    return [key for _, key in tensor_locations(directory).values()]
 
 
 ShardingFn = Callable[[tuple, tuple], jax.sharding.Sharding]
 
 
-
 def _return_large_frees_to_os() -> None:
     """Ask glibc to serve allocations above 1 MiB with mmap, so each freed per-tensor host buffer
-    goes back to the OS at once instead of staying in the heap: without it, peak RSS after loading
-    a bf16 checkpoint stays ~1.35x its bytes (benchmarks/model.py). A no-op on other C libraries."""
+    goes back to the OS at once instead of staying in the heap: without it, RSS after loading the
+    bf16 checkpoint of `test_bfloat16_load_peak_memory` is 1.05x its bytes instead of 1.01x. A no-op
+    on other C libraries."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 20)  # -3 = M_MMAP_THRESHOLD
@@ -164,18 +166,21 @@ def _return_large_frees_to_os() -> None:
 
 
 def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, sharding: ShardingFn | None = None):
-    """Build `cls` without allocating weights, then fill it tensor by tensor from safetensors.
+    """Build `cls` without allocating weights (`nnx.eval_shape`), then fill it parameter by parameter.
 
-    `sharding(path, shape)` gives the placement of each parameter (default: the default device).
+    `sharding(path, shape)` gives the placement of each parameter (default: the default device). A
+    process reads from the safetensors files only the blocks its addressable devices hold (slices,
+    taken on the HF axes, see `hf_block`), casts them to the parameter dtype and puts them on those
+    devices: no host holds more than its devices' share of the model plus one tensor's blocks.
     """
     directory = pathlib.Path(directory)
     _return_large_frees_to_os()
     config = Qwen2_5_VLConfig.from_pretrained(directory)
     param_dtype = dtype if param_dtype is None else param_dtype
-    keys = file_keys(directory)
-    detect_layout(keys)
+    locations = tensor_locations(directory)
+    detect_layout([key for _, key in locations.values()])
     expected = param_shapes(config)
-    names = {t5_to_hub(k) for k in keys}
+    names = set(locations)
     if config.tie_word_embeddings:
         names.discard("lm_head.weight")  # some tied checkpoints also store the head; the embedding is used
     missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
@@ -185,20 +190,58 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
     model = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
-    np_dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == jnp.bfloat16 else np.dtype(param_dtype)
-    for name, load in iter_tensors(directory):
+    for name, (path, key) in locations.items():
         if name not in expected:
             continue
-        tensor = load()
-        if tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, config expects {expected[name]}")
-        path = nnx_path(name)
-        value = to_nnx(name, tensor).astype(np_dtype, copy=False)
-        del tensor
-        flat[path].set_value(
-            jnp.asarray(value) if sharding is None else jax.device_put(value, sharding(path, value.shape)))
-        del value
+        variable = flat[nnx_path(name)]
+        abstract = variable.get_value()
+        placement = None if sharding is None else sharding(nnx_path(name), tuple(abstract.shape))
+        variable.set_value(_load_param(path, key, name, expected[name], abstract, placement))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _load_param(path: pathlib.Path, key: str, name: str, hf_shape: tuple[int, ...], abstract: jax.ShapeDtypeStruct,
+                sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """Parameter `name` (shape and dtype of `abstract`) on `sharding`'s addressable devices (None: the default
+    device), each distinct block read once."""
+    shape = tuple(abstract.shape)
+    full = (slice(None),) * len(shape)
+    indices = [full] if sharding is None else list(sharding.addressable_devices_indices_map(shape).values())
+    blocks = _read_blocks(path, key, name, hf_shape, shape, np.dtype(abstract.dtype), indices)
+    if sharding is None:
+        array = jax.device_put(blocks[_block_key(full, shape)])
+    else:
+        array = jax.make_array_from_callback(shape, sharding, lambda index: blocks[_block_key(index, shape)])
+    # At most one parameter's host blocks alive: device_put copies them asynchronously (under CPU contention
+    # they would pile up behind the copy threads), and JAX releases the host arrays of finished transfers
+    # only at its next transfer or at a garbage collection, which runs its gc hook (jax-ml/jax#14882).
+    array.block_until_ready()
+    blocks.clear()
+    gc.collect(0)
+    return array
+
+
+def _block_key(index: Index, shape: tuple[int, ...]) -> tuple:
+    """A hashable, normalised form of a device's index into an array of `shape`."""
+    return tuple(s.indices(n) for s, n in zip(index, shape))
+
+
+def _read_blocks(path: pathlib.Path, key: str, name: str, hf_shape: tuple[int, ...], shape: tuple[int, ...],
+                 dtype: np.dtype, indices: list[Index]) -> dict[tuple, np.ndarray]:
+    """Block key -> our block (contiguous, `dtype`) for each distinct index, read as safetensors slices."""
+    raw, finish = {}, {}
+    with safe_open(str(path), framework="numpy") as f:
+        tensor = f.get_slice(key)
+        if tuple(tensor.get_shape()) != hf_shape:
+            raise ValueError(f"tensor {name} has shape {tuple(tensor.get_shape())}, config expects {hf_shape}")
+        for index in indices:
+            block_key = _block_key(index, shape)
+            if block_key not in raw:
+                hf_index, finish[block_key] = hf_block(name, tuple(slice(*k) for k in block_key))
+                raw[block_key] = tensor[hf_index]
+        del tensor  # the file stays mapped while a slice object lives: without it, leaving `with` keeps the pages
+    # One conversion at a time (a transpose and a cast in one copy), each raw slice dropped once converted.
+    return {k: finish[k](raw.pop(k)).astype(dtype, order="C", copy=False) for k in list(raw)}
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -176,7 +176,8 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         """Load an HF checkpoint directory (config.json + safetensors, hub or transformers-5 layout).
 
         Weights are stored as `param_dtype` (default: `dtype`); `sharding(path, shape)` places each
-        parameter (path as in `nnx.state(model)`); default: the default device.
+        parameter (path as in `nnx.state(model)`; e.g. `sharding.loader_sharding(mesh, layout)`), and each
+        process then reads only the blocks its devices hold; default: the default device.
         """
         from .checkpoint import load_pretrained
 

@@ -87,16 +87,17 @@ def evaluate(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *
     return EvalResult(predictions, targets, metrics, rewards, skipped)
 
 
-def load_model(checkpoint: str | pathlib.Path, dtype: Any = None) -> Any:
-    """A model from an HF directory (config.json + safetensors) or an orbax params directory (+ params/)."""
+def load_model(checkpoint: str | pathlib.Path, dtype: Any = None, sharding: Any = None) -> Any:
+    """A model from an HF directory (config.json + safetensors) or an orbax params directory (+ params/),
+    each parameter placed by `sharding(path, shape)` (default: the default device)."""
     path = pathlib.Path(checkpoint)
     dtype = jnp.float32 if dtype is None else dtype
     if (path / PARAMS_DIR).is_dir():
-        return load_orbax_params(path, dtype=dtype)
+        return load_orbax_params(path, dtype=dtype, sharding=sharding)
     if not (path / "config.json").is_file():
         raise ValueError(f"--checkpoint {path}: neither an HF export (config.json + safetensors) nor an "
                          f"orbax params directory (config.json + {PARAMS_DIR}/)")
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, sharding=sharding)
 
 
 def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path, split: str,

@@ -77,11 +77,11 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
     from tempr1_jax.training.model_setup import MeshConfig, ModelSetup
 
     model_setup, mesh_cfg, rollout_cfg = ModelSetup(), MeshConfig(), RolloutConfig()
-    model = load_model(checkpoint, jnp.dtype(model_setup.dtype))
-    mesh = None
-    if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1:
-        mesh = mesh_cfg.make()
-        sharding_lib.shard_model(model, mesh, mesh_cfg.layout)
+    mesh = mesh_cfg.make() if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1 else None
+    model = load_model(checkpoint, jnp.dtype(model_setup.dtype),
+                       None if mesh is None else sharding_lib.loader_sharding(mesh, mesh_cfg.layout))
+    if mesh is not None:
+        sharding_lib.shard_model(model, mesh, mesh_cfg.layout)  # in place already; constrains the activations
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,

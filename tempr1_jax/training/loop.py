@@ -85,7 +85,8 @@ class Trainer:
     def build_policy(self, think: bool) -> Any:
         """Build the model and tokenizer, record them in `workdir/model/`, shard the model on the mesh and
         split it; sets `tokenizer`, `model_config`, `graphdef`, `frozen`, `pad_id`; returns the trained params."""
-        model, self.tokenizer = build_model(self.model_setup, self.workdir, self.sources, think)
+        model, self.tokenizer = build_model(self.model_setup, self.workdir, self.sources, think, self.mesh,
+                                            self.layout)
         if jax.process_index() == 0:
             write_run_model(self.workdir, model, self.tokenizer, self.model_setup)
         self.model_config = model.config

@@ -74,14 +74,15 @@ def _dtype(name: str):
 
 
 def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
-                sources: Sequence[loader_lib.SourceConfig], think: bool = True,
-                ) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
-    """(model on the default device, tokenizer) for `setup` (see `ModelSetup`)."""
+                sources: Sequence[loader_lib.SourceConfig], think: bool = True, mesh: Mesh | None = None,
+                layout: str = "fsdp_tensor") -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
+    """(model, tokenizer) for `setup` (see `ModelSetup`); the model is on the default device, except that a
+    checkpoint given a `mesh` is read straight into its `layout` shardings (see `base_model`)."""
     import transformers
 
     if setup.checkpoint is not None:
         tokenizer = transformers.AutoTokenizer.from_pretrained(setup.tokenizer or setup.checkpoint)
-        return base_model(setup), tokenizer
+        return base_model(setup, mesh=mesh, layout=layout), tokenizer
     tok_dir = pathlib.Path(setup.tokenizer or pathlib.Path(workdir) / "tokenizer")
     if (tok_dir / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
@@ -91,12 +92,18 @@ def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
     return base_model(setup, config), tokenizer
 
 
-def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None) -> Qwen2_5_VLForConditionalGeneration:
-    """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`."""
+def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: Mesh | None = None,
+               layout: str = "fsdp_tensor") -> Qwen2_5_VLForConditionalGeneration:
+    """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`.
+
+    With a `mesh`, each process reads from the checkpoint only the blocks its devices hold in `layout`
+    (`sharding.loader_sharding`): no host or device ever holds the whole model.
+    """
     dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
     if setup.checkpoint is not None:
+        sharding = None if mesh is None else sharding_lib.loader_sharding(mesh, layout)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
-                                                                   param_dtype=param_dtype)
+                                                                   param_dtype=param_dtype, sharding=sharding)
     elif config is None:
         raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
     else:
