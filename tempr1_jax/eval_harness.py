@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -17,6 +17,10 @@ import numpy as np
 
 from tempr1_jax import evaluation, multihost, paper_results, tasks as tasks_lib
 from tempr1_jax.rewards import compute_rewards, reference
+
+class NoUsableSamplesError(ValueError):
+    """Every sample of the evaluated split was skipped by the loader: there is nothing to score."""
+
 
 RESULTS_JSON = "eval_results.json"
 PREDICTIONS_JSONL = "predictions.jsonl"
@@ -273,6 +277,15 @@ def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path,
                             setup.prompt_builders(think))
 
 
+def _no_samples_message(dataset: str, split: str, media_dir: str | None, skipped: Sequence[Mapping[str, Any]]) -> str:
+    """Why an evaluation has nothing to score: the skip reasons with one example."""
+    kinds = Counter(s.get("kind", "unknown") for s in skipped)
+    reasons = ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()) or "the split is empty"
+    example = f"; e.g. sample {skipped[0]['id']!r}: {skipped[0]['reason']}" if skipped else ""
+    return (f"no usable sample in {dataset} (split {split}): all {len(skipped)} were skipped ({reasons}){example}. "
+            f"Check --media_dir ({media_dir}) and the files.")
+
+
 def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
                      workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
                      timeline_per_task: int, strict: bool) -> str:
@@ -296,6 +309,8 @@ def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, sp
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
                       think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
                       score_options={"strict": strict} if strict else None)
+    if not result.predictions:
+        raise NoUsableSamplesError(_no_samples_message(dataset, split, media_dir, result.skipped))
     name = pathlib.Path(dataset).name
     table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
                                            f"{len(result.skipped)} skipped")

@@ -8,7 +8,7 @@
   videos stored as `videos_dir/dir/name.mp4`; without it videos are `videos_dir/{video_id}.mp4`.
 
 One sample per csv row, id `"{video_id}_{qid}"`, options a0..a4 as letters A-E, answer the letter
-of the answer text.
+of the answer text. Every csv row becomes a sample (nothing is dropped; validation reports bad rows).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from data_pipeline.sources._common import (
     PathLike,
     as_paths,
     find_video,
-    number,
+    optional_number,
     read_csv,
     read_json,
     segment_list,
@@ -46,7 +46,7 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
             source=SOURCE,
             query=(row.get("question") or "").strip(),
             video=find_video(videos_dir, [video_map.get(vid, vid)]),
-            duration=number(entry.get("duration")),
+            duration=optional_number(entry.get("duration")),
             options=options,
             answer=letter,
             segments=tuple(segment_list(location.get(qid))),

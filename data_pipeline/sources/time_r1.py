@@ -10,6 +10,7 @@ A list of records in either of Time-R1's two layouts (both may appear in one fil
 When the clip bounds are set, the sample is that clip of the file, and `duration` and the segment
 are relative to its start (as Time-R1 reads them). Ids are `"{video stem}#{record index}"`
 (TVGBench repeats some queries). Task `tvg` (Time-R1's timestamp-aware IoU reward) by default.
+A record that is not an object is dropped and counted (`_common.Dropped`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 
 from data_pipeline.samples import Sample
 from data_pipeline.sources._common import (
+    Dropped,
     PathLike,
     expect_type,
     find_video,
-    number,
+    not_an_object,
     optional_number,
     read_json,
     segment_list,
@@ -49,12 +51,14 @@ def load(
     *,
     source: str,
     task: str = "tvg",
-) -> Iterator[Sample]:
+) -> Iterator[Sample | Dropped]:
     """One grounding sample per record."""
     path = single_path(annotations, source)
     records = expect_type(read_json(path), list, path, "a list of records")
     for index, record in enumerate(records):
-        record = record if isinstance(record, dict) else {}
+        if not isinstance(record, dict):
+            yield not_an_object(f"record {index}", record)
+            continue
         if "answer" in record:
             segment = parse_answer(record.get("answer"))
             file, query = record.get("path"), record.get("question")
@@ -70,7 +74,7 @@ def load(
             source=source,
             query=str(query or "").strip(),
             video=find_video(videos_dir, [stem]),
-            duration=number(record.get("duration")),
+            duration=optional_number(record.get("duration")),
             segments=(segment,),
             video_start=optional_number(clip[0]),
             video_end=optional_number(clip[1]),

@@ -33,6 +33,7 @@ from .config import Qwen2_5_VLConfig, param_shapes
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_FINITE_CHUNK = 1 << 24  # elements checked for NaN / inf at a time
 
 
 # --- names ---------------------------------------------------------------------------------------
@@ -192,6 +193,7 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
         tensor = load()
         if tuple(tensor.shape) != expected[name]:
             raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, config expects {expected[name]}")
+        check_weight(name, tensor)
         path = nnx_path(name)
         value = to_nnx(name, tensor).astype(np_dtype, copy=False)
         del tensor
@@ -199,6 +201,23 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
             jnp.asarray(value) if sharding is None else jax.device_put(value, sharding(path, value.shape)))
         del value
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def check_weight(name: str, tensor: np.ndarray) -> None:
+    """ValueError naming the tensor unless it is floating point with only finite values.
+
+    Every Qwen2.5-VL weight is floating point: an integer or boolean tensor is not a weight of this
+    model, and casting it would hide that; a NaN or infinite weight would poison every output.
+    """
+    if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype != np.dtype(ml_dtypes.bfloat16):
+        raise ValueError(f"tensor {name} is stored as {tensor.dtype}, but the model's weights are floating point; "
+                         f"not casting it (is this a weight checkpoint of this model?)")
+    flat = tensor.reshape(-1)
+    # In chunks, so that the temporary mask stays small next to the largest (embedding) tensor.
+    bad = sum(len(part) - int(np.count_nonzero(np.isfinite(part)))
+              for part in (flat[i:i + _FINITE_CHUNK] for i in range(0, flat.size, _FINITE_CHUNK)))
+    if bad:
+        raise ValueError(f"tensor {name} has {bad} non-finite values (NaN or inf) of {tensor.size}")
 
 
 # --- writing -------------------------------------------------------------------------------------

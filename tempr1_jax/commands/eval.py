@@ -6,11 +6,13 @@
 Writes `eval_results.json`, `predictions.jsonl`, `eval_table.md` (TempR1's Table 1-2 numbers beside
 ours) and `eval_timeline.png` (predicted vs ground-truth segments, a few samples per task) to --workdir.
 On a pod, run it on every host with --distributed: each host generates for its shard, host 0 writes.
+Exits 1, writing nothing, when the loader could use none of the split's samples (e.g. a wrong --media_dir).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed, mesh_bindings
 
@@ -48,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables the gin files bind)
 
     gin_config.parse_gin(args, bindings=mesh_bindings(args.mesh))
-    summary = eval_harness.run_eval_command(
-        checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
-        media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
-        strict=args.strict)
+    try:
+        summary = eval_harness.run_eval_command(
+            checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
+            media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
+            strict=args.strict)
+    except eval_harness.NoUsableSamplesError as err:
+        print(f"tempr1 eval: error: {err}", file=sys.stderr)
+        return 1
     gin_config.write_operative_config(args.workdir)
     print(summary)
     return 0
