@@ -324,9 +324,8 @@ def _missing_media_config(data, tmp_path, **kw):
 def test_a_source_with_no_usable_sample_stops_with_a_clear_error(data, tmp_path, caplog):
     tok, model = data["tok"], data["model"]
     it = make_loader(_missing_media_config(data, tmp_path), tok, model, PROMPTS)
-    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"):
-        with pytest.raises(UnusableSourceError) as info:
-            next(it)
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"), pytest.raises(UnusableSourceError) as info:
+        next(it)
     message = str(info.value)
     assert data["tg"] in message and "missing_file: 16" in message and "file not found" in message
     assert str(tmp_path / "empty") in message  # the media directory to check
@@ -419,7 +418,7 @@ def test_a_stop_request_interrupts_a_waiting_loader(data):
 def slow_prompt(sample):  # module level: worker processes unpickle it
     import time
 
-    time.sleep(2)
+    time.sleep(1)
     return tg_prompt(sample)
 
 

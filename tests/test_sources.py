@@ -340,7 +340,7 @@ def test_qvhighlights_bad_lines_are_named(tmp_path):
     ann.write_text(json.dumps(good) + "\n{not json\n[1, 2]\n")
     with pytest.raises(InvalidSampleError, match="qvh.jsonl line 2: not valid JSON"):
         list(load_validated("qvhighlights", ann))
-    kept, report = _skipped("qvhighlights", ann)
+    _, report = _skipped("qvhighlights", ann)
     assert (report.total, report.kept) == (3, 1)
     assert dict(report.skipped) == {"not_json": 1, "not_an_object": 1}
     assert "line 3: expected a JSON object, got list" in report.examples["not_an_object"]
