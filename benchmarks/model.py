@@ -125,6 +125,7 @@ def _models(tmp: pathlib.Path):
     """A random transformers model for SMALL, saved and loaded into ours (same weights)."""
     import torch
     import transformers
+
     from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, tiny_config
 
     config = tiny_config(**SMALL)
@@ -138,6 +139,7 @@ def _models(tmp: pathlib.Path):
 
 def _torch_inputs(config, prompt: dict) -> dict:
     import torch
+
     from models.qwen2_5_vl.rope_index import token_types
 
     out = {k: torch.as_tensor(v) for k, v in prompt.items()}
@@ -150,6 +152,7 @@ def bench_prefill(config, hf, ours, repeats: int) -> dict:
     import numpy as np
     import torch
     from flax import nnx
+
     from models.qwen2_5_vl import build_model_inputs
 
     prompt = video_prompt(config)
@@ -169,6 +172,7 @@ def bench_prefill(config, hf, ours, repeats: int) -> dict:
 
 def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 64) -> dict:
     import torch
+
     from models.qwen2_5_vl import build_model_inputs
     from models.qwen2_5_vl.generation import generate
 
@@ -218,6 +222,7 @@ def write_bf16_checkpoint(directory: pathlib.Path, shard_bytes: int = 128 * 1024
     import ml_dtypes
     import numpy as np
     from safetensors.numpy import save_file
+
     from models.qwen2_5_vl import tiny_config
     from models.qwen2_5_vl.config import param_shapes
 

@@ -15,9 +15,19 @@ is built).
 Evaluation (`make_eval_loader`): the sources concatenated in order, one pass, no shuffle or mixing,
 every sample kept; the last batch (of each worker) is completed with padding rows (`valid` False).
 
-A sample whose video or image is missing, corrupt or truncated (`VideoDecodeError`), or whose
-tokens or patches exceed the largest bucket, is skipped: the batcher takes the next sample instead,
-the skip is logged, reported in the batch (`skipped`) and counted by `iterator.stats()`.
+A sample whose video or image is missing, a directory, corrupt or truncated (`VideoDecodeError`),
+whose video's decoded duration differs from the annotated one by more than max(2 s, 5 %)
+(`samples.duration_mismatch`), or whose tokens or patches exceed the largest bucket, is skipped:
+the batcher takes the next sample instead, the skip is reported in the batch (`skipped`) and
+counted per source and reason (`iterator.skip_counts()`; totals in `stats()`). The log names each
+skipped sample once (the first `_MAX_SAMPLE_LINES`) and sums up the counts at most once a minute.
+
+A training source that yields nothing usable stops the loader with `UnusableSourceError` (naming
+the source, its media directory and the reasons) once 2 x its size consecutive samples of it were
+skipped, or when a finite run ends after a whole pass of it was skipped, instead of retrying
+forever. With `should_stop` (e.g. the trainer's SIGTERM flag), `next()` polls it while it waits
+and raises `LoaderStopped` within a fraction of a second; `get_state()` is then the state before
+the interrupted batch, so a checkpoint written after the stop resumes exactly.
 
 Each batch is a dict:
   inputs:          `ModelInputs` [B, L] / [B, P, D] with L and P the smallest fitting buckets;
@@ -25,7 +35,8 @@ Each batch is a dict:
   completion_mask: [B, L] int32, only with `answer_builders` (SFT): 1 on answer + eos tokens.
   samples:         the raw unified samples (dicts) of the valid rows, in row order.
   valid:           [B] bool; False only on the padding rows of the last evaluation batch.
-  skipped:         [{"id", "task", "source", "reason"}] of samples skipped since the last batch.
+  skipped:         [{"id", "task", "source", "kind", "reason"}] of samples skipped since the last batch;
+                   `source` is the `SourceConfig.label`, `kind` one of SKIP_KINDS.
 
 The returned iterator is a `grain.DatasetIterator`: `get_state()` / `set_state()` (JSON-able
 dicts) restore it so that it continues with exactly the same batches, and it works with orbax via
@@ -36,10 +47,14 @@ dicts) restore it so that it continues with exactly the same batches, and it wor
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import json
 import logging
+import math
 import pathlib
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -50,7 +65,7 @@ from absl import flags
 
 from data_pipeline import arrayrecord_io, video
 from data_pipeline.prompts import PromptBuilder, build_prompt_ids, build_sft_ids
-from data_pipeline.samples import resolve_path
+from data_pipeline.samples import duration_mismatch, resolve_path
 from data_pipeline.vision_inputs import PreprocessorValues, merged_token_count, patchify_images, patchify_video
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from models.qwen2_5_vl.inputs import ModelInputs, build_model_inputs, collate_model_inputs
@@ -58,7 +73,21 @@ from models.qwen2_5_vl.inputs import ModelInputs, build_model_inputs, collate_mo
 log = logging.getLogger(__name__)
 
 AnswerBuilder = Callable[[Mapping[str, Any]], str]
+StopCheck = Callable[[], bool]
 _RECENT_SKIPS = 100  # skip records kept in memory for `stats()`
+_MAX_SAMPLE_LINES = 100  # skipped samples named in the log; later ones are only counted
+_SUMMARY_SECONDS = 60.0  # at most one "skipped so far" summary line per minute
+_STOP_POLL_SECONDS = 0.2  # how often a waiting `next()` checks `should_stop`
+# Reasons a sample is skipped: VideoDecodeError kinds, then the loader's own checks.
+SKIP_KINDS = ("missing_file", "not_a_file", "decode_error", "duration_mismatch", "too_long")
+
+
+class LoaderStopped(Exception):
+    """`next()` gave up waiting because `should_stop()` became true; the state is that before the batch."""
+
+
+class UnusableSourceError(ValueError):
+    """A training source whose samples are all skipped (e.g. a wrong media directory)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +116,11 @@ class SourceConfig:
             raise ValueError(f"source {self.path}: max_samples must be an integer >= 1, got {self.max_samples!r}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ValueError(f"source {self.path}: fraction must be in (0, 1], got {self.fraction!r}")
+
+    @property
+    def label(self) -> str:
+        """The source's name in skip records and counts: the path, with `:split` for a split."""
+        return self.path if self.split is None else f"{self.path}:{self.split}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,26 +194,32 @@ def make_loader(
     model_config: Qwen2_5_VLConfig,
     prompt_builders: Mapping[str, PromptBuilder],
     answer_builders: Mapping[str, AnswerBuilder] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> LoaderIterator:
     """The training iterator: mixed, shuffled (per epoch), sharded, bucketed, full batches.
 
     `prompt_builders[task](sample) -> str` gives each task's prompt text (the task registry's);
     with `answer_builders` (SFT) each row is prompt + answer + eos with a `completion_mask`.
+    `should_stop()` (cheap and signal-safe, e.g. reading a flag a SIGTERM handler sets) lets a
+    waiting `next()` give up with `LoaderStopped`.
     """
     shard_index, shard_count = _shard(config)
     prepare = _Prepare(config, tokenizer, model_config, prompt_builders, answer_builders)
     log.info("%s", format_mixture(mixture_counts(config.sources)))
     parts, sizes = [], []
+    sources: dict[str, _SourceSize] = {}
     for i, source in enumerate(config.sources):
         records = source_records(source)[shard_index::shard_count]
         if len(records) == 0:
             raise ValueError(f"source {source.path} has no records for shard {shard_index} of {shard_count}")
         sizes.append(len(records))
+        known = sources.get(source.label, _SourceSize(0, source.media_dir))
+        sources[source.label] = _SourceSize(known.size + len(records), source.media_dir)
         ds = records.shuffle(seed=(config.seed + i) % 2**32).repeat(config.num_epochs)
         parts.append(ds.map(_SourcePrepare(prepare, source)))
     weights = [s.weight for s in config.sources]
     mixed = grain.MapDataset.mix(parts, sizes if weights[0] is None else weights)
-    return _pipeline(mixed, config, prepare, pad_last=False)
+    return _pipeline(mixed, config, prepare, pad_last=False, sources=sources, should_stop=should_stop)
 
 
 def make_eval_loader(
@@ -187,17 +227,20 @@ def make_eval_loader(
     tokenizer: transformers.PreTrainedTokenizerBase,
     model_config: Qwen2_5_VLConfig,
     prompt_builders: Mapping[str, PromptBuilder],
+    should_stop: StopCheck | None = None,
 ) -> LoaderIterator:
     """The evaluation iterator: sources in order, one pass, every sample, deterministic batches.
 
     Weights, seed and num_epochs are ignored. The last batch is filled with padding rows
-    (`valid` False) so every batch has `batch_size` rows; skipped samples appear in `skipped`.
+    (`valid` False) so every batch has `batch_size` rows; skipped samples appear in `skipped`
+    (a pass in which every sample is skipped yields such batches; the caller decides). See
+    `make_loader` for `should_stop`.
     """
     shard_index, shard_count = _shard(config)
     prepare = _Prepare(config, tokenizer, model_config, prompt_builders, None)
     parts = [source_records(s).map(_SourcePrepare(prepare, s)) for s in config.sources]
     ordered = grain.MapDataset.concatenate(parts)[shard_index::shard_count]
-    return _pipeline(ordered, config, prepare, pad_last=True)
+    return _pipeline(ordered, config, prepare, pad_last=True, sources=None, should_stop=should_stop)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +269,18 @@ def _all_records(source: SourceConfig) -> Sequence[str | bytes]:
     path = pathlib.Path(source.path)
     if not path.is_file():
         raise ValueError(f"source file not found: {path}")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {line_no}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {line_no}: expected a JSON object (a sample), got {type(record).__name__}")
+        lines.append(line)
+    return lines
 
 
 def subset_indices(size: int, source: SourceConfig) -> np.ndarray:
@@ -329,8 +383,8 @@ class _Prepare:
             raise ValueError(f"sample {sample.get('id')!r}: no answer builder for task {task!r}")
         try:
             vision = self._vision(sample, source.media_dir)
-        except video.VideoDecodeError as err:
-            return _skip(sample, source, str(err))
+        except _Unusable as err:
+            return _skip(sample, source, err.kind, err.reason)
         counts = {
             "image_token_counts": merged_token_count(vision.get("image_grid_thw", np.zeros((0, 3))),
                                                      self.config.preprocessor).tolist(),
@@ -348,29 +402,37 @@ class _Prepare:
             element["completion_mask"] = mask
         n_patches = sum(len(vision[k]) for k in ("pixel_values", "pixel_values_videos") if k in vision)
         if len(ids) > self.config.token_buckets[-1] or n_patches > self.config.patch_buckets[-1]:
-            return _skip(sample, source, f"too long: {len(ids)} tokens, {n_patches} patches exceed the "
-                                         f"largest buckets {self.config.token_buckets[-1]}, "
-                                         f"{self.config.patch_buckets[-1]}")
+            return _skip(sample, source, "too_long",
+                         f"too long: {len(ids)} tokens, {n_patches} patches exceed the largest buckets "
+                         f"{self.config.token_buckets[-1]}, {self.config.patch_buckets[-1]}")
         element["inputs"] = build_model_inputs(self.model_config, ids[None], **vision)
+        element["source"] = source.label
         return element
 
     def _vision(self, sample: Mapping[str, Any], media_dir: str | None) -> dict[str, Any]:
-        """Model vision arguments of the sample (empty for a text-only sample)."""
+        """Model vision arguments of the sample (empty for a text-only sample); `_Unusable` if it has none."""
         c = self.config
-        if sample.get("video"):
-            frames, info = video.read_video(
-                resolve_path(sample["video"], media_dir), fps=c.fps, min_frames=c.min_frames,
-                max_frames=c.max_frames, min_pixels=c.min_pixels, max_pixels=c.max_pixels,
-                total_pixels=c.total_pixels, video_start=sample.get("video_start"),
-                video_end=sample.get("video_end"))
-            pixels, grid, seconds = patchify_video(frames, info["sample_fps"], c.preprocessor)
-            return {"pixel_values_videos": pixels, "video_grid_thw": grid,
-                    "second_per_grid_ts": np.asarray([seconds], np.float32)}
-        if sample.get("images"):
-            images = [video.read_image(resolve_path(p, media_dir), c.image_min_pixels, c.image_max_pixels)
-                      for p in sample["images"]]
-            pixels, grid = patchify_images(images, c.preprocessor)
-            return {"pixel_values": pixels, "image_grid_thw": grid}
+        try:
+            if sample.get("video"):
+                path = resolve_path(sample["video"], media_dir)
+                frames, info = video.read_video(
+                    path, fps=c.fps, min_frames=c.min_frames, max_frames=c.max_frames, min_pixels=c.min_pixels,
+                    max_pixels=c.max_pixels, total_pixels=c.total_pixels, video_start=sample.get("video_start"),
+                    video_end=sample.get("video_end"))
+                problem = duration_mismatch(sample.get("duration"), info["duration"], sample.get("video_start"),
+                                            sample.get("video_end"))
+                if problem is not None:
+                    raise _Unusable("duration_mismatch", f"{path}: {problem}")
+                pixels, grid, seconds = patchify_video(frames, info["sample_fps"], c.preprocessor)
+                return {"pixel_values_videos": pixels, "video_grid_thw": grid,
+                        "second_per_grid_ts": np.asarray([seconds], np.float32)}
+            if sample.get("images"):
+                images = [video.read_image(resolve_path(p, media_dir), c.image_min_pixels, c.image_max_pixels)
+                          for p in sample["images"]]
+                pixels, grid = patchify_images(images, c.preprocessor)
+                return {"pixel_values": pixels, "image_grid_thw": grid}
+        except video.VideoDecodeError as err:
+            raise _Unusable(err.kind, str(err)) from None
         return {}
 
     def padding_row(self) -> dict[str, Any]:
@@ -392,19 +454,40 @@ class _SourcePrepare:
         return self.prepare(record, self.source)
 
 
-def _skip(sample: Mapping[str, Any], source: SourceConfig, reason: str) -> dict[str, Any]:
-    log.warning("skipping sample %r (task %s) from %s: %s", sample.get("id"), sample.get("task"), source.path, reason)
-    return {"skip": {"id": str(sample.get("id")), "task": str(sample.get("task")), "source": source.path,
-                     "reason": reason}}
+class _Unusable(Exception):
+    """A sample to skip: `kind` (one of SKIP_KINDS) and the message."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def _skip(sample: Mapping[str, Any], source: SourceConfig, kind: str, reason: str) -> dict[str, Any]:
+    """The skip marker that takes the sample's place in the stream (logged once by `LoaderIterator`)."""
+    return {"skip": {"id": str(sample.get("id")), "task": str(sample.get("task")), "source": source.label,
+                     "kind": kind, "reason": reason}}
 
 
 # ----------------------------------------------------------------------------------------------
 # batching, prefetching, statistics
 
 
-def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad_last: bool) -> LoaderIterator:
+@dataclasses.dataclass(frozen=True)
+class _SourceSize:
+    """A training source's records in this shard (one pass) and its media directory, for the skip limit."""
+
+    size: int
+    media_dir: str | None
+
+
+def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad_last: bool,
+              sources: dict[str, _SourceSize] | None, should_stop: StopCheck | None) -> LoaderIterator:
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(config.batch_size, 1))
-    it_ds = _Batches(ds.to_iter_dataset(read), _Collate(config, prepare), config.batch_size, pad_last)
+    # Worker processes cannot see the caller's flag; there the main process's wait is interrupted.
+    batch_stop = should_stop if config.num_workers == 0 else None
+    it_ds = _Batches(ds.to_iter_dataset(read), _Collate(config, prepare), config.batch_size, pad_last, sources,
+                     batch_stop)
     if config.num_workers > 0:
         # Grain's worker processes read absl flags; outside an absl app (our argparse CLI, pytest)
         # they are unparsed, so take their defaults.
@@ -412,7 +495,7 @@ def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
-    return iter(_Stats(it_ds))
+    return iter(_Stats(it_ds, should_stop))
 
 
 def _bucket(n: int, buckets: Sequence[int]) -> int:
@@ -452,81 +535,189 @@ class _Batches(grain.IterDataset):
 
     A batch is only emitted once complete, so between batches no element is held back and the
     state is the parent's. The final partial batch is dropped (training) or padded (`pad_last`).
+    With `sources` (training), a source whose consecutive skips reach 2 x its size, or a whole
+    pass of it when the data ends, raises `UnusableSourceError`.
     """
 
-    def __init__(self, parent: grain.IterDataset, collate: _Collate, batch_size: int, pad_last: bool):
+    def __init__(self, parent: grain.IterDataset, collate: _Collate, batch_size: int, pad_last: bool,
+                 sources: dict[str, _SourceSize] | None, should_stop: StopCheck | None):
         super().__init__(parent)
         self._collate = collate
         self._batch_size = batch_size
         self._pad_last = pad_last
+        self._sources = sources
+        self._should_stop = should_stop
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _BatchesIterator(self._parent.__iter__(), self._collate, self._batch_size, self._pad_last)
+        return _BatchesIterator(self._parent.__iter__(), self._collate, self._batch_size, self._pad_last,
+                                self._sources, self._should_stop)
 
 
 class _BatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, collate: _Collate, batch_size: int, pad_last: bool):
+    def __init__(self, parent: grain.DatasetIterator, collate: _Collate, batch_size: int, pad_last: bool,
+                 sources: dict[str, _SourceSize] | None, should_stop: StopCheck | None):
         super().__init__(parent)
         self._collate = collate
         self._batch_size = batch_size
         self._pad_last = pad_last
+        self._sources = sources
+        self._should_stop = should_stop
+        # Per source: the skips (by kind) since its last usable sample, and the first of them.
+        self._streaks: dict[str, collections.Counter] = {}
+        self._first_skip: dict[str, dict] = {}
 
     def __next__(self) -> dict[str, Any]:
         items: list[dict] = []
         skipped: list[dict] = []
         while len(items) < self._batch_size:
+            if self._should_stop is not None and self._should_stop():
+                raise LoaderStopped("stop requested while assembling a batch")
             try:
                 element = next(self._parent)
             except StopIteration:
+                self._check_streaks(at_end=True)
                 if self._pad_last and (items or skipped):
                     return self._collate(items, self._batch_size, skipped)
                 raise
             if "skip" in element:
                 skipped.append(element["skip"])
+                if self._sources is not None:
+                    self._count_skip(element["skip"])
             else:
+                self._streaks.pop(element["source"], None)
                 items.append(element)
         return self._collate(items, self._batch_size, skipped)
+
+    def _count_skip(self, skip: dict) -> None:
+        streak = self._streaks.setdefault(skip["source"], collections.Counter())
+        if not streak:
+            self._first_skip[skip["source"]] = skip
+        streak[skip["kind"]] += 1
+        self._check_streaks(at_end=False)
+
+    def _check_streaks(self, at_end: bool) -> None:
+        """UnusableSourceError for a source whose skip streak covers 2 passes (1 when the data ends)."""
+        if self._sources is None:
+            return
+        for label, streak in self._streaks.items():
+            source = self._sources[label]
+            n = sum(streak.values())
+            if n >= (1 if at_end else 2) * source.size:
+                kinds = ", ".join(f"{kind}: {count}" for kind, count in streak.most_common())
+                example = self._first_skip[label]
+                raise UnusableSourceError(
+                    f"source {label}: no usable sample: its last {n} samples (at least a whole pass over its "
+                    f"{source.size}) were all skipped ({kinds}); e.g. sample {example['id']!r}: {example['reason']}. "
+                    f"Check the source's media_dir ({source.media_dir}) and its files.")
 
     def get_state(self) -> dict[str, Any]:
         return self._parent.get_state()
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state)
+        self._streaks.clear()
 
 
 class _Stats(grain.IterDataset):
     """Counts batches, samples and skips in the main process (the counts are part of the state)."""
 
+    def __init__(self, parent: grain.IterDataset, should_stop: StopCheck | None):
+        super().__init__(parent)
+        self._should_stop = should_stop
+
     def __iter__(self) -> LoaderIterator:
-        return LoaderIterator(self._parent.__iter__())
+        return LoaderIterator(self._parent.__iter__(), self._should_stop)
 
 
 class LoaderIterator(grain.DatasetIterator):
-    """The loader's iterator: batches, `stats()`, and a restorable JSON-able state."""
+    """The loader's iterator: batches, `stats()`, `skip_counts()` and a restorable JSON-able state.
 
-    def __init__(self, parent: grain.DatasetIterator):
+    `skip_counts()` -> {source label: {kind: n}} counts the skips reported in the batches so far
+    (this process's shard, restored with the state): what a trainer writes to its metrics.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, should_stop: StopCheck | None = None):
         super().__init__(parent)
+        self._should_stop = should_stop
         self._counts = {"batches": 0, "samples": 0, "skipped": 0}
+        self._skips: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self._recent: list[dict] = []
+        self._logged: set[tuple[str, str]] = set()
+        self._last_summary = -math.inf
+        self._stopped_state: dict[str, Any] | None = None  # the state before the batch a stop interrupted
 
     def __next__(self) -> dict[str, Any]:
-        batch = next(self._parent)
+        batch = next(self._parent) if self._should_stop is None else self._next_unless_stopped()
         self._counts["batches"] += 1
         self._counts["samples"] += len(batch["samples"])
         if batch["skipped"]:
-            self._counts["skipped"] += len(batch["skipped"])
-            self._recent = (self._recent + batch["skipped"])[-_RECENT_SKIPS:]
-            log.warning("loader: %d sample(s) skipped so far", self._counts["skipped"])
+            self._note_skips(batch["skipped"])
         return batch
+
+    def _next_unless_stopped(self) -> dict[str, Any]:
+        """The next batch, waited for in a helper thread so that `should_stop` is polled meanwhile."""
+        if self._stopped_state is None and self._should_stop():
+            self._stopped_state = copy.deepcopy(self._parent.get_state())
+        if self._stopped_state is not None:
+            raise LoaderStopped("stop requested")
+        before = copy.deepcopy(self._parent.get_state())
+        result: dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                result["batch"] = next(self._parent)
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+                result["error"] = err
+
+        worker = threading.Thread(target=fetch, name="loader-next", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(_STOP_POLL_SECONDS)
+            if worker.is_alive() and self._should_stop():
+                self._stopped_state = before
+                raise LoaderStopped("stop requested while waiting for a batch")
+        if isinstance(result.get("error"), LoaderStopped):
+            self._stopped_state = before
+        if "error" in result:
+            raise result["error"]
+        return result["batch"]
+
+    def _note_skips(self, skipped: list[dict]) -> None:
+        """Count skips per source and kind; name each sample in the log once, sum up at most once a minute."""
+        self._counts["skipped"] += len(skipped)
+        self._recent = (self._recent + skipped)[-_RECENT_SKIPS:]
+        for skip in skipped:
+            self._skips[skip["source"]][skip["kind"]] += 1
+            key = (skip["source"], skip["id"])
+            if len(self._logged) < _MAX_SAMPLE_LINES and key not in self._logged:
+                self._logged.add(key)
+                log.warning("skipping sample %r (task %s) from %s: %s", skip["id"], skip["task"], skip["source"],
+                            skip["reason"])
+                if len(self._logged) == _MAX_SAMPLE_LINES:
+                    log.warning("loader: %d skipped samples named; further ones are only counted", _MAX_SAMPLE_LINES)
+        now = time.monotonic()
+        if now - self._last_summary >= _SUMMARY_SECONDS:
+            self._last_summary = now
+            log.warning("loader: %d sample(s) skipped so far: %s", self._counts["skipped"],
+                        json.dumps(self.skip_counts()))
+
+    def skip_counts(self) -> dict[str, dict[str, int]]:
+        """{source label: {kind: skipped samples}} since the start of the run (kinds: SKIP_KINDS)."""
+        return {source: dict(kinds) for source, kinds in self._skips.items()}
 
     def stats(self) -> dict[str, Any]:
         """Counts since the start of the run (restored with the state) and the latest skip records."""
         return {**self._counts, "recent_skipped": list(self._recent)}
 
     def get_state(self) -> dict[str, Any]:
-        return {"pipeline": self._parent.get_state(), "counts": dict(self._counts)}
+        pipeline = self._stopped_state if self._stopped_state is not None else self._parent.get_state()
+        return {"pipeline": pipeline, "counts": dict(self._counts), "skips": self.skip_counts()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["pipeline"])
         self._counts = {k: int(v) for k, v in state["counts"].items()}
+        self._skips = collections.defaultdict(collections.Counter, {
+            source: collections.Counter({k: int(v) for k, v in kinds.items()})
+            for source, kinds in state.get("skips", {}).items()})
         self._recent = []
+        self._stopped_state = None

@@ -125,6 +125,9 @@ def read_jsonl(path: PathLike) -> list[Sample]:
                 continue
             try:
                 samples.append(Sample.from_json(line))
+            except json.JSONDecodeError as err:
+                raise InvalidSampleError(f"{path} line {line_no}: not valid JSON ({err.msg}, column {err.colno})",
+                                         kind="not_json") from err
             except (ValueError, TypeError) as err:
                 raise InvalidSampleError(f"{path} line {line_no}: {err}") from err
     return samples
@@ -143,6 +146,30 @@ def write_jsonl(path: PathLike, samples: Iterable[Sample]) -> int:
 def default_tolerance(duration: float) -> float:
     """How far (seconds) a segment may extend outside [0, duration]; see the module docstring."""
     return max(TOLERANCE_SECONDS, TOLERANCE_FRACTION * duration)
+
+
+def duration_mismatch(
+    duration: float | None,
+    file_duration: float,
+    video_start: float | None = None,
+    video_end: float | None = None,
+) -> str | None:
+    """Why an annotated `duration` disagrees with the video file's, or None when they agree.
+
+    They agree within `default_tolerance(duration)` (2 s or 5 %). For a clip ([video_start,
+    video_end] both set) the annotated duration is compared with the part of that window the file
+    holds. A missing or non-finite annotated duration is not compared (`validate_sample` reports it).
+    """
+    if not (_finite(duration) and _finite(file_duration)):
+        return None
+    clip = _finite(video_start) and _finite(video_end)
+    actual = max(min(video_end, file_duration) - video_start, 0.0) if clip else file_duration
+    tol = default_tolerance(duration)
+    if abs(actual - duration) <= tol:
+        return None
+    what = (f"the clip [{video_start:g}, {video_end:g}] s of the {file_duration:g} s video lasts" if clip
+            else "the video lasts")
+    return f"annotated duration {duration:g} s but {what} {actual:g} s (more than {tol:g} s apart)"
 
 
 def resolve_path(path: str, base_dir: PathLike | None) -> pathlib.Path:
@@ -211,6 +238,9 @@ def _video_problems(sample: Sample, videos_dir, tolerance) -> Iterator[tuple[str
     duration = sample.duration
     # a video question without times (mcq) needs no duration; a given one must still be valid
     needs_duration = sample.task in LOCALISATION_TASKS or sample.segments or duration is not None
+    if needs_duration and duration is None:
+        yield "duration", "duration is missing (duration must be a finite number > 0, got None)"
+        return
     if needs_duration and not (_finite(duration) and duration > 0):
         yield "duration", f"duration must be a finite number > 0, got {duration!r}"
         return

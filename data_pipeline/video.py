@@ -64,12 +64,27 @@ _MIN_DECODED_SHARE = 0.9
 
 
 class VideoDecodeError(ValueError):
-    """A video (or image) that is missing, corrupt, truncated or unusable; the loader counts and skips these."""
+    """A video (or image) that is missing, corrupt, truncated or unusable; the loader counts and skips these.
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    `kind` names the failure for counting: "missing_file", "not_a_file" (e.g. a directory) or
+    "decode_error" (anything the decoder rejects: corrupt, truncated, no video stream, too few frames).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, kind: str = "decode_error"):
         self.path = os.fspath(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"cannot read {self.path}: {reason}")
+
+
+def _check_file(path: str | os.PathLike, what: str) -> None:
+    """VideoDecodeError unless `path` is an existing regular file."""
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, f"is a directory, not {what}", kind="not_a_file")
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file not found", kind="missing_file")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, f"is not a regular file, not {what}", kind="not_a_file")
 
 
 def smart_resize(
@@ -211,12 +226,11 @@ def read_image(
     With the checkpoint's min/max pixels, `patchify_images` of the result equals transformers'
     image processor applied to the file.
     """
+    _check_file(path, "an image file")
     try:
         with Image.open(path) as img:
             rgb = _to_rgb(img)
         h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
-    except FileNotFoundError as e:
-        raise VideoDecodeError(path, "file not found") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise VideoDecodeError(path, f"{type(e).__name__}: {e}") from e
     return resize_rgb(rgb, h, w)
@@ -361,11 +375,10 @@ def read_video(
     info: `indices` (frame numbers, list of int), `timestamps` (index / native_fps, seconds),
     `sample_fps`, `native_fps`, `duration` (total_frames / native_fps), `total_frames`,
     `resized_hw` ((H, W)). `num_threads` is FFmpeg's decoder thread count (0 = automatic).
-    Raises VideoDecodeError (a ValueError) naming the path for a missing, corrupt or truncated file,
-    a file without a video stream, or a window with too few frames.
+    Raises VideoDecodeError (a ValueError) naming the path for a missing file, a directory, a corrupt
+    or truncated file, a file without a video stream, or a window with too few frames.
     """
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "file not found")
+    _check_file(path, "a video file")
     try:
         with av.open(os.fspath(path)) as container:
             if not container.streams.video:

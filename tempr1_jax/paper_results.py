@@ -129,7 +129,7 @@ def _fmt(x: float | None) -> str:
 
 def general_video_table(metrics: Mapping[tuple[str, str], Mapping[str, float]]) -> str:
     """Our accuracy on the Fig. 3 benchmarks found in `metrics` ((dataset, task) -> metric -> value, as
-    `eval_harness.score_predictions` returns) beside Fig. 3's methods, as a markdown table ("" if none)."""
+    `apps.evaluate.score_predictions` returns) beside Fig. 3's methods, as a markdown table ("" if none)."""
     ours = {canonical_dataset(dataset, task): values.get("Acc") for (dataset, task), values in metrics.items()}
     rows = [b for b in FIG3_BENCHMARKS if b in ours]
     if not rows:

@@ -12,7 +12,9 @@ Two parsers exist on purpose:
   that untagged zero-shot outputs can still be scored.
 
 Numbers are read leniently: signs, decimals, exponents, `nan` and `inf` are kept as floats, so the
-reward rules of DESIGN §2 (clip, reversed or non-finite = IoU 0) decide what they are worth. At
+reward rules of DESIGN §2 (clip, reversed or non-finite = IoU 0) decide what they are worth. Only
+ASCII digits are digits: `float` would also read Arabic-Indic or full-width ones, but both
+parsers (and the strict template) leave them alone, so "١ to ٣" is no segment. At
 most `max_segments` segments are kept per completion (128 by default, in reading order; `tvg`
 keeps only the last one): later segments are dropped and not counted, which bounds the padded
 shapes that a 1000-segment or 100 KB completion can produce.
@@ -33,7 +35,7 @@ MAX_SEGMENTS = 128
 # --- strict templates (format reward) -------------------------------------------------------
 # Possessive quantifiers (Python >= 3.11) only skip backtracking that could never succeed here.
 _P = "+" if sys.version_info >= (3, 11) else ""
-_NUM = rf"\d+{_P}(?:\.\d+{_P})?{_P}"
+_NUM = rf"[0-9]+{_P}(?:\.[0-9]+{_P})?{_P}"
 _SEG = rf"{_NUM}\s*{_P}to\s*{_P}{_NUM}"
 # A strict answer's list of segments ("1.5 to 3, 4 to 5.25").
 SEGMENT_LIST = rf"{_SEG}(?:\s*{_P},\s*{_P}{_SEG})*{_P}"
@@ -49,7 +51,7 @@ _ANSWER_BODY = {
 }
 
 # --- lenient reading (rewards and evaluation) -----------------------------------------------
-_LNUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
+_LNUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:nan|inf(?:inity)?)"
 _UNIT = r"(?:\s*(?:seconds?|secs?|s)\b)?"
 _LSEG = re.compile(
     rf"(?<![\w.])({_LNUM}){_UNIT}\s*(?:to|and|-|–|—|~)\s*({_LNUM}){_UNIT}", re.IGNORECASE

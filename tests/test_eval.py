@@ -128,6 +128,19 @@ def test_eval_command_end_to_end(exported_model, tmp_path):
     assert (out / "operative_config.gin").is_file()
 
 
+def test_eval_with_no_usable_sample_fails(exported_model, tmp_path, capsys):
+    from tempr1_jax import cli
+
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    code = cli.main(["eval", "--checkpoint", str(exported_model / "hf"), "--dataset",
+                     str(exported_model / "data" / "test.jsonl"), "--media_dir", str(tmp_path / "empty"),
+                     "--workdir", str(out), "--batch_size", "3", "--max_new_tokens", "6", *EVAL_BINDINGS])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no usable sample" in err and "all 4 were skipped" in err and "missing_file: 4" in err
+    assert not (out / "eval_results.json").exists()
+
 @pytest.mark.slow
 def test_curate_command_end_to_end(exported_model, tmp_path):
     from tempr1_jax import cli

@@ -1,7 +1,10 @@
 """The Grain loader on real PyAV clips and PNG images written here, with a tiny tokenizer."""
 
+import itertools
 import json
+import logging
 import pathlib
+import threading
 
 import av
 import grain
@@ -12,7 +15,15 @@ from PIL import Image
 
 from data_pipeline import video
 from data_pipeline.arrayrecord_io import write_split
-from data_pipeline.loader import LoaderConfig, SourceConfig, make_eval_loader, make_loader
+from data_pipeline.loader import (
+    SKIP_KINDS,
+    LoaderConfig,
+    LoaderStopped,
+    SourceConfig,
+    UnusableSourceError,
+    make_eval_loader,
+    make_loader,
+)
 from data_pipeline.samples import Sample
 from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from data_pipeline.vision_inputs import merged_token_count, patchify_video
@@ -297,3 +308,130 @@ def test_one_worker_prefetch_and_restore(data):
         assert_same_batches(take(fresh, 2), expected)
     finally:
         fresh.close()
+
+
+# ---- robustness: no hang, counted skips, stop requests ------------------------------------------
+
+
+def _missing_media_config(data, tmp_path, **kw):
+    """The good samples with a media directory that holds none of their videos."""
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    source = SourceConfig(data["tg"], media_dir=str(tmp_path / "empty"))
+    return LoaderConfig(sources=(source,), batch_size=2, token_buckets=TOKEN_BUCKETS, patch_buckets=PATCH_BUCKETS,
+                        shard_index=0, shard_count=1, read_threads=1, **kw)
+
+
+def test_a_source_with_no_usable_sample_stops_with_a_clear_error(data, tmp_path, caplog):
+    tok, model = data["tok"], data["model"]
+    it = make_loader(_missing_media_config(data, tmp_path), tok, model, PROMPTS)
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"), pytest.raises(UnusableSourceError) as info:
+        next(it)
+    message = str(info.value)
+    assert data["tg"] in message and "missing_file: 16" in message and "file not found" in message
+    assert str(tmp_path / "empty") in message  # the media directory to check
+    assert len(caplog.records) <= 8  # no line per retry
+    # A finite run over the same data ends with the same error, not with an empty StopIteration.
+    with pytest.raises(UnusableSourceError):
+        next(make_loader(_missing_media_config(data, tmp_path, num_epochs=1), tok, model, PROMPTS))
+
+
+def test_one_unusable_source_among_good_ones_is_named(data, tmp_path):
+    tok, model = data["tok"], data["model"]
+    missing = write_jsonl(tmp_path / "missing.jsonl", [tg_sample(200 + i, f"nope{i}.mp4") for i in range(3)])
+    sources = (SourceConfig(data["tg"], media_dir=data["media"]), SourceConfig(missing, media_dir=data["media"]))
+    cfg = LoaderConfig(sources=sources, batch_size=2, token_buckets=TOKEN_BUCKETS, patch_buckets=PATCH_BUCKETS,
+                       shard_index=0, shard_count=1, read_threads=1)
+    it = make_loader(cfg, tok, model, PROMPTS)
+    with pytest.raises(UnusableSourceError, match="missing.jsonl"):
+        take(it, 20)
+
+
+def test_skip_counts_per_source_and_reason(data, tmp_path):
+    tok, model = data["tok"], data["model"]
+    long_clip = tg_sample(300, "v1.mp4", 3600.0)  # annotated 3600 s, the file lasts 4 s
+    with_long = write_jsonl(tmp_path / "long.jsonl", [long_clip, data["good"][0], data["good"][2]])
+    sources = [SourceConfig(data["with_bad"], media_dir=data["media"]), SourceConfig(with_long, media_dir=data["media"])]
+    cfg = LoaderConfig(sources=tuple(sources), batch_size=3, token_buckets=TOKEN_BUCKETS,
+                       patch_buckets=(128, 256), shard_index=0, shard_count=1, read_threads=1)
+    ev = make_eval_loader(cfg, tok, model, PROMPTS)
+    batches = list(ev)
+    counts = ev.skip_counts()
+    assert {kind for kinds in counts.values() for kind in kinds} <= set(SKIP_KINDS)
+    assert counts[data["with_bad"]] == {"decode_error": 2, "missing_file": 1, "too_long": 4}
+    assert counts[with_long] == {"duration_mismatch": 1}
+    skipped = {s["id"]: s for b in batches for s in b["skipped"]}
+    assert skipped["tg300"]["kind"] == "duration_mismatch"
+    assert "annotated duration 3600 s" in skipped["tg300"]["reason"] and "4 s" in skipped["tg300"]["reason"]
+    assert skipped["tg102"]["kind"] == "missing_file" and skipped["tg102"]["source"] == data["with_bad"]
+    # The counts are part of the state: a restored iterator continues them.
+    train = make_loader(config(data, [("with_bad", None)], batch_size=2, seed=1), tok, model, PROMPTS)
+    take(train, 6)
+    state = json.loads(json.dumps(train.get_state()))
+    fresh = make_loader(config(data, [("with_bad", None)], batch_size=2, seed=1), tok, model, PROMPTS)
+    fresh.set_state(state)
+    assert fresh.skip_counts() == train.skip_counts() and sum(train.skip_counts()[data["with_bad"]].values()) >= 1
+
+
+def test_each_skipped_sample_is_logged_once(data, caplog):
+    tok, model = data["tok"], data["model"]
+    cfg = config(data, [("with_bad", None)], batch_size=3, num_epochs=4)
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.loader"):
+        batches = list(make_loader(cfg, tok, model, PROMPTS))
+    reported = [s["id"] for b in batches for s in b["skipped"]]
+    assert reported.count("tg102") >= 2  # skipped in several epochs ...
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("'tg102'" in line for line in lines) == 1  # ... but logged once
+
+
+def test_jsonl_source_with_a_bad_line_names_it(data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(data["good"][0]) + "\n{not json\n")
+    cfg = LoaderConfig(sources=(SourceConfig(str(bad), media_dir=data["media"]),), shard_index=0, shard_count=1)
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
+        make_loader(cfg, data["tok"], data["model"], PROMPTS)
+
+
+def test_a_stop_request_interrupts_a_waiting_loader(data):
+    tok, model = data["tok"], data["model"]
+    gate = threading.Event()
+
+    def blocking_prompt(sample):  # a sample that takes forever to prepare
+        gate.wait(60)
+        return tg_prompt(sample)
+
+    polls = itertools.count()
+    cfg = config(data, [("tg", None)], batch_size=2)
+    it = make_loader(cfg, tok, model, {"tg": blocking_prompt}, should_stop=lambda: next(polls) >= 3)
+    before = it.get_state()
+    try:
+        with pytest.raises(LoaderStopped):
+            next(it)
+        assert it.get_state() == before  # the interrupted batch is not half-consumed in the state
+        with pytest.raises(LoaderStopped):
+            next(it)
+    finally:
+        gate.set()
+    # Without a stop request the same loader works as before.
+    assert len(next(make_loader(cfg, tok, model, PROMPTS, should_stop=lambda: False))["samples"]) == 2
+
+
+def slow_prompt(sample):  # module level: worker processes unpickle it
+    import time
+
+    time.sleep(1)
+    return tg_prompt(sample)
+
+
+@pytest.mark.slow  # worker start-up and shut-down
+def test_a_stop_request_interrupts_waiting_on_worker_processes(data):
+    tok, model = data["tok"], data["model"]
+    polls = itertools.count()
+    cfg = config(data, [("tg", None)], batch_size=2, num_workers=1)
+    it = make_loader(cfg, tok, model, {"tg": slow_prompt}, should_stop=lambda: next(polls) >= 2)
+    try:
+        before = it.get_state()
+        with pytest.raises(LoaderStopped):
+            next(it)
+        assert it.get_state() == before
+    finally:
+        it.close()

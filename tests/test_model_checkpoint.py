@@ -202,6 +202,40 @@ def test_convert_round_trip(ref, hub_dir, kwargs, tmp_path):
     assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
 
 
+
+def _hub_copy_with(ref, hub_dir, path, name, tensor):
+    """The reference checkpoint (transformers-5 names) with tensor `name` replaced."""
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    assert name in state
+    state[name] = tensor
+    path.mkdir()
+    save_file(state, str(path / "model.safetensors"))
+    (path / "config.json").write_text((hub_dir / "config.json").read_text())
+    return path
+
+
+def test_non_finite_weights_are_rejected_naming_the_tensor(ref, hub_dir, tmp_path, capsys):
+    name = "model.language_model.layers.0.mlp.up_proj.weight"
+    bad = ref.state_dict()[name].clone()
+    bad[1, 2] = float("nan")
+    bad[0, 0] = float("inf")
+    src = _hub_copy_with(ref, hub_dir, tmp_path / "nan", name, bad)
+    with pytest.raises(ValueError, match=r"tensor model.layers.0.mlp.up_proj.weight has 2 non-finite values"):
+        Model.from_pretrained(src)
+    assert cli.main(["convert", "hf-to-orbax", str(src), str(tmp_path / "out")]) == 2
+    assert "model.layers.0.mlp.up_proj.weight has 2 non-finite values" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_integer_weights_are_not_cast_to_float(ref, hub_dir, tmp_path, capsys):
+    name = "model.language_model.norm.weight"
+    src = _hub_copy_with(ref, hub_dir, tmp_path / "int", name, torch.arange(CONFIG.text.hidden_size, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"tensor model.norm.weight is stored as int32"):
+        Model.from_pretrained(src)
+    assert cli.main(["convert", "hf-to-orbax", str(src), str(tmp_path / "out")]) == 2
+    assert "model.norm.weight is stored as int32" in capsys.readouterr().err
+
+
 # Writing "5" to /proc/self/clear_refs resets VmHWM (the peak RSS of this process image) to the current RSS,
 # so VmHWM - RSS at the reset is the peak during the load alone. RSS counts the safetensors file pages the
 # loader has mapped (one tensor's at a time) besides anonymous memory.

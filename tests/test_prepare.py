@@ -3,7 +3,9 @@
 import json
 import pathlib
 
+import av
 import grain
+import numpy as np
 import pytest
 
 from data_pipeline import arrayrecord_io
@@ -15,13 +17,23 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "sources"
 CHARADES = FIXTURES / "charades_sta_test.json"
 
 
+def _write_clip(path, seconds):
+    """A tiny 1-fps clip of `seconds` seconds: prepare reads its duration."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(seconds):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode())
+
+
 @pytest.fixture
 def videos(tmp_path):
-    """Empty stand-in files: prepare only checks that the videos exist."""
+    """The fixture's videos, as long as the annotations say (29.12 s and 30.25 s, within tolerance)."""
     directory = tmp_path / "videos"
     directory.mkdir()
     for vid in ("AO8RW", "Y6R7T"):
-        (directory / f"{vid}.mp4").write_bytes(b"")
+        _write_clip(directory / f"{vid}.mp4", 30)
     return directory
 
 
@@ -172,3 +184,46 @@ def test_tfds_builder_writes_a_tfds_dataset(tmp_path, videos):
     # Plain TFDS reads it too, in file order.
     source = tfds.builder_from_directory(str(build_dir)).as_data_source(split="test")
     assert Sample.from_json(source[1]["sample"]) == expected[1]
+
+
+def test_queries_dropped_by_the_adapter_are_counted(tmp_path, videos, capsys):
+    ann = tmp_path / "ten.json"
+    ann.write_text(json.dumps({"AO8RW": {"duration": 29.12, "timestamps": [[i, i + 1] for i in range(10)],
+                                         "sentences": [f"query {i}." for i in range(9)]}}))
+    assert _prepare(tmp_path / "o", annotations=ann, videos=videos) == 1
+    assert "video 'AO8RW' query 9: timestamp [9, 10] has no sentence" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert _prepare(out, "--skip_bad", annotations=ann, videos=videos) == 0
+    printed = capsys.readouterr().out
+    assert "kept 9 of 10 records" in printed and "missing_sentence: 1" in printed
+    report = json.loads((out / "prepare_report.json").read_text())["splits"]["test"]
+    assert (report["total"], report["kept"], report["skipped_by_reason"]) == (10, 9, {"missing_sentence": 1})
+
+
+def test_a_wrong_duration_is_rejected_with_the_videos(tmp_path, videos, capsys):
+    ann = tmp_path / "long.json"
+    ann.write_text(json.dumps({"AO8RW": {"duration": 3600, "timestamps": [[0, 6.9]], "sentences": ["a."]}}))
+    assert _prepare(tmp_path / "o", annotations=ann, videos=videos) == 1
+    err = capsys.readouterr().err
+    assert "record 0 (id 'AO8RW#0'): annotated duration 3600 s but the video lasts 30 s" in err
+    assert not (tmp_path / "o").exists()
+    assert _prepare(tmp_path / "o", "--skip_bad", annotations=ann, videos=videos) == 1  # nothing usable
+    assert "duration_mismatch: 1" in capsys.readouterr().err
+
+
+def test_without_videos_prepare_says_that_files_were_not_checked(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _prepare(out) == 0
+    printed = capsys.readouterr().out
+    assert "media files were not checked" in printed and "--videos" in printed
+    assert json.loads((out / "prepare_report.json").read_text())["splits"]["test"]["media_checked"] is False
+    assert _prepare(tmp_path / "o2", "--no_video_check", videos=tmp_path) == 0
+    assert "media files were not checked" in capsys.readouterr().out
+
+
+def test_tal_videos_left_out_are_reported(tmp_path, capsys):
+    out = tmp_path / "out"
+    anet = FIXTURES / "activitynet13.json"
+    assert _prepare(out, "--subset", "validation", dataset="activitynet13", annotations=anet) == 0
+    printed = capsys.readouterr().out
+    assert "left out 2 by design" in printed and "not_in_subset: 2" in printed

@@ -247,3 +247,39 @@ def test_non_ascii_digits_in_strict_template():
         want = ref.reward_reference("tal", text, TARGETS["tal"])
         for key, value in want.items():
             assert out[key][i] == pytest.approx(value, abs=1e-6), (key, text)
+
+
+# Arabic-Indic, Extended Arabic-Indic (Persian), full-width and Devanagari digits: Python's `float` reads them,
+# but only ASCII digits are numbers in a completion.
+OTHER_DIGITS = ["٠١٢٣٤٥٦٧٨٩", "۰۱۲۳۴۵۶۷۸۹", "０１２３４５６７８９", "०१२३४५६७८९"]
+SEGMENT_NAMES = [n for n in NAMES if tasks.get_task(n).has_segments]
+
+
+@pytest.mark.parametrize("digits", OTHER_DIGITS)
+def test_non_ascii_digits_are_not_numbers(digits):
+    to_other = str.maketrans("0123456789", digits)
+    for name in SEGMENT_NAMES:
+        perfect = tasks.get_task(name).reference_answer(TARGETS[name], think=True)
+        texts = [perfect, perfect.translate(to_other)]
+        out = compute_rewards(name, texts, [TARGETS[name]] * 2)
+        assert out["loc"][0] > 0.5 and out["format"][0] == 1.0
+        assert out["loc"][1] == 0.0 and out["format"][1] == 0.0, (name, texts[1])
+        for i, text in enumerate(texts):
+            want = ref.reward_reference(name, text, TARGETS[name])
+            for key, value in want.items():
+                assert out[key][i] == pytest.approx(value, abs=1e-6), (key, name, text)
+        assert tasks.get_task(name).parse(texts[1], fallback=True).segments == ()
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(SEGMENT_NAMES), st.lists(st.sampled_from(
+    ["1", "2.5", "٣", "４", "1٣", "٣.5", "7.８", " to ", ", ", "<answer>", "</answer>", "-", " "]), max_size=12)
+    .map("".join)), min_size=1, max_size=6))
+def test_mixed_digit_scripts_kernel_equals_reference(rows):
+    names = [name for name, _ in rows]
+    texts = [f"<think>x</think><answer>{text}</answer>" for _, text in rows]
+    out = compute_rewards(names, texts, [TARGETS[n] for n in names], max_segments=WIDTH)
+    for i, (name, text) in enumerate(zip(names, texts)):
+        want = ref.reward_reference(name, text, TARGETS[name], max_segments=WIDTH)
+        for key, value in want.items():
+            assert out[key][i] == pytest.approx(value, abs=1e-6), (key, name, text)

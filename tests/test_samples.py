@@ -10,6 +10,7 @@ from data_pipeline.samples import (
     InvalidSampleError,
     Sample,
     default_tolerance,
+    duration_mismatch,
     read_jsonl,
     validate_sample,
     write_jsonl,
@@ -108,6 +109,7 @@ def test_tolerance_is_two_seconds_or_five_percent():
         ({"query": "  "}, "empty_field", "query must be a non-empty string"),
         ({"images": ("a.jpg",)}, "media", "exactly one of video and images"),
         ({"duration": None}, "duration", "duration must be a finite number > 0, got None"),
+        ({"duration": None}, "duration", "duration is missing"),
         ({"duration": 0.0}, "duration", "finite number > 0"),
         ({"duration": math.inf}, "duration", "finite number > 0"),
         ({"segments": ((math.nan, 3.0),)}, "segment_not_finite", r"segment 0 must be two finite numbers"),
@@ -177,3 +179,20 @@ def test_media_files_checked_against_the_directory(tmp_path):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(InvalidSampleError, match="image file not found: .*c.jpg"):
         validate_sample(ORDER, where="t", videos_dir=tmp_path)
+
+
+def test_a_bad_jsonl_line_is_reported_as_not_json(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(TG.to_json() + "\n{\"id\": \n")
+    with pytest.raises(InvalidSampleError, match=r"s.jsonl line 2: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_duration_mismatch_uses_the_tolerance():
+    assert duration_mismatch(18.5, 18.5) is None
+    assert duration_mismatch(31.0, 30.0) is None  # within 2 s
+    assert duration_mismatch(200.0, 191.0) is None  # within 5 %
+    assert "annotated duration 3600 s but the video lasts 18.5 s" in duration_mismatch(3600.0, 18.5)
+    assert duration_mismatch(45.7, 90.0, video_start=39.0, video_end=84.7) is None
+    assert "clip" in duration_mismatch(45.7, 50.0, video_start=39.0, video_end=84.7)  # the file ends at 50 s
+    assert duration_mismatch(None, 18.5) is None  # validation reports a missing duration

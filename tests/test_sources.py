@@ -1,6 +1,7 @@
 """Dataset adapters: every real annotation file (hand-checked counts and first records) and
 small fixtures written from the published formats for the others."""
 
+import json
 import pathlib
 
 import av
@@ -337,3 +338,87 @@ def test_duplicate_ids_are_bad_records(tmp_path):
     )
     with pytest.raises(InvalidSampleError, match="record 1 .*duplicate id"):
         list(load_validated("didemo", ann))
+
+
+# ---- what adapters drop is counted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["charades_sta", "activitynet_captions_tg"])
+def test_queries_without_sentence_or_timestamp_are_counted(tmp_path, dataset):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({
+        "AO8RW": {"duration": 29.12, "timestamps": [[0, 6.9], [13.5, 19.4], [1, 2]], "sentences": ["a.", "b."]},
+        "Y6R7T": {"duration": 30.25, "timestamps": [[20.8, 30.0]]},
+        "ZZZZZ": {"duration": 30.0, "timestamps": [[1, 2]], "sentences": ["c.", "d."]},
+    }))
+    with pytest.raises(InvalidSampleError, match=r"ann.json video 'AO8RW' query 2: timestamp \[1, 2\] has no sentence"):
+        list(load_validated(dataset, ann))
+    kept, report = _skipped(dataset, ann)
+    assert [s.id for s in kept] == ["AO8RW#0", "AO8RW#1", "ZZZZZ#0"]
+    assert (report.total, report.kept) == (6, 3)  # 6 queries in the file
+    assert dict(report.skipped) == {"missing_sentence": 2, "missing_timestamp": 1}
+    assert "video 'ZZZZZ' query 1: sentence 1 has no timestamp" in report.examples["missing_timestamp"]
+    dropped = []
+    assert len(list(load(dataset, ann, dropped=dropped))) == 3
+    assert [d.kind for d in dropped] == ["missing_sentence", "missing_sentence", "missing_timestamp"]
+
+
+def test_entries_that_are_not_objects_are_counted(tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"AO8RW": ["not", "an", "object"],
+                               "Y6R7T": {"duration": 30.25, "timestamps": [[1, 2]], "sentences": ["a."]}}))
+    for dataset in ("charades_sta", "activitynet_captions_tg", "activitynet_captions_dtg"):
+        kept, report = _skipped(dataset, ann)
+        assert len(kept) == 1 and dict(report.skipped) == {"not_an_object": 1}, dataset
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([7, {"video": "a.mp4", "duration": 10, "timestamp": [1, 2], "sentence": "x"}]))
+    kept, report = _skipped("timerft", records)
+    assert len(kept) == 1 and "record 0: expected a JSON object, got int" in report.examples["not_an_object"]
+
+
+def test_qvhighlights_bad_lines_are_named(tmp_path):
+    ann = tmp_path / "qvh.jsonl"
+    good = {"qid": 1, "query": "q", "vid": "v", "duration": 150, "relevant_windows": [[0, 2]]}
+    ann.write_text(json.dumps(good) + "\n{not json\n[1, 2]\n")
+    with pytest.raises(InvalidSampleError, match="qvh.jsonl line 2: not valid JSON"):
+        list(load_validated("qvhighlights", ann))
+    _, report = _skipped("qvhighlights", ann)
+    assert (report.total, report.kept) == (3, 1)
+    assert dict(report.skipped) == {"not_json": 1, "not_an_object": 1}
+    assert "line 3: expected a JSON object, got list" in report.examples["not_an_object"]
+
+
+def test_tal_videos_left_out_by_design_are_counted_but_not_errors():
+    kept, report = _skipped("activitynet13", FIXTURES / "activitynet13.json", subset="validation")
+    assert len(kept) == 2 and not report.skipped
+    assert dict(report.left_out) == {"not_in_subset": 2}
+    kept, report = _skipped("activitynet13", FIXTURES / "activitynet13.json")
+    assert len(kept) == 3 and dict(report.left_out) == {"no_annotations": 1}
+    assert report.to_dict()["left_out_by_reason"] == {"no_annotations": 1}
+
+
+def test_a_missing_duration_is_called_missing(tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"AO8RW": {"timestamps": [[0, 6.9]], "sentences": ["a."]}}))
+    with pytest.raises(InvalidSampleError, match="duration is missing"):
+        list(load_validated("charades_sta", ann))
+    ann.write_text(json.dumps({"AO8RW": {"duration": "long", "timestamps": [[0, 6.9]], "sentences": ["a."]}}))
+    with pytest.raises(InvalidSampleError, match="got nan"):
+        list(load_validated("charades_sta", ann))
+
+
+def test_video_durations_are_checked_against_the_files(tmp_path):
+    _write_clip(tmp_path / "AO8RW.mp4", seconds=2.0)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"AO8RW": {"duration": 3600, "timestamps": [[0, 1]], "sentences": ["a."]}}))
+    with pytest.raises(InvalidSampleError, match=r"record 0 \(id 'AO8RW#0'\): annotated duration 3600 s but the video "
+                                                 r"lasts 2 s") as info:
+        list(load_validated("charades_sta", ann, tmp_path))
+    assert info.value.kind == "duration_mismatch"
+    assert list(load_validated("charades_sta", ann, tmp_path, check_files=False))  # not checked
+    ann.write_text(json.dumps({"AO8RW": {"duration": 2.5, "timestamps": [[0, 1]], "sentences": ["a."]}}))
+    assert len(list(load_validated("charades_sta", ann, tmp_path))) == 1  # within 2 s
+    (tmp_path / "AO8RW.mp4").write_bytes(b"")
+    with pytest.raises(InvalidSampleError, match="cannot read the video") as info:
+        list(load_validated("charades_sta", ann, tmp_path))
+    assert info.value.kind == "unreadable_video"

@@ -124,11 +124,11 @@ def test_image_labels_precede_each_image(sequences, tmp_path):
 def test_tpru_config_labels_the_images():
     import gin
 
-    from tempr1_jax.config import parse_gin
-    from tempr1_jax.rl import setup, trainer  # noqa: F401  (registers the configurables)
+    from tempr1_jax.configurables import parse_gin
+    from tempr1_jax.training.data_setup import LoaderConfig
 
     parse_gin(files=["tpru_7b.gin"])
     try:
-        assert setup.LoaderConfig(sources=(SourceConfig("x"),)).label_images is True
+        assert LoaderConfig(sources=(SourceConfig("x"),)).label_images is True
     finally:
         gin.clear_config()

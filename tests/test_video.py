@@ -216,6 +216,26 @@ def test_bad_files_raise(tmp_path, clips):
     assert issubclass(VideoDecodeError, ValueError)
 
 
+def test_decode_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(VideoDecodeError, match="file not found") as info:
+        read_video(tmp_path / "missing.mp4")
+    assert info.value.kind == "missing_file"
+    (tmp_path / "clips.mp4").mkdir()
+    with pytest.raises(VideoDecodeError, match="is a directory, not a video file") as info:
+        read_video(tmp_path / "clips.mp4")
+    assert info.value.kind == "not_a_file"
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(VideoDecodeError) as info:
+        read_video(tmp_path / "bad.mp4")
+    assert info.value.kind == "decode_error"
+    with pytest.raises(VideoDecodeError, match="is a directory, not an image file") as info:
+        read_image(tmp_path / "clips.mp4")
+    assert info.value.kind == "not_a_file"
+    with pytest.raises(VideoDecodeError, match="file not found") as info:
+        read_image(tmp_path / "nope.png")
+    assert info.value.kind == "missing_file"
+
+
 def test_smart_resize_equals_transformers():
     rng = np.random.default_rng(1)
     sizes = [(h, w) for h in (14, 28, 97, 142, 360, 1080) for w in (15, 56, 151, 640, 1920)]

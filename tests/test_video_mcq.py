@@ -10,7 +10,8 @@ import pytest
 
 from data_pipeline.samples import validate_sample
 from data_pipeline.sources import ValidationReport, load, load_validated
-from tempr1_jax import eval_harness, evaluation, paper_results
+from tempr1_jax import evaluation, paper_results
+from tempr1_jax.apps import eval_report, evaluate
 from tempr1_jax.cli import main
 from tempr1_jax.tasks import get_task
 
@@ -163,9 +164,9 @@ def test_eval_harness_scores_per_dimension_and_prints_fig3():
     samples = dicts(load("perception_test", FIXTURES / "perception_test_mc.json"))
     predictions = [{"id": s["id"], "task": "mcq", "source": s["source"], "output": o}
                    for s, o in zip(samples, ["C", "B", "B"])]
-    metrics = eval_harness.score_predictions(predictions, samples)
+    metrics = evaluate.score_predictions(predictions, samples)
     assert metrics[("perception_test", "mcq")]["area/memory"] == 100.0
-    table = eval_harness.markdown_table(metrics)
+    table = eval_report.markdown_table(metrics)
     assert "### General video understanding (TempR1 Fig. 3)" in table
     assert "| perception_test | 66.7 | - | - | - |" in table
     assert paper_results.general_video_table({("charades_sta", "tg"): {"mIoU": 1.0}}) == ""

@@ -1,20 +1,65 @@
-"""Helpers shared by the dataset adapters: annotation paths, video lookup, lenient numbers.
+"""Helpers shared by the dataset adapters: annotation paths, video lookup, lenient numbers, drops.
 
 Adapters never raise on a bad record: an unreadable number becomes NaN and a missing field an
-empty value, so that `samples.validate_sample` reports it with the file and record and
-`tempr1 prepare --skip_bad` can count it. Only an unreadable file raises (a `ValueError`).
+empty value (None for a missing number), so that `samples.validate_sample` reports it with the
+file and record and `tempr1 prepare --skip_bad` can count it. A native record that cannot become a
+sample at all (not a JSON object, a timestamp without its sentence, ...) is yielded as a `Dropped`
+in its place, so that nothing disappears uncounted. Only an unreadable file raises (a `ValueError`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """A native record an adapter did not turn into a sample, yielded where the sample would be.
+
+    kind: short reason for counting ("missing_sentence", "not_json", ...); where: the record in
+    the annotation file ("video 'AO8RW' query 9", "line 7", "record 3"); message: what is wrong.
+    `expected` marks records left out by design (another `subset`, test videos without
+    annotations): counted and reported, never an error.
+    """
+
+    kind: str
+    where: str
+    message: str
+    expected: bool = False
+
+
+def not_an_object(where: str, value: Any) -> Dropped:
+    """The drop of a record that should be a JSON object."""
+    return Dropped("not_an_object", where, f"expected a JSON object, got {type(value).__name__}")
+
+
+def sentence_pairs(
+    vid: str, sentences: Any, segments: Sequence[tuple[float, float]]
+) -> Iterator[tuple[int, Any, tuple[float, float]] | Dropped]:
+    """(index, sentence, segment) of the index-aligned `sentences` and `timestamps` of one video.
+
+    A timestamp without its sentence (or a sentence without its timestamp) is `Dropped`, one per
+    query; `sentences` that is not a list counts as empty.
+    """
+    sentences = sentences if isinstance(sentences, list) else []
+    counts = f"({len(sentences)} sentences, {len(segments)} timestamps)"
+    for i in range(max(len(sentences), len(segments))):
+        where = f"video {vid!r} query {i}"
+        if i >= len(sentences):
+            start, end = segments[i]
+            yield Dropped("missing_sentence", where, f"timestamp [{start:g}, {end:g}] has no sentence {counts}")
+        elif i >= len(segments):
+            yield Dropped("missing_timestamp", where, f"sentence {i} has no timestamp {counts}")
+        else:
+            yield i, sentences[i], segments[i]
 
 PathLike = str | os.PathLike
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
@@ -71,8 +116,9 @@ def number(x: Any) -> float:
 
 
 def optional_number(x: Any) -> float | None:
-    """None stays None; anything else goes through `number`."""
-    return None if x is None else number(x)
+    """None (or an empty CSV cell) stays None, so that validation says it is missing; anything else
+    goes through `number`."""
+    return None if x is None or x == "" else number(x)
 
 
 def segment_list(raw: Any) -> list[tuple[float, float]]:

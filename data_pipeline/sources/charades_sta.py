@@ -6,7 +6,9 @@
   `Charades_v1_{split}.csv` (columns `id, ..., length`) for the video durations. Pass both files.
 
 One TG sample per sentence, id `"{vid}#{i}"` with i the sentence's index within its video (the
-same ids in both forms).
+same ids in both forms). Dropped (counted, see `_common.Dropped`): in the JSON form an entry that
+is not an object, a timestamp without its sentence and a sentence without its timestamp; in the
+text form a line without the `##` separator.
 """
 
 from __future__ import annotations
@@ -15,20 +17,26 @@ from collections.abc import Iterator, Sequence
 
 from data_pipeline.samples import Sample
 from data_pipeline.sources._common import (
+    Dropped,
     PathLike,
     as_paths,
     expect_type,
     find_video,
+    not_an_object,
     number,
+    optional_number,
     read_csv,
     read_json,
     segment_list,
+    sentence_pairs,
 )
 
 SOURCE = "charades_sta"
 
 
-def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample]:
+def load(
+    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
+) -> Iterator[Sample | Dropped]:
     """Charades-STA samples from a `.json` file, or from a `.txt` file plus a durations `.csv`."""
     paths = as_paths(annotations)
     by_suffix = {p.suffix.lower(): p for p in paths}
@@ -55,24 +63,26 @@ def _sample(vid: str, index: int, sentence, segment, duration, videos_dir) -> Sa
     )
 
 
-def _from_json(path, videos_dir) -> Iterator[Sample]:
+def _from_json(path, videos_dir) -> Iterator[Sample | Dropped]:
     data = expect_type(read_json(path), dict, path, "an object {vid: {...}}")
     for vid, entry in data.items():
-        entry = entry if isinstance(entry, dict) else {}
-        sentences = entry.get("sentences") or []
-        segments = segment_list(entry.get("timestamps"))
-        duration = number(entry.get("duration"))
-        for i, sentence in enumerate(sentences):
-            segment = segments[i] if i < len(segments) else (float("nan"), float("nan"))
-            yield _sample(vid, i, sentence, segment, duration, videos_dir)
+        if not isinstance(entry, dict):
+            yield not_an_object(f"video {vid!r}", entry)
+            continue
+        duration = optional_number(entry.get("duration"))
+        for pair in sentence_pairs(vid, entry.get("sentences"), segment_list(entry.get("timestamps"))):
+            yield pair if isinstance(pair, Dropped) else _sample(vid, *pair, duration, videos_dir)
 
 
-def _from_text(text_path, csv_path, videos_dir) -> Iterator[Sample]:
-    durations = {row.get("id", ""): number(row.get("length")) for row in read_csv(csv_path)}
+def _from_text(text_path, csv_path, videos_dir) -> Iterator[Sample | Dropped]:
+    durations = {row.get("id", ""): optional_number(row.get("length")) for row in read_csv(csv_path)}
     seen: dict[str, int] = {}
     with open(text_path, encoding="utf-8") as f:
-        for line in f:
+        for line_no, line in enumerate(f, start=1):
             if not line.strip():
+                continue
+            if "##" not in line:
+                yield Dropped("no_sentence", f"line {line_no}", "no '##' between the times and the sentence")
                 continue
             head, _, sentence = line.partition("##")
             fields = head.split()

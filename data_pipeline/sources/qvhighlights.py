@@ -2,7 +2,8 @@
 
 Fields used: `qid`, `query`, `vid`, `duration`, `relevant_windows` ([[s, e], ...] seconds).
 `relevant_clip_ids` and `saliency_scores` (2-s clips, 3 annotators) are kept in `extra` for the
-official highlight metrics. Videos are `{vid}.mp4` (e.g. `NUsG9BgSes0_210.0_360.0`).
+official highlight metrics. Videos are `{vid}.mp4` (e.g. `NUsG9BgSes0_210.0_360.0`). Dropped
+(counted, see `_common.Dropped`): a line that is not valid JSON or not a JSON object.
 """
 
 from __future__ import annotations
@@ -11,13 +12,23 @@ import json
 from collections.abc import Iterator, Sequence
 
 from data_pipeline.samples import Sample
-from data_pipeline.sources._common import PathLike, find_video, number, segment_list, single_path
+from data_pipeline.sources._common import (
+    Dropped,
+    PathLike,
+    find_video,
+    not_an_object,
+    optional_number,
+    segment_list,
+    single_path,
+)
 
 SOURCE = "qvhighlights"
 
 
-def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample]:
-    """One VHD sample per line; a line that is not a JSON object gives an empty sample."""
+def load(
+    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
+) -> Iterator[Sample | Dropped]:
+    """One VHD sample per line."""
     path = single_path(annotations, SOURCE)
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -25,11 +36,12 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
+            except json.JSONDecodeError as err:
+                yield Dropped("not_json", f"line {line_no}", f"not valid JSON ({err.msg}, column {err.colno})")
+                continue
             if not isinstance(record, dict):
-                # Empty fields: validation reports this line as unusable.
-                record = {"qid": f"line{line_no}"}
+                yield not_an_object(f"line {line_no}", record)
+                continue
             vid = str(record.get("vid", ""))
             yield Sample(
                 id=str(record.get("qid", f"line{line_no}")),
@@ -37,7 +49,7 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
                 source=SOURCE,
                 query=str(record.get("query", "")).strip(),
                 video=find_video(videos_dir, [vid]),
-                duration=number(record.get("duration")),
+                duration=optional_number(record.get("duration")),
                 segments=tuple(segment_list(record.get("relevant_windows"))),
                 extra={key: record[key] for key in ("relevant_clip_ids", "saliency_scores") if key in record},
             )

@@ -4,7 +4,8 @@ A list of `{"video": "thumos14/video_validation_0000051.mp4", "question": "... t
 category: 'billiards'.", "groundtruth": [[s, e], ...]}`, one entry per (video, class). The class
 name is the quoted name in the question. The file has no durations: they are read from the video
 files (PyAV) when `videos_dir` is given, else left unknown (validation then rejects the sample).
-Video lookup tries the annotated relative path, then its file name, under `videos_dir`.
+Video lookup tries the annotated relative path, then its file name, under `videos_dir`. An entry
+that is not an object is dropped and counted (`_common.Dropped`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Iterator, Sequence
 
 from data_pipeline.samples import Sample
 from data_pipeline.sources._common import (
+    Dropped,
     PathLike,
     chronological,
     expect_type,
     find_video,
+    not_an_object,
     probe_duration,
     read_json,
     segment_list,
@@ -29,12 +32,16 @@ SOURCE = "thumos14"
 _CLASS = re.compile(r"'([^']+)'")
 
 
-def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample]:
+def load(
+    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
+) -> Iterator[Sample | Dropped]:
     """One TAL sample per entry, id `"{video stem}#{class}"`, instances in time order."""
     path = single_path(annotations, SOURCE)
     entries = expect_type(read_json(path), list, path, "a list of entries")
-    for entry in entries:
-        entry = entry if isinstance(entry, dict) else {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            yield not_an_object(f"record {index}", entry)
+            continue
         rel = pathlib.PurePosixPath(str(entry.get("video", "")))
         question = str(entry.get("question", ""))
         found = _CLASS.findall(question)

@@ -15,7 +15,8 @@ given, and the fields are kept in `extra["clip"]`. `windows=True` turns them int
 instead (the file's [start, end] clip), a departure from the published protocol.
 
 Ids are `"{video stem}#{record index}"` (TVGBench repeats some queries). Task `tvg` (Time-R1's
-timestamp-aware IoU reward) by default.
+timestamp-aware IoU reward) by default. A record that is not an object is dropped and counted
+(`_common.Dropped`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from typing import Any
 
 from data_pipeline.samples import Sample
 from data_pipeline.sources._common import (
+    Dropped,
     PathLike,
     expect_type,
     find_video,
-    number,
+    not_an_object,
     optional_number,
     read_json,
     segment_list,
@@ -56,12 +58,14 @@ def load(
     source: str,
     task: str = "tvg",
     windows: bool = False,
-) -> Iterator[Sample]:
+) -> Iterator[Sample | Dropped]:
     """One grounding sample per record; `windows`: TVGBench `start`/`end` become decode windows."""
     path = single_path(annotations, source)
     records = expect_type(read_json(path), list, path, "a list of records")
     for index, record in enumerate(records):
-        record = record if isinstance(record, dict) else {}
+        if not isinstance(record, dict):
+            yield not_an_object(f"record {index}", record)
+            continue
         extra = {key: record[key] for key in _EXTRA_KEYS if record.get(key) is not None}
         if "answer" in record:
             segment = parse_answer(record.get("answer"))
@@ -80,7 +84,7 @@ def load(
             source=source,
             query=str(query or "").strip(),
             video=find_video(videos_dir, [stem]),
-            duration=number(record.get("duration")),
+            duration=optional_number(record.get("duration")),
             segments=(segment,),
             video_start=optional_number(clip[0]),
             video_end=optional_number(clip[1]),

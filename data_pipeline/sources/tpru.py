@@ -7,7 +7,8 @@ TPRU's public release has no fixed file layout, so the adapter reads a list of r
 
 Image paths are relative to the media directory (`videos_dir`), or absolute. `order`: the images
 are shown labelled A, B, ... and the answer is the letter string in true temporal order. `mcq`:
-next- or previous-frame choice, one option letter (options may include a "none" choice).
+next- or previous-frame choice, one option letter (options may include a "none" choice). A record
+that is not an object is dropped and counted (`_common.Dropped`).
 
 `load_sequences` (`--dataset tpru_sequences`) builds the three question kinds from plain image
 sequences instead, with a configurable share of "none of the choices" negatives.
@@ -21,18 +22,22 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from data_pipeline.samples import LETTERS, Sample
-from data_pipeline.sources._common import PathLike, expect_type, read_json, single_path
+from data_pipeline.sources._common import Dropped, PathLike, expect_type, not_an_object, read_json, single_path
 
 SOURCE = "tpru"
 
 
-def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample]:
+def load(
+    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
+) -> Iterator[Sample | Dropped]:
     """One multi-image sample per record."""
     path = single_path(annotations, SOURCE)
     records = expect_type(read_json(path), list, path, "a list of records")
     base = pathlib.Path(videos_dir).resolve() if videos_dir is not None else None
     for index, record in enumerate(records):
-        record = record if isinstance(record, dict) else {}
+        if not isinstance(record, dict):
+            yield not_an_object(f"record {index}", record)
+            continue
         images = [str(p) for p in record.get("images") or []]
         options = record.get("options")
         yield Sample(

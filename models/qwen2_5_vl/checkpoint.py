@@ -36,6 +36,7 @@ from .config import Qwen2_5_VLConfig, param_shapes
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_FINITE_CHUNK = 1 << 24  # elements checked for NaN / inf at a time
 
 
 # --- names ---------------------------------------------------------------------------------------
@@ -239,9 +240,27 @@ def _read_blocks(path: pathlib.Path, key: str, name: str, hf_shape: tuple[int, .
             if block_key not in raw:
                 hf_index, finish[block_key] = hf_block(name, tuple(slice(*k) for k in block_key))
                 raw[block_key] = tensor[hf_index]
+                check_weight(name, raw[block_key])
         del tensor  # the file stays mapped while a slice object lives: without it, leaving `with` keeps the pages
     # One conversion at a time (a transpose and a cast in one copy), each raw slice dropped once converted.
     return {k: finish[k](raw.pop(k)).astype(dtype, order="C", copy=False) for k in list(raw)}
+
+
+def check_weight(name: str, tensor: np.ndarray) -> None:
+    """ValueError naming the tensor unless it is floating point with only finite values.
+
+    Every Qwen2.5-VL weight is floating point: an integer or boolean tensor is not a weight of this
+    model, and casting it would hide that; a NaN or infinite weight would poison every output.
+    """
+    if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype != np.dtype(ml_dtypes.bfloat16):
+        raise ValueError(f"tensor {name} is stored as {tensor.dtype}, but the model's weights are floating point; "
+                         f"not casting it (is this a weight checkpoint of this model?)")
+    flat = tensor.reshape(-1)
+    # In chunks, so that the temporary mask stays small next to the largest (embedding) tensor.
+    bad = sum(len(part) - int(np.count_nonzero(np.isfinite(part)))
+              for part in (flat[i:i + _FINITE_CHUNK] for i in range(0, flat.size, _FINITE_CHUNK)))
+    if bad:
+        raise ValueError(f"tensor {name} has {bad} non-finite values (NaN or inf) of {tensor.size}")
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -19,6 +19,19 @@ from tempr1_jax import evaluation
 from tempr1_jax.rewards import compute_rewards
 from tempr1_jax.training.data_setup import LoaderConfig, prompt_builders
 from tempr1_jax.training.predictions import generate_predictions
+
+
+class NoUsableSamplesError(ValueError):
+    """Every sample of the evaluated split was skipped by the loader: there is nothing to score."""
+
+
+def no_samples_message(dataset: str, split: str, media_dir: str | None, skipped: Sequence[Mapping[str, Any]]) -> str:
+    """Why an evaluation has nothing to score: the skip reasons with one example."""
+    kinds = Counter(s.get("kind", "unknown") for s in skipped)
+    reasons = ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()) or "the split is empty"
+    example = f"; e.g. sample {skipped[0]['id']!r}: {skipped[0]['reason']}" if skipped else ""
+    return (f"no usable sample in {dataset} (split {split}): all {len(skipped)} were skipped ({reasons}){example}. "
+            f"Check --media_dir ({media_dir}) and the files.")
 
 
 @dataclasses.dataclass

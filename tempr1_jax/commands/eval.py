@@ -6,13 +6,16 @@
 Writes `eval_results.json`, `predictions.jsonl`, `eval_table.md` (TempR1's Table 1-2 numbers beside
 ours) and `eval_timeline.png` (predicted vs ground-truth segments, a few samples per task) to --workdir.
 On a pod, run it on every host with --distributed: each host generates for its shard, host 0 writes.
+Exits 1, writing nothing, when the loader could use none of the split's samples (e.g. a wrong --media_dir).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from tempr1_jax.apps.evaluate import NoUsableSamplesError, no_samples_message
 from tempr1_jax.commands.score import add_metric_arguments, metric_options
 from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed, mesh_bindings
 from tempr1_jax.config import add_gin_arguments
@@ -48,11 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from tempr1_jax.config import write_operative_config
 
     configurables.parse_gin(args, bindings=mesh_bindings(args.mesh))
-    summary = evaluate_split(
-        checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
-        media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
-        score_options=metric_options(args))
+    try:
+        summary = evaluate_split(
+            checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
+            media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
+            score_options=metric_options(args))
+    except NoUsableSamplesError as err:
+        print(f"tempr1 eval: error: {err}", file=sys.stderr)
+        return 1
     write_operative_config(args.workdir)
     print(summary)
     return 0
@@ -87,6 +94,8 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
                       think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
                       score_options=score_options)
+    if not result.predictions:
+        raise NoUsableSamplesError(no_samples_message(dataset, split, media_dir, result.skipped))
     name = pathlib.Path(dataset).name
     table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
                                            f"{len(result.skipped)} skipped", score_options)

@@ -2,15 +2,19 @@
 
 Reads the annotations with the dataset's adapter (`data_pipeline.sources.SOURCES`), validates
 every record (`data_pipeline.samples.validate_sample`: finite times, start <= end, inside the
-duration up to a small tolerance, answer letters, media files present under `--videos`) and
-either stops at the first bad record, naming file and record (exit code 1), or with
-`--skip_bad` skips and counts them. Nothing is written unless validation finishes. Writes to
-`--out`:
+duration up to a small tolerance, answer letters; with `--videos` also media files present and each
+video's duration within max(2 s, 5 %) of the annotated one) and either stops at the first bad
+record, naming file and record (exit code 1), or with `--skip_bad` skips and counts them. Records
+the adapter could not turn into samples (e.g. a Charades-STA timestamp without its sentence) are
+bad records too; records left out by design (another `--subset`) are counted and reported.
+Without `--videos` (or with `--no_video_check`) no media file is checked, and prepare says so.
+Nothing is written unless validation finishes. Writes to `--out`:
 
 - `{dataset}-{split}.array_record-00000-of-0000N`: one sample JSON per record (Grain reads it
   with `data_pipeline.arrayrecord_io.open_split(out, split)`);
 - `{split}.jsonl`: the same samples, one per line (for `tempr1 score --targets`);
-- `prepare_report.json`: per split, counts kept / skipped (by reason) and per task.
+- `prepare_report.json`: per split, counts kept / skipped / left out (by reason), per task, and
+  whether media files were checked (`media_checked`).
 
 `--task NAME` relabels every sample (e.g. TimeRFT, by default `tvg`, as `tg` for TempR1's TG mix); the
 new task must read the same answer form. `--disjoint_from FILE` (repeatable) refuses to write a split
@@ -52,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip_bad", action="store_true", help="skip and count bad records instead of stopping"
     )
     parser.add_argument(
-        "--no_video_check", action="store_true", help="do not check that media files exist under --videos"
+        "--no_video_check",
+        action="store_true",
+        help="do not check the media files under --videos (existence, video durations)",
     )
     parser.add_argument("--subset", default=None, help="activitynet13/hacs: keep one subset, e.g. validation")
     parser.add_argument("--num_shards", type=int, default=1, help="number of ArrayRecord shards")
@@ -138,10 +144,12 @@ def run(args: argparse.Namespace) -> int:
     )
     jsonl = args.out / f"{args.split}.jsonl"
     write_jsonl(jsonl, samples)
+    media_checked = args.videos is not None and not args.no_video_check
     summary = {
         "dataset": args.dataset,
         "annotations": [str(p) for p in args.annotations],
         "videos": str(args.videos) if args.videos is not None else None,
+        "media_checked": media_checked,
         **report.to_dict(),
         "by_task": dict(collections.Counter(s.task for s in samples)),
         "relabelled_as": args.task,
@@ -151,6 +159,14 @@ def run(args: argparse.Namespace) -> int:
     _update_report(args.out / REPORT_NAME, args.split, summary)
     print(f"{args.dataset} {args.split}: kept {report.kept} of {report.total} records -> {args.out}")
     _print_skipped(report, sys.stdout)
+    if report.left_out:
+        reasons = ", ".join(f"{kind}: {count}" for kind, count in report.left_out.most_common())
+        print(f"left out {sum(report.left_out.values())} by design ({reasons})")
+    if not media_checked:
+        why = "--no_video_check" if args.videos is not None else "no --videos given"
+        print(f"note: media files were not checked ({why}): neither that they exist nor that the video "
+              f"durations match the annotations; pass --videos to check them here (the training loader "
+              f"skips and counts unusable ones)")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 A strict template's answer body (`tasks.SEGMENT_LIST` between optional spaces) has the grammar
 
-    \\s* NUM \\s* to \\s* NUM ( \\s* , \\s* NUM \\s* to \\s* NUM )* \\s*      NUM = \\d+ ( \\. \\d+ )?
+    \\s* NUM \\s* to \\s* NUM ( \\s* , \\s* NUM \\s* to \\s* NUM )* \\s*      NUM = [0-9]+ ( \\. [0-9]+ )?
 
 Checking it with `re` and converting the numbers with `np.fromstring` costs ~30 ns per character,
 more than all the rest of `compute_rewards` on long TAL answers. `read_segment_lists` joins the bodies
@@ -10,8 +10,8 @@ of a batch into one byte string and reads them in one compiled pass (numba): a f
 per body (number, "to", number, comma or end) that accumulates each number's digits as an integer.
 A number is that integer divided by a power of ten, which equals `float(text)` exactly for up to 15
 digits (both are exact doubles and IEEE division rounds correctly); longer numbers are re-read with
-`float`. Bodies with non-ASCII text (the regex's `\\d` and `\\s` also match other Unicode digits
-and spaces) go through the regex one by one. Tests check both routes against the regex.
+`float`. Bodies with non-ASCII text (the regex's `\\s` also matches other Unicode spaces; digits are
+ASCII only) go through the regex one by one. Tests check both routes against the regex.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _SPACE = np.array([re.fullmatch(r"\s", chr(c)) is not None for c in range(128)] 
 _MAX_DIGITS = 15  # integers below 10**15 < 2**53 are exact doubles
 _POW10 = 10.0 ** np.arange(_MAX_DIGITS + 1)
 _BODY = re.compile(rf"\s*{tasks_lib.SEGMENT_LIST}\s*")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 @numba.njit(cache=True, nogil=True)
