@@ -156,10 +156,12 @@ def run_curate_command(*, checkpoint: str, tokenizer: str | None, dataset: str, 
     import transformers
 
     from tempr1_jax import eval_harness, multihost
+    from tempr1_jax.rl import setup
     from tempr1_jax.rl.rollout import RolloutConfig
 
     rollout_cfg = RolloutConfig()
     model = eval_harness.load_model(checkpoint)
+    model.config = setup.ModelSetup().configure(model.config)
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
     loader = eval_harness.split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     predictions, targets, skipped = eval_harness.generate_predictions(

@@ -287,6 +287,7 @@ def run_eval_command(*, checkpoint: str, tokenizer: str | None, dataset: str, sp
 
     model_setup, mesh_cfg, rollout_cfg = setup.ModelSetup(), setup.MeshConfig(), RolloutConfig()
     model = load_model(checkpoint, jax.numpy.dtype(model_setup.dtype))
+    model.config = model_setup.configure(model.config)
     mesh = None
     if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1:
         mesh = mesh_cfg.make()

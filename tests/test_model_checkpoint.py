@@ -15,6 +15,7 @@ from flax import nnx
 from model_oracle import (
     IMAGE_GRID,
     VIDEO_GRID,
+    config_for_tests,
     hf_logits,
     hf_model,
     pixels,
@@ -29,7 +30,7 @@ from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration as Mod
 from models.qwen2_5_vl.orbax_io import load_orbax_params, save_orbax_params
 from tempr1_jax import cli
 
-CONFIG = tiny_config(vision_depth=2, vision_fullatt_block_indexes=(1,), num_hidden_layers=1)
+CONFIG = config_for_tests(vision_depth=2, vision_fullatt_block_indexes=(1,), num_hidden_layers=1)
 
 
 @pytest.fixture(scope="module")
