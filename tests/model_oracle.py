@@ -34,8 +34,14 @@ def hf_model(config: Qwen2_5_VLConfig, seed: int = 0) -> transformers.Qwen2_5_VL
     return model
 
 
+# transformers 5 numbers the text after an image/video by its own rule; a config compared with the
+# oracle's own position ids must use it (tests of the default rule pass explicit `position_ids`).
+ORACLE_RULE = "transformers5"
+
+
 def config_for_tests(**overrides) -> Qwen2_5_VLConfig:
-    return tiny_config(**overrides)
+    """`tiny_config(**overrides)` with the oracle's position rule (unless overridden)."""
+    return tiny_config(**{"text_after_vision": ORACLE_RULE, **overrides})
 
 
 def vision_prompt(config: Qwen2_5_VLConfig, rng: np.random.Generator, grids, kinds, text_len: int = 5) -> list[int]:
@@ -68,8 +74,11 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
 
 def hf_logits(model, config: Qwen2_5_VLConfig, input_ids, attention_mask=None, pixel_values=None,
               image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
-              second_per_grid_ts=None) -> np.ndarray:
-    """Logits of the transformers model (mm_token_type_ids derived from the placeholder ids)."""
+              second_per_grid_ts=None, position_ids=None) -> np.ndarray:
+    """Logits of the transformers model (mm_token_type_ids derived from the placeholder ids).
+
+    `position_ids` [3, B, L], if given, replace the ids transformers would compute itself.
+    """
     t = lambda x, dt=None: None if x is None else torch.as_tensor(np.asarray(x), dtype=dt)
     with torch.no_grad():
         out = model(
@@ -81,6 +90,7 @@ def hf_logits(model, config: Qwen2_5_VLConfig, input_ids, attention_mask=None, p
             video_grid_thw=t(video_grid_thw, torch.long),
             second_per_grid_ts=t(second_per_grid_ts, torch.float32),
             mm_token_type_ids=t(token_types(config, np.asarray(input_ids)), torch.int32),
+            position_ids=t(position_ids, torch.long),
         )
     return out.logits.float().numpy()
 

@@ -7,9 +7,12 @@ import pathlib
 import gin
 import pytest
 
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
 from tempr1_jax import config as gin_config
 from tempr1_jax import configurables  # noqa: F401  (registers every configurable)
+from tempr1_jax.apps import plan
 from tempr1_jax.rl import trainer
+from tempr1_jax.training import model_setup as setup
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +53,30 @@ def test_ablations_change_only_what_they_name():
     gin_config.parse_gin(files=["ablations/tasks_tg.gin"])
     assert len(trainer.DataConfig().sources) == 3  # Charades-STA, DiDeMo, TimeRFT (as tg)
     assert gin.query_parameter("LossConfig.name") == "grpo"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_uses_the_checkpoints_position_rule(name):
+    """Every config numbers text after a video as the published weights were trained (max + 1), by default:
+    the checkpoint's config (the shipped published one, as the planner reads it) or the tiny config."""
+    gin_config.parse_gin(files=[name])
+    model_setup = setup.ModelSetup()
+    config = (Qwen2_5_VLConfig.from_pretrained(plan._checkpoint_config(model_setup.checkpoint))
+              if model_setup.checkpoint else tiny_config())
+    assert model_setup.text_after_vision is None
+    assert model_setup.configure(config).text_after_vision == "max_plus_one"
+
+
+def test_model_setup_sets_the_position_rule(tmp_path):
+    """`ModelSetup.text_after_vision` (gin) applies to the tiny config and to a checkpoint's config."""
+    gin.bind_parameter("ModelSetup.text_after_vision", "transformers5")
+    model_setup = setup.ModelSetup()
+    small = dict(num_hidden_layers=1, vision_depth=1, vision_fullatt_block_indexes=(0,))
+    assert setup.base_model(model_setup, tiny_config(**small)).config.text_after_vision == "transformers5"
+    gin.clear_config()
+    setup.init_model(tiny_config(**small), 0).save_pretrained(tmp_path)
+    from_checkpoint = setup.ModelSetup(checkpoint=str(tmp_path), text_after_vision="transformers5")
+    assert setup.base_model(from_checkpoint).config.text_after_vision == "transformers5"
+    assert setup.base_model(setup.ModelSetup(checkpoint=str(tmp_path))).config.text_after_vision == "max_plus_one"
+    with pytest.raises(ValueError, match="text_after_vision must be one of"):
+        setup.ModelSetup(text_after_vision="last").configure(tiny_config())

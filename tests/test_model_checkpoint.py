@@ -16,6 +16,7 @@ from flax import nnx
 from model_oracle import (
     IMAGE_GRID,
     VIDEO_GRID,
+    config_for_tests,
     hf_logits,
     hf_model,
     pixels,
@@ -32,7 +33,7 @@ from models.qwen2_5_vl.orbax_io import load_orbax_params, save_orbax_params
 from models.qwen2_5_vl.sharding import loader_sharding, make_mesh
 from tempr1_jax import cli
 
-CONFIG = tiny_config(vision_depth=2, vision_fullatt_block_indexes=(1,), num_hidden_layers=1)
+CONFIG = config_for_tests(vision_depth=2, vision_fullatt_block_indexes=(1,), num_hidden_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
 """Qwen2.5-VL config parsing: published configs, both rope forms, refusals, HF round trip."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
 import transformers
 
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
+from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+from tempr1_jax.training.model_setup import init_model
 
 
 def _load(hf_configs_dir, name):
@@ -37,8 +40,9 @@ def test_rope_parameters_form_equals_rope_scaling_form(hf_configs_dir):
     assert Qwen2_5_VLConfig.from_hf_dict(nested) == Qwen2_5_VLConfig.from_hf_dict(flat)
 
 
-def test_to_hf_dict_round_trip_through_transformers():
-    config = tiny_config(eos_token_id=(296, 295), text_after_vision="max_plus_one")
+@pytest.mark.parametrize("rule", ["max_plus_one", "transformers5"])
+def test_to_hf_dict_round_trip_through_transformers(rule):
+    config = tiny_config(eos_token_id=(296, 295), text_after_vision=rule)
     hf = transformers.Qwen2_5_VLConfig(**config.to_hf_dict())
     assert hf.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
     assert hf.vision_config.fullatt_block_indexes == [1, 3]
@@ -73,3 +77,23 @@ def test_tiny_config_overrides():
     assert config.vision.out_hidden_size == 32 and config.tie_word_embeddings
     with pytest.raises(ValueError, match="unknown override 'nope'"):
         tiny_config(nope=1)
+
+
+def test_original_position_rule_is_the_default(hf_configs_dir):
+    """The published weights were trained with max(ids so far) + 1 after a vision block."""
+    assert tiny_config().text_after_vision == "max_plus_one"
+    published = _load(hf_configs_dir, "7b")
+    assert "text_after_vision" not in published
+    assert Qwen2_5_VLConfig.from_hf_dict(published).text_after_vision == "max_plus_one"
+    assert "text_after_vision" not in tiny_config().to_hf_dict()  # the default writes the published form
+    assert tiny_config(text_after_vision="transformers5").to_hf_dict()["text_after_vision"] == "transformers5"
+    with pytest.raises(ValueError, match="text_after_vision must be one of"):
+        tiny_config(text_after_vision="last_plus_one")
+
+
+@pytest.mark.parametrize("rule", ["max_plus_one", "transformers5"])
+def test_position_rule_survives_save_and_reload(tmp_path, rule):
+    config = tiny_config(text_after_vision=rule, num_hidden_layers=1, vision_depth=1, vision_fullatt_block_indexes=[0])
+    init_model(config, 0).save_pretrained(tmp_path)
+    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path).config
+    assert loaded.text_after_vision == rule and dataclasses.replace(loaded, torch_dtype=None) == config

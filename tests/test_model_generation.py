@@ -117,7 +117,7 @@ def test_logprobs_equal_full_forward(setup):
                    top_k=params.top_k, num_return_sequences=g, rng=3, eos_token_id=[5, 7, 11],
                    return_logprobs=True)
     tokens, mask, logprobs = map(np.asarray, (out.tokens, out.mask, out.logprobs))
-    full = with_completions(inputs, out.tokens, out.mask, g)
+    full = with_completions(model.config, inputs, out.tokens, out.mask, g)
     assert full.input_ids.shape == (2 * g, inputs.input_ids.shape[1] + steps)
     logits = jax.jit(lambda m, x: m.forward(x))(model, full)
     length = inputs.input_ids.shape[1]

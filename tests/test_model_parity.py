@@ -9,6 +9,7 @@ from flax import nnx
 from model_oracle import (
     IMAGE_GRID,
     VIDEO_GRID,
+    config_for_tests,
     hf_logits,
     hf_model,
     left_pad,
@@ -17,7 +18,6 @@ from model_oracle import (
     vision_prompt,
 )
 
-from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from models.qwen2_5_vl.rope_index import token_types
@@ -29,7 +29,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """(config, transformers model, our model loaded from its save_pretrained)."""
-    config = tiny_config()
+    config = config_for_tests()
     ref = hf_model(config)
     path = tmp_path_factory.mktemp("hf")
     ref.save_pretrained(path)
@@ -119,7 +119,7 @@ def test_logits_long_prompt(pair):
 
 
 def test_tied_embeddings_text_only(tmp_path):
-    config = tiny_config(tie_word_embeddings=True, num_hidden_layers=1)
+    config = config_for_tests(tie_word_embeddings=True, num_hidden_layers=1)
     ref = hf_model(config, seed=1)
     ref.save_pretrained(tmp_path)
     ours = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path)

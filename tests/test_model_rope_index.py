@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from model_oracle import left_pad, vision_prompt
+from model_oracle import config_for_tests, left_pad, vision_prompt
 
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.rope_index import get_rope_index, token_types
 
-CONFIG = tiny_config()
+CONFIG = config_for_tests()  # compared with transformers 5's own get_rope_index
 
 
 @pytest.fixture(scope="module")

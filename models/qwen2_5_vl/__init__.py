@@ -6,7 +6,7 @@ use of `rope_index` / `inputs`) do not pay for building the model modules.
 
 from .config import Qwen2_5_VLConfig, TextConfig, VisionConfig, tiny_config
 from .inputs import ModelInputs, build_model_inputs, collate_model_inputs
-from .rope_index import get_rope_index
+from .rope_index import completion_position_ids, get_rope_index
 
 __all__ = [
     "ModelInputs",
@@ -16,6 +16,7 @@ __all__ = [
     "VisionConfig",
     "build_model_inputs",
     "collate_model_inputs",
+    "completion_position_ids",
     "get_rope_index",
     "tiny_config",
 ]

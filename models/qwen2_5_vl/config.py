@@ -24,7 +24,10 @@ MODEL_TYPE = "qwen2_5_vl"
 VISION_ROPE_THETA = 10000.0
 # RMSNorm epsilon of the vision tower and merger (hard coded in the reference implementation).
 VISION_RMS_EPS = 1e-6
-TEXT_AFTER_VISION = ("transformers5", "max_plus_one")
+# Where text after an image/video continues (see rope_index.py). The default is the rule the
+# published checkpoints were trained with; "transformers5" is transformers 5.x's, the test oracle's.
+TEXT_AFTER_VISION = ("max_plus_one", "transformers5")
+DEFAULT_TEXT_AFTER_VISION = "max_plus_one"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +106,12 @@ class Qwen2_5_VLConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
     torch_dtype: str | None = None
-    # Where text after an image/video continues (not stored in HF configs; see rope_index.py):
-    # "transformers5" = start + max(h, w) / merge (transformers 5.x, the test oracle),
-    # "max_plus_one" = max(previous ids) + 1 (original Qwen2.5-VL code and transformers 4.x).
-    text_after_vision: str = "transformers5"
+    # Where text after an image/video continues (see rope_index.py); written to config.json only when
+    # not the default (published configs have no such key):
+    # "max_plus_one" = max(previous ids) + 1 (original Qwen2.5-VL code, transformers 4.x, vLLM; the
+    #   rule the published weights were trained with),
+    # "transformers5" = start + max(h, w) / merge (transformers 5.x, the test oracle).
+    text_after_vision: str = DEFAULT_TEXT_AFTER_VISION
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -149,7 +154,7 @@ class Qwen2_5_VLConfig:
             eos_token_id=tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else _opt_int(eos),
             pad_token_id=_opt_int(text_d.get("pad_token_id")),
             torch_dtype=d.get("torch_dtype", d.get("dtype")),
-            text_after_vision=d.get("text_after_vision", TEXT_AFTER_VISION[0]),
+            text_after_vision=d.get("text_after_vision", DEFAULT_TEXT_AFTER_VISION),
         )
 
     @classmethod
@@ -214,7 +219,7 @@ class Qwen2_5_VLConfig:
             "torch_dtype": self.torch_dtype,
         }
         out.update({k: val for k, val in optional.items() if val is not None})
-        if self.text_after_vision != TEXT_AFTER_VISION[0]:
+        if self.text_after_vision != DEFAULT_TEXT_AFTER_VISION:
             out["text_after_vision"] = self.text_after_vision  # our extension; transformers ignores it
         return out
 

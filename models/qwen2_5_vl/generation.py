@@ -8,8 +8,8 @@ Shapes depend only on (batch, prompt bucket, patch bucket, max_new_tokens, num_r
 so a second call with the same bucket reuses the compiled functions (``jax.jit`` caches on the
 static arguments: the model's graphdef and the sampling parameters).
 
-Decoding positions follow transformers 5: each of the three M-RoPE rows continues from the last
-prompt position + 1.
+Generated tokens take the M-RoPE ids of `rope_index.completion_position_ids` (the model config's
+`text_after_vision` rule), as training log-probs and SFT do.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from .inputs import ModelInputs, build_model_inputs
+from .rope_index import completion_position_ids, completion_start
 from .sharding import constrain_cache
 
 _NEG_INF = float("-inf")
@@ -187,8 +188,7 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: ja
     prompt_len = attention_mask.shape[1]
     slots = jnp.arange(jax.tree.leaves(cache)[0].shape[1])
     prompt_keys = jnp.pad(attention_mask.astype(bool), ((0, 0), (0, slots.shape[0] - prompt_len)))
-    # transformers 5 continues each M-RoPE row from the last prompt position.
-    next_pos = position_ids[:, :, -1] + 1  # [3, N]
+    next_pos = completion_start(model.config, position_ids, attention_mask)  # [3, N]
 
     def step(cache, tokens, i):
         slot = prompt_len + i - 1
@@ -294,20 +294,20 @@ def _last_column_set(mask: Any) -> bool:
     return bool(np.asarray(mask)[:, -1].all())
 
 
-def with_completions(inputs: ModelInputs, tokens: jax.Array, mask: jax.Array,
+def with_completions(config: Any, inputs: ModelInputs, tokens: jax.Array, mask: jax.Array,
                      num_return_sequences: int = 1) -> ModelInputs:
     """Prompt + completion as one ``ModelInputs`` row per sample (for scoring with ``model.forward``).
 
     Rows follow :func:`generate`'s order (a prompt's samples adjacent); every prompt array is
     repeated ``num_return_sequences`` times, completion tokens are appended with their mask as
-    attention and M-RoPE ids continuing from the last prompt position, as during decoding. The
-    logits of completion token ``k`` are at position ``prompt_len - 1 + k``.
+    attention and the M-RoPE ids decoding gave them (``completion_position_ids`` under ``config``).
+    The logits of completion token ``k`` are at position ``prompt_len - 1 + k``.
     """
     g = num_return_sequences
     prompt = jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), g, axis=0), inputs)
     positions = jnp.repeat(jnp.asarray(inputs.position_ids), g, axis=1)
     steps = tokens.shape[1]
-    new_positions = positions[:, :, -1:] + 1 + jnp.arange(steps, dtype=positions.dtype)
+    new_positions = completion_position_ids(config, positions, prompt.attention_mask, steps).astype(positions.dtype)
     return prompt.replace(
         input_ids=jnp.concatenate([prompt.input_ids, tokens.astype(prompt.input_ids.dtype)], axis=1),
         attention_mask=jnp.concatenate([prompt.attention_mask, mask.astype(prompt.attention_mask.dtype)], axis=1),

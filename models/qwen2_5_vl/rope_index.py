@@ -1,25 +1,35 @@
-"""Host-side (numpy) 3-D M-RoPE position ids: a port of transformers' Qwen2.5-VL `get_rope_index`.
+"""3-D M-RoPE position ids: host-side (numpy) `get_rope_index` and the rule for generated tokens.
 
-Semantics follow transformers 5.x (the project's oracle):
+`get_rope_index` is a port of Qwen2.5-VL's, with either rule for the text after an image or video
+(`config.text_after_vision`):
 
 * text tokens get the same id on the three axes and advance by one;
 * a vision block starting at `p` (first id after the preceding text) gets temporal ids
   `p + int(g * tokens_per_second * second_per_grid_t)` for temporal group `g` (images: interval 1),
   row ids `p + r`, column ids `p + c` over the merged grid;
-* the text after a vision block continues at `p + max(h, w) // spatial_merge_size` (transformers 5),
-  or at `max(all ids so far) + 1` with `config.text_after_vision == "max_plus_one"` (the original
-  Qwen2.5-VL code and transformers 4.x; the two differ for videos whose temporal span
-  `(t - 1) * interval` reaches `max(h, w) // merge`);
+* the text after a vision block continues at `max(all ids so far) + 1` ("max_plus_one", the default:
+  the original Qwen2.5-VL code, transformers 4.x and vLLM, which the published weights were trained
+  with), or at `p + max(h, w) // spatial_merge_size` ("transformers5", transformers 5.x). The two
+  differ for every video whose temporal span `(t - 1) * interval` reaches `max(h, w) // merge`;
 * padding (attention_mask == 0) is skipped and gets id 0;
-* `rope_deltas = max(position) + 1 - n_valid_tokens`: decoding step `k` (0-based, counted over
-  valid tokens) uses position `n_valid_tokens + k + rope_delta` on all three axes.
+* `rope_deltas = max(position) + 1 - n_valid_tokens` (as in transformers).
 
 Images and videos are consumed in order over the whole batch (row-major), as in transformers.
 The temporal interval is computed in float32 (the dtype of `second_per_grid_ts` in transformers).
+
+Generated tokens (`completion_start`, `completion_position_ids`, jittable) continue a prompt as the
+reference implementation of each rule does, the same on the three axes for prompts that end with
+text: "max_plus_one" at `max(prompt ids) + 1 + k` (`n_valid + k + rope_delta`, transformers 4.x and
+vLLM decoding), "transformers5" at `last prompt id + 1 + k` per axis (transformers 5 `generate`).
+Either equals what `get_rope_index` gives the tokens when prompt and completion are numbered as one
+sequence (SFT), for prompts that end with text. Sampling, training log-probs, SFT and evaluation
+all use this one rule.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .config import Qwen2_5_VLConfig
@@ -145,3 +155,23 @@ def _grids(grid_thw: np.ndarray | None, name: str) -> np.ndarray:
     if g.ndim != 2 or g.shape[1] != 3:
         raise ValueError(f"{name} must be [n, 3], got shape {g.shape}")
     return g
+
+
+def completion_start(config: Qwen2_5_VLConfig, position_ids, attention_mask) -> jax.Array:
+    """M-RoPE ids [3, N] of the first token generated after each prompt row (see the module docstring).
+
+    `position_ids` [3, N, L] and `attention_mask` [N, L] are the prompts' (either padding side); jittable.
+    """
+    pos = jnp.asarray(position_ids)
+    mask = jnp.asarray(attention_mask).astype(bool)
+    if config.text_after_vision == "max_plus_one":
+        top = jnp.max(jnp.where(mask[None], pos, 0), axis=(0, 2))
+        return jnp.broadcast_to(top + 1, pos.shape[:2])
+    last = pos.shape[2] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
+    return jnp.take_along_axis(pos, last[None, :, None], axis=2)[..., 0] + 1
+
+
+def completion_position_ids(config: Qwen2_5_VLConfig, position_ids, attention_mask, steps: int) -> jax.Array:
+    """M-RoPE ids [3, N, steps] of the tokens generated after each prompt row; jittable."""
+    start = completion_start(config, position_ids, attention_mask)
+    return start[:, :, None] + jnp.arange(steps, dtype=start.dtype)

@@ -409,7 +409,8 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     return {
         "model": model_name, "params": config.num_params(), "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)),
         "devices": devices, "chip": chip.name, "peak_tflops": chip.peak_tflops, "layout": layout,
-        "dtype": dtype, "param_dtype": param_dtype, "shapes": dataclasses.asdict(shapes),
+        "dtype": dtype, "param_dtype": param_dtype, "text_after_vision": config.text_after_vision,
+        "shapes": dataclasses.asdict(shapes),
         "programs": programs, "resident_bytes": resident, "flops": flops, "seconds": seconds,
         "mfu": flops["total"] / (devices * chip.peak_tflops * 1e12 * seconds["total"]),
         "peak_bytes": peak, "budget_gib": budget, "fits": peak <= budget * GIB,
@@ -433,7 +434,7 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
     model_config = args.model_config or _checkpoint_config(model_setup.checkpoint)
     if not model_config or not pathlib.Path(model_config).is_file():
         raise ValueError(f"no model config: pass --model_config CONFIG_JSON (looked for {model_config!r})")
-    config = Qwen2_5_VLConfig.from_pretrained(model_config)
+    config = model_setup.configure(Qwen2_5_VLConfig.from_pretrained(model_config))
     train_cfg, rollout_cfg, loss_cfg = TrainConfig(), RolloutConfig(), LossConfig()
     hosts = max(devices // args.chips_per_host, 1)
     prompts = args.prompts or gin.query_parameter("LoaderConfig.batch_size") * hosts

@@ -67,10 +67,12 @@ def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split:
     from tempr1_jax.difficulty import CurateConfig
     from tempr1_jax.rl.rollout import RolloutConfig
     from tempr1_jax.training import multihost
+    from tempr1_jax.training.model_setup import ModelSetup
     from tempr1_jax.training.predictions import generate_predictions
 
     rollout_cfg = RolloutConfig()
     model = load_model(checkpoint)
+    model.config = ModelSetup().configure(model.config)
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     predictions, targets, skipped = generate_predictions(

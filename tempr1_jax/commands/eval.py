@@ -87,6 +87,7 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
     mesh = mesh_cfg.make() if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1 else None
     model = load_model(checkpoint, jnp.dtype(model_setup.dtype),
                        None if mesh is None else sharding_lib.loader_sharding(mesh, mesh_cfg.layout))
+    model.config = model_setup.configure(model.config)
     if mesh is not None:
         sharding_lib.shard_model(model, mesh, mesh_cfg.layout)  # in place already; constrains the activations
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)

@@ -2,11 +2,10 @@
 
 The scored sequence of row `p * G + g` is prompt `p` (left padded, as generated from) followed by its
 completion `g`. The prompt's embeddings (vision tower included) are computed once per prompt and
-repeated for its G completions. Completion tokens continue the prompt's M-RoPE ids as generation
-placed them: the k-th generated token has id `n_valid_prompt_tokens + k + rope_delta` on all three axes
-(see `Qwen2_5_VLForConditionalGeneration.decode_step`). Only the T positions that predict completion
-tokens go through the LM head, in chunks of `chunk` positions, so the [N, T, V] logits of long
-completions never exist at once.
+repeated for its G completions. Completion tokens take the M-RoPE ids generation gave them
+(`models.qwen2_5_vl.rope_index.completion_position_ids` under the model config's rule). Only the T
+positions that predict completion tokens go through the LM head, in chunks of `chunk` positions, so
+the [N, T, V] logits of long completions never exist at once.
 """
 
 from __future__ import annotations
@@ -14,23 +13,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from models.qwen2_5_vl.inputs import ModelInputs
+from models.qwen2_5_vl.rope_index import completion_position_ids
 from models.qwen2_5_vl.sharding import maybe_constrain
 from models.qwen2_5_vl.text import causal_mask
 
 
-def sequence_layout(prompt: ModelInputs, completion_mask: jax.Array, group_size: int
+def sequence_layout(config: Qwen2_5_VLConfig, prompt: ModelInputs, completion_mask: jax.Array, group_size: int
                     ) -> tuple[jax.Array, jax.Array]:
     """(attention mask [N, Lp + T], M-RoPE ids [3, N, Lp + T]) of prompt + completion rows; jittable."""
+    cmask = jnp.asarray(completion_mask)
+    ids = completion_position_ids(config, prompt.position_ids, prompt.attention_mask, cmask.shape[1])
+    prompt_pos = jnp.asarray(prompt.position_ids)
+    positions = jnp.concatenate([prompt_pos, ids.astype(prompt_pos.dtype)], axis=2)
     prompt_mask = jnp.repeat(jnp.asarray(prompt.attention_mask), group_size, axis=0)
-    prompt_pos = jnp.repeat(jnp.asarray(prompt.position_ids), group_size, axis=1)
-    deltas = jnp.repeat(jnp.asarray(prompt.rope_deltas).reshape(-1, 1), group_size, axis=0)
-    cmask = jnp.asarray(completion_mask).astype(prompt_mask.dtype)
-    n, t = cmask.shape
-    n_valid = jnp.sum(prompt_mask, axis=1, keepdims=True)
-    ids = (n_valid + jnp.arange(t)[None] + deltas).astype(prompt_pos.dtype)
-    positions = jnp.concatenate([prompt_pos, jnp.broadcast_to(ids[None], (3, n, t))], axis=2)
-    return jnp.concatenate([prompt_mask, cmask], axis=1), positions
+    return (jnp.concatenate([prompt_mask, cmask.astype(prompt_mask.dtype)], axis=1),
+            jnp.repeat(positions, group_size, axis=1))
 
 
 def completion_logprobs(model, prompt: ModelInputs, completions: jax.Array, completion_mask: jax.Array,
@@ -47,7 +46,7 @@ def completion_logprobs(model, prompt: ModelInputs, completions: jax.Array, comp
     lm = model.model.language_model
     embeds = shard(jnp.concatenate(
         [jnp.repeat(model.embed(prompt), group_size, axis=0), lm.embed_tokens(targets)], axis=1), "hidden")
-    attention_mask, positions = sequence_layout(prompt, completion_mask, group_size)
+    attention_mask, positions = sequence_layout(model.config, prompt, completion_mask, group_size)
     hidden, _ = lm(embeds, positions, causal_mask(attention_mask))
     lp, t = prompt.input_ids.shape[1], targets.shape[1]
     # Position i predicts token i + 1: the last prompt position predicts completion token 0.

@@ -53,6 +53,10 @@ class ModelSetup:
     freeze_vision: keep the vision tower's weights fixed (no gradients, no optimizer state).
     remat: recompute each decoder layer and vision block in the backward pass (activation memory of
       one layer instead of all; the 7B config needs it).
+    text_after_vision: the M-RoPE rule for text after an image/video ("max_plus_one", the rule the
+      published checkpoints were trained with, or "transformers5"; see `models.qwen2_5_vl.rope_index`);
+      None keeps the model config's: the checkpoint's config.json (the original rule when it names
+      none, as published configs do) or the tiny config's default (the original rule).
     """
 
     checkpoint: str | None = None
@@ -64,6 +68,13 @@ class ModelSetup:
     param_dtype: str = "float32"
     freeze_vision: bool = False
     remat: bool = False
+    text_after_vision: str | None = None
+
+    def configure(self, config: Qwen2_5_VLConfig) -> Qwen2_5_VLConfig:
+        """`config` with this setup's `text_after_vision`, if set."""
+        if self.text_after_vision is None:
+            return config
+        return dataclasses.replace(config, text_after_vision=self.text_after_vision)
 
 
 def _dtype(name: str):
@@ -94,7 +105,8 @@ def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
 
 def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: Mesh | None = None,
                layout: str = "fsdp_tensor") -> Qwen2_5_VLForConditionalGeneration:
-    """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`.
+    """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`;
+    its config with `setup.text_after_vision` applied (`ModelSetup.configure`).
 
     With a `mesh`, each process reads from the checkpoint only the blocks its devices hold in `layout`
     (`sharding.loader_sharding`): no host or device ever holds the whole model.
@@ -104,10 +116,11 @@ def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: 
         sharding = None if mesh is None else sharding_lib.loader_sharding(mesh, layout)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
                                                                    param_dtype=param_dtype, sharding=sharding)
+        model.config = setup.configure(model.config)
     elif config is None:
         raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
     else:
-        model = init_model(config, setup.seed, dtype, param_dtype)
+        model = init_model(setup.configure(config), setup.seed, dtype, param_dtype)
     set_remat(model, setup.remat)
     return model
 
