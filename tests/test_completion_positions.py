@@ -15,8 +15,8 @@ from models.qwen2_5_vl.inputs import build_model_inputs
 from models.qwen2_5_vl.rope_index import completion_position_ids, get_rope_index
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossConfig
-from tempr1_jax.training.model_setup import init_model
 from tempr1_jax.rl.trainer import make_policy_loss
+from tempr1_jax.training.model_setup import init_model
 
 RULES = ("max_plus_one", "transformers5")
 G, STEPS = 3, 10

@@ -146,12 +146,13 @@ def stand_ins(tmp_path_factory):
 def configured(name):
     import gin
 
-    from tempr1_jax.config import parse_gin
-    from tempr1_jax.rl import trainer  # registers the configurables
+    from tempr1_jax.configurables import parse_gin
+    from tempr1_jax.rl import trainer
+    from tempr1_jax.training.data_setup import DataConfig
 
     parse_gin(files=[name])
     try:
-        return [dict(s) for s in trainer.DataConfig().sources], trainer.TrainConfig().steps
+        return [dict(s) for s in DataConfig().sources], trainer.TrainConfig().steps
     finally:
         gin.clear_config()
 

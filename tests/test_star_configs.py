@@ -4,8 +4,10 @@ import gin
 import pytest
 
 from tempr1_jax import paper_results
-from tempr1_jax.config import config_search_dirs, parse_gin
-from tempr1_jax.rl import trainer  # noqa: F401  (registers the configurables)
+from tempr1_jax.config import config_search_dirs
+from tempr1_jax.configurables import parse_gin
+from tempr1_jax.rl import trainer
+from tempr1_jax.training.data_setup import DataConfig
 
 # config -> (prepared source, dataset key of the paper tables, training samples)
 STAR = {"tempr1_star_charades_sta.gin": ("charades_sta", "charades_sta", 12408),
@@ -26,7 +28,7 @@ def test_star_config_fine_tunes_the_tempr1_policy_on_one_dataset(name):
     parse_gin(files=[name])
     try:
         assert gin.query_parameter("ModelSetup.checkpoint") == "runs/tempr1_7b/hf"
-        assert trainer.DataConfig().sources == [{"path": f"data/prepared/{prepared}", "split": "train"}]
+        assert DataConfig().sources == [{"path": f"data/prepared/{prepared}", "split": "train"}]
         assert trainer.TrainConfig().steps == size // 64  # one epoch at 64 prompts per step
         assert trainer.LossConfig().name == "grpo" and trainer.LossConfig().beta == 0.04  # the TempR1 recipe
         assert paper_results.paper_figure(dataset, "mIoU")[0] == "TempR1"
