@@ -5,13 +5,17 @@ processes (threads with a barrier all-gather) run the same number of rounds when
 A tiny GRPO run with configs/ablations/dapo.gin's bindings logs the counts and resumes exactly.
 """
 
+import json
 import pathlib
+import subprocess
+import sys
 import threading
 import zlib
 
 import jax
 import numpy as np
 import pytest
+from test_multiprocess import free_port
 from test_resume import SMALL
 
 from models.qwen2_5_vl.inputs import ModelInputs
@@ -217,3 +221,24 @@ def test_dapo_run_logs_resamples_and_resumes_exactly(tmp_path, compile_cache, mo
     for key in ("loss", "kl", "reward_mean", "resample_rounds", "resample_prompts", "resample_groups_replaced",
                 "resample_groups_equal"):
         assert [r[key] for r in logged] == [r[key] for r in resumed], key
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_same_rounds(tmp_path):
+    port = str(free_port())
+    script = pathlib.Path(__file__).with_name("multiprocess_train.py")
+    procs = [subprocess.Popen([sys.executable, str(script), "2", str(pid), port, str(tmp_path / "run"),
+                               str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for pid in range(2)]
+    try:
+        logs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    seen = [json.loads((tmp_path / f"out_{pid}.json").read_text()) for pid in range(2)]
+    assert seen[0] == seen[1] and len(seen[0]) == 3  # global counts, the same rounds on both
+    assert [m["resample_rounds"] for m in seen[0]] == [r["resample_rounds"] for r in read_metrics(tmp_path / "run")]
+    assert sum(m["resample_rounds"] for m in seen[0]) > 0
