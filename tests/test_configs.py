@@ -48,6 +48,7 @@ def test_paper_settings():
 def test_ablations_change_only_what_they_name():
     gin_config.parse_gin(files=["ablations/dapo.gin"])
     assert gin.query_parameter("LossConfig.name") == "dapo" and gin.query_parameter("LossConfig.epsilon_high") == 0.28
+    assert gin.query_parameter("RolloutConfig.dynamic_sampling") and gin.query_parameter("LossConfig.filter_equal_groups")
     gin_config.parse_gin(files=["ablations/tal_sequential_match.gin"])
     assert gin.query_parameter("RolloutConfig.reward_options") == {"matching": "sequential"}
     gin_config.parse_gin(files=["ablations/tal_no_count_reward.gin"])

@@ -26,7 +26,11 @@ from tempr1_jax.training.predictions import decode_completions
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    """Sampling and advantage settings (DESIGN §5 defaults: G = 8, temperature 1.0)."""
+    """Sampling and advantage settings (DESIGN §5 defaults: G = 8, temperature 1.0).
+
+    dynamic_sampling: DAPO's dynamic sampling (`rl.dynamic_sampling`): groups whose rewards are all equal
+      are replaced by groups of newly drawn prompts, for at most `max_resample_rounds` extra rollouts a step.
+    """
 
     num_generations: int = 8
     max_new_tokens: int = 256
@@ -38,10 +42,14 @@ class RolloutConfig:
     std_form: str = "sample"
     # Extra keyword options of compute_rewards (e.g. {"sigma": 1.0}).
     reward_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 4
 
     def __post_init__(self) -> None:
         if self.num_generations < 1 or self.max_new_tokens < 1:
             raise ValueError("RolloutConfig.num_generations and max_new_tokens must be >= 1")
+        if self.max_resample_rounds < 1:
+            raise ValueError(f"RolloutConfig.max_resample_rounds must be >= 1, got {self.max_resample_rounds}")
         if self.std_form not in STD_FORMS:
             raise ValueError(f"RolloutConfig.std_form must be one of {STD_FORMS}, got {self.std_form!r}")
 

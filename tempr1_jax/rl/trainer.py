@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from data_pipeline.loader import make_loader
 from tempr1_jax.difficulty import CurateConfig
 from tempr1_jax.rl.curriculum import Curriculum
+from tempr1_jax.rl.dynamic_sampling import refill_equal_groups
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
 from tempr1_jax.rl.rollout import Rollout, RolloutConfig, reward_metrics, rollout
@@ -209,6 +210,16 @@ class GRPOTrainer(Trainer):
             place_rows(r.tokens[lo * g:(lo + per) * g], self.mesh), place_rows(mask[lo * g:(lo + per) * g], self.mesh)))
             for lo in range(0, prompts.input_ids.shape[0], per)])
 
+    def _refill(self, policy, host_prompts, samples, r: Rollout, key) -> tuple[Any, Rollout, dict[str, int]]:
+        """DAPO's dynamic sampling (`rl.dynamic_sampling`): (prompts, rollout, `resample_*` metrics)."""
+        def roll(inputs, rows, k):
+            return rollout(policy, place_inputs(inputs, self.mesh), rows, self.tokenizer, self.rollout_cfg, k,
+                           eos_token_id=self.eos_ids, pad_token_id=self.pad_id, mesh=self.mesh, layout=self.layout)
+
+        out = refill_equal_groups(host_prompts, samples, r, self.loader, roll, key,
+                                  max_rounds=self.rollout_cfg.max_resample_rounds, pad_token_id=self.pad_id)
+        return out.prompts, out.rollout, out.metrics
+
     def step(self, step: int) -> dict[str, Any]:
         """Run training step `step` (0-based) and return its metrics."""
         t0 = time.perf_counter()
@@ -222,6 +233,9 @@ class GRPOTrainer(Trainer):
         policy = self.model()
         r = rollout(policy, prompts, batch["samples"], self.tokenizer, self.rollout_cfg, key,
                     eos_token_id=self.eos_ids, pad_token_id=self.pad_id, mesh=self.mesh, layout=self.layout)
+        resample: dict[str, int] = {}
+        if self.rollout_cfg.dynamic_sampling:
+            host_prompts, r, resample = self._refill(policy, host_prompts, batch["samples"], r, key)
         t1 = time.perf_counter()
 
         ref_logp = old_logp = None
@@ -251,6 +265,7 @@ class GRPOTrainer(Trainer):
             "updates_applied": int(sums["applied"]),
             "updates_skipped_total": int(self.state.skipped),
             **reward_metrics(r),
+            **resample,
             "tokens_per_s": generated / max(t3 - t0, 1e-9),
             "step_time_s": t3 - t0,
             "rollout_s": t1 - t0,
