@@ -69,13 +69,19 @@ def join(base: PathLike, relative: str) -> epath.Path:
 def open_binary(path: PathLike) -> IO[bytes]:
     """A seekable binary file object for reading (local file, or streamed ranges of a remote one)."""
     if not is_remote(path):
-        return open(os.fspath(path), "rb")  # noqa: SIM115 - the caller closes it
+        return open(os.fspath(path), "rb")
     return as_path(path).open("rb")
 
 
-def media_source(path: PathLike) -> str | IO[bytes]:
-    """What PyAV's `av.open` or Pillow's `Image.open` read: a local file name, or a remote file object."""
-    return os.fspath(path) if not is_remote(path) else open_binary(path)
+@contextlib.contextmanager
+def media(path: PathLike) -> Iterator[str | IO[bytes]]:
+    """What PyAV's `av.open` or Pillow's `Image.open` read: a local file name, or an open remote file
+    object (streamed by range requests, closed at the end of the block)."""
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    with open_binary(path) as f:
+        yield f
 
 
 def cache_dir() -> pathlib.Path:

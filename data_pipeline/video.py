@@ -44,6 +44,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from data_pipeline import paths
+
 # --- constants (the paper's budget; the loader and configs read these) ---
 FPS = 2.0
 MIN_FRAMES = 4
@@ -212,7 +214,7 @@ def read_image(
     image processor applied to the file.
     """
     try:
-        with Image.open(path) as img:
+        with paths.media(path) as source, Image.open(source) as img:
             rgb = _to_rgb(img)
         h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
     except FileNotFoundError as e:
@@ -364,10 +366,10 @@ def read_video(
     Raises VideoDecodeError (a ValueError) naming the path for a missing, corrupt or truncated file,
     a file without a video stream, or a window with too few frames.
     """
-    if not os.path.isfile(path):
+    if not paths.as_path(path).is_file():
         raise VideoDecodeError(path, "file not found")
     try:
-        with av.open(os.fspath(path)) as container:
+        with paths.media(path) as source, av.open(source) as container:
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]

@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from data_pipeline import paths
+
 PathLike = str | os.PathLike
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 
@@ -106,7 +108,7 @@ def find_video(
     """
     if videos_dir is None:
         return stems[0] + extensions[0]
-    base = pathlib.Path(videos_dir).resolve()
+    base = paths.absolute(videos_dir)
     for stem in stems:
         for ext in extensions:
             candidate = base / (stem + ext)
