@@ -15,11 +15,11 @@ sequences instead, with a configurable share of "none of the choices" negatives.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from data_pipeline import paths
 from data_pipeline.samples import LETTERS, Sample
 from data_pipeline.sources._common import PathLike, expect_type, read_json, single_path
 
@@ -30,7 +30,7 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
     """One multi-image sample per record."""
     path = single_path(annotations, SOURCE)
     records = expect_type(read_json(path), list, path, "a list of records")
-    base = pathlib.Path(videos_dir).resolve() if videos_dir is not None else None
+    base = paths.absolute(videos_dir) if videos_dir is not None else None
     for index, record in enumerate(records):
         record = record if isinstance(record, dict) else {}
         images = [str(p) for p in record.get("images") or []]
@@ -91,7 +91,7 @@ def load_sequences(
         raise ValueError(f"unknown TPRU question kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     path = single_path(annotations, SOURCE)
     records = expect_type(read_json(path), list, path, "a list of image sequences")
-    base = pathlib.Path(videos_dir).resolve() if videos_dir is not None else None
+    base = paths.absolute(videos_dir) if videos_dir is not None else None
     sequences = []
     for index, record in enumerate(records):
         record = record if isinstance(record, dict) else {}
