@@ -59,3 +59,49 @@ def test_remote_read_write_copy_and_stage(bucket, tmp_path, monkeypatch):
     assert not (root / "out").exists()
     with pytest.raises(FileNotFoundError):
         paths.local_copy(f"{bucket}/t1/nothing")
+
+
+def test_media_resolve_and_decode_from_the_bucket(bucket, tmp_path):
+    from data_pipeline import samples, video
+    from data_pipeline.synthetic import write_video
+
+    frames = [np.full((56, 56, 3), 40 * i, np.uint8) for i in range(6)]
+    write_video(tmp_path / "v.mp4", frames)
+    paths.upload_dir(tmp_path, f"{bucket}/media")
+    resolved = samples.resolve_path("v.mp4", f"{bucket}/media")
+    assert str(resolved) == f"{bucket}/media/v.mp4"
+    assert str(samples.resolve_path(f"{bucket}/other/w.mp4", "/local")) == f"{bucket}/other/w.mp4"
+    remote, info = video.read_video(resolved, fps=2.0, min_frames=2)
+    local, local_info = video.read_video(tmp_path / "v.mp4", fps=2.0, min_frames=2)
+    np.testing.assert_array_equal(remote, local)
+    assert info == local_info
+    with pytest.raises(video.VideoDecodeError, match="not found"):
+        video.read_video(f"{bucket}/media/missing.mp4")
+
+
+def test_splits_and_jsonl_in_the_bucket(bucket, tmp_path, monkeypatch):
+    from data_pipeline import arrayrecord_io
+    from data_pipeline.samples import Sample, read_jsonl, write_jsonl
+
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
+    rows = [Sample(id=f"s{i}", task="tg", source="t", query="q", video="v.mp4", duration=10.0,
+                   segments=((1.0, 2.0),)) for i in range(5)]
+    arrayrecord_io.write_split(f"{bucket}/split", "test", rows, name="d", num_shards=2)
+    write_jsonl(f"{bucket}/split/test.jsonl", rows)
+    assert arrayrecord_io.read_split(f"{bucket}/split", "test") == rows
+    assert read_jsonl(f"{bucket}/split/test.jsonl") == rows
+
+
+def test_metrics_log_to_the_bucket(bucket):
+    from tempr1_jax.training.metrics_log import MetricsLogger, read_metrics
+
+    workdir = f"{bucket}/metrics_run"
+    logger = MetricsLogger(workdir, tensorboard=False, progress=False)
+    logger.log(1, {"loss": 1.0})
+    logger.log(2, {"loss": 0.5})
+    logger.close()
+    assert [r["step"] for r in read_metrics(workdir)] == [1, 2]
+    logger = MetricsLogger(workdir, start_step=1, tensorboard=False, progress=False)  # a resume drops step 2
+    logger.log(2, {"loss": 0.25})
+    logger.close()
+    assert [r["loss"] for r in read_metrics(workdir)] == [1.0, 0.25]
