@@ -5,6 +5,7 @@ bucket (orbax checkpoint through tensorstore's GCS driver, metrics, TensorBoard,
 bucket paths. No local folder named `gs:` may appear.
 """
 
+import gc
 import json
 import os
 import pathlib
@@ -34,6 +35,7 @@ def bucket():
         try:
             yield f"gs://{BUCKET}"
         finally:
+            gc.collect()  # tensorboardX's GCS writers upload again when collected: while the server runs
             os.environ.clear()
             os.environ.update(saved)
 
