@@ -1,5 +1,12 @@
 """A real Cloud Storage JSON API server (`gcp-storage-emulator`) for tests, and the environment that
-points gcsfs (hence etils.epath), tensorstore and orbax at it."""
+points gcsfs (hence etils.epath), tensorstore and orbax at it.
+
+The emulator (2026.7.19) lacks two parts of the API that tensorstore's OCDBT driver (orbax's default
+array format) relies on: the `x-goog-generation` header of a media download and the `ifGenerationMatch`
+precondition of an upload. Without them a checkpoint whose manifest is committed twice fails at random
+("Malformed StorageGeneration"). Run as a script, this module starts the emulator with both added (the
+server handles one request at a time, so the check and the write cannot interleave).
+"""
 
 from __future__ import annotations
 
@@ -35,8 +42,8 @@ def gcs_emulator(bucket: str) -> Iterator[dict[str, str]]:
     """Start the emulator with `bucket` on a free port of 127.0.0.1; yields its `client_env` (not yet set)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--in-memory", "--default-bucket", bucket],
+        [sys.executable, __file__, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+         "--default-bucket", bucket, "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
@@ -63,3 +70,49 @@ def set_env(env: dict[str, str]) -> None:
     import fsspec
 
     fsspec.filesystem("gs").clear_instance_cache()
+
+
+def _add_generations() -> None:
+    """Patch the emulator's object handlers (before its server module is imported)."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    download, insert = objects.download, objects.insert
+
+    def generation(request, storage) -> str:
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except NotFound:
+            return "0"
+        return str(obj.get("generation") or "0")
+
+    def download_with_generation(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+            response["x-goog-generation"] = generation(request, storage)
+
+    def insert_with_precondition(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        if wanted and "name" in request.query:
+            try:
+                obj = storage.get_file_obj(request.params["bucket_name"], request.query["name"][0])
+                current = str(obj.get("generation") or "0")
+            except NotFound:
+                current = "0"
+            if current != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+                return None
+        return insert(request, response, storage, *args, **kwargs)
+
+    objects.download = download_with_generation
+    objects.insert = insert_with_precondition
+
+
+if __name__ == "__main__":
+    _add_generations()
+    from gcp_storage_emulator.__main__ import main
+
+    main(sys.argv[1:])
