@@ -48,9 +48,10 @@ def check(path: PathLike) -> str:
 
 def as_path(path: PathLike) -> epath.Path:
     """A path object for a local path or a URL (`gs://`, `s3://`, ... through fsspec); see `check`."""
+    text = check(path)
     if isinstance(path, epath.Path) and not isinstance(path, pathlib.Path):
         return path
-    return epath.Path(check(path))
+    return epath.Path(text)
 
 
 def absolute(path: PathLike) -> epath.Path:

@@ -105,3 +105,10 @@ def test_metrics_log_to_the_bucket(bucket):
     logger.log(2, {"loss": 0.25})
     logger.close()
     assert [r["loss"] for r in read_metrics(workdir)] == [1.0, 0.25]
+
+
+def test_a_mangled_path_object_is_refused_too():
+    from etils import epath
+
+    with pytest.raises(ValueError, match="missing '/'"):
+        paths.as_path(epath.Path("gs:/bucket/run"))
