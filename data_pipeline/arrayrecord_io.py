@@ -16,7 +16,9 @@ from typing import Any
 
 import grain
 from array_record.python.array_record_module import ArrayRecordWriter
+from etils import epath
 
+from data_pipeline import paths
 from data_pipeline.samples import Sample
 
 PathLike = str | os.PathLike
@@ -37,26 +39,25 @@ def write_split(
     *,
     name: str = "samples",
     num_shards: int = 1,
-) -> list[pathlib.Path]:
+) -> list[epath.Path]:
     """Write `samples` in order as `num_shards` contiguous ArrayRecord shards; returns the paths."""
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     if "-" in split:
         raise ValueError(f"split names may not contain '-', got {split!r}")
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
+    written = []
     per_shard = -(-len(samples) // num_shards) if samples else 0
-    for shard in range(num_shards):
-        path = out / shard_name(name, split, shard, num_shards)
-        writer = ArrayRecordWriter(str(path), WRITER_OPTIONS)
-        try:
-            for sample in samples[shard * per_shard : (shard + 1) * per_shard]:
-                writer.write(sample.to_json().encode("utf-8"))
-        finally:
-            writer.close()
-        paths.append(path)
-    return paths
+    with paths.staged_dir(out_dir) as out:  # ArrayRecord writes local files; a URL gets an upload
+        for shard in range(num_shards):
+            path = out / shard_name(name, split, shard, num_shards)
+            writer = ArrayRecordWriter(str(path), WRITER_OPTIONS)
+            try:
+                for sample in samples[shard * per_shard : (shard + 1) * per_shard]:
+                    writer.write(sample.to_json().encode("utf-8"))
+            finally:
+                writer.close()
+            written.append(paths.as_path(out_dir) / path.name)
+    return written
 
 
 def split_files(directory: PathLike, split: str) -> list[pathlib.Path]:
@@ -93,11 +94,14 @@ class _FeatureBytes(grain.sources.RandomAccessDataSource):
 def open_split(directory: PathLike, split: str) -> grain.sources.RandomAccessDataSource:
     """Random-access source of `Sample` JSON bytes for a split written here or by TFDS.
 
+    ArrayRecord reads local files only: a bucket directory is read from its local copy
+    (`data_pipeline.paths.local_copy`).
+
     A directory with a `dataset_info.json` is a TFDS build (records are serialised examples
     with a `sample` text feature) and is read through TFDS; otherwise the shards hold the JSON
     bytes directly and Grain's `ArrayRecordDataSource` reads them.
     """
-    directory = pathlib.Path(directory)
+    directory = paths.local_copy(directory)
     files = split_files(directory, split)
     if (directory / "dataset_info.json").is_file():
         import tensorflow_datasets as tfds  # Only TFDS build directories need it.

@@ -52,7 +52,6 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +62,7 @@ import numpy as np
 import transformers
 from absl import flags
 
-from data_pipeline import arrayrecord_io, video
+from data_pipeline import arrayrecord_io, paths, video
 from data_pipeline.prompts import PromptBuilder, build_prompt_ids, build_sft_ids
 from data_pipeline.samples import duration_mismatch, resolve_path
 from data_pipeline.vision_inputs import PreprocessorValues, merged_token_count, patchify_images, patchify_video
@@ -266,7 +265,7 @@ def source_records(source: SourceConfig) -> grain.MapDataset:
 def _all_records(source: SourceConfig) -> Sequence[str | bytes]:
     if source.split is not None:
         return arrayrecord_io.open_split(source.path, source.split)
-    path = pathlib.Path(source.path)
+    path = paths.as_path(source.path)
     if not path.is_file():
         raise ValueError(f"source file not found: {path}")
     lines = []

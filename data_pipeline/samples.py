@@ -18,10 +18,13 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+from etils import epath
+
+from data_pipeline import paths
 
 TASKS = ("tg", "dtg", "vhd", "gvqa", "tal", "tvg", "order", "mcq")
 LOCALISATION_TASKS = frozenset({"tg", "dtg", "vhd", "gvqa", "tal", "tvg"})
@@ -119,7 +122,7 @@ class Sample:
 def read_jsonl(path: PathLike) -> list[Sample]:
     """Read a JSONL file of unified samples; a bad line raises naming file and line."""
     samples = []
-    with open(path, encoding="utf-8") as f:
+    with paths.as_path(path).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -136,7 +139,7 @@ def read_jsonl(path: PathLike) -> list[Sample]:
 def write_jsonl(path: PathLike, samples: Iterable[Sample]) -> int:
     """Write samples one JSON object per line; returns the number written."""
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with paths.as_path(path).open("w", encoding="utf-8") as f:
         for sample in samples:
             f.write(sample.to_json() + "\n")
             count += 1
@@ -172,10 +175,9 @@ def duration_mismatch(
     return f"annotated duration {duration:g} s but {what} {actual:g} s (more than {tol:g} s apart)"
 
 
-def resolve_path(path: str, base_dir: PathLike | None) -> pathlib.Path:
-    """A sample's media path: absolute as is, relative to `base_dir` otherwise."""
-    p = pathlib.Path(path)
-    return p if p.is_absolute() or base_dir is None else pathlib.Path(base_dir) / p
+def resolve_path(path: str, base_dir: PathLike | None) -> epath.Path:
+    """A sample's media path: absolute (or a URL) as is, relative to `base_dir` (a directory or URL) otherwise."""
+    return paths.as_path(path) if base_dir is None else paths.join(base_dir, path)
 
 
 def validate_sample(

@@ -44,6 +44,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from data_pipeline import paths
+
 # --- constants (the paper's budget; the loader and configs read these) ---
 FPS = 2.0
 MIN_FRAMES = 4
@@ -78,12 +80,13 @@ class VideoDecodeError(ValueError):
 
 
 def _check_file(path: str | os.PathLike, what: str) -> None:
-    """VideoDecodeError unless `path` is an existing regular file."""
-    if os.path.isdir(path):
+    """VideoDecodeError unless `path` (local or a URL) is an existing regular file."""
+    p = paths.as_path(path)
+    if p.is_dir():
         raise VideoDecodeError(path, f"is a directory, not {what}", kind="not_a_file")
-    if not os.path.exists(path):
+    if not p.exists():
         raise VideoDecodeError(path, "file not found", kind="missing_file")
-    if not os.path.isfile(path):
+    if not p.is_file():
         raise VideoDecodeError(path, f"is not a regular file, not {what}", kind="not_a_file")
 
 
@@ -228,7 +231,7 @@ def read_image(
     """
     _check_file(path, "an image file")
     try:
-        with Image.open(path) as img:
+        with paths.media(path) as source, Image.open(source) as img:
             rgb = _to_rgb(img)
         h, w = smart_resize(rgb.height, rgb.width, IMAGE_FACTOR, min_pixels, max_pixels)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -380,7 +383,7 @@ def read_video(
     """
     _check_file(path, "a video file")
     try:
-        with av.open(os.fspath(path)) as container:
+        with paths.media(path) as source, av.open(source) as container:
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]

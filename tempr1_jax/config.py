@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 
 import gin
 
+from data_pipeline import paths
+
 GIN_PREFIX = "--gin."
 OPERATIVE_CONFIG = "operative_config.gin"
 _SEARCH_PATHS_ADDED: set[str] = set()
@@ -140,7 +142,7 @@ def _quiet_search_misses(record: logging.LogRecord) -> bool:
 
 def write_operative_config(workdir: str | pathlib.Path) -> pathlib.Path:
     """Write the operative gin config (values actually used so far) to `workdir/operative_config.gin`."""
-    path = pathlib.Path(workdir) / OPERATIVE_CONFIG
+    path = paths.as_path(workdir) / OPERATIVE_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(gin.operative_config_str())
     return path

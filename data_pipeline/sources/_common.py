@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from data_pipeline import paths
+
 
 @dataclasses.dataclass(frozen=True)
 class Dropped:
@@ -152,7 +154,7 @@ def find_video(
     """
     if videos_dir is None:
         return stems[0] + extensions[0]
-    base = pathlib.Path(videos_dir).resolve()
+    base = paths.absolute(videos_dir)
     for stem in stems:
         for ext in extensions:
             candidate = base / (stem + ext)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Iterator, Sequence
 
+from data_pipeline import paths
 from data_pipeline.samples import LETTERS, Sample
 from data_pipeline.sources._common import PathLike, as_paths, expect_type, optional_number, read_json
 
@@ -65,7 +66,7 @@ def task_files(annotations: PathLike | Sequence[PathLike]) -> list[pathlib.Path]
 
 def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample]:
     """One multiple-choice sample per record of each task file."""
-    base = pathlib.Path(videos_dir).resolve() if videos_dir is not None else None
+    base = paths.absolute(videos_dir) if videos_dir is not None else None
     for path in task_files(annotations):
         name, prefix, bound, frames = TASKS[path.stem]
         for k, record in enumerate(expect_type(read_json(path), list, path, "a list of questions")):

@@ -16,11 +16,11 @@ sequences instead, with a configurable share of "none of the choices" negatives.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from data_pipeline import paths
 from data_pipeline.samples import LETTERS, Sample
 from data_pipeline.sources._common import Dropped, PathLike, expect_type, not_an_object, read_json, single_path
 
@@ -33,7 +33,7 @@ def load(
     """One multi-image sample per record."""
     path = single_path(annotations, SOURCE)
     records = expect_type(read_json(path), list, path, "a list of records")
-    base = pathlib.Path(videos_dir).resolve() if videos_dir is not None else None
+    base = paths.absolute(videos_dir) if videos_dir is not None else None
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             yield not_an_object(f"record {index}", record)
@@ -96,7 +96,7 @@ def load_sequences(
         raise ValueError(f"unknown TPRU question kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     path = single_path(annotations, SOURCE)
     records = expect_type(read_json(path), list, path, "a list of image sequences")
-    base = pathlib.Path(videos_dir).resolve() if videos_dir is not None else None
+    base = paths.absolute(videos_dir) if videos_dir is not None else None
     sequences = []
     for index, record in enumerate(records):
         record = record if isinstance(record, dict) else {}

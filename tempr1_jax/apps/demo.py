@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import gin
 import numpy as np
 
+from data_pipeline import paths
 from data_pipeline.synthetic import VIDEO_TASKS, write_synthetic_dataset
 from tempr1_jax.apps.eval_report import write_reports
 from tempr1_jax.apps.evaluate import EvalResult, evaluate, per_sample_rewards, split_loader
@@ -117,6 +118,8 @@ def plot_learning_curve(metrics: Sequence[dict[str, Any]], tasks: Sequence[str],
 def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run every phase in `workdir` (gin must be parsed) and return the report written to demo_report.json."""
     cfg = cfg or DemoConfig()
+    if paths.is_remote(workdir):  # is_remote also refuses a mangled URL such as gs:/bucket
+        raise ValueError(f"tempr1 demo runs in a local workdir, got {workdir}")
     work = pathlib.Path(workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -10,6 +10,7 @@ import pathlib
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
+from data_pipeline.paths import as_path, staged_dir
 from tempr1_jax import evaluation, paper_results
 from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.apps.evaluate import EvalResult
@@ -36,19 +37,19 @@ def write_reports(result: EvalResult, outdir: str | pathlib.Path, title: str = "
                   score_options: Mapping[str, Any] | None = None) -> dict[str, pathlib.Path]:
     """Write `eval_results.json`, `predictions.jsonl`, `eval_table.md` and `eval_timeline.png`
     (`score_options`: those the metrics were computed with, named in the table)."""
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = {name: outdir / name for name in (RESULTS_JSON, PREDICTIONS_JSONL, TABLE_MD, TIMELINE_PNG)}
-    paths[RESULTS_JSON].write_text(json.dumps({
-        "metrics": {f"{dataset}/{task}": values for (dataset, task), values in result.metrics.items()},
-        "rewards": result.rewards,
-        "num_samples": len(result.predictions),
-        "skipped": result.skipped,
-    }, indent=2))
-    write_predictions(paths[PREDICTIONS_JSONL], result.predictions)
-    paths[TABLE_MD].write_text(markdown_table(result.metrics, title, score_options))
-    plot_timelines(result.predictions, result.targets, paths[TIMELINE_PNG], per_task=timeline_per_task)
-    return paths
+    names = (RESULTS_JSON, PREDICTIONS_JSONL, TABLE_MD, TIMELINE_PNG)
+    with staged_dir(outdir) as local:  # a bucket `outdir` gets the files uploaded at the end
+        paths = {name: local / name for name in names}
+        paths[RESULTS_JSON].write_text(json.dumps({
+            "metrics": {f"{dataset}/{task}": values for (dataset, task), values in result.metrics.items()},
+            "rewards": result.rewards,
+            "num_samples": len(result.predictions),
+            "skipped": result.skipped,
+        }, indent=2))
+        write_predictions(paths[PREDICTIONS_JSONL], result.predictions)
+        paths[TABLE_MD].write_text(markdown_table(result.metrics, title, score_options))
+        plot_timelines(result.predictions, result.targets, paths[TIMELINE_PNG], per_task=timeline_per_task)
+    return {name: as_path(outdir) / name for name in names}
 
 
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipeline import paths
 from data_pipeline.loader import SourceConfig, make_eval_loader
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from models.qwen2_5_vl.orbax_io import PARAMS_DIR, load_orbax_params
@@ -102,22 +103,22 @@ def evaluate(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *
 
 def load_model(checkpoint: str | pathlib.Path, dtype: Any = None, sharding: Any = None) -> Any:
     """A model from an HF directory (config.json + safetensors) or an orbax params directory (+ params/),
-    each parameter placed by `sharding(path, shape)` (default: the default device)."""
-    path = pathlib.Path(checkpoint)
+    local or in a bucket, each parameter placed by `sharding(path, shape)` (default: the default device)."""
+    path = paths.as_path(checkpoint)
     dtype = jnp.float32 if dtype is None else dtype
     if (path / PARAMS_DIR).is_dir():
-        return load_orbax_params(path, dtype=dtype, sharding=sharding)
+        return load_orbax_params(paths.local_copy(path), dtype=dtype, sharding=sharding)
     if not (path / "config.json").is_file():
         raise ValueError(f"--checkpoint {path}: neither an HF export (config.json + safetensors) nor an "
                          f"orbax params directory (config.json + {PARAMS_DIR}/)")
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, sharding=sharding)
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(paths.local_copy(path), dtype=dtype, sharding=sharding)
 
 
 def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path, split: str,
                  media_dir: str | None, batch_size: int, think: bool) -> Any:
     """The evaluation loader (one ordered pass) over a prepared split directory or a JSONL file, with the
     gin-bound `LoaderConfig` video/shape settings."""
-    data = pathlib.Path(dataset)
+    data = paths.as_path(dataset)
     source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
               else SourceConfig(path=str(data), split=split, media_dir=media_dir))
     return make_eval_loader(LoaderConfig(sources=(source,), batch_size=batch_size), tokenizer, model_config,

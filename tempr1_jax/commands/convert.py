@@ -14,7 +14,6 @@ time; the whole model is held once.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 
 HELP = "Convert checkpoints between Hugging Face and orbax layouts."
@@ -24,8 +23,8 @@ DIRECTIONS = ("hf-to-orbax", "orbax-to-hf")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's arguments."""
     parser.add_argument("direction", choices=DIRECTIONS, help="conversion direction")
-    parser.add_argument("src", type=pathlib.Path, help="input checkpoint directory")
-    parser.add_argument("dst", type=pathlib.Path, help="output directory")
+    parser.add_argument("src", type=_path, help="input checkpoint directory (local or a bucket URL)")
+    parser.add_argument("dst", type=_path, help="output directory (local or a bucket URL)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="parameter dtype of the output (default: the input's torch_dtype)")
     parser.add_argument("--max-shard-gb", type=float, default=5.0,
@@ -34,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="orbax-to-hf: tensor name layout of the written safetensors")
     parser.add_argument("--step", type=int, default=None,
                         help="orbax-to-hf from a training workdir: checkpoint step (default: the latest)")
+
+
+def _path(text: str):
+    """A local path or a bucket URL (`data_pipeline.paths`); argparse reports a mangled URL."""
+    from data_pipeline.paths import as_path
+
+    return as_path(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> str:
     """Do the conversion; returns a note for the summary line; ValueError on bad input."""
+    from data_pipeline.paths import local_copy, staged_dir
     from models.qwen2_5_vl import orbax_io
 
     if not args.src.is_dir():
@@ -56,13 +63,15 @@ def _convert(args: argparse.Namespace) -> str:
     if args.dst.exists() and any(args.dst.iterdir()):
         raise ValueError(f"output directory {args.dst} is not empty")
     if args.direction == "hf-to-orbax":
-        orbax_io.hf_to_orbax(args.src, args.dst, dtype=args.dtype)
+        with staged_dir(args.dst) as dst:  # models/ writes local directories; a bucket gets an upload
+            orbax_io.hf_to_orbax(local_copy(args.src), dst, dtype=args.dtype)
         return ""
     save_kwargs = {"max_shard_bytes": int(args.max_shard_gb * 1024**3), "layout": args.layout}
     if (args.src / orbax_io.PARAMS_DIR).is_dir() and (args.src / "config.json").is_file():
         if args.step is not None:
             raise ValueError(f"--step applies to a training workdir, but {args.src} is an orbax parameter directory")
-        orbax_io.orbax_to_hf(args.src, args.dst, dtype=args.dtype, **save_kwargs)
+        with staged_dir(args.dst) as dst:
+            orbax_io.orbax_to_hf(local_copy(args.src), dst, dtype=args.dtype, **save_kwargs)
         return ""
     from tempr1_jax.training import export
     from tempr1_jax.training.checkpoints import CHECKPOINTS_DIR

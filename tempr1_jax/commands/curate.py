@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 from typing import Any
 
 from tempr1_jax.commands.train import add_distributed_argument, initialize_distributed
@@ -62,6 +61,7 @@ def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split:
     """
     import transformers
 
+    from data_pipeline.paths import as_path, local_copy
     from tempr1_jax.apps.curate import curate
     from tempr1_jax.apps.evaluate import load_model, split_loader
     from tempr1_jax.difficulty import CurateConfig
@@ -73,7 +73,7 @@ def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split:
     rollout_cfg = RolloutConfig()
     model = load_model(checkpoint)
     model.config = ModelSetup().configure(model.config)
-    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    tok = transformers.AutoTokenizer.from_pretrained(str(local_copy(tokenizer or checkpoint)))
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     predictions, targets, skipped = generate_predictions(
         model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens)
@@ -81,11 +81,11 @@ def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split:
     summary["skipped"] = len(skipped)
     if not multihost.is_main():  # every process has all the outputs; one writes the files
         return summary
-    path = pathlib.Path(out)
+    path = as_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(dict(s)) + "\n" for s in kept))
-    with open(f"{path}.difficulty.jsonl", "w") as f:
+    with as_path(f"{path}.difficulty.jsonl").open("w") as f:
         for p, iou in zip(predictions, ious):
             f.write(json.dumps({"id": p["id"], "task": p["task"], "iou": float(iou), "output": p["output"]}) + "\n")
-    pathlib.Path(f"{path}.report.json").write_text(json.dumps(summary, indent=2))
+    as_path(f"{path}.report.json").write_text(json.dumps(summary, indent=2))
     return summary

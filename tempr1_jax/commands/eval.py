@@ -76,6 +76,7 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
     import jax.numpy as jnp
     import transformers
 
+    from data_pipeline.paths import local_copy
     from models.qwen2_5_vl import sharding as sharding_lib
     from tempr1_jax.apps.eval_report import markdown_table, write_reports
     from tempr1_jax.apps.evaluate import evaluate, load_model, split_loader
@@ -90,7 +91,7 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
     model.config = model_setup.configure(model.config)
     if mesh is not None:
         sharding_lib.shard_model(model, mesh, mesh_cfg.layout)  # in place already; constrains the activations
-    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or checkpoint)
+    tok = transformers.AutoTokenizer.from_pretrained(str(local_copy(tokenizer or checkpoint)))
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
                       think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,

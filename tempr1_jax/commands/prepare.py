@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import pathlib
 import sys
 
 HELP = "Convert benchmark annotations to validated unified samples (ArrayRecord + JSONL)."
@@ -44,13 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--annotations",
         required=True,
         action="append",
-        type=pathlib.Path,
+        type=_path,
         help="annotation file; repeat for formats with several files (e.g. NExT-GQA csv + json)",
     )
     parser.add_argument(
-        "--videos", type=pathlib.Path, default=None, help="directory of the video (or image) files"
+        "--videos", type=_path, default=None, help="directory of the video (or image) files"
     )
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument("--out", required=True, type=_path, help="output directory")
     parser.add_argument("--split", default="test", help="split name for the output files (default: test)")
     parser.add_argument(
         "--skip_bad", action="store_true", help="skip and count bad records instead of stopping"
@@ -69,9 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tpru_sequences: seed of the shuffles, distractors and negatives (default 0)")
     parser.add_argument("--task", default=None, help="relabel every sample with this task (same answer form), "
                         "e.g. --dataset timerft --task tg")
-    parser.add_argument("--disjoint_from", action="append", type=pathlib.Path, default=[],
+    parser.add_argument("--disjoint_from", action="append", type=_path, default=[],
                         help="a prepared held-out split (JSONL) that may share no sample id and no video "
                              "with this one; repeatable")
+
+
+def _path(text: str):
+    """A local path or a bucket URL (`data_pipeline.paths`); argparse reports a mangled URL."""
+    from data_pipeline.paths import as_path
+
+    return as_path(text)
 
 
 def _progress(iterable, desc: str):
@@ -83,6 +89,7 @@ def _progress(iterable, desc: str):
 def run(args: argparse.Namespace) -> int:
     """Validate and write one split; 0 on success, 1 on a bad record, 2 on unusable input."""
     from data_pipeline import arrayrecord_io
+    from data_pipeline.paths import local_copy
     from data_pipeline.samples import InvalidSampleError, read_jsonl, write_jsonl
     from data_pipeline.sources import ValidationReport, load_validated
     from data_pipeline.splits import LeakError, check_disjoint
@@ -110,9 +117,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:  # the adapters read local files: bucket annotations are read from a local copy
+        annotations = [local_copy(p) for p in args.annotations]
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     records = load_validated(
         args.dataset,
-        args.annotations,
+        annotations,
         args.videos,
         skip_bad=args.skip_bad,
         check_files=not args.no_video_check,
@@ -178,7 +190,7 @@ def _print_skipped(report, stream) -> None:
             print(f"  {kind}: {count}  e.g. {report.examples[kind]}", file=stream)
 
 
-def _update_report(path: pathlib.Path, split: str, summary: dict) -> None:
+def _update_report(path, split: str, summary: dict) -> None:
     """Add or replace this split's entry, keeping other splits prepared into the same directory."""
     report = json.loads(path.read_text()) if path.is_file() else {"splits": {}}
     report["splits"][split] = summary

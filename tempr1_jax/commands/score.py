@@ -16,6 +16,7 @@ import pathlib
 import sys
 from typing import Any
 
+from data_pipeline.paths import as_path
 from tempr1_jax.evaluation import PICKS
 from tempr1_jax.prediction_formats import FORMATS
 
@@ -25,12 +26,12 @@ HELP = "Score a predictions file against unified targets."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("--task", required=True, help="task name: tg dtg vhd gvqa tal tvg order mcq")
-    parser.add_argument("--predictions", required=True, type=pathlib.Path,
+    parser.add_argument("--predictions", required=True, type=as_path,
                         help='JSONL of {"id", "output"}, or a peer\'s prediction file with --format')
     parser.add_argument("--format", default="tempr1", choices=sorted(FORMATS),
                         help="how the predictions file is laid out and its outputs are read (default: ours)")
-    parser.add_argument("--targets", required=True, type=pathlib.Path, help="JSONL of unified samples")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="write the metrics here as JSON")
+    parser.add_argument("--targets", required=True, type=as_path, help="JSONL of unified samples")
+    parser.add_argument("--out", type=as_path, default=None, help="write the metrics here as JSON")
     parser.add_argument("--dataset", default=None, help="benchmark name for the paper column (default: targets' source)")
     add_metric_arguments(parser)
 
@@ -55,7 +56,7 @@ def metric_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with as_path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from data_pipeline import loader as loader_lib
+from data_pipeline import paths
 from tempr1_jax.difficulty import drop_solved, sample_ious
 from tempr1_jax.training import multihost
 from tempr1_jax.training.predictions import generate_predictions
@@ -114,7 +115,7 @@ class Curriculum:
 
     def __init__(self, workdir: str | pathlib.Path, loader_cfg: loader_lib.LoaderConfig, threshold: float,
                  epoch_steps: int | None = None) -> None:
-        self.dir = pathlib.Path(workdir) / CURRICULUM_DIR
+        self.dir = paths.as_path(workdir) / CURRICULUM_DIR
         self.base = loader_cfg
         self.threshold = threshold
         self.epoch_steps = epoch_steps

@@ -18,6 +18,8 @@ import gin
 import jax
 import orbax.checkpoint as ocp
 
+from data_pipeline import paths
+
 _BYTES_KEY = "__bytes_b64__"
 CHECKPOINTS_DIR = "checkpoints"  # a run's CheckpointManager directory, under its workdir
 
@@ -59,7 +61,7 @@ class CheckpointManager:
     """orbax CheckpointManager for a training run in `directory` (items `arrays`, `data`, `meta`)."""
 
     def __init__(self, directory: str | pathlib.Path, config: CheckpointConfig = CheckpointConfig()) -> None:
-        self.directory = pathlib.Path(directory).resolve()
+        self.directory = paths.absolute(directory)
         self.config = config
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=config.save_every, max_to_keep=config.keep,

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import gin
 
 from data_pipeline import loader as loader_lib
+from data_pipeline import paths
 from data_pipeline.synthetic import write_synthetic_dataset
 from tempr1_jax import tasks as tasks_lib
 
@@ -56,11 +57,13 @@ def _build_prompt(task: str, think: bool, sample: Mapping[str, Any]) -> str:
 def resolve_sources(cfg: DataConfig, workdir: str | pathlib.Path) -> tuple[loader_lib.SourceConfig, ...]:
     """The loader sources of `cfg`; writes the synthetic dataset first when `cfg.synthetic`."""
     if cfg.synthetic:
-        out = pathlib.Path(workdir) / "data"
+        out = paths.as_path(workdir) / "data"
         train = out / "train.jsonl"
         if not train.is_file():
-            write_synthetic_dataset(out, seed=cfg.synthetic_seed, samples_per_task=cfg.synthetic_samples_per_task,
-                                    tasks=tuple(cfg.synthetic_tasks), include_images=False, split_names=("train",))
+            with paths.staged_dir(out) as local:
+                write_synthetic_dataset(local, seed=cfg.synthetic_seed,
+                                        samples_per_task=cfg.synthetic_samples_per_task,
+                                        tasks=tuple(cfg.synthetic_tasks), include_images=False, split_names=("train",))
         return (loader_lib.SourceConfig(path=str(train), media_dir=str(out)),)
     if not cfg.sources:
         raise ValueError("DataConfig.sources is empty and DataConfig.synthetic is False: no training data")
@@ -75,7 +78,7 @@ def training_text(sources: Sequence[loader_lib.SourceConfig], think: bool) -> li
     """Prompts and reference answers of the JSONL sources: the tiny tokenizer's corpus."""
     texts = []
     for source in sources:
-        for line in pathlib.Path(source.path).read_text().splitlines():
+        for line in paths.as_path(source.path).read_text().splitlines():
             if line.strip():
                 sample = json.loads(line)
                 task = tasks_lib.get_task(sample["task"])

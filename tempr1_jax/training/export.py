@@ -18,6 +18,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from data_pipeline import paths
 from models.qwen2_5_vl.checkpoint import hf_config_dict
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
@@ -32,22 +33,30 @@ HF_DIR = "hf"
 def write_run_model(workdir: str | pathlib.Path, model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any,
                     setup: ModelSetup) -> pathlib.Path:
     """Write `workdir/model/` (config.json, setup.json with absolute paths, tokenizer); returns it."""
-    out = pathlib.Path(workdir) / MODEL_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config_dict(model), indent=2))
-    record = {**dataclasses.asdict(setup), "tiny": dict(setup.tiny)}
-    for key in ("checkpoint", "tokenizer"):
-        if record[key] is not None:
-            record[key] = str(pathlib.Path(record[key]).resolve())
-    (out / SETUP_FILE).write_text(json.dumps(record, indent=2))
-    tokenizer.save_pretrained(str(out))
+    out = paths.as_path(workdir) / MODEL_DIR
+    with paths.staged_dir(out) as local:
+        (local / "config.json").write_text(json.dumps(hf_config_dict(model), indent=2))
+        record = {**dataclasses.asdict(setup), "tiny": dict(setup.tiny)}
+        for key in ("checkpoint", "tokenizer"):
+            if record[key] is not None:
+                record[key] = str(paths.absolute(record[key]))
+        (local / SETUP_FILE).write_text(json.dumps(record, indent=2))
+        tokenizer.save_pretrained(str(local))
     return out
 
 
 def export_hf(model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any, out: str | pathlib.Path,
               **save_kwargs: Any) -> pathlib.Path:
     """Write `model` (see `checkpoint.save_pretrained`, which takes `save_kwargs`) and `tokenizer` (if
-    not None) to `out`, replacing it whole: files go to a sibling `.tmp` directory renamed at the end."""
+    not None) to `out`, replacing it whole: files go to a sibling `.tmp` directory renamed at the end.
+    A bucket `out` is deleted, then uploaded from a local directory (not atomic)."""
+    if paths.is_remote(out):
+        paths.remove_tree(out)
+        with paths.staged_dir(out) as local:
+            model.save_pretrained(local, **save_kwargs)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(local))
+        return paths.as_path(out)
     out = pathlib.Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -61,7 +70,7 @@ def export_hf(model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any, out: st
 
 def is_run_dir(path: str | pathlib.Path) -> bool:
     """True for a training workdir: a `checkpoints/` directory and `model/config.json`."""
-    path = pathlib.Path(path)
+    path = paths.as_path(path)
     return (path / CHECKPOINTS_DIR).is_dir() and (path / MODEL_DIR / "config.json").is_file()
 
 
@@ -72,7 +81,7 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
     Parameters are stored as `param_dtype` (default: the run's `ModelSetup.param_dtype`).
     ValueError if `workdir` is not a training workdir or holds no such checkpoint.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     if not is_run_dir(workdir):
         raise ValueError(f"{workdir} is not a training workdir: expected {CHECKPOINTS_DIR}/ and "
                          f"{MODEL_DIR}/config.json (written by `tempr1 train`)")
@@ -82,7 +91,7 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
     setup = ModelSetup(**{f.name: record[f.name] for f in dataclasses.fields(ModelSetup) if f.name in record})
     if param_dtype is not None:
         setup = dataclasses.replace(setup, dtype=param_dtype, param_dtype=param_dtype)
-    config = Qwen2_5_VLConfig.from_pretrained(model_dir)
+    config = Qwen2_5_VLConfig.from_pretrained(paths.local_copy(model_dir))
     manager = CheckpointManager(workdir / CHECKPOINTS_DIR)
     try:
         step = manager.resolve_step(step)
@@ -104,7 +113,7 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
 
 def _frozen_params(setup: ModelSetup, config: Qwen2_5_VLConfig) -> Any:
     """The parameters a run did not train (not in its checkpoints): those of its base model."""
-    if setup.checkpoint is not None and not pathlib.Path(setup.checkpoint).is_dir():
+    if setup.checkpoint is not None and not paths.as_path(setup.checkpoint).is_dir():
         raise ValueError(f"the run froze parameters (ModelSetup.freeze_vision) that come from its base "
                          f"checkpoint {setup.checkpoint}, which no longer exists")
     _, _, frozen = nnx.split(base_model(setup, config), trainable_filter(setup.freeze_vision), ...)
@@ -118,8 +127,8 @@ def run_to_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | 
     import transformers
 
     model, step = restore_policy(workdir, step, dtype)
-    model_dir = pathlib.Path(workdir) / MODEL_DIR
-    tokenizer = (transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model_dir = paths.as_path(workdir) / MODEL_DIR
+    tokenizer = (transformers.AutoTokenizer.from_pretrained(str(paths.local_copy(model_dir)))
                  if (model_dir / "tokenizer_config.json").is_file() else None)
     export_hf(model, tokenizer, out, **save_kwargs)
     return step

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from data_pipeline import paths
 from models.qwen2_5_vl import sharding as sharding_lib
 from tempr1_jax.config import write_operative_config
 from tempr1_jax.training import multihost
@@ -69,7 +70,7 @@ class Trainer:
     `self.train_step` (a `training.train_step.TrainStep`) and `self.state`, and implements `step`."""
 
     def __init__(self, workdir: str | pathlib.Path, settings: LoopSettings) -> None:
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         mesh_cfg = MeshConfig()

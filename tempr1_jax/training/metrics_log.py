@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from data_pipeline import paths
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -27,7 +29,7 @@ def _plain(value: Any) -> Any:
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     """All records of `workdir/metrics.jsonl` (empty if the file does not exist)."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = paths.as_path(workdir) / METRICS_FILE
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -42,12 +44,14 @@ class MetricsLogger:
 
     def __init__(self, workdir: str | pathlib.Path, *, total_steps: int | None = None, start_step: int = 0,
                  tensorboard: bool = True, progress: bool = True, desc: str = "train") -> None:
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / METRICS_FILE
         kept = [r for r in read_metrics(self.workdir) if int(r.get("step", 0)) <= start_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self._file = self.path.open("a")
+        self._lines = [json.dumps(r) + "\n" for r in kept]
+        self.path.write_text("".join(self._lines))
+        # Bucket objects cannot be appended to: a remote file is rewritten whole at each record.
+        self._file = None if paths.is_remote(self.path) else self.path.open("a")
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -62,8 +66,12 @@ class MetricsLogger:
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Write one record {"step": step, **metrics}; returns it as written."""
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is None:
+            self._lines.append(json.dumps(record) + "\n")
+            self.path.write_text("".join(self._lines))
+        else:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -76,7 +84,8 @@ class MetricsLogger:
         return record
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from data_pipeline import loader as loader_lib
+from data_pipeline import paths
 from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl import sharding as sharding_lib
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
@@ -92,13 +93,14 @@ def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
     import transformers
 
     if setup.checkpoint is not None:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(setup.tokenizer or setup.checkpoint)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(paths.local_copy(setup.tokenizer or setup.checkpoint)))
         return base_model(setup, mesh=mesh, layout=layout), tokenizer
-    tok_dir = pathlib.Path(setup.tokenizer or pathlib.Path(workdir) / "tokenizer")
+    tok_dir = paths.as_path(setup.tokenizer or paths.as_path(workdir) / "tokenizer")
     if (tok_dir / "tokenizer.json").is_file():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(paths.local_copy(tok_dir)))
     else:
-        tokenizer = train_tiny_tokenizer(training_text(sources, think), tok_dir, setup.tokenizer_vocab_size)
+        with paths.staged_dir(tok_dir) as local:
+            tokenizer = train_tiny_tokenizer(training_text(sources, think), local, setup.tokenizer_vocab_size)
     config = tiny_config(**{**special_token_ids(tokenizer), **dict(setup.tiny)})
     return base_model(setup, config), tokenizer
 
@@ -114,7 +116,7 @@ def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: 
     dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
     if setup.checkpoint is not None:
         sharding = None if mesh is None else sharding_lib.loader_sharding(mesh, layout)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.checkpoint, dtype=dtype,
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(paths.local_copy(setup.checkpoint), dtype=dtype,
                                                                    param_dtype=param_dtype, sharding=sharding)
         model.config = setup.configure(model.config)
     elif config is None:
