@@ -10,12 +10,14 @@ import argparse
 import json
 import logging
 import pathlib
+import threading
 
 import gin
 import pytest
 from test_training_loop import SMALL, sft_run
 
-from data_pipeline import arrayrecord_io
+from data_pipeline import arrayrecord_io, video
+from data_pipeline import loader as loader_lib
 from data_pipeline.loader import SourceConfig
 from data_pipeline.samples import read_jsonl
 from data_pipeline.synthetic import write_synthetic_dataset
@@ -140,3 +142,26 @@ def test_synthetic_data_of_other_settings_is_rewritten(tmp_path):
     assert count(1) == 1
     assert count(2) == 2
     assert json.loads((tmp_path / "data" / data_setup.SYNTHETIC_SETTINGS).read_text())["samples_per_task"] == 2
+
+
+@pytest.mark.skipif(not hasattr(loader_lib, "LoaderStopped"), reason="the loader has no stop hook yet")
+def test_a_stop_request_ends_a_wait_for_the_loader(tmp_path, monkeypatch):
+    """Every video read blocks (a dead file system) and the stop request arrives meanwhile: the run ends
+    with 0 and saves nothing (no step was done)."""
+    released = threading.Event()
+    trainer = None
+
+    def blocked_read(*args, **kwargs):
+        trainer.stop.requested = True
+        released.wait(600)
+        raise video.VideoDecodeError("blocked.mp4", "released")
+
+    configurables.parse_gin(files=["demo.gin"], bindings=SMALL)
+    trainer = SFTTrainer(tmp_path / "run", SFTConfig(steps=3, tensorboard=False, progress=False, export=False))
+    monkeypatch.setattr(video, "read_video", blocked_read)
+    try:
+        assert trainer.run() == 0
+    finally:
+        released.set()
+    assert not list((tmp_path / "run" / "checkpoints").iterdir())
+    assert run_record.read_history(tmp_path / "run")[-1]["event"] == "stopped"
