@@ -4,6 +4,7 @@ rollout), after which the run saves the last completed step and resumes exactly.
 
 from __future__ import annotations
 
+import json
 import types
 
 import gin
@@ -12,6 +13,7 @@ import pytest
 from test_multihost import run_processes, shard_batches
 from test_resume import SMALL
 
+from data_pipeline import loader as loader_lib
 from data_pipeline.synthetic import write_synthetic_dataset
 from tempr1_jax.configurables import parse_gin
 from tempr1_jax.rl import trainer as trainer_lib
@@ -84,6 +86,10 @@ def test_a_stop_on_one_process_stops_every_process_at_the_same_generation_step()
 def data_bindings(tmp_path) -> list[str]:
     splits = write_synthetic_dataset(tmp_path / "data", samples_per_task=2, tasks=("tg", "vhd"), include_images=False)
     media = str(tmp_path / "data")
+    # One training sample whose video is missing: skipped, and counted in metrics.jsonl.
+    train = splits["train"].read_text().splitlines()
+    broken = {**json.loads(train[0]), "id": "broken", "video": "videos/missing.mp4"}
+    splits["train"].write_text("\n".join([*train, json.dumps(broken)]) + "\n")
     return [
         "DataConfig.synthetic = False",
         f"DataConfig.sources = [{{'path': '{splits['train']}', 'media_dir': '{media}'}}]",
@@ -121,7 +127,10 @@ def test_eval_every_logs_benchmark_metrics_and_a_stop_after_a_rollout_resumes_ex
         for metric in ("mIoU", "R1@0.5" if task == "tg" else "R@0.5"):
             assert 0.0 <= records[1][f"eval/synthetic/{task}/{metric}"] <= 100.0
     assert records[1]["eval/samples"] == 4 and records[1]["eval/skipped"] == 0
-    assert records[0]["skipped_total"] == 0
+    assert records[-1]["skipped_total"] == 1  # the broken sample, met in the first pass (5 samples, 6 drawn)
+    if hasattr(loader_lib.LoaderIterator, "skip_counts"):  # counts by source and reason
+        train = tmp_path / "data" / "train.jsonl"
+        assert records[-1][f"skipped/{train}/missing_file"] == 1
 
     # A stop request that arrives during the rollout of step 2: step 1's checkpoint, then an exact resume.
     trainer = grpo(stopped, 3, bindings)

@@ -90,7 +90,7 @@ def test_create_vm_queued_dry_run():
 def test_relaunch_dry_run_prints_one_attempt():
     cmds = _commands("relaunch.sh", "--name", "pod", "--accelerator-type", "v5p-128", "--gin_file", "g.gin",
                      "--workdir", "/mnt/shared/r1", "--", "--steps", "10")
-    create, tar, scp, setup, train = cmds
+    create, tar, scp, _setup, train = cmds
     assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"] and "--spot" in create
     assert tar[0] == "tar" and scp[4] == "scp"
     remote = next(a for a in train if a.startswith("--command=")).split("=", 1)[1]
