@@ -48,3 +48,17 @@ def test_short_demo(tmp_path):
         assert (work / phase / "eval_table.md").is_file() and (work / phase / "eval_timeline.png").is_file()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(work / "hf")
     assert model.config.text.vocab_size == 300
+    # Each phase's operative config is a valid --gin_file for `tempr1 train` and `tempr1 sft`.
+    import argparse
+
+    from tempr1_jax import configurables
+    from tempr1_jax.commands import sft, train
+    from tempr1_jax.training.model_setup import ModelSetup
+
+    for phase in ("sft", "grpo"):
+        for command in (train, sft):
+            parser = argparse.ArgumentParser()
+            command.add_arguments(parser)
+            configurables.parse_gin(parser.parse_args(["--gin_file", str(work / phase / "operative_config.gin"),
+                                                       "--workdir", str(tmp_path / "unused")]))
+            assert ModelSetup().tokenizer_vocab_size == 300

@@ -226,7 +226,7 @@ def test_dapo_run_logs_resamples_and_resumes_exactly(tmp_path, compile_cache, mo
 @pytest.mark.slow
 def test_two_processes_run_the_same_rounds(tmp_path):
     port = str(free_port())
-    script = pathlib.Path(__file__).with_name("multiprocess_train.py")
+    script = pathlib.Path(__file__).with_name("multiprocess_dynamic_sampling.py")
     procs = [subprocess.Popen([sys.executable, str(script), "2", str(pid), port, str(tmp_path / "run"),
                                str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for pid in range(2)]

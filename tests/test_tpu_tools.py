@@ -1,4 +1,5 @@
-"""tools/tpu: --dry-run prints the expected gcloud commands, bad input fails cleanly, shellcheck passes."""
+"""tools/tpu: --dry-run prints the expected gcloud commands, bad input fails cleanly, shellcheck passes;
+relaunch.sh keeps a run going through preemptions against a fake `gcloud` that plays a Spot VM."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / "tools" / "tpu"
-SCRIPTS = ["create_vm.sh", "setup_workers.sh", "launch_train.sh", "sync_checkpoints.sh"]
+SCRIPTS = ["create_vm.sh", "setup_workers.sh", "launch_train.sh", "sync_checkpoints.sh", "relaunch.sh"]
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -73,6 +74,85 @@ def test_launch_train_dry_run():
                          "--steps", "10"]
 
 
+def test_launch_train_foreground_waits_for_the_run():
+    (ssh,) = _commands("launch_train.sh", "--name", "pod", "--gin_file", "g.gin", "--workdir", "w", "--foreground")
+    remote = next(a for a in ssh if a.startswith("--command=")).split("=", 1)[1]
+    assert "nohup" not in remote and not remote.rstrip().endswith("&")
+    assert remote.endswith(">> ~/tempr1-train.log 2>&1")
+
+
+def test_create_vm_queued_dry_run():
+    (cmd,) = _commands("create_vm.sh", "--name", "pod", "--accelerator-type", "v6e-8", "--queued", "--spot")
+    assert cmd[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "pod"]
+    assert "--node-id=pod" in cmd and "--runtime-version=v2-alpha-tpuv6e" in cmd and "--spot" in cmd
+
+
+def test_relaunch_dry_run_prints_one_attempt():
+    cmds = _commands("relaunch.sh", "--name", "pod", "--accelerator-type", "v5p-128", "--gin_file", "g.gin",
+                     "--workdir", "/mnt/shared/r1", "--", "--steps", "10")
+    create, tar, scp, _setup, train = cmds
+    assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"] and "--spot" in create
+    assert tar[0] == "tar" and scp[4] == "scp"
+    remote = next(a for a in train if a.startswith("--command=")).split("=", 1)[1]
+    assert "tempr1 train --gin_file g.gin --workdir /mnt/shared/r1 --distributed --steps 10 >>" in remote
+
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# A Spot TPU VM: the first run is preempted, the second stopped by a maintenance SIGTERM (exit 0, not
+# finished), the third finishes; with FAKE_FAIL the run fails on a healthy VM.
+echo "$*" >> "$FAKE_DIR/calls"
+vm="$FAKE_DIR/vm"
+case "$*" in
+  "compute tpus tpu-vm describe"*) [[ -f "$vm" ]] && cat "$vm" || exit 1 ;;
+  "compute tpus tpu-vm create"*) echo READY > "$vm" ;;
+  "compute tpus tpu-vm delete"*) rm -f "$vm" ;;
+  "compute tpus tpu-vm scp"*) ;;
+  "compute tpus tpu-vm ssh"*"tempr1 train"*)
+    n=$(( $(cat "$FAKE_DIR/runs" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$FAKE_DIR/runs"
+    [[ -n "${FAKE_FAIL:-}" ]] && exit 1
+    case "$n" in
+      1) echo PREEMPTED > "$vm"; exit 255 ;;
+      2) echo '{"event": "stopped", "step": 7}' >> "$FAKE_DIR/history" ;;
+      *) echo '{"event": "finished", "step": 10}' >> "$FAKE_DIR/history" ;;
+    esac ;;
+  "compute tpus tpu-vm ssh"*"tail -n 1"*) tail -n 1 "$FAKE_DIR/history" ;;
+  "compute tpus tpu-vm ssh"*) ;;
+  *) echo "unexpected gcloud $*" >&2; exit 3 ;;
+esac
+"""
+
+
+def _relaunch_with_fake_gcloud(tmp_path, **env_extra) -> tuple[subprocess.CompletedProcess, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_DIR=str(tmp_path), TMPDIR=str(tmp_path), **env_extra)
+    result = subprocess.run(["bash", str(TPU / "relaunch.sh"), "--name", "pod", "--gin_file", "g.gin", "--workdir",
+                             "/mnt/shared/r1", "--wait", "0", "--max-attempts", "5"],
+                            capture_output=True, text=True, env=env, check=False, timeout=120)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return result, [" ".join(c.split()[:4]) + (" train" if "tempr1 train" in c else "") for c in calls]
+
+
+def test_relaunch_recreates_a_preempted_vm_and_resumes_until_the_run_finishes(tmp_path):
+    result, calls = _relaunch_with_fake_gcloud(tmp_path)
+    assert result.returncode == 0, result.stderr
+    describe, create, delete = "compute tpus tpu-vm describe", "compute tpus tpu-vm create", "compute tpus tpu-vm delete"
+    scp, ssh, train = "compute tpus tpu-vm scp", "compute tpus tpu-vm ssh", "compute tpus tpu-vm ssh train"
+    assert calls == [describe, create, scp, ssh, train, describe,  # attempt 1: created, preempted
+                     describe, delete, create, scp, ssh, train, ssh,  # attempt 2: re-created; stopped, not finished
+                     describe, train, ssh]  # attempt 3: the VM is up; finished
+    assert "the run finished" in result.stderr
+
+
+def test_relaunch_stops_when_the_run_fails_on_a_healthy_vm(tmp_path):
+    result, calls = _relaunch_with_fake_gcloud(tmp_path, FAKE_FAIL="1")
+    assert result.returncode == 1 and "not a preemption" in result.stderr
+    assert calls.count("compute tpus tpu-vm ssh train") == 1
+
+
 @pytest.mark.parametrize("direction", ["push", "pull"])
 def test_sync_checkpoints_dry_run(direction):
     cmds = _commands("sync_checkpoints.sh", direction, "--workdir", "runs/r1", "--bucket", "gs://b/r1")
@@ -92,6 +172,8 @@ def test_sync_checkpoints_from_worker():
     ("create_vm.sh", ["--accelerator-type", "tpu9-1"], "no default runtime version"),
     ("launch_train.sh", ["--workdir", "w"], "--gin_file is required"),
     ("sync_checkpoints.sh", ["push", "--workdir", "w", "--bucket", "b"], "must be a gs:// URL"),
+    ("relaunch.sh", ["--workdir", "w"], "--gin_file is required"),
+    ("relaunch.sh", ["--gin_file", "g", "--workdir", "w", "--max-attempts", "0"], "--max-attempts must be"),
 ])
 def test_bad_arguments_fail_with_a_message(script, args, message):
     result = _run(script, "--dry-run", *args)

@@ -164,11 +164,11 @@ def find_video(
 
 
 def probe_duration(path: str) -> float | None:
-    """Container duration of a video file in seconds (PyAV), None if unreadable."""
+    """Container duration of a video file (local or a URL) in seconds (PyAV), None if unreadable."""
     import av  # Only adapters without durations in their annotations need it.
 
     try:
-        with av.open(path) as container:
+        with paths.media(path) as source, av.open(source) as container:
             if container.duration is not None:
                 return container.duration / 1_000_000
             stream = container.streams.video[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -16,9 +16,9 @@ from data_pipeline import paths
 from data_pipeline.loader import SourceConfig, make_eval_loader
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from models.qwen2_5_vl.orbax_io import PARAMS_DIR, load_orbax_params
-from tempr1_jax import evaluation
 from tempr1_jax.rewards import compute_rewards
 from tempr1_jax.training.data_setup import LoaderConfig, prompt_builders
+from tempr1_jax.training.live_eval import score_predictions
 from tempr1_jax.training.predictions import generate_predictions
 
 
@@ -51,23 +51,6 @@ class EvalResult:
     metrics: dict[tuple[str, str], dict[str, float]]
     rewards: dict[str, float]
     skipped: list[dict[str, Any]]
-
-
-def score_predictions(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
-                      **options: Any) -> dict[tuple[str, str], dict[str, float]]:
-    """`evaluation.score` per (dataset, task) group, groups in first-seen order; the video multiple-choice
-    benchmarks (`evaluation.MCQ_BREAKDOWNS`) by `evaluation.video_mcq_scores`, per dimension."""
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, p in enumerate(predictions):
-        groups[(str(p.get("source") or "unknown"), p["task"])].append(i)
-
-    def scores(source, task, outputs, group_targets):
-        if task == "mcq" and source in evaluation.MCQ_BREAKDOWNS:
-            return evaluation.video_mcq_scores(source, outputs, group_targets)
-        return evaluation.score(task, outputs, group_targets, **options)
-
-    return {key: scores(*key, [predictions[i]["output"] for i in idx], [targets[i] for i in idx])
-            for key, idx in groups.items()}
 
 
 def per_sample_rewards(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipeline.loader import make_loader
 from tempr1_jax import tasks as tasks_lib
 from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.training import multihost
@@ -91,23 +90,27 @@ def answer_nll(model: Any, inputs: Any, completion_mask: jax.Array, chunk: int =
 class SFTTrainer(Trainer):
     """Builds the model, loader, optimizer and checkpoints from gin; `run()` trains in `workdir`."""
 
-    def __init__(self, workdir: str | pathlib.Path, config: SFTConfig | None = None) -> None:
+    def __init__(self, workdir: str | pathlib.Path, config: SFTConfig | None = None,
+                 allow_changed_config: bool = False) -> None:
         self.cfg = config or SFTConfig()
-        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
-                                               self.cfg.export, desc="sft"))
         # Prompts and reference answers follow the RL template (with or without a <think> block).
-        think = RolloutConfig().think
-        params = self.build_policy(think)
+        self.think = RolloutConfig().think
+        with gin.config_scope("sft"):
+            self.opt_cfg = OptimizerConfig()
+        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
+                                               self.cfg.export, desc="sft"), allow_changed_config)
+        params = self.build_policy(self.think)
         loader_cfg = LoaderConfig(sources=self.sources)
         self.padding_side = loader_cfg.padding_side
-        self.loader = make_loader(loader_cfg, self.tokenizer, self.model_config, prompt_builders(think),
-                                  answer_builders(think))
-        with gin.config_scope("sft"):
-            opt_cfg = OptimizerConfig()
+        self.loader = self.make_training_loader(loader_cfg, prompt_builders(self.think), answer_builders(self.think))
         total = max(self.cfg.steps, 1)
-        self.schedule = make_schedule(opt_cfg, total)
-        self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total))
+        self.schedule = make_schedule(self.opt_cfg, total)
+        self.train_step = TrainStep(self._loss_fn, make_optimizer(self.opt_cfg, total))
         self.state = self.train_step.init_state(params)
+
+    def definition(self) -> dict[str, Any]:
+        """The shared loop's defining configs plus SFT's: its loop config, the template and its optimizer."""
+        return {**super().definition(), "SFTConfig": self.cfg, "think": self.think, "OptimizerConfig": self.opt_cfg}
 
     def _loss_fn(self, params, frozen, batch):
         model = nnx.merge(self.graphdef, params, frozen)
@@ -138,7 +141,7 @@ class SFTTrainer(Trainer):
     def step(self, step: int) -> dict[str, float]:
         """One update on the next batch; returns its metrics."""
         t0 = time.perf_counter()
-        batch = self._common_shape(next(self.loader))
+        batch = self._common_shape(self.next_batch())
         self.state, m = self.train_step(self.state, self.frozen, self._microbatches(batch))
         m = jax.device_get(m)
         tokens = max(float(m["tokens"]), 1.0)
@@ -148,9 +151,10 @@ class SFTTrainer(Trainer):
                 "answer_tokens": int(tokens), "updates_skipped_total": int(self.state.skipped),
                 "tokens_per_s": tokens / max(dt, 1e-9), "step_time_s": dt}
 
-def sft(workdir: str | pathlib.Path, steps: int | None = None) -> int:
-    """Build an `SFTTrainer` from the parsed gin config (`steps` overrides SFTConfig.steps) and run it."""
+def sft(workdir: str | pathlib.Path, steps: int | None = None, allow_changed_config: bool = False) -> int:
+    """Build an `SFTTrainer` from the parsed gin config (`steps` overrides SFTConfig.steps) and run it (see
+    `training.loop.Trainer` for `allow_changed_config`)."""
     cfg = SFTConfig()
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
-    return SFTTrainer(workdir, cfg).run()
+    return SFTTrainer(workdir, cfg, allow_changed_config).run()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tempr1_jax.commands.train import mesh_bindings
+from tempr1_jax.commands.train import add_allow_changed_argument, mesh_bindings
 from tempr1_jax.config import add_gin_arguments
 
 HELP = "Supervised cold start on reference answers (loss on answer tokens only); exports an HF checkpoint."
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer updates (SFTConfig.steps)")
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                         help="device mesh shortcut for MeshConfig.data/fsdp/tensor")
+    add_allow_changed_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,4 +31,4 @@ def run(args: argparse.Namespace) -> int:
     from tempr1_jax.apps import sft
 
     configurables.parse_gin(args, bindings=mesh_bindings(args.mesh))
-    return sft.sft(args.workdir, steps=args.steps)
+    return sft.sft(args.workdir, steps=args.steps, allow_changed_config=args.allow_changed_config)

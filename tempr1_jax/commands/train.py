@@ -40,14 +40,23 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
+def add_allow_changed_argument(parser: argparse.ArgumentParser) -> None:
+    """--allow_changed_config: resume a workdir's run although its defining settings changed."""
+    parser.add_argument("--allow_changed_config", action="store_true",
+                        help="continue the run in --workdir although settings that define it (model, data, loss, "
+                             "optimizer, ...) differ from those it was trained with; the differences are recorded "
+                             "in WORKDIR/run_history.jsonl (without this flag such a start stops and lists them)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--gin_file/--gin.NAME=VALUE, --workdir, --steps, --mesh, --distributed."""
+    """--gin_file/--gin.NAME=VALUE, --workdir, --steps, --mesh, --distributed, --allow_changed_config."""
     add_gin_arguments(parser)
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config)")
     parser.add_argument("--steps", type=int, default=None, help="total training steps (TrainConfig.steps)")
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
                         help="device mesh shortcut for MeshConfig.data/fsdp/tensor")
     add_distributed_argument(parser)
+    add_allow_changed_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,4 +71,4 @@ def run(args: argparse.Namespace) -> int:
 
     steps = [] if args.steps is None else [f"TrainConfig.steps = {args.steps}"]
     configurables.parse_gin(args, bindings=[*mesh_bindings(args.mesh), *steps])
-    return trainer.train(args.workdir)
+    return trainer.train(args.workdir, allow_changed_config=args.allow_changed_config)

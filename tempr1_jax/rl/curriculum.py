@@ -38,7 +38,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -96,13 +96,14 @@ def check_unique_ids(samples: Sequence[Mapping[str, Any]]) -> None:
 
 
 def score_samples(policy: Any, tokenizer: Any, samples: Sequence[Mapping[str, Any]], batches: Any, *,
-                  max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor") -> np.ndarray:
+                  max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
+                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
     """Greedy IoU of each of `samples` (float64 [N], NaN where the loader skipped it, e.g. an undecodable video),
     `batches` being (this process's shard of) the evaluation loader over them; the outputs of every
     process come back from `generate_predictions`, and ids map them back to positions."""
     position = {str(s.get("id")): i for i, s in enumerate(samples)}
     predictions, targets, _ = generate_predictions(
-        policy, tokenizer, batches, max_new_tokens=max_new_tokens, mesh=mesh, layout=layout)
+        policy, tokenizer, batches, max_new_tokens=max_new_tokens, mesh=mesh, layout=layout, should_stop=should_stop)
     ious = np.full(len(samples), np.nan)
     if predictions:
         scored = sample_ious([p["task"] for p in predictions], [p["output"] for p in predictions], targets)
@@ -142,12 +143,13 @@ class Curriculum:
         return [s for part in read_samples(self.epoch.sources) for s in part]
 
     def score(self, policy: Any, tokenizer: Any, model_config: Any, prompt_builders: Mapping[str, Any], *,
-              max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor") -> np.ndarray:
+              max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
+              should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """`score_samples` of the current set (sources concatenated in order), batched like training."""
         batches = loader_lib.make_eval_loader(dataclasses.replace(self.base, sources=self.epoch.sources),
                                               tokenizer, model_config, prompt_builders)
         return score_samples(policy, tokenizer, self.samples(), batches, max_new_tokens=max_new_tokens, mesh=mesh,
-                             layout=layout)
+                             layout=layout, should_stop=should_stop)
 
     def advance(self, step: int, ious: Sequence[float] | np.ndarray) -> dict[str, Any]:
         """Start the next epoch at `step` with the current samples whose IoU (`ious`, in `score` order, NaN:

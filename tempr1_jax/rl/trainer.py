@@ -7,14 +7,22 @@ updates, each accumulated over `micro_batches` (jitted) -> metrics.jsonl -> chec
 Determinism, which exact resume and mesh-independence rest on: the step's key is
 fold_in(run key, step); the loader's state is checkpointed with the weights; the reference policy is
 rebuilt from the same source (seed or checkpoint) on resume; nothing else carries state.
-Resume, SIGTERM, metrics and export are the shared loop's (`training.loop.Trainer`).
+Resume, stop requests, metrics and export are the shared loop's (`training.loop.Trainer`). Stop points of
+a step: after its batch is drawn and after its rollout (before any update).
+
+Metrics: the reward statistics cover every process's rows (`gather_rollout`). With `TrainConfig.eval_every`,
+every `eval_every` steps (and after the last) the policy is evaluated greedily on a held-out slice
+(`training.live_eval`: the first `eval_samples` samples of each of `eval_sources`, which must share no
+sample with the training sources) and the benchmark metrics join that step's record as
+`eval/<dataset>/<task>/<metric>`.
 
 With `TrainConfig.drop_solved`, each epoch from the second on starts by dropping the samples the policy
 solves (Time-R1's filter, `rl.curriculum`); the epoch is part of the checkpoint, its set in `curriculum/`.
 
 Workdir: `model/` (what rebuilds the model, written at the start; see `training.export`), `checkpoints/`,
-`metrics.jsonl`, `operative_config.gin`, `curriculum/` (with `drop_solved`) and, after a run that reached
-`TrainConfig.steps`, `hf/`: the final policy and tokenizer as a Hugging Face directory (`TrainConfig.export_hf`).
+`metrics.jsonl`, `operative_config.gin`, `run.json` and `run_history.jsonl` (`training.run_record`),
+`curriculum/` (with `drop_solved`) and, after a run that reached `TrainConfig.steps`, `hf/`: the final policy
+and tokenizer as a Hugging Face directory (`TrainConfig.export_hf`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import dataclasses
 import logging
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gin
@@ -31,7 +40,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from data_pipeline.loader import make_loader
 from tempr1_jax.difficulty import CurateConfig
 from tempr1_jax.rl.curriculum import Curriculum
 from tempr1_jax.rl.dynamic_sampling import refill_equal_groups
@@ -40,7 +48,8 @@ from tempr1_jax.rl.losses import LossBatch, LossConfig, compute_loss
 from tempr1_jax.rl.rollout import Rollout, RolloutConfig, reward_metrics, rollout
 from tempr1_jax.training import multihost
 from tempr1_jax.training.batches import local_rows, pad_inputs, place_inputs, place_rows, slice_inputs
-from tempr1_jax.training.data_setup import LoaderConfig, prompt_builders
+from tempr1_jax.training.data_setup import LoaderConfig, prompt_builders, source_config
+from tempr1_jax.training.live_eval import HeldOut
 from tempr1_jax.training.loop import LoopSettings, Trainer
 from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from tempr1_jax.training.train_step import TrainStep
@@ -56,7 +65,11 @@ class TrainConfig:
     drop_solved: before each epoch from the second on, drop the training samples whose greedy IoU under the
       current policy exceeds `CurateConfig.solved_iou` (Time-R1; see `rl.curriculum`).
     epoch_steps: steps per epoch for `drop_solved`; None: one pass over the epoch's samples
-      (samples // (LoaderConfig.batch_size * processes), so epochs shrink with the set)."""
+      (samples // (LoaderConfig.batch_size * processes), so epochs shrink with the set).
+    eval_every: every this many steps (and after the last), greedy evaluation of the policy on the first
+      `eval_samples` samples of each of `eval_sources` (JSONL paths or dicts of SourceConfig fields, like
+      DataConfig.sources; none may be a training sample), with at most `eval_max_new_tokens` new tokens
+      (None: RolloutConfig.max_new_tokens); None: no evaluation during training."""
 
     steps: int = 100
     seed: int = 0
@@ -67,12 +80,18 @@ class TrainConfig:
     export_hf: bool = True
     drop_solved: bool = False
     epoch_steps: int | None = None
+    eval_every: int | None = None
+    eval_sources: Sequence[Any] = ()
+    eval_samples: int = 64
+    eval_max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.num_iterations < 1 or self.micro_batches < 1:
             raise ValueError("TrainConfig: steps >= 0, num_iterations >= 1 and micro_batches >= 1 are required")
         if self.epoch_steps is not None and self.epoch_steps < 1:
             raise ValueError(f"TrainConfig.epoch_steps must be >= 1 or None, got {self.epoch_steps}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"TrainConfig.eval_every must be >= 1 or None, got {self.eval_every}")
 
 
 def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, temperature: float = 1.0):
@@ -94,12 +113,18 @@ def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, tempe
 class GRPOTrainer(Trainer):
     """Builds every part of a run from the gin configuration, then `run()` trains in `workdir`."""
 
-    def __init__(self, workdir: str | pathlib.Path, config: TrainConfig | None = None) -> None:
+    def __init__(self, workdir: str | pathlib.Path, config: TrainConfig | None = None,
+                 allow_changed_config: bool = False) -> None:
         self.cfg = config or TrainConfig()
-        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
-                                               self.cfg.export_hf))
         self.rollout_cfg = RolloutConfig()
         self.loss_cfg = LossConfig()
+        self.opt_cfg = OptimizerConfig()
+        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
+                                               self.cfg.export_hf), allow_changed_config)
+        self.held_out = (HeldOut(tuple(source_config(s) for s in self.cfg.eval_sources), self.cfg.eval_samples)
+                         if self.cfg.eval_every is not None else None)
+        if self.held_out is not None:
+            self.held_out.check_disjoint(self.sources)
         params = self.build_policy(self.rollout_cfg.think)
         # A separate copy: the policy's buffers are donated to the update.
         self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
@@ -112,13 +137,17 @@ class GRPOTrainer(Trainer):
                            if self.cfg.drop_solved else None)
         self.loader = self._make_loader()
         total_updates = max(self.cfg.steps * self.cfg.num_iterations, 1)
-        opt_cfg = OptimizerConfig()
-        self.schedule = make_schedule(opt_cfg, total_updates)
-        self.train_step = TrainStep(self._loss_fn, make_optimizer(opt_cfg, total_updates))
+        self.schedule = make_schedule(self.opt_cfg, total_updates)
+        self.train_step = TrainStep(self._loss_fn, make_optimizer(self.opt_cfg, total_updates))
         self.state = self.train_step.init_state(params)
         self.rng = jax.random.key(self.cfg.seed)
         self._logprobs = jax.jit(self._logprobs_impl)
         self.eos_ids = self.model_config.eos_token_ids or (self.tokenizer.eos_token_id,)
+
+    def definition(self) -> dict[str, Any]:
+        """The shared loop's defining configs plus GRPO's: the trainer's, rollout (G, sampling), loss, optimizer."""
+        return {**super().definition(), "TrainConfig": self.cfg, "RolloutConfig": self.rollout_cfg,
+                "LossConfig": self.loss_cfg, "OptimizerConfig": self.opt_cfg}
 
     # --- jitted pieces ---------------------------------------------------------------------------
 
@@ -142,7 +171,7 @@ class GRPOTrainer(Trainer):
     def _make_loader(self) -> Any:
         """The training loader: over the run's sources, or over the current curriculum epoch's set."""
         loader_cfg = self.loader_cfg if self.curriculum is None else self.curriculum.loader_config()
-        return make_loader(loader_cfg, self.tokenizer, self.model_config, prompt_builders(self.rollout_cfg.think))
+        return self.make_training_loader(loader_cfg, prompt_builders(self.rollout_cfg.think))
 
     def drop_solved(self, step: int) -> dict[str, Any]:
         """Start the next curriculum epoch at `step`: score the current set greedily with the current policy,
@@ -152,7 +181,7 @@ class GRPOTrainer(Trainer):
         ious = self.curriculum.score(policy, self.tokenizer, self.model_config,
                                      prompt_builders(self.rollout_cfg.think),
                                      max_new_tokens=self.rollout_cfg.max_new_tokens, mesh=self.mesh,
-                                     layout=self.layout)
+                                     layout=self.layout, should_stop=self.stop)
         metrics = self.curriculum.advance(step, ious)
         self.loader = self._make_loader()
         return {**metrics, "curriculum_s": time.perf_counter() - t0}
@@ -163,9 +192,22 @@ class GRPOTrainer(Trainer):
         """Start the next curriculum epoch when one is due at `step`."""
         return self.drop_solved(step) if self.curriculum and self.curriculum.due(step) else {}
 
+    def after_step(self, step: int) -> dict[str, Any]:
+        """The held-out evaluation when due after `step` steps (every `eval_every` and after the last)."""
+        if self.held_out is None or not (step % self.cfg.eval_every == 0 or step == self.cfg.steps):
+            return {}
+        t0 = time.perf_counter()
+        metrics = self.held_out.evaluate(
+            self.model(), self.tokenizer, self.loader_cfg, prompt_builders(self.rollout_cfg.think),
+            max_new_tokens=self.cfg.eval_max_new_tokens or self.rollout_cfg.max_new_tokens, mesh=self.mesh,
+            layout=self.layout, should_stop=self.stop)
+        return {**metrics, "eval_s": time.perf_counter() - t0}
+
     def checkpoint_arrays(self) -> dict[str, Any]:
-        # The key replicated on the mesh: orbax cannot save a single-device array with several processes.
-        rng = jax.device_put(jax.random.key_data(self.rng), NamedSharding(self.mesh, PartitionSpec()))
+        # The key replicated on the mesh: orbax cannot save a single-device array with several processes. Built
+        # from each process's (equal) host copy: a device_put of a device array gives one orbax cannot read then.
+        key = np.asarray(jax.random.key_data(self.rng))
+        rng = jax.make_array_from_callback(key.shape, NamedSharding(self.mesh, PartitionSpec()), lambda i: key[i])
         return {"state": self.state, "rng": rng}
 
     def load_checkpoint_arrays(self, arrays: dict[str, Any]) -> None:
@@ -223,7 +265,7 @@ class GRPOTrainer(Trainer):
     def step(self, step: int) -> dict[str, Any]:
         """Run training step `step` (0-based) and return its metrics."""
         t0 = time.perf_counter()
-        batch = next(self.loader)
+        batch = self.next_batch()
         host_prompts = batch["inputs"]
         # Each process's batch takes its own buckets; the processes' rows form one array of one shape.
         host_prompts = pad_inputs(host_prompts, multihost.common_shape(
@@ -237,6 +279,7 @@ class GRPOTrainer(Trainer):
         if self.rollout_cfg.dynamic_sampling:
             host_prompts, r, resample = self._refill(policy, host_prompts, batch["samples"], r, key)
         t1 = time.perf_counter()
+        self.stop_point("after the rollout")
 
         ref_logp = old_logp = None
         if self.ref_params is not None:
@@ -255,7 +298,8 @@ class GRPOTrainer(Trainer):
 
         it = self.cfg.num_iterations
         tokens = max(sums["tokens"], 1.0)
-        generated = float(r.mask.sum())
+        everyone = gather_rollout(r)
+        generated = float(everyone.mask.sum())
         metrics = {
             "loss": sums["loss"] / it,
             "grad_norm": sums["grad_norm"] / it,
@@ -264,7 +308,7 @@ class GRPOTrainer(Trainer):
             "learning_rate": float(self.schedule(max(int(self.state.step) - 1, 0))),
             "updates_applied": int(sums["applied"]),
             "updates_skipped_total": int(self.state.skipped),
-            **reward_metrics(r),
+            **reward_metrics(everyone),
             **resample,
             "tokens_per_s": generated / max(t3 - t0, 1e-9),
             "step_time_s": t3 - t0,
@@ -276,9 +320,31 @@ class GRPOTrainer(Trainer):
         }
         return metrics
 
-def train(workdir: str | pathlib.Path) -> int:
-    """Build a `GRPOTrainer` from the parsed gin config and run it in `workdir`."""
-    return GRPOTrainer(workdir).run()
+
+def gather_rollout(r: Rollout, gather: multihost.Gather = multihost.allgather) -> Rollout:
+    """The rows of every process's rollout `r` (each process's share of the global batch), in process order.
+
+    Every process must call it (collectives). A reward term a process lacks (`cls` when its rows have no
+    task with a class reward) is 0 on its rows, as `compute_rewards` gives it within one batch.
+    """
+    terms = sorted(set().union(*multihost.gather_objects(sorted(r.rewards), gather)))
+    rows = len(r.tasks)
+
+    def stacked(x: np.ndarray) -> np.ndarray:
+        out = np.asarray(gather(np.asarray(x)))
+        return out.reshape(-1, *out.shape[2:])
+
+    texts, tasks = zip(*multihost.gather_objects([r.texts, r.tasks], gather), strict=True)
+    rewards = {t: stacked(r.rewards[t] if t in r.rewards else np.zeros(rows, np.float32)) for t in terms}
+    return Rollout(stacked(r.tokens), stacked(r.mask), [x for part in texts for x in part],
+                   [x for part in tasks for x in part], rewards, stacked(r.advantages), stacked(r.equal_groups),
+                   r.generate_s, r.score_s)
 
 
-__all__ = ["GRPOTrainer", "TrainConfig", "train"]
+def train(workdir: str | pathlib.Path, allow_changed_config: bool = False) -> int:
+    """Build a `GRPOTrainer` from the parsed gin config and run it in `workdir` (see `Trainer` for
+    `allow_changed_config`)."""
+    return GRPOTrainer(workdir, allow_changed_config=allow_changed_config).run()
+
+
+__all__ = ["GRPOTrainer", "TrainConfig", "gather_rollout", "train"]

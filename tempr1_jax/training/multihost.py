@@ -1,6 +1,7 @@
 """Host-side agreement between processes: greedy evaluation over each process's shard of a split
 (`lockstep`, `gather_objects`, `interleave`), one shape for the processes' training batches
-(`common_shape`), files written once (`is_main`, `barrier`).
+(`common_shape`), files written once (`is_main`, `barrier`), a stop request honoured by all at once
+(`StopRequested`; see `training.preemption`).
 
 Each process's evaluation loader reads the rows `[process_index::process_count]` of the split
 (`data_pipeline.loader.make_eval_loader`), so shards differ by up to a batch, more with skipped samples,
@@ -33,6 +34,10 @@ def allgather(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
 
 
+class StopRequested(Exception):
+    """Raised on every process at the same collective step once any process has been asked to stop."""
+
+
 def barrier(name: str) -> None:
     """Wait until every process reaches the barrier of this `name` (no-op with one process)."""
     if jax.process_count() > 1:
@@ -45,6 +50,7 @@ def is_main() -> bool:
 
 
 def lockstep(batches: Iterable[Mapping[str, Any]], *, limit: int | None = None, gather: Gather = allgather,
+             should_stop: Callable[[], bool] | None = None,
              ) -> Iterator[tuple[Mapping[str, Any] | None, tuple[int, int, int]]]:
     """This process's evaluation `batches`, in step with every other process's.
 
@@ -52,17 +58,21 @@ def lockstep(batches: Iterable[Mapping[str, Any]], *, limit: int | None = None, 
     process must still run the step, on a dummy batch whose results it drops); the shape is the largest
     over the processes' batches, which every process pads its inputs to. Stops on every process at the
     same step: when no process has a batch left, or once `limit` valid rows were yielded over all processes.
+    With `should_stop`, every process raises `StopRequested` at the same step once it is true on any of them.
     """
     done = 0
     for batch in itertools.chain(batches, itertools.repeat(None)):
-        state = np.zeros(5, np.int64)  # has a batch, valid rows so far, rows, tokens, patches
+        state = np.zeros(6, np.int64)  # has a batch, valid rows so far, rows, tokens, patches, stop
         state[1] = done
         if batch is not None:
             state[[0, 2, 3, 4]] = 1, *batch["inputs"].input_ids.shape, batch["inputs"].num_patches
+        state[5] = bool(should_stop and should_stop())
         states = gather(state)
+        if states[:, 5].any():
+            raise StopRequested("stop requested during generation")
         if not states[:, 0].any() or (limit is not None and states[:, 1].sum() >= limit):
             return
-        yield batch, tuple(int(n) for n in states[:, 2:].max(axis=0))
+        yield batch, tuple(int(n) for n in states[:, 2:5].max(axis=0))
         done += 0 if batch is None else len(batch["samples"])
 
 
@@ -87,4 +97,4 @@ def interleave(per_process: Sequence[Sequence[T]]) -> list[T]:
     return [rows[k] for k in range(longest) for rows in per_process if k < len(rows)]
 
 
-__all__ = ["Gather", "allgather", "barrier", "common_shape", "gather_objects", "interleave", "is_main", "lockstep"]
+__all__ = ["Gather", "StopRequested", "allgather", "barrier", "common_shape", "gather_objects", "interleave", "is_main", "lockstep"]

@@ -6,7 +6,7 @@ of `data_pipeline.loader.make_eval_loader` into one prediction dict per sample (
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from tempr1_jax.training.batches import local_rows, pad_inputs, place_inputs, ta
 def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *,
                          max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
                          limit: int | None = None, gather: multihost.Gather = multihost.allgather,
+                         should_stop: Callable[[], bool] | None = None,
                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Greedy completions for every valid row of the evaluation `batches` (see `make_eval_loader`).
 
@@ -29,11 +30,13 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
     (`multihost.lockstep`: common batch count and shapes, a dummy batch once a shard has run out), read
     their own output rows, and every process returns the predictions of all of them (`gather`), interleaved
     back into split order (exact unless samples were skipped or the loader has worker processes).
+    With `should_stop`, every process raises `multihost.StopRequested` between two batches once it is true
+    on any of them.
     """
     eos = list(model.config.eos_token_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     predictions, targets, skipped = [], [], []
-    for batch, shape in multihost.lockstep(batches, limit=limit, gather=gather):
+    for batch, shape in multihost.lockstep(batches, limit=limit, gather=gather, should_stop=should_stop):
         valid = np.zeros(0, bool) if batch is None else np.asarray(batch["valid"], bool)
         skipped += [] if batch is None else list(batch.get("skipped", ()))
         inputs = _fill_padding_rows(batch["inputs"], valid) if valid.any() else dummy_inputs(model.config, pad)

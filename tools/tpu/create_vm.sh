@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create a TPU VM (single host or pod slice) for tempr1-jax.
-#   tools/tpu/create_vm.sh --name tempr1 --zone us-east5-a --accelerator-type v5p-128 [--spot] [--dry-run]
+#   tools/tpu/create_vm.sh --name tempr1 --zone us-east5-a --accelerator-type v5p-128 [--spot] [--queued] [--dry-run]
+# --queued asks for the capacity through a queued resource of the same name (it waits in line; watch it with
+# `gcloud compute tpus queued-resources describe NAME`); relaunch.sh waits for it to become ACTIVE.
 set -euo pipefail
 # shellcheck source=tools/tpu/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -8,6 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ACCELERATOR_TYPE="v5p-128"
 RUNTIME_VERSION=""
 PROVISIONING=()
+QUEUED=0
 
 usage() {
   cat <<USAGE
@@ -16,6 +19,7 @@ usage: $0 [options]
   --version VERSION        TPU runtime image (default: picked from the accelerator generation)
   --spot                   request Spot capacity
   --reserved               use a reservation
+  --queued                 request the VM through a queued resource named like it
 ${COMMON_USAGE}
 USAGE
 }
@@ -37,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --version) need_value "$1" $#; RUNTIME_VERSION="$2"; shift 2 ;;
     --spot) PROVISIONING=(--spot); shift ;;
     --reserved) PROVISIONING=(--reserved); shift ;;
+    --queued) QUEUED=1; shift ;;
     *) parse_common "$@"; shift "${CONSUMED}" ;;
   esac
 done
@@ -45,5 +50,10 @@ if [[ -z "${RUNTIME_VERSION}" ]]; then
   RUNTIME_VERSION="$(default_runtime "${ACCELERATOR_TYPE}")"
 fi
 tpu_flags
-run gcloud compute tpus tpu-vm create "${TPU_NAME}" "${TPU_FLAGS[@]}" \
-  --accelerator-type="${ACCELERATOR_TYPE}" --version="${RUNTIME_VERSION}" "${PROVISIONING[@]}"
+if [[ "${QUEUED}" -eq 1 ]]; then
+  run gcloud compute tpus queued-resources create "${TPU_NAME}" --node-id="${TPU_NAME}" "${TPU_FLAGS[@]}" \
+    --accelerator-type="${ACCELERATOR_TYPE}" --runtime-version="${RUNTIME_VERSION}" "${PROVISIONING[@]}"
+else
+  run gcloud compute tpus tpu-vm create "${TPU_NAME}" "${TPU_FLAGS[@]}" \
+    --accelerator-type="${ACCELERATOR_TYPE}" --version="${RUNTIME_VERSION}" "${PROVISIONING[@]}"
+fi

@@ -2,7 +2,7 @@
 bindings on the shrunk demo (the tiny model sharded over 4 CPU devices in all, jax.distributed over gloo),
 rewards as in that test; writes each step's `resample_*` metrics as seen by this process to OUT_PID.json.
 
-    python multiprocess_train.py NPROC PID PORT WORKDIR OUT
+    python multiprocess_dynamic_sampling.py NPROC PID PORT WORKDIR OUT
 """
 
 import json
