@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -53,10 +55,16 @@ class MetricsLogger:
         # Bucket objects cannot be appended to: a remote file is rewritten whole at each record.
         self._file = None if paths.is_remote(self.path) else self.path.open("a")
         self._tb = None
+        self._tb_stage = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start_step + 1)
+            tb_dir = self.workdir / "tensorboard"
+            if paths.is_remote(tb_dir):
+                # Event files are written locally and uploaded after each flush: tensorboardX's own bucket
+                # writer re-uploads from its finaliser, which retries for minutes once the bucket is gone.
+                self._tb_stage = pathlib.Path(tempfile.mkdtemp(prefix="tempr1-tb-"))
+            self._tb = SummaryWriter(str(self._tb_stage or tb_dir), purge_step=start_step + 1)
         self._bar = None
         if progress:
             from tqdm import tqdm
@@ -77,16 +85,25 @@ class MetricsLogger:
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
+            self._upload_tensorboard()
         if self._bar is not None:
             self._bar.update(1)
             shown = {k: record[k] for k in ("loss", "reward_mean") if isinstance(record.get(k), float)}
             self._bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
         return record
 
+    def _upload_tensorboard(self) -> None:
+        if self._tb_stage is not None:
+            paths.upload_dir(self._tb_stage, self.workdir / "tensorboard")
+
     def close(self) -> None:
+        """Close the metrics file, TensorBoard (uploading a staged copy) and the progress bar."""
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+            self._upload_tensorboard()
+            if self._tb_stage is not None:
+                shutil.rmtree(self._tb_stage, ignore_errors=True)
         if self._bar is not None:
             self._bar.close()
