@@ -25,6 +25,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+from data_pipeline import paths
+
 RUN_FILE = "run.json"
 HISTORY_FILE = "run_history.jsonl"
 
@@ -99,7 +101,7 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
 
 def recorded_fingerprint(workdir: str | pathlib.Path) -> dict[str, Any] | None:
     """The fingerprint in `workdir/run.json`, or None if the workdir has none."""
-    path = pathlib.Path(workdir) / RUN_FILE
+    path = paths.as_path(workdir) / RUN_FILE
     if not path.is_file():
         return None
     return json.loads(path.read_text())["fingerprint"]
@@ -115,7 +117,7 @@ def check_workdir(workdir: str | pathlib.Path, current: Mapping[str, Any], allow
     if changed and not allow_changed:
         lines = "\n  ".join(changed)
         raise ChangedConfigError(
-            f"{workdir} holds a run trained with other settings ({pathlib.Path(workdir) / RUN_FILE}); "
+            f"{workdir} holds a run trained with other settings ({paths.as_path(workdir) / RUN_FILE}); "
             f"this start differs in:\n  {lines}\nUse another --workdir, restore those settings, or pass "
             f"--allow_changed_config to continue this run with the new ones (recorded in {HISTORY_FILE})."
         )
@@ -128,24 +130,33 @@ def _now() -> str:
 
 def record_event(workdir: str | pathlib.Path, event: str, **fields: Any) -> None:
     """Append `{"event": event, "time": ..., **fields}` to the workdir's run history."""
-    with (pathlib.Path(workdir) / HISTORY_FILE).open("a") as f:
-        f.write(json.dumps({"event": event, "time": _now(), **fields}) + "\n")
+    path = paths.as_path(workdir) / HISTORY_FILE
+    line = json.dumps({"event": event, "time": _now(), **fields}) + "\n"
+    if paths.is_remote(path):  # bucket objects cannot be appended to: rewritten whole
+        path.write_text((path.read_text() if path.exists() else "") + line)
+        return
+    with path.open("a") as f:
+        f.write(line)
 
 
 def record_start(
     workdir: str | pathlib.Path, current: Mapping[str, Any], step: int, changed: list[str], processes: int
 ) -> None:
     """Write `run.json` (whole or not at all) and append the start to the history."""
-    path = pathlib.Path(workdir) / RUN_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"fingerprint": dict(current)}, indent=1))
-    tmp.replace(path)
+    path = paths.as_path(workdir) / RUN_FILE
+    text = json.dumps({"fingerprint": dict(current)}, indent=1)
+    if paths.is_remote(path):  # a bucket object is written whole or not at all
+        path.write_text(text)
+    else:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     record_event(workdir, "start", step=step, processes=processes, **({"changed": changed} if changed else {}))
 
 
 def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     """The records of the workdir's run history, oldest first."""
-    path = pathlib.Path(workdir) / HISTORY_FILE
+    path = paths.as_path(workdir) / HISTORY_FILE
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
