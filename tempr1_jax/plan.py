@@ -234,7 +234,7 @@ def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: A
     """`ModelInputs` of ShapeDtypeStructs, every field sharded along its batch dimension."""
     import jax.numpy as jnp
 
-    from models.qwen2_5_vl.inputs import ModelInputs
+    from models.qwen2_5_vl.inputs import ModelInputs, block_layout_shapes
 
     b, length, p = batch, seq_len, patches
     i32 = jnp.int32
@@ -243,9 +243,9 @@ def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: A
         position_ids=_sds((3, b, length), i32, mesh, axis=1), rope_deltas=_sds((b, 1), i32, mesh),
         pixel_values=_sds((b, p, config.vision.patch_dim), jnp.float32, mesh),
         vision_pos_ids=_sds((b, p, 2), i32, mesh), window_index=_sds((b, p), i32, mesh),
-        window_inverse=_sds((b, p), i32, mesh), full_segment_ids=_sds((b, p), i32, mesh),
-        window_segment_ids=_sds((b, p), i32, mesh), patch_valid=_sds((b, p), jnp.bool_, mesh),
-        vision_token_index=_sds((b, length), i32, mesh))
+        window_inverse=_sds((b, p), i32, mesh), patch_valid=_sds((b, p), jnp.bool_, mesh),
+        vision_token_index=_sds((b, length), i32, mesh),
+        **{k: _sds((b, *shape), i32, mesh) for k, shape in block_layout_shapes(config, p).items()})
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -384,7 +384,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
             resident=resident, resident_in_args=policy_args)
     prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
     if rollout:
-        cache_len = shapes.prompt_len + t
+        cache_len = shapes.prompt_len  # the prompt's cache; decoding adds t slots per sample
         full_args = per_device_bytes(state_full)
         programs["rollout_prefill"], _ = _compile(
             "rollout_prefill", prefill, (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),
