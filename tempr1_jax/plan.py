@@ -139,7 +139,7 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
     runs `update_accumulate` once per micro-batch and iteration, `update_apply` once per iteration,
     `logprobs` once per micro-batch for the reference and the old policy. The decode loop is
     estimated analytically (XLA counts a while-loop body once): each new token streams
-    the gathered weights of a tensor shard and the live KV cache.
+    the gathered weights of a tensor shard, each prompt's KV cache once and every sample's own cache.
     """
     peak, bw = chip.peak_tflops * 1e12, chip.hbm_gbps * 1e9
 
@@ -152,8 +152,9 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
 
     t = config.text
     kv_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * weight_bytes
-    bytes_per_token = (config.num_params() * weight_bytes / tensor
-                       + kv_per_token * shapes.sequences * shapes.seq_len / devices)
+    # A prompt's KV cache is read once for its G samples; each sample's own cache has completion_len slots.
+    live_kv = shapes.prompts * shapes.prompt_len + shapes.sequences * shapes.completion_len
+    bytes_per_token = config.num_params() * weight_bytes / tensor + kv_per_token * live_kv / devices
     logprob_passes = int(shapes.kl) + int(shapes.num_iterations > 1)
     out = {
         "prefill": run("rollout_prefill", flops["prefill"] / devices) if "rollout_prefill" in programs else flops["prefill"] / (peak * devices),

@@ -117,6 +117,21 @@ def test_collate_pads_tokens_and_patches(side):
         collate_model_inputs([a], pad_len_to=3, pad_patches_to=a.num_patches)
 
 
+def test_collate_pads_block_layouts_to_a_common_size():
+    """Batches of several processes agree on their layout sizes as on tokens and patches."""
+    a = _sample(np.random.default_rng(2))
+    sizes = tuple(n + 3 for n in a.layout_sizes)
+    padded = collate_model_inputs([a], a.seq_len, a.num_patches + 4, pad_layout_to=sizes)
+    assert padded.padded_shape == (1, a.seq_len, a.num_patches + 4, *sizes)
+    valid = a.patch_valid[0].sum()
+    for name in ("window", "frame"):
+        np.testing.assert_array_equal(
+            _segments_from_blocks(getattr(padded, f"{name}_blocks")[0], getattr(padded, f"{name}_slot")[0], valid),
+            _segments_from_blocks(getattr(a, f"{name}_blocks")[0], getattr(a, f"{name}_slot")[0], valid))
+    with pytest.raises(ValueError, match="pad_layout_to"):
+        collate_model_inputs([a], a.seq_len, a.num_patches, pad_layout_to=(1, 1, 1))
+
+
 def test_refusals():
     rng = np.random.default_rng(0)
     ids = np.array([vision_prompt(CONFIG, rng, [IMAGE_GRID], ["image"])])

@@ -70,6 +70,18 @@ class ModelInputs:
     def num_patches(self) -> int:
         return self.pixel_values.shape[1]
 
+    @property
+    def layout_sizes(self) -> tuple[int, int, int]:
+        """(window blocks, temporal-group blocks, temporal-group block length): the data-dependent
+        sizes of the block layouts (the window block length is fixed by the config)."""
+        return self.window_blocks.shape[1], *self.frame_blocks.shape[1:]
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """(rows, tokens, patches, *layout_sizes): what batches padded to one shape (the rows of one
+        global array on several processes) must agree on; see `collate_model_inputs`."""
+        return (self.batch_size, self.seq_len, self.num_patches, *self.layout_sizes)
+
 
 def build_model_inputs(
     config: Qwen2_5_VLConfig,
@@ -175,19 +187,24 @@ def collate_model_inputs(
     *,
     padding_side: Literal["left", "right"] = "left",
     pad_token_id: int = 0,
+    pad_layout_to: Sequence[int] | None = None,
 ) -> ModelInputs:
     """Stack single-sample (or any-batch) `ModelInputs` into one batch of static shape.
 
     Tokens are padded to `pad_len_to` on `padding_side` (left by default: generation appends new
     tokens on the right of every prompt; training may use right padding). Padding tokens get
     `pad_token_id`, attention 0, position 0 and vision index -1. Patches are padded at the end
-    to `pad_patches_to` (a multiple of merge_unit).
+    to `pad_patches_to` (a multiple of merge_unit). Block layouts are padded to `pad_layout_to`
+    (`ModelInputs.layout_sizes`; default: the largest of the samples') with empty blocks and slots.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     samples = [_np(s) for s in samples]
-    layout = {name: tuple(max(getattr(s, name).shape[i] for s in samples) for i in (1, 2))
-              for name in ("window_blocks", "frame_blocks")}
+    needed = tuple(max(s.layout_sizes[i] for s in samples) for i in range(3))
+    sizes = needed if pad_layout_to is None else tuple(int(n) for n in pad_layout_to)
+    if len(sizes) != 3 or any(a < b for a, b in zip(sizes, needed)):
+        raise ValueError(f"pad_layout_to={pad_layout_to} does not fit the samples' block layouts {needed}")
+    layout = {"window_blocks": (sizes[0], samples[0].window_blocks.shape[2]), "frame_blocks": sizes[1:]}
     parts = []
     for s in samples:
         length, patches = s.seq_len, s.num_patches
