@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from model_oracle import VIDEO_GRID, config_for_tests, hf_model, left_pad, pixels, vision_prompt
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs, generation
 from models.qwen2_5_vl.generation import SamplingParams, generate, sampling_log_probs, with_completions
+from models.qwen2_5_vl.layers import masked_attention, shared_prompt_attention
 from models.qwen2_5_vl.rope_index import token_types
 
 # One xdist worker for the whole file: the module fixture and the compiled programs are shared.
@@ -125,6 +127,78 @@ def test_logprobs_equal_full_forward(setup):
     expected = np.take_along_axis(np.asarray(lp), tokens[..., None], axis=-1)[..., 0]
     np.testing.assert_allclose(logprobs[mask], expected[mask], atol=1e-5)
     assert np.isfinite(logprobs[mask]).all() and (logprobs[~mask] == 0).all()
+
+
+def _repeated_cache_decode(model, inputs, g: int, steps: int, params: SamplingParams, key, eos_ids):
+    """The reference decoding: each sample holds its own copy of its prompt's cache (prompt + `steps`
+    slots) and attends to it with one softmax; positions as `with_completions` gives them."""
+    graphdef, state = nnx.split(model)
+    inputs = jax.tree.map(jnp.asarray, inputs)
+    length = inputs.input_ids.shape[1]
+    n = inputs.batch_size * g
+    last, cache = generation.prefill(graphdef, state, inputs, length + steps)
+    repeat = lambda x: jnp.repeat(x, g, axis=0)
+    positions = with_completions(inputs, jnp.zeros((n, steps), jnp.int32), jnp.ones((n, steps), bool),
+                                 g).position_ids[:, :, length:]
+    prompt_keys = jnp.pad(repeat(inputs.attention_mask).astype(bool), ((0, 0), (0, steps)))
+    slots = jnp.arange(length + steps)
+
+    def run(state, cache, last, key):
+        model = nnx.merge(graphdef, state)
+
+        def step(cache, tokens, i):
+            keys = prompt_keys | ((slots >= length) & (slots < length + i - 1))[None]
+            return model.decode_step(tokens, positions[:, :, i - 1], cache, length + i - 1, keys)
+
+        return generation.decode_loop(step, cache, last, key, params=params, max_new_tokens=steps,
+                                      eos_ids=jnp.asarray(eos_ids, jnp.int32), pad_token_id=0)
+
+    return jax.jit(run)(state, jax.tree.map(repeat, cache), repeat(last), key)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(0.0), SAMPLING])
+def test_shared_prompt_decode_equals_repeated_cache(setup, params):
+    """The G samples read one copy of their prompt's cache: same tokens and log-probs as G copies."""
+    _, _, model, _, inputs = setup
+    g, steps, key = 3, SAMPLE_STEPS, jax.random.key(5)
+    out = generate(model, inputs, max_new_tokens=steps, temperature=params.temperature, top_p=params.top_p,
+                   top_k=params.top_k, num_return_sequences=g, rng=key, eos_token_id=[5, 7, 11], pad_token_id=0,
+                   return_logprobs=True)
+    tokens, logprobs, mask = _repeated_cache_decode(model, inputs, g, steps, params, key, [5, 7, 11, -1])
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(tokens))
+    np.testing.assert_array_equal(np.asarray(out.mask), np.asarray(mask))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(logprobs), atol=1e-5)
+
+
+def test_decode_holds_one_prompt_cache_per_prompt(setup):
+    """The decode program's temporaries stay below G copies of the prompt cache (they held them)."""
+    config, _, model, _, inputs = setup
+    graphdef, state = nnx.split(model)
+    inputs = jax.tree.map(jnp.asarray, inputs)
+    g, length, t = 8, inputs.input_ids.shape[1], config.text
+    last, cache = generation.prefill(graphdef, state, inputs, length)
+    compiled = generation.decode.lower(
+        graphdef, state, cache, last, inputs.attention_mask, inputs.position_ids, jax.random.key(0),
+        jnp.full((4,), -1, jnp.int32), jnp.int32(0), params=SamplingParams(0.0), max_new_tokens=SAMPLE_STEPS,
+        num_return_sequences=g).compile()
+    copies = inputs.batch_size * g * length * t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * 4
+    assert compiled.memory_analysis().temp_size_in_bytes < copies
+
+
+def test_shared_prompt_attention_equals_one_softmax_over_copies():
+    """Prompt keys shared by G rows + own keys, merged by log-sum-exp = masked attention over both."""
+    rng = np.random.default_rng(0)
+    b, g, lp, t, kv, h, d = 2, 3, 7, 5, 2, 4, 8
+    q = jnp.asarray(rng.standard_normal((b * g, 1, h, d)), jnp.float32)
+    pk, pv = (jnp.asarray(rng.standard_normal((b, lp, kv, d)) * 3, jnp.float32) for _ in range(2))
+    k, v = (jnp.asarray(rng.standard_normal((b * g, t, kv, d)) * 3, jnp.float32) for _ in range(2))
+    prompt_mask = jnp.asarray(np.arange(lp) >= np.array([[0], [3]]))  # the second prompt left padded
+    own_mask = jnp.asarray(rng.random((b * g, 1, t)) < 0.5).at[:, :, 0].set(True)
+    got = shared_prompt_attention(q, pk, pv, prompt_mask, k, v, own_mask, 0.3)
+    rep = lambda x: jnp.repeat(x, g, axis=0)
+    mask = jnp.concatenate([rep(prompt_mask)[:, None], own_mask], axis=-1)
+    want = masked_attention(q, jnp.concatenate([rep(pk), k], 1), jnp.concatenate([rep(pv), v], 1), mask, 0.3)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8), (0.5, 20, 0.6)])

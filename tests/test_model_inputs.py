@@ -9,7 +9,7 @@ from model_oracle import IMAGE_GRID, VIDEO_GRID, pixels, vision_prompt
 from transformers import vision_utils
 
 from models.qwen2_5_vl.config import tiny_config
-from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
+from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs, layout_size, window_len
 
 CONFIG = tiny_config()
 GRIDS = [IMAGE_GRID, VIDEO_GRID, (2, 4, 8)]  # one sample: an image then two videos
@@ -32,6 +32,17 @@ def _segments_from_cu(cu, n):
     return ids
 
 
+def _segments_from_blocks(blocks, slot, n):
+    """Segment ids (1 + block row) of the first n permuted patches; checks `slot` inverts `blocks`."""
+    width = blocks.shape[1]
+    rows, offsets = np.nonzero(blocks >= 0)
+    ids = np.zeros(n, np.int64)
+    ids[blocks[rows, offsets]] = rows + 1
+    np.testing.assert_array_equal(slot[blocks[rows, offsets]], rows * width + offsets)
+    assert (slot[n:] == -1).all() and sorted(blocks[rows, offsets]) == list(range(n))
+    return ids
+
+
 def test_vision_metadata_matches_transformers():
     inputs = _sample(np.random.default_rng(0))
     grid = torch.tensor(GRIDS)
@@ -44,12 +55,25 @@ def test_vision_metadata_matches_transformers():
     window_patches = (window_units.numpy()[:, None] * unit + np.arange(unit)).reshape(-1)
     np.testing.assert_array_equal(inputs.window_index[0, :n], window_patches)
     np.testing.assert_array_equal(inputs.window_index[0][inputs.window_inverse[0]], np.arange(inputs.num_patches))
-    np.testing.assert_array_equal(inputs.window_segment_ids[0, :n], _segments_from_cu(cu_window.numpy(), n))
+    window_segment_ids = _segments_from_blocks(inputs.window_blocks[0], inputs.window_slot[0], n)
+    np.testing.assert_array_equal(window_segment_ids, _segments_from_cu(cu_window.numpy(), n))
     cu_full = vision_utils.get_vision_cu_seqlens(grid).numpy()
-    np.testing.assert_array_equal(inputs.full_segment_ids[0, :n], _segments_from_cu(cu_full, n))
+    full_segment_ids = _segments_from_blocks(inputs.frame_blocks[0], inputs.frame_slot[0], n)
+    np.testing.assert_array_equal(full_segment_ids, _segments_from_cu(cu_full, n))
     # windows are partial: some window holds fewer than window_merged**2 units
-    sizes = np.bincount(inputs.window_segment_ids[0, :n])[1:] // unit
+    sizes = np.bincount(window_segment_ids)[1:] // unit
     assert sizes.min() < v.window_merged**2 == sizes.max()
+    # one block per window / temporal group, padded to the static sizes
+    assert inputs.window_blocks.shape == (1, layout_size(len(cu_window) - 1), window_len(CONFIG))
+    assert inputs.frame_blocks.shape == (1, layout_size(len(cu_full) - 1), layout_size(int(np.diff(cu_full).max()), 8))
+
+
+def test_layout_size_rounds_up_with_bounded_waste():
+    sizes = [layout_size(n, 4) for n in range(0, 200)]
+    assert sizes[:6] == [1, 1, 2, 3, 4, 5] and layout_size(9) == 10 and layout_size(17) == 20
+    assert all(n <= s < max(n, 1) * 1.25 + 1 for n, s in enumerate(sizes))
+    assert all(layout_size(s) == s for s in sizes) and len(set(sizes[65:129])) == 4
+    assert layout_size(280, 8) == 288 and len({layout_size(n, 8) for n in range(257, 513)}) == 8
 
 
 def test_token_index_points_at_images_then_videos():
@@ -82,10 +106,30 @@ def test_collate_pads_tokens_and_patches(side):
         n = s.num_patches
         np.testing.assert_array_equal(batch.pixel_values[row, :n], s.pixel_values[0])
         assert batch.patch_valid[row].sum() == s.patch_valid.sum()
-        assert (batch.full_segment_ids[row, n:] == 0).all()
+        valid = s.patch_valid[0].sum()
+        for name in ("window", "frame"):
+            blocks, slot = getattr(batch, f"{name}_blocks")[row], getattr(batch, f"{name}_slot")[row]
+            np.testing.assert_array_equal(_segments_from_blocks(blocks, slot, valid),
+                                          _segments_from_blocks(getattr(s, f"{name}_blocks")[0],
+                                                                getattr(s, f"{name}_slot")[0], valid))
         np.testing.assert_array_equal(np.sort(batch.window_index[row]), np.arange(a.num_patches + 8))
     with pytest.raises(ValueError, match="pad_len_to"):
         collate_model_inputs([a], pad_len_to=3, pad_patches_to=a.num_patches)
+
+
+def test_collate_pads_block_layouts_to_a_common_size():
+    """Batches of several processes agree on their layout sizes as on tokens and patches."""
+    a = _sample(np.random.default_rng(2))
+    sizes = tuple(n + 3 for n in a.layout_sizes)
+    padded = collate_model_inputs([a], a.seq_len, a.num_patches + 4, pad_layout_to=sizes)
+    assert padded.padded_shape == (1, a.seq_len, a.num_patches + 4, *sizes)
+    valid = a.patch_valid[0].sum()
+    for name in ("window", "frame"):
+        np.testing.assert_array_equal(
+            _segments_from_blocks(getattr(padded, f"{name}_blocks")[0], getattr(padded, f"{name}_slot")[0], valid),
+            _segments_from_blocks(getattr(a, f"{name}_blocks")[0], getattr(a, f"{name}_slot")[0], valid))
+    with pytest.raises(ValueError, match="pad_layout_to"):
+        collate_model_inputs([a], a.seq_len, a.num_patches, pad_layout_to=(1, 1, 1))
 
 
 def test_refusals():

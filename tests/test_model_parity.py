@@ -22,6 +22,7 @@ from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from models.qwen2_5_vl.rope_index import token_types
 from models.qwen2_5_vl.text import causal_mask, mrope_cos_sin
+from models.qwen2_5_vl.vision import BlockLayout
 
 TOL = 1e-4
 
@@ -46,7 +47,7 @@ def _batch(config, rng, trailing_text=5):
                 video_grid_thw=np.array([VIDEO_GRID]), second_per_grid_ts=np.array([1.25]))
 
 
-@pytest.mark.parametrize("attn_block", [256, 16])  # one dense attention / banded windows + blocked full
+@pytest.mark.parametrize("attn_block", [256, 16])  # whole blocks / temporal groups a block of queries at a time
 def test_vision_tower(pair, attn_block):
     config, ref, ours = pair
     rng = np.random.default_rng(1)
@@ -59,7 +60,8 @@ def test_vision_tower(pair, attn_block):
     inputs = build_model_inputs(config, ids, pixel_values=px, image_grid_thw=np.array(grids),
                                 pad_patches_to=px.shape[0] + 12)
     visual = nnx.jit(lambda m, i: m(i.pixel_values, i.vision_pos_ids, i.window_index, i.window_inverse,
-                                      i.full_segment_ids, i.window_segment_ids))
+                                      BlockLayout(i.window_blocks, i.window_slot),
+                                      BlockLayout(i.frame_blocks, i.frame_slot)))
     tower = nnx.clone(ours.model.visual)
     tower.attn_block = attn_block
     got = np.asarray(visual(tower, jax.tree.map(jnp.asarray, inputs)))[0, :expected.shape[0]]

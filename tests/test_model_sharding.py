@@ -93,6 +93,9 @@ def test_sharded_forward_and_generate_equal_unsharded(batch, tmp_path):
     forward = jax.jit(lambda m, x: m.forward(x))
     ref_logits = np.asarray(forward(model, jax.tree.map(jnp.asarray, inputs)))
     ref_tokens = np.asarray(generate(model, inputs, max_new_tokens=8, temperature=0.0, eos_token_id=()))
+    sampled = dict(max_new_tokens=6, temperature=1.0, num_return_sequences=4, rng=1, eos_token_id=(),
+                   return_logprobs=True)
+    ref_sampled = generate(model, inputs, **sampled)
 
     shard_model(model, mesh, "fsdp_tensor")
     kernel = model.model.language_model.layers[0].mlp.gate_proj.kernel[...]
@@ -110,5 +113,9 @@ def test_sharded_forward_and_generate_equal_unsharded(batch, tmp_path):
 
     tokens = generate(model, inputs, max_new_tokens=8, temperature=0.0, eos_token_id=(), mesh=mesh)
     np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
+    # 2 prompts x 4 samples: the prompt caches (sharded over fewer devices than the 8 rows) are shared.
+    out = generate(model, inputs, mesh=mesh, **sampled)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref_sampled.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref_sampled.logprobs), atol=1e-5)
     cache = model.init_cache(2, 16)
     assert cache_specs(cache, mesh)[0]["k"] == P("data", None, "tensor", None)

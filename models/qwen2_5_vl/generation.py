@@ -1,9 +1,11 @@
 """Fast generation: one jitted prefill per prompt batch, then a jitted ``lax.while_loop`` decode.
 
 The prefill runs the vision tower and the decoder over the (left-padded, bucketed) prompts and
-fills a preallocated KV cache of length ``prompt_len + max_new_tokens``. The cache is repeated for
-the ``num_return_sequences`` samples of each prompt (HF order: a prompt's samples are adjacent),
-and the decode loop runs until every sequence has emitted EOS or ``max_new_tokens`` were made.
+fills a KV cache of the prompt length. The ``num_return_sequences`` samples of a prompt (HF order:
+a prompt's samples are adjacent) share that cache: each decode step reads a prompt's keys and
+values once for its G samples and each sample's own keys (a cache of ``max_new_tokens`` slots per
+sample), merging the two partial attention results (``layers.shared_prompt_attention``). The
+decode loop runs until every sequence has emitted EOS or ``max_new_tokens`` were made.
 Shapes depend only on (batch, prompt bucket, patch bucket, max_new_tokens, num_return_sequences),
 so a second call with the same bucket reuses the compiled functions (``jax.jit`` caches on the
 static arguments: the model's graphdef and the sampling parameters).
@@ -27,6 +29,7 @@ from jax.sharding import Mesh
 from .inputs import ModelInputs, build_model_inputs
 from .rope_index import completion_position_ids, completion_start
 from .sharding import constrain_cache
+from .text import SharedPromptCache
 
 _NEG_INF = float("-inf")
 
@@ -174,25 +177,24 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: ja
             attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, eos_ids: jax.Array,
             pad_token_id: jax.Array, *, params: SamplingParams, max_new_tokens: int, num_return_sequences: int,
             mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
-    """Repeat the prompt cache for the samples and run :func:`decode_loop` with the model's decode step."""
+    """Run :func:`decode_loop` with the model's decode step on a :class:`text.SharedPromptCache`: the
+    G samples of a prompt share its cache (``cache`` from :func:`prefill`, slots past the prompt
+    unused), each sample writes its tokens to its own cache of ``max_new_tokens`` slots."""
     model = nnx.merge(graphdef, state)
     g = num_return_sequences
-    cache, last_logits, attention_mask, position_ids = (
-        jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache),
-        jnp.repeat(last_logits, g, axis=0),
-        jnp.repeat(attention_mask, g, axis=0),
-        jnp.repeat(position_ids, g, axis=1),
-    )
+    prompt_len = attention_mask.shape[1]
+    last_logits, position_ids = jnp.repeat(last_logits, g, axis=0), jnp.repeat(position_ids, g, axis=1)
+    cache = SharedPromptCache(prompt=jax.tree.map(lambda x: x[:, :prompt_len], cache),
+                              prompt_mask=attention_mask.astype(bool),
+                              own=model.init_cache(last_logits.shape[0], max_new_tokens))
     if mesh is not None:
         cache = constrain_cache(cache, mesh, layout)
-    prompt_len = attention_mask.shape[1]
-    slots = jnp.arange(jax.tree.leaves(cache)[0].shape[1])
-    prompt_keys = jnp.pad(attention_mask.astype(bool), ((0, 0), (0, slots.shape[0] - prompt_len)))
-    next_pos = completion_start(model.config, position_ids, attention_mask)  # [3, N]
+    slots = jnp.arange(max_new_tokens)
+    next_pos = completion_start(model.config, position_ids, jnp.repeat(attention_mask, g, axis=0))  # [3, N]
 
     def step(cache, tokens, i):
-        slot = prompt_len + i - 1
-        keys = prompt_keys | ((slots >= prompt_len) & (slots < slot))[None, :]
+        slot = i - 1  # own slot of the token fed at step i (generated at step i - 1)
+        keys = (slots < slot)[None, :]
         return model.decode_step(tokens, next_pos + (i - 1), cache, slot, keys)
 
     return decode_loop(step, cache, last_logits, key, params=params, max_new_tokens=max_new_tokens,
@@ -272,8 +274,7 @@ def generate(
 
     graphdef, state = nnx.split(model)
     inputs = jax.tree.map(jnp.asarray, inputs)
-    cache_len = inputs.input_ids.shape[1] + max_new_tokens
-    last_logits, cache = prefill(graphdef, state, inputs, cache_len, mesh, layout)
+    last_logits, cache = prefill(graphdef, state, inputs, inputs.input_ids.shape[1], mesh, layout)
     # Stop ids are data, padded to a multiple of 4 with -1, so changing them rarely recompiles.
     eos_arr = np.full(max(4, -(-len(eos_ids) // 4) * 4), -1, np.int32)
     eos_arr[:len(eos_ids)] = eos_ids

@@ -13,10 +13,14 @@ Window attention: `window_index` is the patch permutation that makes each window
 `window_index` over merge units, expanded to the `merge_unit` patches of each unit, per sample); the
 tower gathers patches with it, runs the blocks, merges groups of `merge_unit` consecutive patches,
 and gathers the merged features back to patch order with `window_inverse[:, ::merge_unit] // merge_unit`.
-Segment ids are given in the permuted order: `full_segment_ids` = one segment per temporal group
-of an image/video (HF `cu_seqlens`), `window_segment_ids` = one per window (HF `cu_window_seqlens`).
-Real segments are numbered from 1; padding patches have segment 0 (they attend only to padding,
-their output is dropped), so no softmax row is empty.
+Attention blocks, in the permuted order: window layers attend within each window (HF
+`cu_window_seqlens`), full-attention layers within each temporal group of an image/video (HF
+`cu_seqlens`); both are contiguous runs of the permuted order. Each kind is given as a block
+layout of static shape: `*_blocks [B, R, S]` holds the permuted patch index of every slot of R
+blocks of S slots (one window or temporal group per block, padded with -1), `*_slot [B, P]` the
+flat slot (block * S + offset) of every permuted patch (-1 for padding patches, which attend to
+nothing). S is `window_merged**2 * merge_unit` for windows; R and the temporal-group S depend on
+the data and are rounded up (`layout_size`) so that similar batches share one compiled program.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ class ModelInputs:
     vision_pos_ids: np.ndarray  # [B, P, 2] int32 (row, col) rotary ids, HF patch order
     window_index: np.ndarray  # [B, P] int32: permuted patch i = original patch window_index[i]
     window_inverse: np.ndarray  # [B, P] int32: argsort(window_index)
-    full_segment_ids: np.ndarray  # [B, P] int32, permuted order, 0 = padding
-    window_segment_ids: np.ndarray  # [B, P] int32, permuted order, 0 = padding
+    window_blocks: np.ndarray  # [B, NW, WL] int32 permuted patch index per window slot, -1 = empty
+    window_slot: np.ndarray  # [B, P] int32 flat slot in window_blocks per permuted patch, -1 = padding
+    frame_blocks: np.ndarray  # [B, NF, FL] int32 permuted patch index per temporal-group slot, -1 = empty
+    frame_slot: np.ndarray  # [B, P] int32 flat slot in frame_blocks per permuted patch, -1 = padding
     patch_valid: np.ndarray  # [B, P] bool, HF patch order
     vision_token_index: np.ndarray  # [B, L] int32 merged-feature index per token, -1 = text
 
@@ -63,6 +69,18 @@ class ModelInputs:
     @property
     def num_patches(self) -> int:
         return self.pixel_values.shape[1]
+
+    @property
+    def layout_sizes(self) -> tuple[int, int, int]:
+        """(window blocks, temporal-group blocks, temporal-group block length): the data-dependent
+        sizes of the block layouts (the window block length is fixed by the config)."""
+        return self.window_blocks.shape[1], *self.frame_blocks.shape[1:]
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """(rows, tokens, patches, *layout_sizes): what batches padded to one shape (the rows of one
+        global array on several processes) must agree on; see `collate_model_inputs`."""
+        return (self.batch_size, self.seq_len, self.num_patches, *self.layout_sizes)
 
 
 def build_model_inputs(
@@ -127,6 +145,7 @@ def build_model_inputs(
     if n_patches % vis.merge_unit:
         raise ValueError(f"pad_patches_to={n_patches} must be a multiple of merge_unit={vis.merge_unit}")
     per_sample = [_vision_arrays(config, grids, chunks, n_patches) for grids, chunks, _ in samples]
+    runs = {name: [s.pop(name) for s in per_sample] for name in ("window", "frame")}
     stacked = {k: np.stack([s[k] for s in per_sample]) for k in per_sample[0]}
     return ModelInputs(
         input_ids=ids,
@@ -135,7 +154,30 @@ def build_model_inputs(
         rope_deltas=rope_deltas,
         vision_token_index=np.stack([s[2] for s in samples]),
         **stacked,
+        **_block_layouts(config, runs["window"], runs["frame"], n_patches),
     )
+
+
+def layout_size(n: int, steps_per_octave: int = 4) -> int:
+    """`n` rounded up to one of `steps_per_octave` (a power of two) evenly spaced sizes per octave
+    (at least 1): the static size of a data-dependent block count or length (waste < 1 / steps)."""
+    if n <= steps_per_octave:
+        return max(n, 1)
+    step = 1 << (n.bit_length() - steps_per_octave.bit_length())
+    return -(-n // step) * step
+
+
+def window_len(config: Qwen2_5_VLConfig) -> int:
+    """Slots of a window block: the patches of a full window."""
+    return config.vision.window_merged**2 * config.vision.merge_unit
+
+
+def block_layout_shapes(config: Qwen2_5_VLConfig, n_patches: int) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of the block-layout fields for planning without data: one image of
+    `n_patches` patches in full windows (one temporal group: the costliest full-attention layer)."""
+    width = window_len(config)
+    return {"window_blocks": (layout_size(-(-n_patches // width)), width), "window_slot": (n_patches,),
+            "frame_blocks": (1, layout_size(n_patches, 8)), "frame_slot": (n_patches,)}
 
 
 def collate_model_inputs(
@@ -145,17 +187,24 @@ def collate_model_inputs(
     *,
     padding_side: Literal["left", "right"] = "left",
     pad_token_id: int = 0,
+    pad_layout_to: Sequence[int] | None = None,
 ) -> ModelInputs:
     """Stack single-sample (or any-batch) `ModelInputs` into one batch of static shape.
 
     Tokens are padded to `pad_len_to` on `padding_side` (left by default: generation appends new
     tokens on the right of every prompt; training may use right padding). Padding tokens get
     `pad_token_id`, attention 0, position 0 and vision index -1. Patches are padded at the end
-    to `pad_patches_to` (a multiple of merge_unit).
+    to `pad_patches_to` (a multiple of merge_unit). Block layouts are padded to `pad_layout_to`
+    (`ModelInputs.layout_sizes`; default: the largest of the samples') with empty blocks and slots.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     samples = [_np(s) for s in samples]
+    needed = tuple(max(s.layout_sizes[i] for s in samples) for i in range(3))
+    sizes = needed if pad_layout_to is None else tuple(int(n) for n in pad_layout_to)
+    if len(sizes) != 3 or any(a < b for a, b in zip(sizes, needed)):
+        raise ValueError(f"pad_layout_to={pad_layout_to} does not fit the samples' block layouts {needed}")
+    layout = {"window_blocks": (sizes[0], samples[0].window_blocks.shape[2]), "frame_blocks": sizes[1:]}
     parts = []
     for s in samples:
         length, patches = s.seq_len, s.num_patches
@@ -171,7 +220,7 @@ def collate_model_inputs(
             position_ids=np.pad(s.position_ids, ((0, 0), (0, 0), tok_pad)),
             rope_deltas=s.rope_deltas,
             vision_token_index=np.pad(s.vision_token_index, ((0, 0), tok_pad), constant_values=-1),
-            **_pad_patch_metadata(s, pad_patches_to),
+            **_pad_patch_metadata(s, pad_patches_to, layout),
         ))
     # The pixels dominate the batch's bytes: write each sample's once into the padded batch array.
     first = samples[0].pixel_values
@@ -239,17 +288,16 @@ def _grid_windows(grid, m: int, win: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _vision_arrays(config: Qwen2_5_VLConfig, grids, chunks, n_patches: int) -> dict[str, np.ndarray]:
-    """One sample's vision arrays, padded to n_patches."""
+    """One sample's vision arrays, padded to n_patches, and the lengths of its windows ("window") and
+    temporal groups ("frame") in the permuted order (runs from patch 0 on)."""
     vis = config.vision
     m, unit = vis.spatial_merge_size, vis.merge_unit
     pixels = np.zeros((n_patches, vis.patch_dim), np.float32)
     pos = np.zeros((n_patches, 2), np.int32)
     window_index = np.arange(n_patches, dtype=np.int32)
-    full_seg = np.zeros(n_patches, np.int32)
-    win_seg = np.zeros(n_patches, np.int32)
     valid = np.zeros(n_patches, bool)
+    window_runs, frame_runs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     start = 0  # in patches
-    frames = windows = 0
     for grid, chunk in zip(grids, chunks):
         t, h, w = (int(x) for x in grid)
         n = t * h * w
@@ -258,33 +306,64 @@ def _vision_arrays(config: Qwen2_5_VLConfig, grids, chunks, n_patches: int) -> d
         order, window_of = _grid_windows(grid, m, vis.window_merged)
         window_index[start:start + n] = start + (order[:, None] * unit + np.arange(unit)).reshape(-1)
         # Units never cross a window or a frame, and windows stay inside their frame, so the
-        # permuted layout keeps frames contiguous: segments can be written unit by unit.
-        full_seg[start:start + n] = frames + 1 + np.repeat(np.arange(t), h * w)
-        win_seg[start:start + n] = windows + 1 + np.repeat(window_of, unit)
+        # permuted layout keeps both windows and frames contiguous.
+        window_runs.append(np.bincount(window_of) * unit)
+        frame_runs.append(np.full(t, h * w))
         valid[start:start + n] = True
-        frames += t
-        windows += int(window_of.max()) + 1
         start += n
     return dict(
         pixel_values=pixels,
         vision_pos_ids=pos,
         window_index=window_index,
         window_inverse=np.argsort(window_index).astype(np.int32),
-        full_segment_ids=full_seg,
-        window_segment_ids=win_seg,
         patch_valid=valid,
+        window=np.concatenate(window_runs),
+        frame=np.concatenate(frame_runs),
     )
 
 
-def _pad_patch_metadata(s: ModelInputs, n_patches: int) -> dict[str, np.ndarray]:
-    """Pad a batch's per-patch metadata (at the end) to n_patches; padded patches map to themselves."""
+def _block_layouts(config: Qwen2_5_VLConfig, window_runs: Sequence[np.ndarray], frame_runs: Sequence[np.ndarray],
+                   n_patches: int) -> dict[str, np.ndarray]:
+    """`window_blocks`, `window_slot`, `frame_blocks`, `frame_slot` of a batch from each sample's run
+    lengths (windows / temporal groups, contiguous from permuted patch 0; see the module docstring)."""
+    frame_len = layout_size(max((int(r.max()) for r in frame_runs if len(r)), default=1), 8)
+    out = {}
+    for name, runs, width in (("window", window_runs, window_len(config)), ("frame", frame_runs, frame_len)):
+        rows = layout_size(max(len(r) for r in runs))
+        pairs = [_blocks(r, rows, width, n_patches) for r in runs]
+        out[f"{name}_blocks"] = np.stack([p[0] for p in pairs])
+        out[f"{name}_slot"] = np.stack([p[1] for p in pairs])
+    return out
+
+
+def _blocks(lengths: np.ndarray, rows: int, width: int, n_patches: int) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's ([rows, width] patch index per slot, [n_patches] slot per patch) for runs of `lengths`."""
+    starts = np.cumsum(lengths) - lengths
+    offsets = np.arange(width)
+    blocks = np.full((rows, width), -1, np.int32)
+    blocks[:len(lengths)] = np.where(offsets < lengths[:, None], starts[:, None] + offsets, -1)
+    run = np.repeat(np.arange(len(lengths)), lengths)
+    slot = np.full(n_patches, -1, np.int32)
+    slot[:len(run)] = run * width + np.arange(len(run)) - starts[run]
+    return blocks, slot
+
+
+def _pad_patch_metadata(s: ModelInputs, n_patches: int, layout: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Pad a batch's per-patch metadata (at the end) to n_patches and its block layouts to `layout`
+    (blocks name -> (rows, width)); padded patches map to themselves and to no slot."""
     extra = n_patches - s.num_patches
     tail = np.broadcast_to(np.arange(s.num_patches, n_patches, dtype=np.int32), (s.batch_size, extra))
-    return dict(
+    out = dict(
         vision_pos_ids=np.pad(s.vision_pos_ids, ((0, 0), (0, extra), (0, 0))),
         window_index=np.concatenate([s.window_index, tail], axis=1),
         window_inverse=np.concatenate([s.window_inverse, tail], axis=1),
-        full_segment_ids=np.pad(s.full_segment_ids, ((0, 0), (0, extra))),
-        window_segment_ids=np.pad(s.window_segment_ids, ((0, 0), (0, extra))),
         patch_valid=np.pad(s.patch_valid, ((0, 0), (0, extra))),
     )
+    for name in ("window", "frame"):
+        blocks, slot = getattr(s, f"{name}_blocks"), getattr(s, f"{name}_slot")
+        (rows, width), old = layout[f"{name}_blocks"], blocks.shape[2]
+        out[f"{name}_blocks"] = np.pad(blocks, ((0, 0), (0, rows - blocks.shape[1]), (0, width - old)),
+                                       constant_values=-1)
+        moved = np.where(slot >= 0, slot // old * width + slot % old, -1).astype(np.int32)
+        out[f"{name}_slot"] = np.pad(moved, ((0, 0), (0, extra)), constant_values=-1)
+    return out

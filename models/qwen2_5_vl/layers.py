@@ -61,19 +61,57 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
     return out.reshape(b, lq, h, d)
 
 
-def query_blocked(attend, q: jax.Array, aux: jax.Array, block: int) -> jax.Array:
-    """`attend(q_block, aux_block)` over blocks of `block` queries, one block at a time.
+def shared_prompt_attention(q: jax.Array, prompt_k: jax.Array, prompt_v: jax.Array, prompt_mask: jax.Array,
+                            k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """One-token grouped-query attention of N = B * G rows over a prompt shared by G consecutive rows
+    and each row's own keys; softmax in float32.
 
-    q [B, Lq, ...] and aux [B, Lq, ...] (e.g. the mask rows or segment ids of the queries) are
-    split along Lq (padded to a multiple of `block`; padded rows are dropped). Each block is
-    rematerialised under autodiff, so memory holds one block's scores instead of Lq of them.
+    q [N, 1, H, D]; prompt_k/v [B, Lp, KV, D] with prompt_mask [B, Lp] (the prompt of rows
+    b * G .. b * G + G - 1, read once for the G rows); k/v [N, T, KV, D] with mask broadcastable to
+    [N, 1, T] (each row's own keys). The two partial softmaxes are merged with their log-sum-exp:
+    a common maximum, the sum of both partial denominators and of both partial outputs. Every row
+    must have at least one valid key.
+    """
+    n, _, h, d = q.shape
+    b, _, kv, _ = prompt_k.shape
+    g, t = n // b, k.shape[1]
+    qg = q.reshape(b, g, kv, h // kv, d)
+    low = jnp.finfo(jnp.float32).min
+    prompt_scores = jnp.einsum("bgkhd,bskd->bgkhs", qg, prompt_k, preferred_element_type=jnp.float32) * scale
+    prompt_scores = jnp.where(prompt_mask[:, None, None, None, :], prompt_scores, low)
+    # The own part is a matrix-vector product per row: a fused multiply-reduce reads the cache in place.
+    own_k = k.reshape(b, g, t, kv, 1, d).astype(jnp.float32)
+    own_scores = jnp.sum(qg[:, :, None].astype(jnp.float32) * own_k, axis=-1) * scale  # [b, g, t, kv, h/kv]
+    own_mask = jnp.broadcast_to(mask, (n, 1, t)).reshape(b, g, t, 1, 1)
+    own_scores = jnp.where(own_mask, own_scores, low)
+    top = jnp.maximum(jnp.max(prompt_scores, axis=-1), jnp.max(own_scores, axis=2))  # [b, g, kv, h/kv]
+    prompt_p = jnp.exp(prompt_scores - top[..., None])
+    own_p = jnp.exp(own_scores - top[:, :, None])
+    denom = jnp.sum(prompt_p, axis=-1) + jnp.sum(own_p, axis=2)
+    out = jnp.einsum("bgkhs,bskd->bgkhd", prompt_p.astype(prompt_v.dtype), prompt_v,
+                     preferred_element_type=jnp.float32)
+    own_v = v.reshape(b, g, t, kv, 1, d).astype(jnp.float32)
+    out = out + jnp.sum(own_p[..., None] * own_v, axis=2)
+    return (out / denom[..., None]).astype(q.dtype).reshape(n, 1, h, d)
+
+
+def query_blocked(attend, q: jax.Array, aux: jax.Array | None, block: int) -> jax.Array:
+    """`attend(q_block, aux_block)` over blocks of at most `block` queries, one block at a time.
+
+    q [B, Lq, ...] and aux [B, Lq, ...] (e.g. the mask rows or segment ids of the queries; None:
+    `attend` gets None) are split along Lq into ceil(Lq / block) equal blocks (padded; padded rows
+    are dropped). Each block is rematerialised under autodiff, so memory holds one block's scores
+    instead of Lq of them.
     """
     b, lq = q.shape[:2]
     nb = -(-lq // block)
-    pad = nb * block - lq
-    blocks = []
-    for a in (q, aux):
+    size = -(-lq // nb)
+    pad = nb * size - lq
+
+    def split(a):
         a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-        blocks.append(a.reshape(b, nb, block, *a.shape[2:]).swapaxes(0, 1))
-    out = jax.lax.map(jax.checkpoint(lambda args: attend(*args)), tuple(blocks))
-    return out.swapaxes(0, 1).reshape(b, nb * block, *out.shape[3:])[:, :lq]
+        return a.reshape(b, nb, size, *a.shape[2:]).swapaxes(0, 1)
+
+    blocks = (split(q), None if aux is None else split(aux))
+    out = jax.lax.map(jax.checkpoint(lambda args: attend(*args)), blocks)
+    return out.swapaxes(0, 1).reshape(b, nb * size, *out.shape[3:])[:, :lq]

@@ -21,9 +21,13 @@ Entry points (B batch, L tokens, V vocab, T cache length):
   - `decode_step(tokens [B], position_ids [3, B] / [B] / scalar, cache, cache_index,
     attn_mask_full [B, T]) -> (logits [B, V] float32, cache)`: one new token per row written at
     slot `cache_index` (a scalar); it attends to the slots where `attn_mask_full` is nonzero plus
-    its own slot. The M-RoPE ids of the generated tokens are `rope_index.completion_position_ids`
-    (the config's `text_after_vision` rule: max prompt id + 1 + k by default, last prompt id
-    + 1 + k under "transformers5"), which training log-probs and SFT use as well.
+    its own slot. `cache` may also be a `text.SharedPromptCache` (N = B * G rows sharing B prompts'
+    caches, as `generation.decode` builds it): the token is written in the row's own cache
+    `cache.own` [N, T], `attn_mask_full` ([N, T] or [1, T]) masks the own slots, and every row also
+    attends to its prompt's keys under `cache.prompt_mask`. The M-RoPE ids of the generated tokens
+    are `rope_index.completion_position_ids` (the config's `text_after_vision` rule: max prompt id + 1
+    + k by default, last prompt id + 1 + k under "transformers5"), which training log-probs and SFT use
+    as well.
 * Activation sharding: `sharding.set_activation_sharding(model, mesh, layout)` (done by
   `sharding.shard_model`) makes every submodule constrain its activations to the batch axes.
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
@@ -48,8 +52,8 @@ from flax import nnx
 from .config import Qwen2_5_VLConfig
 from .inputs import ModelInputs, build_model_inputs
 from .rope_index import token_types
-from .text import KVCache, TextModel, causal_mask
-from .vision import VisionTransformer
+from .text import KVCache, SharedPromptCache, TextModel, causal_mask
+from .vision import BlockLayout, VisionTransformer
 
 
 class Qwen2_5_VLModel(nnx.Module):
@@ -81,10 +85,11 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         embeds = self.model.language_model.embed_tokens(jnp.asarray(inputs.input_ids))
         if inputs.pixel_values.shape[1] == 0:
             return embeds
+        a = jnp.asarray
         feats = self.model.visual(
-            jnp.asarray(inputs.pixel_values), jnp.asarray(inputs.vision_pos_ids),
-            jnp.asarray(inputs.window_index), jnp.asarray(inputs.window_inverse),
-            jnp.asarray(inputs.full_segment_ids), jnp.asarray(inputs.window_segment_ids))
+            a(inputs.pixel_values), a(inputs.vision_pos_ids), a(inputs.window_index), a(inputs.window_inverse),
+            BlockLayout(a(inputs.window_blocks), a(inputs.window_slot)),
+            BlockLayout(a(inputs.frame_blocks), a(inputs.frame_slot)))
         index = jnp.asarray(inputs.vision_token_index)
         gathered = jnp.take_along_axis(feats, jnp.maximum(index, 0)[..., None], axis=1)
         return jnp.where(index[..., None] >= 0, gathered.astype(embeds.dtype), embeds)
@@ -150,14 +155,15 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
             self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0)
         return self.logits_from_hidden(hidden[:, -1]), cache
 
-    def decode_step(self, tokens: jax.Array, position_ids: jax.Array, cache: KVCache,
-                    cache_index: jax.Array | int, attn_mask_full: jax.Array) -> tuple[jax.Array, KVCache]:
+    def decode_step(self, tokens: jax.Array, position_ids: jax.Array, cache: KVCache | SharedPromptCache,
+                    cache_index: jax.Array | int, attn_mask_full: jax.Array
+                    ) -> tuple[jax.Array, KVCache | SharedPromptCache]:
         """One token per row at slot `cache_index`; logits [B, V] (see the module docstring)."""
         tokens = jnp.asarray(tokens)
         b = tokens.shape[0]
         pos = jnp.asarray(position_ids)
         pos = jnp.broadcast_to(pos, (3, b))[:, :, None]
-        total = cache[0]["k"].shape[1]
+        total = (cache.own if isinstance(cache, SharedPromptCache) else cache)[0]["k"].shape[1]
         own = jnp.arange(total)[None, :] == cache_index
         mask = (jnp.asarray(attn_mask_full).astype(bool) | own)[:, None, :]
         embeds = self.model.language_model.embed_tokens(tokens[:, None])

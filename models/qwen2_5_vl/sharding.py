@@ -224,8 +224,9 @@ def set_activation_sharding(model: nnx.Module, mesh: Mesh | None, layout: Layout
 
 
 def cache_specs(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
-    """Specs for a KV cache pytree: rank-4 leaves are ``[B, S, Hkv, Dh]`` (a leading layer dim is allowed,
-    rank 5), lower-rank leaves (lengths, indices) are sharded on batch when rank 1, else replicated."""
+    """Specs for a KV cache pytree (a list of per-layer ``{"k", "v"}`` or a ``text.SharedPromptCache``):
+    rank-4 leaves are ``[B, S, Hkv, Dh]`` (a leading layer dim is allowed, rank 5); lower-rank leaves
+    (lengths ``[B]``, key masks ``[B, S]``) are sharded on their first (batch) dimension."""
     _check_layout(layout)
 
     def one(leaf):
@@ -234,9 +235,7 @@ def cache_specs(cache: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> Any:
             return P()
         if len(shape) >= 4:
             return fit_spec(ACTIVATION_SPECS["kv_cache"], shape, mesh, "kv_cache")[0]
-        if len(shape) == 1:
-            return fit_spec((BATCH,), shape, mesh, "cache")[0]
-        return P()
+        return fit_spec((BATCH,) + (None,) * (len(shape) - 1), shape, mesh, "cache")[0]
 
     return jax.tree.map(one, cache)
 

@@ -10,19 +10,33 @@ Attention over more than `TextModel.attn_block` queries runs one block of querie
 KV cache: a list with one `{"k": [B, T, KV, D], "v": [B, T, KV, D]}` per layer. A call with
 `cache` and `cache_index` writes its keys/values at [cache_index, cache_index + L) and attends over
 the whole cache under `mask` [B, L, T] (the caller builds it: causal, padding, unfilled slots).
+
+Shared-prompt decoding (`SharedPromptCache`): N = B * G one-token rows whose G consecutive rows
+continue the same prompt hold one copy of the prompt's cache [B, Lp] and each its own cache
+[N, T]; attention reads the prompt part once per group (`layers.shared_prompt_attention`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .config import TextConfig
-from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
+from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked, shared_prompt_attention
 from .sharding import maybe_constrain
 
 KVCache = list  # list[dict[str, jax.Array]], one {"k", "v"} per layer
+
+
+class SharedPromptCache(NamedTuple):
+    """The cache of N = B * G decoding rows: rows b * G .. b * G + G - 1 share prompt b."""
+
+    prompt: KVCache  # per layer {"k", "v"}: [B, Lp, KV, D], read-only while decoding
+    prompt_mask: jax.Array  # [B, Lp] bool, the prompt keys a row attends to
+    own: KVCache  # per layer {"k", "v"}: [N, T, KV, D], each row's generated tokens
 
 
 def mrope_cos_sin(cfg: TextConfig, position_ids: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
@@ -47,7 +61,9 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None):
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None):
+        """`prompt`: (the layer's prompt cache {"k", "v"} [B, Lp, ...], prompt mask [B, Lp]) shared by
+        the rows of one-token decoding, which then attend to it and to their own `layer_cache`."""
         b, length, _ = x.shape
         mesh = self.activation_mesh if layer_cache is None or length > 1 else None  # see TextModel
 
@@ -65,7 +81,11 @@ class Attention(nnx.Module):
             }
             k, v = layer_cache["k"].astype(q.dtype), layer_cache["v"].astype(q.dtype)
         scale = self.head_dim**-0.5
-        if attn_block is None or length <= attn_block:
+        if prompt is not None:
+            layer_prompt, prompt_mask = prompt
+            out = shared_prompt_attention(q, layer_prompt["k"].astype(q.dtype), layer_prompt["v"].astype(q.dtype),
+                                          prompt_mask, k, v, mask, scale)
+        elif attn_block is None or length <= attn_block:
             out = masked_attention(q, k, v, mask, scale)
         else:
             mask = jnp.broadcast_to(mask, (b, length, k.shape[1]))
@@ -81,9 +101,9 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None):
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None):
         h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index,
-                                        attn_block)
+                                        attn_block, prompt)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), layer_cache
 
@@ -107,13 +127,23 @@ class TextModel(nnx.Module):
         inputs_embeds: jax.Array,
         position_ids: jax.Array,
         mask: jax.Array,
-        cache: KVCache | None = None,
+        cache: KVCache | SharedPromptCache | None = None,
         cache_index: jax.Array | int | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
+    ) -> tuple[jax.Array, KVCache | SharedPromptCache | None]:
         """Final hidden states [B, L, H] (after the norm) and the updated cache (None without cache).
 
         mask [B, L, S] is True where query l may attend key s (S = L without cache, T with cache).
+        With a `SharedPromptCache` (one-token decoding, B = N rows), mask covers the rows' own
+        keys [N, 1, T] and each row also attends to its prompt's unmasked keys.
         """
+        if isinstance(cache, SharedPromptCache):
+            hidden, own = self._run(inputs_embeds, position_ids, mask, cache.own, cache_index,
+                                    (cache.prompt, cache.prompt_mask))
+            return hidden, cache._replace(own=own)
+        return self._run(inputs_embeds, position_ids, mask, cache, cache_index)
+
+    def _run(self, inputs_embeds, position_ids, mask, cache, cache_index, shared=None):
+        """`__call__` on a plain cache; `shared` = (prompt cache, prompt mask) of a `SharedPromptCache`."""
         # One-token decode steps are left to XLA's propagation from the sharded cache: constraining
         # them made the compiled decode loop hold ~4x more temporaries (measured by `tempr1 plan`).
         mesh = self.activation_mesh if cache is None or inputs_embeds.shape[1] > 1 else None
@@ -129,7 +159,8 @@ class TextModel(nnx.Module):
         new_cache = [] if cache is not None else None
         call = _layer_caller(self.attn_block)
         for i, layer in enumerate(self.layers):
-            x, layer_cache = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            prompt = None if shared is None else (shared[0][i], shared[1])
+            x, layer_cache = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index, prompt)
             x = shard(x, "hidden")
             if cache is not None:
                 new_cache.append(layer_cache)
@@ -147,16 +178,16 @@ class TextModel(nnx.Module):
         call = _layer_caller(self.attn_block)
 
         def body(h, weights):
-            h, _ = call(nnx.merge(graphdef, weights), h, cos, sin, mask, None, None)
+            h, _ = call(nnx.merge(graphdef, weights), h, cos, sin, mask, None, None, None)
             return shard(h, "hidden"), None
 
         return jax.lax.scan(jax.checkpoint(body), x, stacked)[0]
 
 
 def _layer_caller(attn_block: int | None):
-    """`call(layer, x, cos, sin, mask, layer_cache, cache_index)` with the static block size bound."""
-    def call(layer: DecoderLayer, *args):
-        return layer(*args, attn_block=attn_block)
+    """`call(layer, x, cos, sin, mask, layer_cache, cache_index, prompt)` with the static block size bound."""
+    def call(layer: DecoderLayer, x, cos, sin, mask, layer_cache, cache_index, prompt):
+        return layer(x, cos, sin, mask, layer_cache, cache_index, attn_block=attn_block, prompt=prompt)
 
     return call
 

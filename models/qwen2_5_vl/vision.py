@@ -3,28 +3,36 @@
 Input is batched per sample (see `inputs.ModelInputs`): patches [B, P, C*T*p*p] in HF patch order.
 The tower embeds every patch (the 3-D conv with stride = kernel is one matmul per patch), permutes
 patches into window order (`window_index`), runs the blocks with window attention or, in
-`fullatt_block_indexes`, attention within each temporal group (both as segment-id masks, so any
-mix of images and videos runs in one static-shape program), merges groups of 2x2 patches, and
+`fullatt_block_indexes`, attention within each temporal group, merges groups of 2x2 patches, and
 returns merged features [B, P // merge_unit, out_hidden] back in HF order (`window_inverse`).
 
-Attention cost: segments are contiguous runs in the permuted order. A window holds at most
-`window_merged**2 * merge_unit` patches, so window layers attend, per block of `attn_block`
-queries, to a static band of keys around the block (O(P) work and memory). Full-attention layers
-(a temporal group can be a whole large image) run one query block at a time against all keys,
-rematerialised under autodiff (O(P^2) work, O(attn_block * P) memory). Inputs of at most
-`attn_block` patches use one dense masked attention.
+Attention runs on blocks (`BlockLayout`, built on the host by `inputs`): the queries, keys and
+values of each window (or temporal group) are gathered into one row of a [B, R, S] block array
+padded with empty slots, attention runs within each row (empty slots masked as keys), and the
+results are gathered back to the patches. No score is computed between two windows (or temporal
+groups); the only waste is the padding of each row to the static length S. Rows longer than
+`attn_block` run one block of queries at a time, rematerialised under autodiff (memory
+O(attn_block * S) per row).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from .config import VISION_RMS_EPS, VisionConfig
 from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
 from .sharding import maybe_constrain
+
+
+class BlockLayout(NamedTuple):
+    """Blocks of the permuted patch order that attend within themselves (see `inputs.ModelInputs`)."""
+
+    blocks: jax.Array  # [B, R, S] int32 permuted patch index of each slot, -1 = empty
+    slot: jax.Array  # [B, P] int32 flat slot (row * S + offset) of each permuted patch, -1 = none
 
 
 class PatchEmbed(nnx.Module):
@@ -57,8 +65,7 @@ class VisionAttention(nnx.Module):
         self.head_dim = cfg.head_dim
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
-                 max_segment: int | None, block: int) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: BlockLayout, block: int) -> jax.Array:
         b, p, _ = x.shape
         qkv = self.qkv(x).reshape(b, p, 3, self.num_heads, self.head_dim)
         q, k, v = (maybe_constrain(qkv[:, :, i], "vision_heads", self.activation_mesh, self.activation_layout)
@@ -66,7 +73,7 @@ class VisionAttention(nnx.Module):
         # Rotary in float32, as in the reference.
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        out = segment_attention(q, k, v, segment_ids, self.head_dim**-0.5, block=block, max_segment=max_segment)
+        out = block_attention(q, k, v, layout, self.head_dim**-0.5, block=block)
         return self.proj(out.reshape(b, p, -1))
 
 
@@ -78,8 +85,8 @@ class VisionBlock(nnx.Module):
         self.attn = VisionAttention(cfg, rngs=rngs, **kw)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=True, rngs=rngs, **kw)
 
-    def __call__(self, x, cos, sin, segment_ids, max_segment, block):
-        x = x + self.attn(self.norm1(x), cos, sin, segment_ids, max_segment, block)
+    def __call__(self, x, cos, sin, layout, block):
+        x = x + self.attn(self.norm1(x), cos, sin, layout, block)
         return x + self.mlp(self.norm2(x))
 
 
@@ -100,51 +107,39 @@ class PatchMerger(nnx.Module):
         return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
 
 
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, scale: float, *,
-                      block: int, max_segment: int | None) -> jax.Array:
-    """Attention within contiguous segments: q/k/v [B, P, H, D], segment_ids [B, P].
-
-    `max_segment` bounds every segment's length (None: unbounded); see the module docstring.
-    """
+def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayout, scale: float, *,
+                    block: int) -> jax.Array:
+    """Attention within the blocks of `layout`: q/k/v [B, P, H, D] -> [B, P, H, D] (zero on patches
+    in no block). Rows longer than `block` slots run `block` queries at a time."""
     b, p, h, d = q.shape
-    if p <= block:
-        return masked_attention(q, k, v, segment_ids[:, :, None] == segment_ids[:, None, :], scale)
-    nb = -(-p // block)
-    total = nb * block
-    if max_segment is None or block + 2 * max_segment >= total:
-        return query_blocked(
-            lambda qb, sb: masked_attention(qb, k, v, sb[:, :, None] == segment_ids[:, None, :], scale),
-            q, segment_ids, block)
-    # A query's segment lies within max_segment - 1 of it: a band of keys around each block suffices.
-    pad = total - p
-    q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
-    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
-    width = block + 2 * max_segment
-    starts = np.clip(np.arange(nb) * block - max_segment, 0, total - width)
-    key_index = starts[:, None] + np.arange(width)  # [nb, width], static
-    mask = segment_ids.reshape(b, nb, block)[..., :, None] == segment_ids[:, key_index][..., None, :]
-    out = masked_attention(
-        q.reshape(b * nb, block, h, d), k[:, key_index].reshape(b * nb, width, h, d),
-        v[:, key_index].reshape(b * nb, width, h, d), mask.reshape(b * nb, block, width), scale)
-    return out.reshape(b, total, h, d)[:, :p]
+    _, rows, width = layout.blocks.shape
+    index = jnp.maximum(layout.blocks, 0).reshape(b, rows * width)
+    qb, kb, vb = (_take(a, index).reshape(b * rows, width, h, d) for a in (q, k, v))
+    keys = (layout.blocks >= 0).reshape(b * rows, 1, width)
+    if width <= block:
+        out = masked_attention(qb, kb, vb, keys, scale)
+    else:
+        out = query_blocked(lambda x, _: masked_attention(x, kb, vb, keys, scale), qb, None, block)
+    out = _take(out.reshape(b, rows * width, h, d), jnp.maximum(layout.slot, 0))
+    return jnp.where((layout.slot >= 0)[..., None, None], out, 0)
 
 
-def _block_caller(max_segment: int | None, attn_block: int):
-    """`call(block, x, cos, sin, segment_ids)` with the static attention settings bound (remat-friendly)."""
-    def call(block: VisionBlock, x, cos, sin, segment_ids):
-        return block(x, cos, sin, segment_ids, max_segment, attn_block)
+def _block_caller(attn_block: int):
+    """`call(block, x, cos, sin, layout)` with the static attention block size bound (remat-friendly)."""
+    def call(block: VisionBlock, x, cos, sin, layout):
+        return block(x, cos, sin, layout, attn_block)
 
     return call
 
 
-def _scan_blocks(call, blocks, x, cos, sin, segment_ids, shard):
+def _scan_blocks(call, blocks, x, cos, sin, layout, shard):
     """`blocks` as a `lax.scan` of a rematerialised block over their stacked weights (one block's
     recomputation and backward at a time; see `text.TextModel._scan_layers`)."""
     graphdef = nnx.graphdef(blocks[0])
     stacked = jax.tree.map(lambda *w: jnp.stack(w), *(nnx.state(block) for block in blocks))
 
     def body(h, weights):
-        return shard(call(nnx.merge(graphdef, weights), h, cos, sin, segment_ids), "vision_hidden"), None
+        return shard(call(nnx.merge(graphdef, weights), h, cos, sin, layout), "vision_hidden"), None
 
     return jax.lax.scan(jax.checkpoint(body), x, stacked)[0]
 
@@ -175,8 +170,8 @@ class VisionTransformer(nnx.Module):
         vision_pos_ids: jax.Array,
         window_index: jax.Array,
         window_inverse: jax.Array,
-        full_segment_ids: jax.Array,
-        window_segment_ids: jax.Array,
+        windows: BlockLayout,
+        frames: BlockLayout,
     ) -> jax.Array:
         """Merged features [B, P // merge_unit, out_hidden] in HF order (see module docstring)."""
         def shard(y, name):
@@ -185,21 +180,20 @@ class VisionTransformer(nnx.Module):
         unit = self.cfg.merge_unit
         x = shard(self.patch_embed(_take(pixel_values, window_index).astype(self.dtype)), "vision_hidden")
         cos, sin = (shard(c, "rope") for c in vision_rotary(self.cfg, _take(vision_pos_ids, window_index)))
-        window_max = self.cfg.window_merged**2 * unit
         full = [i in self.cfg.fullatt_block_indexes for i in range(len(self.blocks))]
         start = 0
         while start < len(self.blocks):  # runs of consecutive blocks with the same attention kind
             stop = start + 1
             while stop < len(self.blocks) and full[stop] == full[start]:
                 stop += 1
-            # Segment bound and block size are static: bind them outside the (optional) remat.
-            call = _block_caller(None if full[start] else window_max, self.attn_block)
-            segments = full_segment_ids if full[start] else window_segment_ids
+            # The block size is static: bind it outside the (optional) remat.
+            call = _block_caller(self.attn_block)
+            layout = frames if full[start] else windows
             if self.remat:
-                x = _scan_blocks(call, self.blocks[start:stop], x, cos, sin, segments, shard)
+                x = _scan_blocks(call, self.blocks[start:stop], x, cos, sin, layout, shard)
             else:
                 for block in self.blocks[start:stop]:
-                    x = shard(call(block, x, cos, sin, segments), "vision_hidden")
+                    x = shard(call(block, x, cos, sin, layout), "vision_hidden")
             start = stop
         merged = self.merger(x)
         return _take(merged, window_inverse[:, ::unit] // unit)

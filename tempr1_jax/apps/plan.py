@@ -158,7 +158,7 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
     runs `update_accumulate` once per micro-batch and iteration, `update_apply` once per iteration,
     `logprobs` once per micro-batch for the reference and the old policy. The decode loop is
     estimated analytically (XLA counts a while-loop body once): each new token streams
-    the gathered weights of a tensor shard and the live KV cache.
+    the gathered weights of a tensor shard, each prompt's KV cache once and every sample's own cache.
     """
     peak, bw = chip.peak_tflops * 1e12, chip.hbm_gbps * 1e9
 
@@ -171,8 +171,9 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
 
     t = config.text
     kv_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * weight_bytes
-    bytes_per_token = (config.num_params() * weight_bytes / tensor
-                       + kv_per_token * shapes.sequences * shapes.seq_len / devices)
+    # A prompt's KV cache is read once for its G samples; each sample's own cache has completion_len slots.
+    live_kv = shapes.prompts * shapes.prompt_len + shapes.sequences * shapes.completion_len
+    bytes_per_token = config.num_params() * weight_bytes / tensor + kv_per_token * live_kv / devices
     logprob_passes = int(shapes.kl) + int(shapes.num_iterations > 1)
     out = {
         "prefill": run("rollout_prefill", flops["prefill"] / devices) if "rollout_prefill" in programs else flops["prefill"] / (peak * devices),
@@ -250,6 +251,7 @@ def _sds(shape: tuple[int, ...], dtype: Any, mesh: Any, axis: int = 0) -> Any:
 def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: Any) -> Any:
     """`ModelInputs` of ShapeDtypeStructs, every field sharded along its batch dimension."""
 
+    from models.qwen2_5_vl.inputs import block_layout_shapes
 
     b, length, p = batch, seq_len, patches
     i32 = jnp.int32
@@ -258,9 +260,9 @@ def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: A
         position_ids=_sds((3, b, length), i32, mesh, axis=1), rope_deltas=_sds((b, 1), i32, mesh),
         pixel_values=_sds((b, p, config.vision.patch_dim), jnp.float32, mesh),
         vision_pos_ids=_sds((b, p, 2), i32, mesh), window_index=_sds((b, p), i32, mesh),
-        window_inverse=_sds((b, p), i32, mesh), full_segment_ids=_sds((b, p), i32, mesh),
-        window_segment_ids=_sds((b, p), i32, mesh), patch_valid=_sds((b, p), jnp.bool_, mesh),
-        vision_token_index=_sds((b, length), i32, mesh))
+        window_inverse=_sds((b, p), i32, mesh), patch_valid=_sds((b, p), jnp.bool_, mesh),
+        vision_token_index=_sds((b, length), i32, mesh),
+        **{k: _sds((b, *shape), i32, mesh) for k, shape in block_layout_shapes(config, p).items()})
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -384,7 +386,7 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
             resident=resident, resident_in_args=policy_args)
     prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
     if rollout:
-        cache_len = shapes.prompt_len + t
+        cache_len = shapes.prompt_len  # the prompt's cache; decoding adds t slots per sample
         full_args = per_device_bytes(state_full)
         programs["rollout_prefill"], _ = _compile(
             "rollout_prefill", prefill, (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),

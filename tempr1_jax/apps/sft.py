@@ -118,10 +118,10 @@ class SFTTrainer(Trainer):
         return nll, count, {"tokens": count, "correct": correct}
 
     def _common_shape(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The batch padded to the largest (rows, tokens, patches) of all processes (each picks its own
-        buckets; their rows form one global array). Extra rows, if any, carry no answer tokens."""
+        """The batch padded to the largest (rows, tokens, patches, block layout sizes) of all processes (each
+        picks its own buckets; their rows form one global array). Extra rows, if any, carry no answer tokens."""
         inputs, mask = batch["inputs"], batch["completion_mask"]
-        shape = multihost.common_shape((inputs.batch_size, inputs.seq_len, inputs.num_patches))
+        shape = multihost.common_shape(inputs.padded_shape)
         side = self.padding_side
         padded = pad_inputs(inputs, shape, self.pad_id, padding_side=side)
         extra = shape[1] - mask.shape[1]

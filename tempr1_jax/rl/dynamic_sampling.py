@@ -76,8 +76,7 @@ def refill_equal_groups(prompts: ModelInputs, samples: Sequence[Mapping[str, Any
         batch = _draw(loader) if len(slots) else None
         exhausted = exhausted or (len(slots) > 0 and batch is None)
         inputs, new_samples = (prompts, samples) if batch is None else (batch["inputs"], list(batch["samples"]))
-        inputs = pad_inputs(inputs, multihost.common_shape(
-            (inputs.batch_size, inputs.seq_len, inputs.num_patches), gather), pad_token_id)
+        inputs = pad_inputs(inputs, multihost.common_shape(inputs.padded_shape, gather), pad_token_id)
         new = roll(inputs, new_samples, jax.random.fold_in(key, rounds))
         picks = np.flatnonzero(~new.equal_groups[::group]) if batch is not None else np.zeros(0, np.int64)
         n = min(len(slots), len(picks))
@@ -108,9 +107,10 @@ def _merge_prompts(dst: ModelInputs, src: ModelInputs, slots: np.ndarray, picks:
     """`dst` with rows `slots` taken from rows `picks` of `src`, padded to the larger of both shapes
     (padded even when no row moves, so that every process keeps one shape)."""
     tokens, patches = max(dst.seq_len, src.seq_len), max(dst.num_patches, src.num_patches)
+    layout = tuple(max(a, b) for a, b in zip(dst.layout_sizes, src.layout_sizes, strict=True))
     if not len(slots):
-        return pad_inputs(dst, (dst.batch_size, tokens, patches), pad_token_id)
-    both = collate_model_inputs([dst, src], tokens, patches, pad_token_id=pad_token_id)
+        return pad_inputs(dst, (dst.batch_size, tokens, patches, *layout), pad_token_id)
+    both = collate_model_inputs([dst, src], tokens, patches, pad_token_id=pad_token_id, pad_layout_to=layout or None)
     index = np.arange(dst.batch_size)
     index[slots] = dst.batch_size + picks
     return take_rows(both, index)

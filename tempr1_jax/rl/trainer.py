@@ -268,8 +268,7 @@ class GRPOTrainer(Trainer):
         batch = self.next_batch()
         host_prompts = batch["inputs"]
         # Each process's batch takes its own buckets; the processes' rows form one array of one shape.
-        host_prompts = pad_inputs(host_prompts, multihost.common_shape(
-            (host_prompts.batch_size, host_prompts.seq_len, host_prompts.num_patches)), self.pad_id)
+        host_prompts = pad_inputs(host_prompts, multihost.common_shape(host_prompts.padded_shape), self.pad_id)
         prompts = place_inputs(host_prompts, self.mesh)
         key = jax.random.fold_in(self.rng, step)
         policy = self.model()

@@ -40,6 +40,7 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
         valid = np.zeros(0, bool) if batch is None else np.asarray(batch["valid"], bool)
         skipped += [] if batch is None else list(batch.get("skipped", ()))
         inputs = _fill_padding_rows(batch["inputs"], valid) if valid.any() else dummy_inputs(model.config, pad)
+        shape = (*shape, *multihost.common_shape(inputs.layout_sizes, gather))  # vision block layouts too
         inputs = pad_inputs(inputs, shape, pad)
         inputs = inputs if mesh is None else place_inputs(inputs, mesh)
         out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=eos,
