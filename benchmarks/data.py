@@ -12,7 +12,8 @@ import pathlib
 import statistics
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -27,9 +28,7 @@ def _write_benchmark_clip(
     """A panning noise texture (so the encoder produces a realistic bitrate), libx264 default settings."""
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 256, (height // 4, (width + seconds * fps) // 4 + 1, 3), dtype=np.uint8)
-    texture = np.asarray(
-        Image.fromarray(texture).resize((texture.shape[1] * 4, height), Image.Resampling.BICUBIC)
-    )
+    texture = np.asarray(Image.fromarray(texture).resize((texture.shape[1] * 4, height), Image.Resampling.BICUBIC))
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -48,9 +47,7 @@ def _decode_every_frame(path: pathlib.Path, threaded: bool) -> np.ndarray:
         native_fps = float(stream.average_rate)
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     indices, _ = video.sample_frame_indices(len(frames), native_fps)
-    per_frame = video.frame_max_pixels(
-        len(indices), video.MIN_PIXELS, video.VIDEO_MAX_PIXELS, video.VIDEO_TOTAL_PIXELS
-    )
+    per_frame = video.frame_max_pixels(len(indices), video.MIN_PIXELS, video.VIDEO_MAX_PIXELS, video.VIDEO_TOTAL_PIXELS)
     h, w = video.smart_resize(*frames[0].shape[:2], video.IMAGE_FACTOR, video.MIN_PIXELS, per_frame)
     return np.stack([video.resize_rgb(Image.fromarray(frames[i]), h, w) for i in indices])
 

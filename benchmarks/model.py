@@ -63,20 +63,51 @@ def _interleaved_medians(fns, repeats: int) -> list[float]:
 # --- configs and inputs ---------------------------------------------------------------------------
 
 SMALL = dict(  # prefill / rollout model: ~25M parameters
-    vision_depth=8, vision_hidden_size=256, vision_intermediate_size=512, vision_num_heads=4,
-    vision_fullatt_block_indexes=(3, 7), vision_window_size=112, hidden_size=512, intermediate_size=1408,
-    num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, mrope_section=(8, 12, 12),
-    vocab_size=8192, image_token_id=8190, video_token_id=8191, vision_start_token_id=8188,
-    vision_end_token_id=8189, vision_token_id=8187, bos_token_id=8186, eos_token_id=8184, pad_token_id=8185,
+    vision_depth=8,
+    vision_hidden_size=256,
+    vision_intermediate_size=512,
+    vision_num_heads=4,
+    vision_fullatt_block_indexes=(3, 7),
+    vision_window_size=112,
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    mrope_section=(8, 12, 12),
+    vocab_size=8192,
+    image_token_id=8190,
+    video_token_id=8191,
+    vision_start_token_id=8188,
+    vision_end_token_id=8189,
+    vision_token_id=8187,
+    bos_token_id=8186,
+    eos_token_id=8184,
+    pad_token_id=8185,
 )
 VIDEO_GRID = (8, 14, 20)  # 16 frames at 196 x 280: 2240 patches, 560 video tokens
 SECONDS_PER_GRID = 1.0
 LOAD = dict(  # memory benchmark checkpoint: ~170M parameters, ~340 MB in bf16
-    vision_depth=8, vision_hidden_size=512, vision_intermediate_size=1376, vision_num_heads=8,
-    vision_fullatt_block_indexes=(3, 7), hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-    num_attention_heads=16, num_key_value_heads=4, mrope_section=(8, 12, 12), vocab_size=16000,
-    image_token_id=15990, video_token_id=15991, vision_start_token_id=15992, vision_end_token_id=15993,
-    vision_token_id=15994, bos_token_id=15995, eos_token_id=15996, pad_token_id=15997,
+    vision_depth=8,
+    vision_hidden_size=512,
+    vision_intermediate_size=1376,
+    vision_num_heads=8,
+    vision_fullatt_block_indexes=(3, 7),
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    mrope_section=(8, 12, 12),
+    vocab_size=16000,
+    image_token_id=15990,
+    video_token_id=15991,
+    vision_start_token_id=15992,
+    vision_end_token_id=15993,
+    vision_token_id=15994,
+    bos_token_id=15995,
+    eos_token_id=15996,
+    pad_token_id=15997,
 )
 
 
@@ -86,8 +117,13 @@ def video_prompt(config, text_len: int = 20, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     n_tokens = int(np.prod(VIDEO_GRID)) // config.vision.merge_unit
-    ids = (list(rng.integers(0, 8000, text_len)) + [config.vision_start_token_id]
-           + [config.video_token_id] * n_tokens + [config.vision_end_token_id] + list(rng.integers(0, 8000, text_len)))
+    ids = (
+        list(rng.integers(0, 8000, text_len))
+        + [config.vision_start_token_id]
+        + [config.video_token_id] * n_tokens
+        + [config.vision_end_token_id]
+        + list(rng.integers(0, 8000, text_len))
+    )
     n_patches = int(np.prod(VIDEO_GRID))
     return dict(
         input_ids=np.asarray([ids], np.int64),
@@ -108,15 +144,21 @@ def forward_flops(config, grid, seq_len: int) -> int:
     m, wm = v.spatial_merge_size, v.window_merged
     # Window sizes (in patches) of one frame: windows of wm x wm merge units, partial at the edges.
     mh, mw = h // m, w // m
-    window_sizes = [min(wm, mh - r) * min(wm, mw - c) * v.merge_unit
-                    for r in range(0, mh, wm) for c in range(0, mw, wm)]
+    window_sizes = [
+        min(wm, mh - r) * min(wm, mw - c) * v.merge_unit for r in range(0, mh, wm) for c in range(0, mw, wm)
+    ]
     window_attn = frames * sum(4 * s * s * v.hidden_size for s in window_sizes)
     full_attn = frames * 4 * (h * w) ** 2 * v.hidden_size
     dv, iv = v.hidden_size, v.intermediate_size
     per_block = 2 * n * (dv * 3 * dv + dv * dv + 3 * dv * iv)
     n_full = len(v.fullatt_block_indexes)
-    vision = (2 * n * v.patch_dim * dv + v.depth * per_block + n_full * full_attn + (v.depth - n_full) * window_attn
-              + 2 * (n // v.merge_unit) * (v.merge_unit * dv) * (v.merge_unit * dv + v.out_hidden_size))
+    vision = (
+        2 * n * v.patch_dim * dv
+        + v.depth * per_block
+        + n_full * full_attn
+        + (v.depth - n_full) * window_attn
+        + 2 * (n // v.merge_unit) * (v.merge_unit * dv) * (v.merge_unit * dv + v.out_hidden_size)
+    )
     d, kv = t.hidden_size, t.num_key_value_heads * t.head_dim
     per_layer = 2 * seq_len * (2 * d * d + 2 * d * kv + 3 * d * t.intermediate_size) + 2 * seq_len * (seq_len + 1) * d
     return vision + t.num_hidden_layers * per_layer + 2 * seq_len * d * t.vocab_size
@@ -139,8 +181,12 @@ def decode_bytes_per_step(model, prompts: int, prompt_len: int, g: int, new_toke
     t = model.config.text
     slot = t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * embed.dtype.itemsize
     rows = prompts * g
-    return (layers_and_norm + head.nbytes + rows * embed.shape[1] * embed.dtype.itemsize
-            + slot * prompts * (prompt_len + g * new_tokens))
+    return (
+        layers_and_norm
+        + head.nbytes
+        + rows * embed.shape[1] * embed.dtype.itemsize
+        + slot * prompts * (prompt_len + g * new_tokens)
+    )
 
 
 def bench_bandwidth(repeats: int, mib: int = 512) -> dict:
@@ -206,12 +252,18 @@ def bench_prefill(config, hf, ours, repeats: int) -> dict:
     t_inputs = _torch_inputs(config, prompt)
     with torch.no_grad():
         jax_sec, torch_sec = _interleaved_medians(
-            [lambda: forward(state, inputs).block_until_ready(), lambda: hf(**t_inputs)], repeats)
+            [lambda: forward(state, inputs).block_until_ready(), lambda: hf(**t_inputs)], repeats
+        )
         ref = hf(**t_inputs).logits.numpy()
     err = float(np.abs(np.asarray(forward(state, inputs)) - ref).max() / np.abs(ref).max())
     flops = forward_flops(config, VIDEO_GRID, prompt["input_ids"].shape[1])
-    return {"prefill_tokens": prompt["input_ids"].shape[1], "prefill_jax_s": jax_sec, "prefill_torch_s": torch_sec,
-            "prefill_flops": flops, "prefill_rel_err": err}
+    return {
+        "prefill_tokens": prompt["input_ids"].shape[1],
+        "prefill_jax_s": jax_sec,
+        "prefill_torch_s": torch_sec,
+        "prefill_flops": flops,
+        "prefill_rel_err": err,
+    }
 
 
 def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 64) -> dict:
@@ -226,14 +278,30 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
     prompt = video_prompt(config, seed=1)
     inputs = build_model_inputs(config, **prompt)
     keys = iter(range(10**6))
-    run = lambda: generate(ours, inputs, max_new_tokens=new_tokens, temperature=1.0, num_return_sequences=g,
-                           rng=next(keys), eos_token_id=()).block_until_ready()
+    run = lambda: generate(
+        ours,
+        inputs,
+        max_new_tokens=new_tokens,
+        temperature=1.0,
+        num_return_sequences=g,
+        rng=next(keys),
+        eos_token_id=(),
+    ).block_until_ready()
     t_inputs = _torch_inputs(config, prompt)
 
     def hf_run():
         with torch.no_grad():
-            out = hf.generate(**t_inputs, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=g,
-                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=config.pad_token_id)
+            out = hf.generate(
+                **t_inputs,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=g,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=config.pad_token_id,
+            )
         assert out.shape == (g, prompt["input_ids"].shape[1] + new_tokens), out.shape
 
     jax_sec, torch_sec = _interleaved_medians([run, hf_run], repeats)
@@ -243,13 +311,27 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
     prompt_len = device_inputs.input_ids.shape[1]
     last_logits, cache = prefill(graphdef, state, device_inputs, prompt_len)
     decode_only = lambda: decode(
-        graphdef, state, cache, last_logits, device_inputs.attention_mask, device_inputs.position_ids,
-        jax.random.key(next(keys)), jnp.full((4,), -1, jnp.int32), jnp.int32(0), params=SamplingParams(1.0),
-        max_new_tokens=new_tokens, num_return_sequences=g)[0].block_until_ready()
+        graphdef,
+        state,
+        cache,
+        last_logits,
+        device_inputs.attention_mask,
+        device_inputs.position_ids,
+        jax.random.key(next(keys)),
+        jnp.full((4,), -1, jnp.int32),
+        jnp.int32(0),
+        params=SamplingParams(1.0),
+        max_new_tokens=new_tokens,
+        num_return_sequences=g,
+    )[0].block_until_ready()
     decode_sec = _median_time(decode_only, repeats)
-    return {"rollout_tokens": g * new_tokens, "rollout_jax_s": jax_sec, "rollout_torch_s": torch_sec,
-            "decode_step_s": decode_sec / (new_tokens - 1),
-            "decode_bytes_per_step": decode_bytes_per_step(ours, 1, prompt_len, g, new_tokens)}
+    return {
+        "rollout_tokens": g * new_tokens,
+        "rollout_jax_s": jax_sec,
+        "rollout_torch_s": torch_sec,
+        "decode_step_s": decode_sec / (new_tokens - 1),
+        "decode_bytes_per_step": decode_bytes_per_step(ours, 1, prompt_len, g, new_tokens),
+    }
 
 
 # The peak is VmHWM (the high-water RSS of this process's address space). ru_maxrss is not used:
@@ -304,7 +386,8 @@ def write_bf16_checkpoint(directory: pathlib.Path, shard_bytes: int = 128 * 1024
         save_file(shard, str(directory / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in shard})
     (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return total
 
 
@@ -313,8 +396,13 @@ def bench_load(tmp: pathlib.Path) -> dict:
     directory = tmp / "bf16"
     write_bf16_checkpoint(directory)
     out = {"ckpt_bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
-    proc = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(directory)], capture_output=True, text=True,
-                          check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_CHILD, str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
     mem = json.loads(proc.stdout.strip().splitlines()[-1])
     out["load_peak_bytes"] = mem["peak"] - mem["base"]
     out["load_after_bytes"] = mem["after"] - mem["base"]
@@ -331,24 +419,53 @@ def table(r: dict, threads: int, load: tuple[float, float]) -> str:
     step_bandwidth = r["decode_bytes_per_step"] / r["decode_step_s"]
     mem_ratio = r["load_peak_bytes"] / r["ckpt_bytes"]
     rows = [
-        ("Prefill, video prompt "
-         f"({r['prefill_tokens']} tokens, {r['prefill_flops'] / 1e9:.1f} GFLOP)",
-         f"{r['prefill_jax_s'] * 1e3:.0f} ms", f"{r['prefill_torch_s'] * 1e3:.0f} ms",
-         f"{prefill_ratio:.2f}x", ">= 2x", "yes" if prefill_ratio >= 2 else "NO"),
-        ("Prefill useful FLOP/s vs 2048^3 f32 matmul (XLA)", gf(achieved), gf(r["matmul_flops_per_s"]),
-         f"{flop_ratio:.0%}", ">= 60%", "yes" if flop_ratio >= 0.6 else "NO"),
-        ("Rollout G=8 x 64 new tokens (tokens/s)", f"{jax_tps:.0f}", f"{torch_tps:.0f}",
-         f"{jax_tps / torch_tps:.1f}x", ">= 5x", "yes" if jax_tps >= 5 * torch_tps else "NO"),
-        (f"Decode step: {r['decode_bytes_per_step'] / 2**20:.1f} MiB read in {r['decode_step_s'] * 1e3:.2f} ms "
-         "vs XLA read bandwidth", f"{step_bandwidth / 1e9:.1f} GB/s", f"{r['read_bytes_per_s'] / 1e9:.1f} GB/s",
-         f"{step_bandwidth / r['read_bytes_per_s']:.0%} of roofline", "report", "-"),
-        (f"Load bf16 checkpoint ({r['ckpt_bytes'] / 2**20:.0f} MiB): peak RSS increase",
-         f"{r['load_peak_bytes'] / 2**20:.0f} MiB", "-", f"{mem_ratio:.2f}x ckpt", "<= 1.3x",
-         "yes" if mem_ratio <= 1.3 else "NO"),
+        (
+            f"Prefill, video prompt ({r['prefill_tokens']} tokens, {r['prefill_flops'] / 1e9:.1f} GFLOP)",
+            f"{r['prefill_jax_s'] * 1e3:.0f} ms",
+            f"{r['prefill_torch_s'] * 1e3:.0f} ms",
+            f"{prefill_ratio:.2f}x",
+            ">= 2x",
+            "yes" if prefill_ratio >= 2 else "NO",
+        ),
+        (
+            "Prefill useful FLOP/s vs 2048^3 f32 matmul (XLA)",
+            gf(achieved),
+            gf(r["matmul_flops_per_s"]),
+            f"{flop_ratio:.0%}",
+            ">= 60%",
+            "yes" if flop_ratio >= 0.6 else "NO",
+        ),
+        (
+            "Rollout G=8 x 64 new tokens (tokens/s)",
+            f"{jax_tps:.0f}",
+            f"{torch_tps:.0f}",
+            f"{jax_tps / torch_tps:.1f}x",
+            ">= 5x",
+            "yes" if jax_tps >= 5 * torch_tps else "NO",
+        ),
+        (
+            f"Decode step: {r['decode_bytes_per_step'] / 2**20:.1f} MiB read in {r['decode_step_s'] * 1e3:.2f} ms "
+            "vs XLA read bandwidth",
+            f"{step_bandwidth / 1e9:.1f} GB/s",
+            f"{r['read_bytes_per_s'] / 1e9:.1f} GB/s",
+            f"{step_bandwidth / r['read_bytes_per_s']:.0%} of roofline",
+            "report",
+            "-",
+        ),
+        (
+            f"Load bf16 checkpoint ({r['ckpt_bytes'] / 2**20:.0f} MiB): peak RSS increase",
+            f"{r['load_peak_bytes'] / 2**20:.0f} MiB",
+            "-",
+            f"{mem_ratio:.2f}x ckpt",
+            "<= 1.3x",
+            "yes" if mem_ratio <= 1.3 else "NO",
+        ),
     ]
-    head = (f"threads: {threads} (XLA and torch), float32, prefill rel. error vs torch {r['prefill_rel_err']:.1e}, "
-            f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after\n\n"
-            "| benchmark | ours (JAX) | transformers (torch) | ratio | goal | met |\n|---|---|---|---|---|---|\n")
+    head = (
+        f"threads: {threads} (XLA and torch), float32, prefill rel. error vs torch {r['prefill_rel_err']:.1e}, "
+        f"1-min load average {load[0]:.2f} before, {load[1]:.2f} after\n\n"
+        "| benchmark | ours (JAX) | transformers (torch) | ratio | goal | met |\n|---|---|---|---|---|---|\n"
+    )
     return head + "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 

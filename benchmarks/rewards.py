@@ -58,8 +58,14 @@ def make_samples(task_names: list[str], seed: int = 0, n_tal: int | None = 32):
     completions, targets = [], []
     for i, name in enumerate(task_names):
         duration = rng.uniform(30, 600)
-        n_gt = {"tg": 1, "tvg": 1, "dtg": rng.randint(2, 8), "vhd": rng.randint(1, 4), "gvqa": rng.randint(1, 2),
-                "tal": n_tal or rng.randint(1, 32)}[name]
+        n_gt = {
+            "tg": 1,
+            "tvg": 1,
+            "dtg": rng.randint(2, 8),
+            "vhd": rng.randint(1, 4),
+            "gvqa": rng.randint(1, 2),
+            "tal": n_tal or rng.randint(1, 32),
+        }[name]
         gts = _segments(rng, n_gt, duration)
         preds = _noisy(rng, gts, duration)
         if name in ("vhd", "tal") and n_tal is None:
@@ -103,7 +109,9 @@ def measure(name: str, task_names, completions, targets, repeats: int, ref_repea
     ours_e2e = _best(lambda: compute_rewards(task_names, completions, targets), repeats)
     ours_kernel = _best(lambda: kernel.run(prepared), repeats)  # returns host numpy: blocks
     ours_loc = _best(lambda: kernel.loc_rewards(*args), repeats)
-    ref_e2e = _best(lambda: [reward_reference(n, c, x) for n, c, x in zip(task_names, completions, targets)], ref_repeats)
+    ref_e2e = _best(
+        lambda: [reward_reference(n, c, x) for n, c, x in zip(task_names, completions, targets)], ref_repeats
+    )
     ref_kernel = _best(
         lambda: [loc_reward(t.reward, list(p.segments), g, d) for t, p, (g, d) in zip(task_list, parsed, gts)],
         ref_repeats,
@@ -114,9 +122,15 @@ def measure(name: str, task_names, completions, targets, repeats: int, ref_repea
     assert np.abs(ours - want).max() < 1e-5
     groups = ", ".join(f"{g.args[0].shape[0]}x{g.args[0].shape[1]}x{g.args[2].shape[1]}" for g in prepared.groups)
     return {
-        "workload": name, "n": len(completions), "groups": groups,
-        "compile_s": compile_s, "ref_e2e": ref_e2e, "ours_e2e": ours_e2e, "ref_kernel": ref_kernel,
-        "ours_kernel": ours_kernel, "ours_loc": ours_loc,
+        "workload": name,
+        "n": len(completions),
+        "groups": groups,
+        "compile_s": compile_s,
+        "ref_e2e": ref_e2e,
+        "ours_e2e": ours_e2e,
+        "ref_kernel": ref_kernel,
+        "ours_kernel": ours_kernel,
+        "ours_loc": ours_loc,
     }
 
 
@@ -142,33 +156,44 @@ dicts alone take ~0.7 us) and ~85x for the kernel alone (the fixed cost of its s
 
 
 GOALS = {"end to end": 30.0, "kernel alone": 100.0, "kernel + grouping": None}
-WHAT = (("end to end", "ref_e2e", "ours_e2e"), ("kernel alone", "ref_kernel", "ours_kernel"),
-        ("kernel + grouping", "ref_kernel", "ours_loc"))
+WHAT = (
+    ("end to end", "ref_e2e", "ours_e2e"),
+    ("kernel alone", "ref_kernel", "ours_kernel"),
+    ("kernel + grouping", "ref_kernel", "ours_loc"),
+)
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table: times, speed-ups (wall and process CPU) and whether each goal holds."""
     lines = [
-        ("| workload | samples | what | reference wall / CPU (s) | ours wall / CPU (s) | "
-        "speed-up wall | speed-up CPU | goal met (wall / CPU) |"),
+        (
+            "| workload | samples | what | reference wall / CPU (s) | ours wall / CPU (s) | "
+            "speed-up wall | speed-up CPU | goal met (wall / CPU) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for what, ref_key, ours_key in WHAT:
             (rw, rc), (ow, oc) = r[ref_key], r[ours_key]
             goal = GOALS[what]
-            met = "-" if goal is None else (
-                f"{'yes' if rw / ow >= goal else 'no'} / {'yes' if rc / oc >= goal else 'no'} (>= {goal:.0f}x)"
+            met = (
+                "-"
+                if goal is None
+                else (f"{'yes' if rw / ow >= goal else 'no'} / {'yes' if rc / oc >= goal else 'no'} (>= {goal:.0f}x)")
             )
             lines.append(
                 f"| {r['workload']} | {r['n']} | {what} | {rw:.3f} / {rc:.3f} | {ow:.4f} / {oc:.4f} | "
                 f"**{rw / ow:.1f}x** | **{rc / oc:.1f}x** | {met} |"
             )
     lines.append("")
-    lines.append("Padded groups (rows x pred x gt): "
-                 + "; ".join(f"{r['workload']}: {r['groups']}" for r in rows) + ".")
-    lines.append("First call at each shape (compilation included): "
-                 + ", ".join(f"{r['workload']} {r['compile_s']:.1f} s" for r in rows) + ".")
+    lines.append(
+        "Padded groups (rows x pred x gt): " + "; ".join(f"{r['workload']}: {r['groups']}" for r in rows) + "."
+    )
+    lines.append(
+        "First call at each shape (compilation included): "
+        + ", ".join(f"{r['workload']} {r['compile_s']:.1f} s" for r in rows)
+        + "."
+    )
     return "\n".join(lines)
 
 
@@ -177,7 +202,9 @@ def write_section(text: str) -> None:
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     section = f"{HEADING}\n\n{text}\n\n"
-    new = pattern.sub(lambda _: section, current) if pattern.search(current) else current.rstrip("\n") + "\n\n" + section
+    new = (
+        pattern.sub(lambda _: section, current) if pattern.search(current) else current.rstrip("\n") + "\n\n" + section
+    )
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
@@ -190,8 +217,18 @@ def main() -> None:
     args = parser.parse_args()
     rows = [
         measure("TAL 32 pred / 32 GT", *make_samples(["tal"] * args.n, seed=0), args.repeats, args.ref_repeats),
-        measure("five-task mix, TAL 32/32", *make_samples([MIX[i % 5] for i in range(args.n)], seed=1), args.repeats, args.ref_repeats),
-        measure("five-task mix, TAL 1-32", *make_samples([MIX[i % 5] for i in range(args.n)], seed=2, n_tal=None), args.repeats, args.ref_repeats),
+        measure(
+            "five-task mix, TAL 32/32",
+            *make_samples([MIX[i % 5] for i in range(args.n)], seed=1),
+            args.repeats,
+            args.ref_repeats,
+        ),
+        measure(
+            "five-task mix, TAL 1-32",
+            *make_samples([MIX[i % 5] for i in range(args.n)], seed=2, n_tal=None),
+            args.repeats,
+            args.ref_repeats,
+        ),
     ]
     result = table(rows)
     print(result)

@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     from tempr1_jax.training.metrics_log import read_metrics
 
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_train_"))
-    parse_gin(args, files=["demo.gin"] if not args.gin_file else [],
-              bindings=["TrainConfig.progress = False", *mesh_bindings(args.mesh)])
+    parse_gin(
+        args,
+        files=["demo.gin"] if not args.gin_file else [],
+        bindings=["TrainConfig.progress = False", *mesh_bindings(args.mesh)],
+    )
     t0 = time.perf_counter()
     trainer = trainer_lib.GRPOTrainer(workdir, trainer_lib.TrainConfig(steps=args.steps, progress=False))
     setup_s = time.perf_counter() - t0
@@ -53,15 +56,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {args.mesh or 'data=1,fsdp=1,tensor=1'}, "
-          f"cpus: {os.cpu_count()}, steps: {args.steps}, workdir: {workdir}")
+    print(
+        f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {args.mesh or 'data=1,fsdp=1,tensor=1'}, "
+        f"cpus: {os.cpu_count()}, steps: {args.steps}, workdir: {workdir}"
+    )
     print(f"setup (data, tokenizer, model, optimizer init): {setup_s:.1f} s\n")
     print("| part | first step (s, with compilation) | later steps, median (s) | share of later step |")
     print("|---|---|---|---|")
     for k in PARTS:
         print(f"| {k} | {first[k]:.3f} | {mean[k]:.3f} | {100 * mean[k] / mean['step_time_s']:.1f}% |")
-    print(f"\njitted parts (generate + log-probs + update): {100 * jitted / mean['step_time_s']:.1f}% of a "
-          f"later step; completion tokens/s: {np.median([r['tokens_per_s'] for r in rest]):.1f}")
+    print(
+        f"\njitted parts (generate + log-probs + update): {100 * jitted / mean['step_time_s']:.1f}% of a "
+        f"later step; completion tokens/s: {np.median([r['tokens_per_s'] for r in rest]):.1f}"
+    )
     return 0
 
 

@@ -64,9 +64,7 @@ def split_files(directory: PathLike, split: str) -> list[pathlib.Path]:
     """The shards of `split` in `directory`, in order; a clear error if there are none."""
     directory = pathlib.Path(directory)
     files = sorted(
-        p
-        for p in directory.glob(f"*-{split}.array_record-*")
-        if (m := _SHARD.match(p.name)) and m["split"] == split
+        p for p in directory.glob(f"*-{split}.array_record-*") if (m := _SHARD.match(p.name)) and m["split"] == split
     )
     if not files:
         raise FileNotFoundError(f"no ArrayRecord shards for split {split!r} in {directory}")

@@ -326,8 +326,16 @@ def mixture_counts(sources: Sequence[SourceConfig], epoch_samples: int | None = 
         records = _all_records(source)
         keep = subset_indices(len(records), source)
         tasks = collections.Counter(str(json.loads(records[int(i)]).get("task")) for i in keep)
-        rows.append({"path": source.path, "split": source.split, "available": len(records),
-                     "selected": len(keep), "weight": source.weight, "tasks": dict(sorted(tasks.items()))})
+        rows.append(
+            {
+                "path": source.path,
+                "split": source.split,
+                "available": len(records),
+                "selected": len(keep),
+                "weight": source.weight,
+                "tasks": dict(sorted(tasks.items())),
+            }
+        )
     selected = sum(r["selected"] for r in rows)
     total = selected if epoch_samples is None else int(epoch_samples)
     weights = [r["selected"] if r["weight"] is None else r["weight"] for r in rows]
@@ -337,8 +345,12 @@ def mixture_counts(sources: Sequence[SourceConfig], epoch_samples: int | None = 
         row["per_epoch"] = row["share"] * total
         for task, count in row["tasks"].items():
             by_task[task] += row["per_epoch"] * count / row["selected"]
-    return {"epoch_samples": total, "selected": selected, "sources": rows,
-            "tasks": {task: round(n, 1) for task, n in sorted(by_task.items())}}
+    return {
+        "epoch_samples": total,
+        "selected": selected,
+        "sources": rows,
+        "tasks": {task: round(n, 1) for task, n in sorted(by_task.items())},
+    }
 
 
 def format_mixture(counts: Mapping[str, Any]) -> str:
@@ -347,8 +359,10 @@ def format_mixture(counts: Mapping[str, Any]) -> str:
     for row in counts["sources"]:
         name = row["path"] + (f" [{row['split']}]" if row["split"] else "")
         tasks = ", ".join(f"{t} {n}" for t, n in row["tasks"].items())
-        lines.append(f"  {name}: {row['selected']} of {row['available']} records ({tasks}), share "
-                     f"{100 * row['share']:.1f}% -> {row['per_epoch']:.0f} per epoch")
+        lines.append(
+            f"  {name}: {row['selected']} of {row['available']} records ({tasks}), share "
+            f"{100 * row['share']:.1f}% -> {row['per_epoch']:.0f} per epoch"
+        )
     lines.append("  per task per epoch: " + ", ".join(f"{t} {n:.0f}" for t, n in counts["tasks"].items()))
     return "\n".join(lines)
 
@@ -360,10 +374,12 @@ class _Prepare:
         if config.preprocessor.merge_size != model_config.vision.spatial_merge_size:
             raise ValueError(
                 f"preprocessor merge_size {config.preprocessor.merge_size} != model spatial_merge_size "
-                f"{model_config.vision.spatial_merge_size}")
+                f"{model_config.vision.spatial_merge_size}"
+            )
         if any(p % model_config.vision.merge_unit for p in config.patch_buckets):
             raise ValueError(
-                f"patch_buckets {config.patch_buckets} must be multiples of {model_config.vision.merge_unit}")
+                f"patch_buckets {config.patch_buckets} must be multiples of {model_config.vision.merge_unit}"
+            )
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token")
         self.config = config
@@ -376,8 +392,10 @@ class _Prepare:
         sample = json.loads(record)
         task = sample.get("task")
         if task not in self.prompt_builders:
-            raise ValueError(f"sample {sample.get('id')!r}: no prompt builder for task {task!r} "
-                             f"(have {sorted(self.prompt_builders)})")
+            raise ValueError(
+                f"sample {sample.get('id')!r}: no prompt builder for task {task!r} "
+                f"(have {sorted(self.prompt_builders)})"
+            )
         if self.answer_builders is not None and task not in self.answer_builders:
             raise ValueError(f"sample {sample.get('id')!r}: no answer builder for task {task!r}")
         try:
@@ -385,10 +403,12 @@ class _Prepare:
         except _Unusable as err:
             return _skip(sample, source, err.kind, err.reason)
         counts = {
-            "image_token_counts": merged_token_count(vision.get("image_grid_thw", np.zeros((0, 3))),
-                                                     self.config.preprocessor).tolist(),
-            "video_token_counts": merged_token_count(vision.get("video_grid_thw", np.zeros((0, 3))),
-                                                     self.config.preprocessor).tolist(),
+            "image_token_counts": merged_token_count(
+                vision.get("image_grid_thw", np.zeros((0, 3))), self.config.preprocessor
+            ).tolist(),
+            "video_token_counts": merged_token_count(
+                vision.get("video_grid_thw", np.zeros((0, 3))), self.config.preprocessor
+            ).tolist(),
             "system_prompt": self.config.system_prompt,
             "label_images": self.config.label_images,
         }
@@ -401,9 +421,13 @@ class _Prepare:
             element["completion_mask"] = mask
         n_patches = sum(len(vision[k]) for k in ("pixel_values", "pixel_values_videos") if k in vision)
         if len(ids) > self.config.token_buckets[-1] or n_patches > self.config.patch_buckets[-1]:
-            return _skip(sample, source, "too_long",
-                         f"too long: {len(ids)} tokens, {n_patches} patches exceed the largest buckets "
-                         f"{self.config.token_buckets[-1]}, {self.config.patch_buckets[-1]}")
+            return _skip(
+                sample,
+                source,
+                "too_long",
+                f"too long: {len(ids)} tokens, {n_patches} patches exceed the largest buckets "
+                f"{self.config.token_buckets[-1]}, {self.config.patch_buckets[-1]}",
+            )
         element["inputs"] = build_model_inputs(self.model_config, ids[None], **vision)
         element["source"] = source.label
         return element
@@ -415,19 +439,32 @@ class _Prepare:
             if sample.get("video"):
                 path = resolve_path(sample["video"], media_dir)
                 frames, info = video.read_video(
-                    path, fps=c.fps, min_frames=c.min_frames, max_frames=c.max_frames, min_pixels=c.min_pixels,
-                    max_pixels=c.max_pixels, total_pixels=c.total_pixels, video_start=sample.get("video_start"),
-                    video_end=sample.get("video_end"))
-                problem = duration_mismatch(sample.get("duration"), info["duration"], sample.get("video_start"),
-                                            sample.get("video_end"))
+                    path,
+                    fps=c.fps,
+                    min_frames=c.min_frames,
+                    max_frames=c.max_frames,
+                    min_pixels=c.min_pixels,
+                    max_pixels=c.max_pixels,
+                    total_pixels=c.total_pixels,
+                    video_start=sample.get("video_start"),
+                    video_end=sample.get("video_end"),
+                )
+                problem = duration_mismatch(
+                    sample.get("duration"), info["duration"], sample.get("video_start"), sample.get("video_end")
+                )
                 if problem is not None:
                     raise _Unusable("duration_mismatch", f"{path}: {problem}")
                 pixels, grid, seconds = patchify_video(frames, info["sample_fps"], c.preprocessor)
-                return {"pixel_values_videos": pixels, "video_grid_thw": grid,
-                        "second_per_grid_ts": np.asarray([seconds], np.float32)}
+                return {
+                    "pixel_values_videos": pixels,
+                    "video_grid_thw": grid,
+                    "second_per_grid_ts": np.asarray([seconds], np.float32),
+                }
             if sample.get("images"):
-                images = [video.read_image(resolve_path(p, media_dir), c.image_min_pixels, c.image_max_pixels)
-                          for p in sample["images"]]
+                images = [
+                    video.read_image(resolve_path(p, media_dir), c.image_min_pixels, c.image_max_pixels)
+                    for p in sample["images"]
+                ]
                 pixels, grid = patchify_images(images, c.preprocessor)
                 return {"pixel_values": pixels, "image_grid_thw": grid}
         except video.VideoDecodeError as err:
@@ -437,8 +474,9 @@ class _Prepare:
     def padding_row(self) -> dict[str, Any]:
         """An all-padding element (no tokens attended, no patches) for filling the last eval batch."""
         pad = self.tokenizer.pad_token_id
-        inputs = build_model_inputs(self.model_config, np.asarray([[pad]], np.int32),
-                                    attention_mask=np.zeros((1, 1), np.int32))
+        inputs = build_model_inputs(
+            self.model_config, np.asarray([[pad]], np.int32), attention_mask=np.zeros((1, 1), np.int32)
+        )
         return {"inputs": inputs, "completion_mask": np.zeros(1, np.int32)}
 
 
@@ -464,8 +502,15 @@ class _Unusable(Exception):
 
 def _skip(sample: Mapping[str, Any], source: SourceConfig, kind: str, reason: str) -> dict[str, Any]:
     """The skip marker that takes the sample's place in the stream (logged once by `LoaderIterator`)."""
-    return {"skip": {"id": str(sample.get("id")), "task": str(sample.get("task")), "source": source.label,
-                     "kind": kind, "reason": reason}}
+    return {
+        "skip": {
+            "id": str(sample.get("id")),
+            "task": str(sample.get("task")),
+            "source": source.label,
+            "kind": kind,
+            "reason": reason,
+        }
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,20 +525,30 @@ class _SourceSize:
     media_dir: str | None
 
 
-def _pipeline(ds: grain.MapDataset, config: LoaderConfig, prepare: _Prepare, pad_last: bool,
-              sources: dict[str, _SourceSize] | None, should_stop: StopCheck | None) -> LoaderIterator:
+def _pipeline(
+    ds: grain.MapDataset,
+    config: LoaderConfig,
+    prepare: _Prepare,
+    pad_last: bool,
+    sources: dict[str, _SourceSize] | None,
+    should_stop: StopCheck | None,
+) -> LoaderIterator:
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(config.batch_size, 1))
     # Worker processes cannot see the caller's flag; there the main process's wait is interrupted.
     batch_stop = should_stop if config.num_workers == 0 else None
-    it_ds = _Batches(ds.to_iter_dataset(read), _Collate(config, prepare), config.batch_size, pad_last, sources,
-                     batch_stop)
+    it_ds = _Batches(
+        ds.to_iter_dataset(read), _Collate(config, prepare), config.batch_size, pad_last, sources, batch_stop
+    )
     if config.num_workers > 0:
         # Grain's worker processes read absl flags; outside an absl app (our argparse CLI, pytest)
         # they are unparsed, so take their defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size
+            )
+        )
     return iter(_Stats(it_ds, should_stop))
 
 
@@ -514,8 +569,13 @@ class _Collate:
         length = _bucket(max(x.seq_len for x in inputs), self.config.token_buckets)
         patches = _bucket(max(x.num_patches for x in inputs), self.config.patch_buckets)
         batch = {
-            "inputs": collate_model_inputs(inputs, length, patches, padding_side=self.config.padding_side,
-                                           pad_token_id=self.prepare.tokenizer.pad_token_id),
+            "inputs": collate_model_inputs(
+                inputs,
+                length,
+                patches,
+                padding_side=self.config.padding_side,
+                pad_token_id=self.prepare.tokenizer.pad_token_id,
+            ),
             "samples": [r["sample"] for r in items],
             "valid": np.arange(n_rows) < len(items),
             "skipped": skipped,
@@ -538,8 +598,15 @@ class _Batches(grain.IterDataset):
     pass of it when the data ends, raises `UnusableSourceError`.
     """
 
-    def __init__(self, parent: grain.IterDataset, collate: _Collate, batch_size: int, pad_last: bool,
-                 sources: dict[str, _SourceSize] | None, should_stop: StopCheck | None):
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        collate: _Collate,
+        batch_size: int,
+        pad_last: bool,
+        sources: dict[str, _SourceSize] | None,
+        should_stop: StopCheck | None,
+    ):
         super().__init__(parent)
         self._collate = collate
         self._batch_size = batch_size
@@ -548,13 +615,21 @@ class _Batches(grain.IterDataset):
         self._should_stop = should_stop
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _BatchesIterator(self._parent.__iter__(), self._collate, self._batch_size, self._pad_last,
-                                self._sources, self._should_stop)
+        return _BatchesIterator(
+            self._parent.__iter__(), self._collate, self._batch_size, self._pad_last, self._sources, self._should_stop
+        )
 
 
 class _BatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, collate: _Collate, batch_size: int, pad_last: bool,
-                 sources: dict[str, _SourceSize] | None, should_stop: StopCheck | None):
+    def __init__(
+        self,
+        parent: grain.DatasetIterator,
+        collate: _Collate,
+        batch_size: int,
+        pad_last: bool,
+        sources: dict[str, _SourceSize] | None,
+        should_stop: StopCheck | None,
+    ):
         super().__init__(parent)
         self._collate = collate
         self._batch_size = batch_size
@@ -607,7 +682,8 @@ class _BatchesIterator(grain.DatasetIterator):
                 raise UnusableSourceError(
                     f"source {label}: no usable sample: its last {n} samples (at least a whole pass over its "
                     f"{source.size}) were all skipped ({kinds}); e.g. sample {example['id']!r}: {example['reason']}. "
-                    f"Check the source's media_dir ({source.media_dir}) and its files.")
+                    f"Check the source's media_dir ({source.media_dir}) and its files."
+                )
 
     def get_state(self) -> dict[str, Any]:
         return self._parent.get_state()
@@ -665,7 +741,7 @@ class LoaderIterator(grain.DatasetIterator):
         def fetch() -> None:
             try:
                 result["batch"] = next(self._parent)
-            except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            except BaseException as err:
                 result["error"] = err
 
         worker = threading.Thread(target=fetch, name="loader-next", daemon=True)
@@ -690,15 +766,17 @@ class LoaderIterator(grain.DatasetIterator):
             key = (skip["source"], skip["id"])
             if len(self._logged) < _MAX_SAMPLE_LINES and key not in self._logged:
                 self._logged.add(key)
-                log.warning("skipping sample %r (task %s) from %s: %s", skip["id"], skip["task"], skip["source"],
-                            skip["reason"])
+                log.warning(
+                    "skipping sample %r (task %s) from %s: %s", skip["id"], skip["task"], skip["source"], skip["reason"]
+                )
                 if len(self._logged) == _MAX_SAMPLE_LINES:
                     log.warning("loader: %d skipped samples named; further ones are only counted", _MAX_SAMPLE_LINES)
         now = time.monotonic()
         if now - self._last_summary >= _SUMMARY_SECONDS:
             self._last_summary = now
-            log.warning("loader: %d sample(s) skipped so far: %s", self._counts["skipped"],
-                        json.dumps(self.skip_counts()))
+            log.warning(
+                "loader: %d sample(s) skipped so far: %s", self._counts["skipped"], json.dumps(self.skip_counts())
+            )
 
     def skip_counts(self) -> dict[str, dict[str, int]]:
         """{source label: {kind: skipped samples}} since the start of the run (kinds: SKIP_KINDS)."""
@@ -715,8 +793,12 @@ class LoaderIterator(grain.DatasetIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["pipeline"])
         self._counts = {k: int(v) for k, v in state["counts"].items()}
-        self._skips = collections.defaultdict(collections.Counter, {
-            source: collections.Counter({k: int(v) for k, v in kinds.items()})
-            for source, kinds in state.get("skips", {}).items()})
+        self._skips = collections.defaultdict(
+            collections.Counter,
+            {
+                source: collections.Counter({k: int(v) for k, v in kinds.items()})
+                for source, kinds in state.get("skips", {}).items()
+            },
+        )
         self._recent = []
         self._stopped_state = None

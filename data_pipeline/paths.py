@@ -41,8 +41,10 @@ def check(path: PathLike) -> str:
     if not isinstance(text, str):
         text = text.decode()
     if not _URL.match(text) and _MANGLED.match(text):
-        raise ValueError(f"{text!r} looks like a URL with a missing '/': write scheme://bucket/path "
-                         f"(e.g. gs://bucket/run); a local folder named {text.split('/')[0]!r} is refused")
+        raise ValueError(
+            f"{text!r} looks like a URL with a missing '/': write scheme://bucket/path "
+            f"(e.g. gs://bucket/run); a local folder named {text.split('/')[0]!r} is refused"
+        )
     return text
 
 

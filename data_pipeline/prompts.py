@@ -27,8 +27,9 @@ def image_label(index: int) -> str:
     return f"Image {chr(ord('A') + index)}: "
 
 
-def build_messages(sample: Mapping[str, Any], prompt_text: str, system_prompt: str | None = None,
-                   label_images: bool = False) -> list[dict]:
+def build_messages(
+    sample: Mapping[str, Any], prompt_text: str, system_prompt: str | None = None, label_images: bool = False
+) -> list[dict]:
     """Chat messages: optional system turn, then the user turn (vision items, then `prompt_text`).
 
     label_images: put "Image A: ", "Image B: ", ... before the images, so that a prompt (TPRU's
@@ -96,9 +97,15 @@ def build_sft_ids(
     ids = prompt ids + answer ids + eos; the mask is 1 exactly on the answer and eos tokens, so the
     loss covers only what the model must generate.
     """
-    prompt = build_prompt_ids(tokenizer, sample, prompt_builder, image_token_counts=image_token_counts,
-                              video_token_counts=video_token_counts, system_prompt=system_prompt,
-                              label_images=label_images)
+    prompt = build_prompt_ids(
+        tokenizer,
+        sample,
+        prompt_builder,
+        image_token_counts=image_token_counts,
+        video_token_counts=video_token_counts,
+        system_prompt=system_prompt,
+        label_images=label_images,
+    )
     completion = encode_completion(tokenizer, answer)
     mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(completion), np.int32)])
     return np.concatenate([prompt, completion]), mask
@@ -111,14 +118,14 @@ def _token_id(tokenizer: transformers.PreTrainedTokenizerBase, token: str) -> in
     return int(token_id)
 
 
-def _expand(ids: np.ndarray, token_id: int, counts: Sequence[int], name: str,
-            sample: Mapping[str, Any]) -> np.ndarray:
+def _expand(ids: np.ndarray, token_id: int, counts: Sequence[int], name: str, sample: Mapping[str, Any]) -> np.ndarray:
     """Repeat the k-th occurrence of `token_id` counts[k] times."""
     where = np.flatnonzero(ids == token_id)
     if len(where) != len(counts):
         raise ValueError(
             f"sample {sample.get('id')!r}: prompt has {len(where)} {name} placeholder(s) but "
-            f"{len(counts)} {name} token count(s) were given")
+            f"{len(counts)} {name} token count(s) were given"
+        )
     if any(int(c) < 1 for c in counts):
         raise ValueError(f"sample {sample.get('id')!r}: {name} token counts must be >= 1, got {list(counts)}")
     repeats = np.ones(len(ids), np.int64)

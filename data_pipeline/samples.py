@@ -129,8 +129,9 @@ def read_jsonl(path: PathLike) -> list[Sample]:
             try:
                 samples.append(Sample.from_json(line))
             except json.JSONDecodeError as err:
-                raise InvalidSampleError(f"{path} line {line_no}: not valid JSON ({err.msg}, column {err.colno})",
-                                         kind="not_json") from err
+                raise InvalidSampleError(
+                    f"{path} line {line_no}: not valid JSON ({err.msg}, column {err.colno})", kind="not_json"
+                ) from err
             except (ValueError, TypeError) as err:
                 raise InvalidSampleError(f"{path} line {line_no}: {err}") from err
     return samples
@@ -170,8 +171,11 @@ def duration_mismatch(
     tol = default_tolerance(duration)
     if abs(actual - duration) <= tol:
         return None
-    what = (f"the clip [{video_start:g}, {video_end:g}] s of the {file_duration:g} s video lasts" if clip
-            else "the video lasts")
+    what = (
+        f"the clip [{video_start:g}, {video_end:g}] s of the {file_duration:g} s video lasts"
+        if clip
+        else "the video lasts"
+    )
     return f"annotated duration {duration:g} s but {what} {actual:g} s (more than {tol:g} s apart)"
 
 

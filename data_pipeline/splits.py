@@ -23,9 +23,11 @@ def video_key(sample: Sample | Mapping[str, Any]) -> str | None:
     return pathlib.PurePath(str(video)).stem if video else None
 
 
-def overlap(train: Iterable[Sample | Mapping[str, Any]],
-            held_out: Iterable[Sample | Mapping[str, Any]]) -> dict[str, list[str]]:
+def overlap(
+    train: Iterable[Sample | Mapping[str, Any]], held_out: Iterable[Sample | Mapping[str, Any]]
+) -> dict[str, list[str]]:
     """Sample ids and video stems found in both sets (sorted)."""
+
     def keys(samples):
         ids, videos = set(), set()
         for s in samples:
@@ -44,11 +46,13 @@ class LeakError(ValueError):
     """A training split shares samples or videos with a held-out split."""
 
 
-def check_disjoint(train: Iterable[Sample | Mapping[str, Any]], held_out: Iterable[Sample | Mapping[str, Any]],
-                   held_out_name: str) -> None:
+def check_disjoint(
+    train: Iterable[Sample | Mapping[str, Any]], held_out: Iterable[Sample | Mapping[str, Any]], held_out_name: str
+) -> None:
     """Raise `LeakError` naming the first shared ids and videos, if any."""
     shared = overlap(train, held_out)
     if shared["ids"] or shared["videos"]:
         raise LeakError(
             f"{len(shared['ids'])} sample id(s) and {len(shared['videos'])} video(s) are also in "
-            f"{held_out_name}, e.g. ids {shared['ids'][:5]}, videos {shared['videos'][:5]}")
+            f"{held_out_name}, e.g. ids {shared['ids'][:5]}, videos {shared['videos'][:5]}"
+        )

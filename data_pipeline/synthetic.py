@@ -26,7 +26,7 @@ import functools
 import os
 import pathlib
 import zlib
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import av
 import numpy as np
@@ -63,7 +63,7 @@ _DIRECTIONS = {
 Event = dict  # {"colour", "shape", "action", "start", "end", "y", "x"} (seconds, pixels)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mask(shape: str, size: int) -> np.ndarray:
     """Boolean [size, size] mask of a solid shape."""
     yy, xx = np.mgrid[:size, :size] + 0.5
@@ -200,9 +200,7 @@ def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Se
 
 
 def _vhd(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
-    events, duration, targets = _repeated(
-        rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes")
-    )
+    events, duration, targets = _repeated(rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes"))
     return events, duration, {"query": describe(targets[0]), "segments": [_seg(e) for e in targets]}
 
 
@@ -319,9 +317,7 @@ def _video_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.rand
     n = round(duration * NATIVE_FPS)
     write_video(out_dir / rel, [render_frame(i / NATIVE_FPS, events) for i in range(n)])
     extra = {"events": [{k: e[k] for k in ("colour", "shape", "action", "start", "end")} for e in events]}
-    return Sample(
-        id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields
-    )
+    return Sample(id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields)
 
 
 def _image_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.random.Generator) -> Sample:

@@ -17,7 +17,7 @@ import functools
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -31,7 +31,7 @@ class _UnifiedSamplesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
     """Base builder: one split of validated unified samples from one annotation source."""
 
     VERSION = tfds.core.Version(BUILDER_VERSION)
-    RELEASE_NOTES = {BUILDER_VERSION: "Unified samples (DESIGN §6) as JSON text."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {BUILDER_VERSION: "Unified samples (DESIGN §6) as JSON text."}
     dataset: str = ""
 
     def __init__(

@@ -93,13 +93,16 @@ def train_tiny_tokenizer(
     n_learned = vocab_size - len(SPECIAL_TOKENS)
     if n_learned < 256:
         raise ValueError(
-            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens), got {vocab_size}")
+            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens), got {vocab_size}"
+        )
     backend = Tokenizer(models.BPE())
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=n_learned,
@@ -127,8 +130,11 @@ def save_tokenizer(tokenizer: transformers.PreTrainedTokenizerBase, out_dir: str
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
-    special = {"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
-               "additional_special_tokens": list(SPECIAL_TOKENS)}
+    special = {
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "additional_special_tokens": list(SPECIAL_TOKENS),
+    }
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
@@ -138,6 +144,7 @@ def special_token_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> dict[s
     `models.qwen2_5_vl.config.tiny_config(**special_token_ids(tok))` builds a tiny model whose
     embedding covers the tokenizer. As in the published config, bos is <|endoftext|>.
     """
+
     def tid(token: str) -> int:
         i = tokenizer.convert_tokens_to_ids(token)
         if i is None or i == tokenizer.unk_token_id:

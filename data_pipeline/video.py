@@ -38,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import av
 import numpy as np
@@ -257,9 +258,7 @@ class _Timeline:
         return round((pts - self.origin_pts) * float(stream.time_base) * native_fps)
 
 
-def _scan(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, native_fps: float
-) -> _Timeline:
+def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, native_fps: float) -> _Timeline:
     """Demux (no decoding) to count the frames and check that pts = frame 0 + index / native_fps.
 
     The count does not depend on container metadata (mkv and webm store none, and mp4 edit lists

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class PreprocessorValues:
         return 3 * self.temporal_patch_size * self.patch_size**2
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "PreprocessorValues":
+    def from_json(cls, path: str | os.PathLike) -> PreprocessorValues:
         """Read a Hugging Face preprocessor_config.json (min/max_pixels at the top level or in `size`)."""
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)

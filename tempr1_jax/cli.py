@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
     "demo": "End-to-end run on a built-in synthetic dataset (SFT, eval, GRPO, eval, export).",

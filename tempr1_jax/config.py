@@ -19,7 +19,7 @@ import ast
 import logging
 import pathlib
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import gin
 
@@ -79,7 +79,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
     while i < len(args):
         arg = args[i]
         if arg.startswith(GIN_PREFIX):
-            body = arg[len(GIN_PREFIX):]
+            body = arg[len(GIN_PREFIX) :]
             if "=" in body:
                 name, value = body.split("=", 1)
             elif i + 1 < len(args):
@@ -99,7 +99,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
 class GinArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser that accepts `--gin.NAME=VALUE` overrides (see `rewrite_gin_args`)."""
 
-    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse signature
+    def parse_known_args(self, args=None, namespace=None):
         argv = sys.argv[1:] if args is None else args
         return super().parse_known_args(rewrite_gin_args(argv), namespace)
 
@@ -110,14 +110,25 @@ def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
         parser.__class__ = GinArgumentParser
     elif not isinstance(parser, GinArgumentParser):
         raise TypeError(f"add_gin_arguments needs an argparse.ArgumentParser, got {type(parser).__name__}")
-    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
-                        help="gin config file (repeatable; names are searched in configs/)")
-    parser.add_argument("--gin_binding", action="append", default=[], metavar="BINDING",
-                        help="a gin binding 'NAME = VALUE'; --gin.NAME=VALUE is the short form")
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="gin config file (repeatable; names are searched in configs/)",
+    )
+    parser.add_argument(
+        "--gin_binding",
+        action="append",
+        default=[],
+        metavar="BINDING",
+        help="a gin binding 'NAME = VALUE'; --gin.NAME=VALUE is the short form",
+    )
 
 
-def parse_gin(args: argparse.Namespace | None = None, *, files: Iterable[str] = (),
-              bindings: Iterable[str] = ()) -> None:
+def parse_gin(
+    args: argparse.Namespace | None = None, *, files: Iterable[str] = (), bindings: Iterable[str] = ()
+) -> None:
     """Clear gin and parse the files and bindings of `args` (plus `files` and `bindings`), files first."""
     all_files = [*(getattr(args, "gin_file", None) or []), *files]
     all_bindings = [*(getattr(args, "gin_binding", None) or []), *bindings]

@@ -13,7 +13,8 @@ subset, and the per-epoch filter that drops samples the current policy already s
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 import numpy as np
@@ -24,13 +25,10 @@ from tempr1_jax.rewards import reference
 DEFAULT_MEAN = 0.3
 
 
-
 DEFAULT_STD = 0.2
 
 
-
 DEFAULT_SOLVED_IOU = 0.7
-
 
 
 @gin.configurable
@@ -45,9 +43,9 @@ class CurateConfig:
     seed: int = 0
 
 
-
-def gaussian_weights(difficulty: Sequence[float] | np.ndarray, mean: float = DEFAULT_MEAN,
-                     std: float = DEFAULT_STD) -> np.ndarray:
+def gaussian_weights(
+    difficulty: Sequence[float] | np.ndarray, mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD
+) -> np.ndarray:
     """Unnormalised Gaussian weight of each difficulty value (non-finite difficulty -> weight 0)."""
     if std <= 0:
         raise ValueError(f"std must be > 0, got {std}")
@@ -58,9 +56,13 @@ def gaussian_weights(difficulty: Sequence[float] | np.ndarray, mean: float = DEF
     return np.where(np.isfinite(d), w, 0.0)
 
 
-
-def select_subset(difficulty: Sequence[float] | np.ndarray, size: int, mean: float = DEFAULT_MEAN,
-                  std: float = DEFAULT_STD, seed: int = 0) -> np.ndarray:
+def select_subset(
+    difficulty: Sequence[float] | np.ndarray,
+    size: int,
+    mean: float = DEFAULT_MEAN,
+    std: float = DEFAULT_STD,
+    seed: int = 0,
+) -> np.ndarray:
     """Indices (sorted) of `size` distinct samples drawn with Gaussian weights over difficulty.
 
     `size` larger than the number of samples with a positive weight raises ValueError. Deterministic
@@ -79,9 +81,9 @@ def select_subset(difficulty: Sequence[float] | np.ndarray, size: int, mean: flo
     return np.sort(np.argsort(-keys, kind="stable")[:size])
 
 
-
-def drop_solved(samples: Sequence[Mapping[str, Any]], ious: Sequence[float] | np.ndarray,
-                threshold: float = DEFAULT_SOLVED_IOU) -> list[Mapping[str, Any]]:
+def drop_solved(
+    samples: Sequence[Mapping[str, Any]], ious: Sequence[float] | np.ndarray, threshold: float = DEFAULT_SOLVED_IOU
+) -> list[Mapping[str, Any]]:
     """The samples whose current IoU is at most `threshold` (Time-R1's per-epoch filter).
 
     A non-finite IoU counts as unsolved (the sample is kept).
@@ -91,7 +93,6 @@ def drop_solved(samples: Sequence[Mapping[str, Any]], ious: Sequence[float] | np
         raise ValueError(f"need one IoU per sample: {len(samples)} samples, ious shape {ious.shape}")
     keep = ~(ious > threshold)
     return [s for s, k in zip(samples, keep) if k]
-
 
 
 def sample_iou(task: str, completion: str, target: Mapping[str, Any]) -> float:
@@ -109,8 +110,9 @@ def sample_iou(task: str, completion: str, target: Mapping[str, Any]) -> float:
     preds = list(parsed.segments)
     if t.answer == "segment":
         preds = preds[:1]
-        return reference.iou(reference.clip_segment(preds[0], duration) if preds else None,
-                             reference.clip_segment(gts[0], duration))
+        return reference.iou(
+            reference.clip_segment(preds[0], duration) if preds else None, reference.clip_segment(gts[0], duration)
+        )
     if t.reward == "type3":
         return reference.match_reward(preds, gts, duration)
     if t.reward == "type1":
@@ -118,11 +120,8 @@ def sample_iou(task: str, completion: str, target: Mapping[str, Any]) -> float:
     return reference.union_iou(preds, gts, duration)
 
 
-
-def sample_ious(tasks: Sequence[str], completions: Sequence[str],
-                targets: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def sample_ious(tasks: Sequence[str], completions: Sequence[str], targets: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """`sample_iou` for each (task, completion, target) triple, as float64 [N]."""
     if not len(tasks) == len(completions) == len(targets):
-        raise ValueError(f"lengths differ: {len(tasks)} tasks, {len(completions)} completions, "
-                         f"{len(targets)} targets")
+        raise ValueError(f"lengths differ: {len(tasks)} tasks, {len(completions)} completions, {len(targets)} targets")
     return np.array([sample_iou(t, c, s) for t, c, s in zip(tasks, completions, targets)], np.float64)

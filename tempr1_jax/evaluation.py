@@ -75,8 +75,14 @@ def union_iou(preds: Sequence[Segment | None], gts: Sequence[Segment | None]) ->
     return inter / union if union > 0 else 0.0
 
 
-def tal_f1(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, thr: float, strict: bool = False,
-           clip: bool = False) -> float:
+def tal_f1(
+    preds: Sequence[Segment],
+    gts: Sequence[Segment],
+    duration: float,
+    thr: float,
+    strict: bool = False,
+    clip: bool = False,
+) -> float:
     """Per-sample F1 (MUSEG form): 0 if the best IoU misses thr, else 2PR/(P+R) with recall = share
     of GT whose best IoU hits thr and precision = share of predictions whose best IoU hits thr."""
     if not preds:
@@ -115,8 +121,9 @@ def _parser(t: tasks_lib.Task, pick: str | None) -> tasks_lib.Task:
     return dataclasses.replace(t, pick=pick)
 
 
-def conventions(task: str, *, strict: bool = False, official: bool = False, clip: bool = False,
-                pick: str | None = None, **_: Any) -> str:
+def conventions(
+    task: str, *, strict: bool = False, official: bool = False, clip: bool = False, pick: str | None = None, **_: Any
+) -> str:
     """The conventions `score(task, ..., **options)` follows, in words (for report tables)."""
     t = _parser(tasks_lib.get_task(task), pick)
     if not t.has_segments:
@@ -128,8 +135,10 @@ def conventions(task: str, *, strict: bool = False, official: bool = False, clip
     if t.name == "vhd" and official:
         parts.append("MR_R1: first window vs best ground-truth window (moment_detr)")
     if t.name == "gvqa":
-        parts.append("gqa_*: first span; " + ("items without a span left out (NExT-GQA official)" if official
-                                              else "items without a span score 0"))
+        parts.append(
+            "gqa_*: first span; "
+            + ("items without a span left out (NExT-GQA official)" if official else "items without a span score 0")
+        )
     return "; ".join(parts)
 
 
@@ -209,7 +218,7 @@ def mcq_choice(output: str, n_options: int) -> str | None:
     text = output if block is None else block
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_options]
     for i, ch in enumerate(text):
-        if ch in letters and not text[i - 1:i].isalpha() and not text[i + 1:i + 2].isalpha():
+        if ch in letters and not text[i - 1 : i].isalpha() and not text[i + 1 : i + 2].isalpha():
             return ch
     return None
 
@@ -224,8 +233,9 @@ def video_mcq_scores(benchmark: str, outputs: Sequence[str], targets: Sequence[M
     if len(outputs) != len(targets):
         raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
     mcq = tasks_lib.get_task("mcq")
-    correct = [float(mcq_choice(o, len(t.get("options") or ())) == mcq.expected_choice(t))
-               for o, t in zip(outputs, targets)]
+    correct = [
+        float(mcq_choice(o, len(t.get("options") or ())) == mcq.expected_choice(t)) for o, t in zip(outputs, targets)
+    ]
     out = {"Acc": _mean(correct)}
     for field in MCQ_BREAKDOWNS[benchmark]:
         groups: dict[str, list[float]] = {}

@@ -25,31 +25,60 @@ def _rows(dataset: str, metrics: tuple[str, ...], rows: dict[str, tuple[float | 
 
 _TABLES = [
     # TempR1 Table 1.
-    *_rows("charades_sta", _TG, {
-        "TempR1": (61.4, 83.2, 72.7, 51.2), "TempR1*": (62.5, 83.0, 73.2, 52.3),
-        "Time-R1*": (58.8, 82.8, 72.2, 50.1),
-        "Time-R1 (zero-shot, Time-R1 slides)": (58.1, 78.1, 60.8, 35.3),
-    }),
-    *_rows("activitynet_captions", _TG, {
-        "TempR1": (32.2, 47.6, 28.9, 14.0), "TempR1*": (51.9, 72.5, 55.4, 34.1),
-        "Time-R1*": (None, 73.3, 55.6, 34.0),
-        "Time-R1 (zero-shot, Time-R1 slides)": (40.5, 58.6, 39.0, 21.4),
-    }),
-    *_rows("qvhighlights", _LOC, {
-        "TempR1": (71.1, 91.1, 79.4, 61.4), "TempR1*": (71.6, 91.5, 80.1, 62.0),
-        "Time-R1*": (44.7, 63.2, 47.1, 28.0),
-    }),
+    *_rows(
+        "charades_sta",
+        _TG,
+        {
+            "TempR1": (61.4, 83.2, 72.7, 51.2),
+            "TempR1*": (62.5, 83.0, 73.2, 52.3),
+            "Time-R1*": (58.8, 82.8, 72.2, 50.1),
+            "Time-R1 (zero-shot, Time-R1 slides)": (58.1, 78.1, 60.8, 35.3),
+        },
+    ),
+    *_rows(
+        "activitynet_captions",
+        _TG,
+        {
+            "TempR1": (32.2, 47.6, 28.9, 14.0),
+            "TempR1*": (51.9, 72.5, 55.4, 34.1),
+            "Time-R1*": (None, 73.3, 55.6, 34.0),
+            "Time-R1 (zero-shot, Time-R1 slides)": (40.5, 58.6, 39.0, 21.4),
+        },
+    ),
+    *_rows(
+        "qvhighlights",
+        _LOC,
+        {
+            "TempR1": (71.1, 91.1, 79.4, 61.4),
+            "TempR1*": (71.6, 91.5, 80.1, 62.0),
+            "Time-R1*": (44.7, 63.2, 47.1, 28.0),
+        },
+    ),
     # TempR1 Table 2.
-    *_rows("activitynet_captions_dtg", _LOC, {
-        "TempR1": (59.8, 82.6, 66.7, 43.4), "Time-R1": (33.0, 48.5, 29.7, 13.9),
-    }),
-    *_rows("nextgqa", ("mIoU", "R@0.3", "R@0.5", "R@0.7", "Acc"), {
-        "TempR1": (39.2, 58.9, 35.9, 17.1, 70.1), "Time-R1": (28.3, 39.2, 18.6, 8.2, 62.1),
-    }),
+    *_rows(
+        "activitynet_captions_dtg",
+        _LOC,
+        {
+            "TempR1": (59.8, 82.6, 66.7, 43.4),
+            "Time-R1": (33.0, 48.5, 29.7, 13.9),
+        },
+    ),
+    *_rows(
+        "nextgqa",
+        ("mIoU", "R@0.3", "R@0.5", "R@0.7", "Acc"),
+        {
+            "TempR1": (39.2, 58.9, 35.9, 17.1, 70.1),
+            "Time-R1": (28.3, 39.2, 18.6, 8.2, 62.1),
+        },
+    ),
     *_rows("activitynet_1.3", ("mF1",), {"TempR1": (71.0,), "Time-R1": (52.8,)}),
-    *_rows("activitynet_1.3", ("F1@0.1", "F1@0.3", "F1@0.5", "F1@0.7"), {
-        "TempR1 (Table 3 ablation, full)": (89.8, 77.3, 64.5, 50.9),
-    }),
+    *_rows(
+        "activitynet_1.3",
+        ("F1@0.1", "F1@0.3", "F1@0.5", "F1@0.7"),
+        {
+            "TempR1 (Table 3 ablation, full)": (89.8, 77.3, 64.5, 50.9),
+        },
+    ),
     # Time-R1 slides: TVGBench.
     *_rows("tvgbench", _TG, {"Time-R1": (29.2, 41.8, 29.4, 16.4)}),
     # TPRU summary: TPRU-Test overall accuracy (all three task types together).
@@ -71,16 +100,25 @@ for _key, _method, _value in _TABLES:
     PAPER_RESULTS.setdefault(_key, {})[_method] = _value
 
 _ALIASES = {
-    "charades": "charades_sta", "charadessta": "charades_sta",
-    "activitynet": "activitynet_captions", "anet": "activitynet_captions",
-    "activitynetcaptions": "activitynet_captions", "anetcaptions": "activitynet_captions",
-    "qvh": "qvhighlights", "qvhighlights": "qvhighlights",
+    "charades": "charades_sta",
+    "charadessta": "charades_sta",
+    "activitynet": "activitynet_captions",
+    "anet": "activitynet_captions",
+    "activitynetcaptions": "activitynet_captions",
+    "anetcaptions": "activitynet_captions",
+    "qvh": "qvhighlights",
+    "qvhighlights": "qvhighlights",
     "nextgqa": "nextgqa",
-    "activitynet13": "activitynet_1.3", "activitynetv13": "activitynet_1.3", "anet13": "activitynet_1.3",
+    "activitynet13": "activitynet_1.3",
+    "activitynetv13": "activitynet_1.3",
+    "anet13": "activitynet_1.3",
     "anetv13": "activitynet_1.3",
     "tvgbench": "tvgbench",
-    "tpru": "tpru_test", "tprutest": "tpru_test",
-    "videomme": "videomme", "perceptiontest": "perception_test", "tempcompass": "tempcompass",
+    "tpru": "tpru_test",
+    "tprutest": "tpru_test",
+    "videomme": "videomme",
+    "perceptiontest": "perception_test",
+    "tempcompass": "tempcompass",
     "mvbench": "mvbench",
 }
 
@@ -134,7 +172,11 @@ def general_video_table(metrics: Mapping[tuple[str, str], Mapping[str, float]]) 
     rows = [b for b in FIG3_BENCHMARKS if b in ours]
     if not rows:
         return ""
-    lines = ["### General video understanding (TempR1 Fig. 3)", "",
-             "| benchmark | ours | " + " | ".join(FIG3_METHODS) + " |", "|---|---:|" + "---:|" * len(FIG3_METHODS)]
+    lines = [
+        "### General video understanding (TempR1 Fig. 3)",
+        "",
+        "| benchmark | ours | " + " | ".join(FIG3_METHODS) + " |",
+        "|---|---:|" + "---:|" * len(FIG3_METHODS),
+    ]
     lines += [f"| {b} | {_fmt(ours[b])} | " + " | ".join(_fmt(FIG3[b][m]) for m in FIG3_METHODS) + " |" for b in rows]
     return "\n".join(lines) + "\n"

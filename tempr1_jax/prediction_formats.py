@@ -70,8 +70,15 @@ def last_to_segment(text: str) -> tuple[float, float] | None:
 
 # --- VideoChat-R1 NExT-GQA ------------------------------------------------------------------------
 # The script's list, with its two concatenated literals ("Best answer:" "Best option:") kept as one.
-_ANSWER_PHRASES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
-                   "The best option is", "The correct option is", "Best answer:Best option:")
+_ANSWER_PHRASES = (
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option is",
+    "The correct option is",
+    "Best answer:Best option:",
+)
 _PAIR = r"\(\d+(?:\.\d+)?,\s*\d+(?:\.\d+)?\)"
 _GLUE_LIST = re.compile(rf"\[(?:{_PAIR}(?:,\s*{_PAIR})*,?)?\]\n?\Z")
 _NUMBER_PAIR = re.compile(r"\((\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?)\)")
@@ -168,8 +175,12 @@ def _time_r1(row: Mapping[str, Any], task: str) -> Prediction | None:
         output = _grounding_text(str(row.get("output_text") or ""))
     target = row.get("target")
     duration = row.get("duration")
-    return Prediction(str(row["qid"]), output, _segments([target]) if target is not None else None,
-                      duration=float(duration) if isinstance(duration, (int, float)) else None)
+    return Prediction(
+        str(row["qid"]),
+        output,
+        _segments([target]) if target is not None else None,
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+    )
 
 
 def _videochat_r1(row: Mapping[str, Any], task: str) -> Prediction | None:
@@ -177,14 +188,20 @@ def _videochat_r1(row: Mapping[str, Any], task: str) -> Prediction | None:
     if "id" in row:
         return _text_row(row, read)
     if task != "gvqa" and "ans" in row and "answer" in row:
-        return Prediction(None, read(str(row.get("answer") or "")), _segments([row["ans"]]),
-                          video=row.get("video_path"))
+        return Prediction(
+            None, read(str(row.get("answer") or "")), _segments([row["ans"]]), video=row.get("video_path")
+        )
     gt = row.get("gt")
     if not (task == "gvqa" and isinstance(gt, Mapping) and "pred" in row):
         return None
     answer = videochat_letter(str(gt.get("answer", "")))
-    return Prediction(None, read(str(row.get("pred") or "")), _segments(gt.get("glue") or ()),
-                      video=row.get("video_path"), answer=answer)
+    return Prediction(
+        None,
+        read(str(row.get("pred") or "")),
+        _segments(gt.get("glue") or ()),
+        video=row.get("video_path"),
+        answer=answer,
+    )
 
 
 def _museg(row: Mapping[str, Any], task: str) -> Prediction | None:
@@ -212,9 +229,11 @@ _OURS = '{"id", "output"}'
 FORMATS: dict[str, Format] = {
     "tempr1": Format(_tempr1, None, _OURS),
     "time_r1": Format(_time_r1, ("tg", "tvg"), f'{{"qid", "pred", "target", "duration", "output_text"}} or {_OURS}'),
-    "videochat_r1": Format(_videochat_r1, ("tg", "tvg", "gvqa"),
-                           f'{{"video_path", "answer", "ans"}} (grounding), {{"video_path", "gt", "pred"}} (gvqa) '
-                           f'or {_OURS}'),
+    "videochat_r1": Format(
+        _videochat_r1,
+        ("tg", "tvg", "gvqa"),
+        f'{{"video_path", "answer", "ans"}} (grounding), {{"video_path", "gt", "pred"}} (gvqa) or {_OURS}',
+    ),
     "museg": Format(_museg, _SEGMENT_TASKS, f'{{"video", "groundtruth", "result": {{"output"}}}} or {_OURS}'),
 }
 
@@ -298,8 +317,10 @@ def align(predictions: Sequence[Prediction], targets: Sequence[Mapping[str, Any]
                 by_truth[_key(tasks_lib.target_segments(t)[0])].append(i)
         taken: set[int] = set()
         for pred in pending:
-            match = next((i for i in by_truth.get(_key(pred.ground_truth), ())
-                          if i not in taken and _agrees(pred, targets[i])), None)
+            match = next(
+                (i for i in by_truth.get(_key(pred.ground_truth), ()) if i not in taken and _agrees(pred, targets[i])),
+                None,
+            )
             if match is None:
                 unmatched += 1
                 continue

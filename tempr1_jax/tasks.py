@@ -53,9 +53,7 @@ _ANSWER_BODY = {
 # --- lenient reading (rewards and evaluation) -----------------------------------------------
 _LNUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:nan|inf(?:inity)?)"
 _UNIT = r"(?:\s*(?:seconds?|secs?|s)\b)?"
-_LSEG = re.compile(
-    rf"(?<![\w.])({_LNUM}){_UNIT}\s*(?:to|and|-|–|—|~)\s*({_LNUM}){_UNIT}", re.IGNORECASE
-)
+_LSEG = re.compile(rf"(?<![\w.])({_LNUM}){_UNIT}\s*(?:to|and|-|–|—|~)\s*({_LNUM}){_UNIT}", re.IGNORECASE)
 _LETTER = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
 _LETTER_RUN = re.compile(r"(?<![A-Za-z])([A-Z]{2,})(?![A-Za-z])")
 
@@ -134,13 +132,11 @@ def _letters(n: int) -> str:
     return "".join(chr(ord("A") + i) for i in range(n))
 
 
-THINK_INSTRUCTION = (
-    "Reason about the video first inside <think> </think>, then give the final answer. "
-)
+THINK_INSTRUCTION = "Reason about the video first inside <think> </think>, then give the final answer. "
 
 _PROMPTS = {
     "tg": (
-        "The video lasts {duration} seconds. When does this happen: \"{query}\"? "
+        'The video lasts {duration} seconds. When does this happen: "{query}"? '
         "{think}Reply with the start and end time in seconds as <answer>START to END</answer>."
     ),
     "dtg": (
@@ -149,7 +145,7 @@ _PROMPTS = {
         "<answer>S1 to E1, S2 to E2, ...</answer> (seconds)."
     ),
     "vhd": (
-        "The video lasts {duration} seconds. Find every part of the video that shows: \"{query}\". "
+        'The video lasts {duration} seconds. Find every part of the video that shows: "{query}". '
         "{think}Reply with all the intervals in seconds as <answer>S1 to E1, S2 to E2, ...</answer>."
     ),
     "gvqa": (
@@ -158,22 +154,21 @@ _PROMPTS = {
         "evidence, as <answer>LETTER</answer><glue>S1 to E1, ...</glue>."
     ),
     "tal": (
-        "The video lasts {duration} seconds. Find every instance of the action \"{query}\". "
+        'The video lasts {duration} seconds. Find every instance of the action "{query}". '
         "{think}Reply with one interval per instance in seconds as "
         "<answer>S1 to E1, S2 to E2, ...</answer>."
     ),
     "tvg": (
-        "The video lasts {duration} seconds. Find the moment described by \"{query}\". "
+        'The video lasts {duration} seconds. Find the moment described by "{query}". '
         "{think}Reply with its start and end in seconds as <answer>START to END</answer>."
     ),
     "order": (
         "The {n_images} images, labelled {labels} in the order shown, are shuffled steps of: "
-        "\"{query}\". Put them in the order in which they happened. "
+        '"{query}". Put them in the order in which they happened. '
         "{think}Reply with the labels in that order, e.g. <answer>{labels}</answer>."
     ),
     "mcq": (
-        "{query}\nOptions:\n{options}\n{think}Reply with the letter of the right option as "
-        "<answer>LETTER</answer>."
+        "{query}\nOptions:\n{options}\n{think}Reply with the letter of the right option as <answer>LETTER</answer>."
     ),
 }
 
@@ -331,8 +326,15 @@ def answer_letter(sample: Mapping[str, Any]) -> str:
 _LOC_METRICS = ("mIoU", "R@0.3", "R@0.5", "R@0.7")
 _TG_METRICS = ("mIoU", "R1@0.3", "R1@0.5", "R1@0.7")
 _GQA_METRICS = (
-    "Acc", *_LOC_METRICS, "gqa_mIoP", "gqa_IoP@0.3", "gqa_IoP@0.5", "gqa_mIoU", "gqa_IoU@0.3",
-    "gqa_IoU@0.5", "Acc@GQA",
+    "Acc",
+    *_LOC_METRICS,
+    "gqa_mIoP",
+    "gqa_IoP@0.3",
+    "gqa_IoP@0.5",
+    "gqa_mIoU",
+    "gqa_IoU@0.3",
+    "gqa_IoU@0.5",
+    "Acc@GQA",
 )
 _TAL_METRICS = ("F1@0.1", "F1@0.3", "F1@0.5", "F1@0.7", "mF1")
 
@@ -347,13 +349,37 @@ TASKS: dict[str, Task] = {
         Task("dtg", "dense temporal grounding (Type 1)", _PROMPTS["dtg"], "segments", "type1", _LOC_METRICS),
         Task("vhd", "video highlight detection (Type 2)", _PROMPTS["vhd"], "segments", "type2", _LOC_METRICS),
         Task(
-            "gvqa", "grounded video QA (Type 2 + R_cls)", _PROMPTS["gvqa"], "choice_glue", "type2",
-            _GQA_METRICS, weights=(1.0, 1.0, 1.0), has_cls=True,
+            "gvqa",
+            "grounded video QA (Type 2 + R_cls)",
+            _PROMPTS["gvqa"],
+            "choice_glue",
+            "type2",
+            _GQA_METRICS,
+            weights=(1.0, 1.0, 1.0),
+            has_cls=True,
         ),
         Task("tal", "temporal action localisation (Type 3)", _PROMPTS["tal"], "segments", "type3", _TAL_METRICS),
         Task("tvg", "temporal grounding, Time-R1 tIoU", _PROMPTS["tvg"], "segment", "tiou", _TG_METRICS, pick="last"),
-        Task("order", "TPRU frame ordering", _PROMPTS["order"], "order", "exact", ("Acc",), weights=TPRU_WEIGHTS, has_cls=True),
-        Task("mcq", "TPRU next/previous frame choice", _PROMPTS["mcq"], "choice", "exact", ("Acc",), weights=TPRU_WEIGHTS, has_cls=True),
+        Task(
+            "order",
+            "TPRU frame ordering",
+            _PROMPTS["order"],
+            "order",
+            "exact",
+            ("Acc",),
+            weights=TPRU_WEIGHTS,
+            has_cls=True,
+        ),
+        Task(
+            "mcq",
+            "TPRU next/previous frame choice",
+            _PROMPTS["mcq"],
+            "choice",
+            "exact",
+            ("Acc",),
+            weights=TPRU_WEIGHTS,
+            has_cls=True,
+        ),
     )
 }
 

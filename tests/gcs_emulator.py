@@ -42,9 +42,22 @@ def gcs_emulator(bucket: str) -> Iterator[dict[str, str]]:
     """Start the emulator with `bucket` on a free port of 127.0.0.1; yields its `client_env` (not yet set)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-         "--default-bucket", bucket, "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            __file__,
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--default-bucket",
+            bucket,
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while True:

@@ -67,14 +67,23 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
     ids = np.full((len(rows), length), pad_id, np.int64)
     mask = np.zeros((len(rows), length), np.int64)
     for i, r in enumerate(rows):
-        ids[i, length - len(r):] = r
-        mask[i, length - len(r):] = 1
+        ids[i, length - len(r) :] = r
+        mask[i, length - len(r) :] = 1
     return ids, mask
 
 
-def hf_logits(model, config: Qwen2_5_VLConfig, input_ids, attention_mask=None, pixel_values=None,
-              image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
-              second_per_grid_ts=None, position_ids=None) -> np.ndarray:
+def hf_logits(
+    model,
+    config: Qwen2_5_VLConfig,
+    input_ids,
+    attention_mask=None,
+    pixel_values=None,
+    image_grid_thw=None,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    position_ids=None,
+) -> np.ndarray:
     """Logits of the transformers model (mm_token_type_ids derived from the placeholder ids).
 
     `position_ids` [3, B, L], if given, replace the ids transformers would compute itself.

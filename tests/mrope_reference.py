@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def original_rope_ids(config, input_ids, image_grids=(), video_grids=(), seconds=None,
-                      attention_mask=None) -> np.ndarray:
+def original_rope_ids(
+    config, input_ids, image_grids=(), video_grids=(), seconds=None, attention_mask=None
+) -> np.ndarray:
     """Position ids [3, B, L] (int64) of a batch under the original rule; grids are consumed in batch order."""
     ids = np.asarray(input_ids)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
@@ -52,6 +53,5 @@ def original_rope_ids(config, input_ids, image_grids=(), video_grids=(), seconds
 
 def original_completion_ids(prompt_ids: np.ndarray, attention_mask: np.ndarray, steps: int) -> np.ndarray:
     """Ids [3, B, steps] of generated tokens: max(valid prompt ids) + 1 + k on the three axes."""
-    top = np.array([prompt_ids[:, b][:, np.asarray(attention_mask[b], bool)].max()
-                    for b in range(prompt_ids.shape[1])])
+    top = np.array([prompt_ids[:, b][:, np.asarray(attention_mask[b], bool)].max() for b in range(prompt_ids.shape[1])])
     return np.broadcast_to((top[:, None] + 1 + np.arange(steps))[None], (3, len(top), steps)).copy()

@@ -10,8 +10,13 @@ import os
 import pathlib
 import sys
 
-nproc, pid, port, workdir, out = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], pathlib.Path(sys.argv[4]),
-                                  sys.argv[5])
+nproc, pid, port, workdir, out = (
+    int(sys.argv[1]),
+    int(sys.argv[2]),
+    sys.argv[3],
+    pathlib.Path(sys.argv[4]),
+    sys.argv[5],
+)
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // nproc}"
 import jax  # noqa: E402  (after XLA_FLAGS)
 

@@ -32,9 +32,17 @@ tok = transformers.AutoTokenizer.from_pretrained(str(data / "tok"))
 model = init_model(tiny_config(**special_token_ids(tok)), 0)
 mesh = sharding_lib.make_mesh(1, 4, 1)
 sharding_lib.shard_model(model, mesh, "fsdp_tensor")
-cfg = LoaderConfig(sources=(SourceConfig(str(data / "eval.jsonl"), media_dir=str(data)),), batch_size=2,
-                   max_frames=4, min_pixels=784, max_pixels=3136, total_pixels=12544, token_buckets=(64, 128, 256),
-                   patch_buckets=(16, 32, 64), num_workers=0)
+cfg = LoaderConfig(
+    sources=(SourceConfig(str(data / "eval.jsonl"), media_dir=str(data)),),
+    batch_size=2,
+    max_frames=4,
+    min_pixels=784,
+    max_pixels=3136,
+    total_pixels=12544,
+    token_buckets=(64, 128, 256),
+    patch_buckets=(16, 32, 64),
+    num_workers=0,
+)
 shapes = []
 lockstep = multihost.lockstep
 
@@ -48,7 +56,9 @@ def traced(batches, **kwargs):
 
 multihost.lockstep = traced
 predictions, targets, skipped = generate_predictions(
-    model, tok, make_eval_loader(cfg, tok, model.config, prompt_builders()), max_new_tokens=8, mesh=mesh)
-pathlib.Path(f"{out}_{pid}.json").write_text(json.dumps({"predictions": predictions, "skipped": skipped,
-                                                         "shapes": shapes}))
+    model, tok, make_eval_loader(cfg, tok, model.config, prompt_builders()), max_new_tokens=8, mesh=mesh
+)
+pathlib.Path(f"{out}_{pid}.json").write_text(
+    json.dumps({"predictions": predictions, "skipped": skipped, "shapes": shapes})
+)
 multihost.barrier("written")

@@ -58,7 +58,8 @@ mesh = sharding_lib.make_mesh(1, 2 * nproc, 1)
 multihost_utils.sync_global_devices("start")
 base = reset_peak()
 model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-    checkpoint, sharding=sharding_lib.loader_sharding(mesh, "fsdp_tensor"))
+    checkpoint, sharding=sharding_lib.loader_sharding(mesh, "fsdp_tensor")
+)
 load_peak, load_after = peak_since(base), kb("VmRSS:") * 1024 - base
 params = nnx.state(model, nnx.Param)
 leaves = jax.tree.leaves(params)
@@ -86,14 +87,26 @@ for name, (path, key) in checkpoint_lib.tensor_locations(checkpoint).items():
             wrong.append(name)
 
 ids = np.load(ids_file)
-inputs = jax.tree.map(lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(x)),
-                      build_model_inputs(model.config, ids))
+inputs = jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(x)),
+    build_model_inputs(model.config, ids),
+)
 logits = jax.jit(lambda m, x: m.forward(x))(model, inputs)
 gathered = multihost_utils.process_allgather(logits, tiled=True)
 if pid == 0:
     np.save(f"{out}_logits.npy", gathered)
 with open(f"{out}_{pid}.json", "w") as f:
-    json.dump({"load_peak": load_peak, "load_after": load_after, "share": share, "largest": largest,
-               "ref_peak": ref_peak, "same_sharding": same_sharding, "wrong": wrong,
-               "devices": [jax.device_count(), jax.local_device_count()]}, f)
+    json.dump(
+        {
+            "load_peak": load_peak,
+            "load_after": load_after,
+            "share": share,
+            "largest": largest,
+            "ref_peak": ref_peak,
+            "same_sharding": same_sharding,
+            "wrong": wrong,
+            "devices": [jax.device_count(), jax.local_device_count()],
+        },
+        f,
+    )
 multihost_utils.sync_global_devices("written")

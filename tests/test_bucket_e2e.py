@@ -48,9 +48,14 @@ def _no_local_gs_folder(*dirs: pathlib.Path) -> None:
 def _train(workdir: str, steps: int) -> int:
     from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
 
-    parse_gin(files=["demo.gin"], bindings=[
-        *SMALL, "DataConfig.synthetic = False",
-        f"DataConfig.sources = [{{'path': '{BUCKET_URL}/prep/train.jsonl'}}]"])
+    parse_gin(
+        files=["demo.gin"],
+        bindings=[
+            *SMALL,
+            "DataConfig.synthetic = False",
+            f"DataConfig.sources = [{{'path': '{BUCKET_URL}/prep/train.jsonl'}}]",
+        ],
+    )
     return GRPOTrainer(workdir, TrainConfig(steps=steps, tensorboard=True, progress=False)).run()
 
 
@@ -64,13 +69,30 @@ def test_prepare_train_resume_eval_convert_in_a_bucket(bucket, tmp_path, monkeyp
     local = tmp_path / "synthetic"
     write_synthetic_dataset(local, samples_per_task=4, tasks=("tg",), include_images=False, split_names=("train",))
     rows = [json.loads(line) for line in (local / "train.jsonl").read_text().splitlines()]
-    annotations = {r["id"]: {"duration": r["duration"], "sentences": [r["query"]], "timestamps": r["segments"][:1]}
-                   for r in rows}
+    annotations = {
+        r["id"]: {"duration": r["duration"], "sentences": [r["query"]], "timestamps": r["segments"][:1]} for r in rows
+    }
     paths.upload_dir(local / "videos", f"{bucket}/media")
     paths.as_path(f"{bucket}/ann/charades.json").write_text(json.dumps(annotations))
 
-    assert cli.main(["prepare", "--dataset", "charades_sta", "--annotations", f"{bucket}/ann/charades.json",
-                     "--videos", f"{bucket}/media", "--out", f"{bucket}/prep", "--split", "train"]) == 0
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--dataset",
+                "charades_sta",
+                "--annotations",
+                f"{bucket}/ann/charades.json",
+                "--videos",
+                f"{bucket}/media",
+                "--out",
+                f"{bucket}/prep",
+                "--split",
+                "train",
+            ]
+        )
+        == 0
+    )
     prepared = paths.as_path(f"{bucket}/prep")
     assert (prepared / "train.jsonl").is_file() and (prepared / "prepare_report.json").is_file()
     assert len(list(prepared.glob("charades_sta-train.array_record-*"))) == 1
@@ -81,8 +103,13 @@ def test_prepare_train_resume_eval_convert_in_a_bucket(bucket, tmp_path, monkeyp
     assert _train(workdir, 1) == 0
     run = paths.as_path(workdir)
     assert [r["step"] for r in read_metrics(workdir)] == [1]
-    for name in ("operative_config.gin", "model/config.json", "model/setup.json", "tokenizer/tokenizer.json",
-                 "hf/config.json"):
+    for name in (
+        "operative_config.gin",
+        "model/config.json",
+        "model/setup.json",
+        "tokenizer/tokenizer.json",
+        "hf/config.json",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     manager = CheckpointManager(f"{workdir}/checkpoints")
@@ -95,9 +122,30 @@ def test_prepare_train_resume_eval_convert_in_a_bucket(bucket, tmp_path, monkeyp
     assert manager.all_steps() == [1, 2]
     manager.close()
 
-    assert cli.main(["eval", "--gin_file", "demo.gin", "--checkpoint", f"{workdir}/hf", "--dataset",
-                     f"{bucket}/prep", "--split", "train", "--workdir", f"{bucket}/eval", "--batch_size", "2",
-                     "--limit", "2", "--max_new_tokens", "6"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--gin_file",
+                "demo.gin",
+                "--checkpoint",
+                f"{workdir}/hf",
+                "--dataset",
+                f"{bucket}/prep",
+                "--split",
+                "train",
+                "--workdir",
+                f"{bucket}/eval",
+                "--batch_size",
+                "2",
+                "--limit",
+                "2",
+                "--max_new_tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
     results = json.loads(paths.as_path(f"{bucket}/eval/eval_results.json").read_text())
     assert results["num_samples"] == 2
     assert (paths.as_path(f"{bucket}/eval") / "predictions.jsonl").is_file()

@@ -26,13 +26,21 @@ LONG_VIDEO = (16, 4, 4)  # merged 16 x 2 x 2: temporal ids run 15 * interval pas
 
 def _prompts(config, rng):
     """Two left-padded prompts: a long video with short trailing text, and an image plus a long video."""
-    rows = [vision_prompt(config, rng, [LONG_VIDEO], ["video"], text_len=2),
-            vision_prompt(config, rng, [(1, 4, 4), (12, 2, 4)], ["image", "video"], text_len=3)]
+    rows = [
+        vision_prompt(config, rng, [LONG_VIDEO], ["video"], text_len=2),
+        vision_prompt(config, rng, [(1, 4, 4), (12, 2, 4)], ["image", "video"], text_len=3),
+    ]
     ids, mask = left_pad(rows, config.pad_token_id)
     return build_model_inputs(
-        config, ids, mask, pixel_values=pixels(config, rng, [(1, 4, 4)]), image_grid_thw=np.array([(1, 4, 4)]),
+        config,
+        ids,
+        mask,
+        pixel_values=pixels(config, rng, [(1, 4, 4)]),
+        image_grid_thw=np.array([(1, 4, 4)]),
         pixel_values_videos=pixels(config, rng, [LONG_VIDEO, (12, 2, 4)]),
-        video_grid_thw=np.array([LONG_VIDEO, (12, 2, 4)]), second_per_grid_ts=np.array([2 / 3, 1.5], np.float32))
+        video_grid_thw=np.array([LONG_VIDEO, (12, 2, 4)]),
+        second_per_grid_ts=np.array([2 / 3, 1.5], np.float32),
+    )
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -41,8 +49,9 @@ def test_completion_start_by_rule(rule):
     config = tiny_config(text_after_vision=rule)
     row = [5, 6, config.vision_start_token_id] + [config.video_token_id] * 12 + [config.vision_end_token_id, 7, 8]
     ids, mask = left_pad([row, row[:1]], config.pad_token_id)
-    pos, deltas = get_rope_index(config, ids, video_grid_thw=np.array([(3, 4, 4)]), second_per_grid_ts=[2.0],
-                                 attention_mask=mask)
+    pos, deltas = get_rope_index(
+        config, ids, video_grid_thw=np.array([(3, 4, 4)]), second_per_grid_ts=[2.0], attention_mask=mask
+    )
     # max_plus_one: the trailing text is 12, 13, 14 and generation goes on at 15 (= n_valid + rope_delta);
     # transformers5: the trailing text is 5, 6, 7 and transformers 5's generate goes on at 8, below max + 1 = 12.
     first = {"max_plus_one": 15, "transformers5": 8}[rule]
@@ -67,7 +76,7 @@ def test_sft_positions_are_the_generation_positions(rule):
     alone, _ = get_rope_index(config, np.array([prompt]), **vision)
     assert alone.max() > alone[0, 0, -1] or rule == "max_plus_one"  # the video runs past the trailing text
     generated = completion_position_ids(config, alone, np.ones((1, len(prompt))), len(answer))
-    np.testing.assert_array_equal(full[:, :, len(prompt):], generated)
+    np.testing.assert_array_equal(full[:, :, len(prompt) :], generated)
 
 
 @pytest.fixture(scope="module", params=RULES)
@@ -90,8 +99,16 @@ def _scored(model, prompts, tokens, mask):
 def test_sampled_logprobs_equal_trainer_logprobs(models, which):
     _, policy, reference, prompts = models
     model = policy if which == "policy" else reference
-    out = generate(model, prompts, max_new_tokens=STEPS, temperature=1.0, num_return_sequences=G, rng=4,
-                   eos_token_id=EOS, return_logprobs=True)
+    out = generate(
+        model,
+        prompts,
+        max_new_tokens=STEPS,
+        temperature=1.0,
+        num_return_sequences=G,
+        rng=4,
+        eos_token_id=EOS,
+        return_logprobs=True,
+    )
     mask = np.asarray(out.mask)
     assert mask.sum() > G * 2  # several tokens per sample
     scored = np.asarray(_scored(model, prompts, out.tokens, mask.astype(np.float32)))
@@ -103,15 +120,29 @@ def test_first_grpo_ratio_is_one(models):
     """The sampler's log-probs as the old policy: the first update is on-policy (ratio 1, same loss and
     gradient as with `old_logp=None`); the reference's KL uses the same positions."""
     _, policy, reference, prompts = models
-    out = generate(policy, prompts, max_new_tokens=STEPS, temperature=1.0, num_return_sequences=G, rng=5,
-                   eos_token_id=EOS, return_logprobs=True)
+    out = generate(
+        policy,
+        prompts,
+        max_new_tokens=STEPS,
+        temperature=1.0,
+        num_return_sequences=G,
+        rng=5,
+        eos_token_id=EOS,
+        return_logprobs=True,
+    )
     mask = np.asarray(out.mask, np.float32)
     ref_logp = _scored(reference, prompts, out.tokens, mask)
     graphdef, params, frozen = nnx.split(policy, nnx.Param, ...)
     loss_fn = make_policy_loss(graphdef, LossConfig(name="grpo", beta=0.04), G)
-    batch = {"prompt": jax.tree.map(jnp.asarray, prompts), "completions": out.tokens, "mask": mask,
-             "advantages": jnp.asarray(np.random.default_rng(0).normal(size=2 * G), jnp.float32),
-             "weights": jnp.ones(2 * G), "old_logp": out.logprobs, "ref_logp": ref_logp}
+    batch = {
+        "prompt": jax.tree.map(jnp.asarray, prompts),
+        "completions": out.tokens,
+        "mask": mask,
+        "advantages": jnp.asarray(np.random.default_rng(0).normal(size=2 * G), jnp.float32),
+        "weights": jnp.ones(2 * G),
+        "old_logp": out.logprobs,
+        "ref_logp": ref_logp,
+    }
 
     def value(p, b):
         total, count, aux = loss_fn(p, frozen, b)

@@ -36,8 +36,14 @@ def test_quote_value():
 
 def test_rewrite_gin_args():
     argv = ["--gin.LossConfig.name=dapo", "--steps", "3", "--gin.TrainConfig.seed", "7"]
-    assert rewrite_gin_args(argv) == ["--gin_binding", "LossConfig.name = 'dapo'", "--steps", "3",
-                                      "--gin_binding", "TrainConfig.seed = 7"]
+    assert rewrite_gin_args(argv) == [
+        "--gin_binding",
+        "LossConfig.name = 'dapo'",
+        "--steps",
+        "3",
+        "--gin_binding",
+        "TrainConfig.seed = 7",
+    ]
     with pytest.raises(ValueError, match="NAME=VALUE"):
         rewrite_gin_args(["--gin.=3"])
 
@@ -48,8 +54,17 @@ def test_parser_accepts_gin_overrides_and_parses_them(tmp_path):
     parser.add_argument("--workdir")
     cfg = tmp_path / "probe.gin"
     cfg.write_text("_probe.count = 2\n_probe.name = 'file'\n")
-    args = parser.parse_args(["--gin_file", str(cfg), "--gin._probe.name=cli", "--gin._probe.rate=1e-3",
-                              "--gin._probe.flags=[1, 2]", "--workdir", str(tmp_path)])
+    args = parser.parse_args(
+        [
+            "--gin_file",
+            str(cfg),
+            "--gin._probe.name=cli",
+            "--gin._probe.rate=1e-3",
+            "--gin._probe.flags=[1, 2]",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     parse_gin(args)
     assert _probe() == ("cli", 2, 1e-3, [1, 2], None)
     path = write_operative_config(tmp_path)

@@ -23,8 +23,10 @@ def _clear_gin():
     yield
     gin.clear_config()
 
-CONFIGS = sorted(str(p.relative_to(gin_config.config_search_dirs()[0]))
-                 for p in gin_config.config_search_dirs()[0].rglob("*.gin"))
+
+CONFIGS = sorted(
+    str(p.relative_to(gin_config.config_search_dirs()[0])) for p in gin_config.config_search_dirs()[0].rglob("*.gin")
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -48,7 +50,9 @@ def test_paper_settings():
 def test_ablations_change_only_what_they_name():
     gin_config.parse_gin(files=["ablations/dapo.gin"])
     assert gin.query_parameter("LossConfig.name") == "dapo" and gin.query_parameter("LossConfig.epsilon_high") == 0.28
-    assert gin.query_parameter("RolloutConfig.dynamic_sampling") and gin.query_parameter("LossConfig.filter_equal_groups")
+    assert gin.query_parameter("RolloutConfig.dynamic_sampling") and gin.query_parameter(
+        "LossConfig.filter_equal_groups"
+    )
     gin_config.parse_gin(files=["ablations/tal_sequential_match.gin"])
     assert gin.query_parameter("RolloutConfig.reward_options") == {"matching": "sequential"}
     gin_config.parse_gin(files=["ablations/tal_no_count_reward.gin"])
@@ -69,8 +73,11 @@ def test_config_uses_the_checkpoints_position_rule(name):
         # TempR1*: starts from a run's own export (runs/tempr1_7b/hf), whose config.json keeps its rule.
         assert model_setup.checkpoint.startswith("runs/")
         return
-    config = (Qwen2_5_VLConfig.from_pretrained(plan._checkpoint_config(model_setup.checkpoint))
-              if model_setup.checkpoint else tiny_config())
+    config = (
+        Qwen2_5_VLConfig.from_pretrained(plan._checkpoint_config(model_setup.checkpoint))
+        if model_setup.checkpoint
+        else tiny_config()
+    )
     assert model_setup.configure(config).text_after_vision == "max_plus_one"
 
 

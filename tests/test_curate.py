@@ -65,22 +65,24 @@ def test_drop_solved():
         difficulty.drop_solved(samples, [0.1])
 
 
-TARGET = {"id": "x", "duration": 10.0, "segments": [[2.0, 4.0], [6.0, 8.0]], "answer": "B",
-          "options": ["a", "b"]}
+TARGET = {"id": "x", "duration": 10.0, "segments": [[2.0, 4.0], [6.0, 8.0]], "answer": "B", "options": ["a", "b"]}
 
 
-@pytest.mark.parametrize("task,completion,expected", [
-    ("tg", "<answer>2 to 4</answer>", 1.0),
-    ("tg", "<answer>3 to 4, 6 to 8</answer>", 0.5),  # first segment only
-    ("tg", "the moment is 2 to 3 seconds", 0.5),  # untagged text is read (lenient)
-    ("tg", "no idea", 0.0),
-    ("tvg", "<answer>0 to 1, 2 to 4</answer>", 1.0),  # Time-R1 reads the last segment
-    ("dtg", "<answer>2 to 4</answer>", 0.5),  # Type 1: divided by max(n_pred, n_gt)
-    ("vhd", "<answer>2 to 8</answer>", 4.0 / 6.0),  # union IoU
-    ("gvqa", "<answer>A</answer><glue>2 to 4, 6 to 8</glue>", 1.0),
-    ("tal", "<answer>6 to 8, 2 to 4</answer>", 1.0),  # DP matching is order free
-    ("tal", "<answer>2 to 4, 6 to 8, 9 to 10</answer>", 0.8),  # F1: P = 2/3, R = 1
-])
+@pytest.mark.parametrize(
+    "task,completion,expected",
+    [
+        ("tg", "<answer>2 to 4</answer>", 1.0),
+        ("tg", "<answer>3 to 4, 6 to 8</answer>", 0.5),  # first segment only
+        ("tg", "the moment is 2 to 3 seconds", 0.5),  # untagged text is read (lenient)
+        ("tg", "no idea", 0.0),
+        ("tvg", "<answer>0 to 1, 2 to 4</answer>", 1.0),  # Time-R1 reads the last segment
+        ("dtg", "<answer>2 to 4</answer>", 0.5),  # Type 1: divided by max(n_pred, n_gt)
+        ("vhd", "<answer>2 to 8</answer>", 4.0 / 6.0),  # union IoU
+        ("gvqa", "<answer>A</answer><glue>2 to 4, 6 to 8</glue>", 1.0),
+        ("tal", "<answer>6 to 8, 2 to 4</answer>", 1.0),  # DP matching is order free
+        ("tal", "<answer>2 to 4, 6 to 8, 9 to 10</answer>", 0.8),  # F1: P = 2/3, R = 1
+    ],
+)
 def test_sample_iou(task, completion, expected):
     assert difficulty.sample_iou(task, completion, TARGET) == pytest.approx(expected)
 

@@ -36,8 +36,16 @@ from tempr1_jax.training.data_setup import prompt_builders
 from tempr1_jax.training.metrics_log import read_metrics
 from tempr1_jax.training.predictions import generate_predictions
 
-DEMO_LOADER = {"batch_size": 2, "max_frames": 4, "min_pixels": 784, "max_pixels": 3136, "total_pixels": 12544,
-               "token_buckets": (256,), "patch_buckets": (64,), "num_workers": 0}  # as in configs/demo.gin
+DEMO_LOADER = {
+    "batch_size": 2,
+    "max_frames": 4,
+    "min_pixels": 784,
+    "max_pixels": 3136,
+    "total_pixels": 12544,
+    "token_buckets": (256,),
+    "patch_buckets": (64,),
+    "num_workers": 0,
+}  # as in configs/demo.gin
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +53,9 @@ def data(tmp_path_factory):
     """JSONL sources a (4 tg/vhd samples), b (2 gvqa) and broken (1 tg sample whose video is missing, so the
     loader skips it) of synthetic samples, a tiny tokenizer and model config."""
     root = tmp_path_factory.mktemp("data")
-    train = write_synthetic_dataset(root, samples_per_task=2, tasks=("tg", "vhd", "gvqa"), include_images=False,
-                                    split_names=("train",))["train"]
+    train = write_synthetic_dataset(
+        root, samples_per_task=2, tasks=("tg", "vhd", "gvqa"), include_images=False, split_names=("train",)
+    )["train"]
     samples = [json.loads(line) for line in train.read_text().splitlines()]
     (root / "a.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples if s["task"] != "gvqa"))
     (root / "b.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples if s["task"] == "gvqa"))
@@ -72,9 +81,14 @@ def test_drop_keeps_the_unsolved_samples_and_the_loader_yields_only_them(data, t
     # Source a keeps its samples 1 and 3 (0.7 is not > 0.7; 2 was not scored), source b is all solved.
     ious = np.array([0.9, 0.1, np.nan, 0.7, 0.8, 0.95])
     metrics = cur.advance(3, ious)
-    assert metrics == {"curriculum_epoch": 2, "curriculum_kept": 2, "curriculum_dropped": 3,
-                       "curriculum_unscored": 1, "curriculum_held_out": 0,
-                       "curriculum_mean_iou": pytest.approx(np.nanmean(ious))}
+    assert metrics == {
+        "curriculum_epoch": 2,
+        "curriculum_kept": 2,
+        "curriculum_dropped": 3,
+        "curriculum_unscored": 1,
+        "curriculum_held_out": 0,
+        "curriculum_mean_iou": pytest.approx(np.nanmean(ious)),
+    }
     kept = [samples[i]["id"] for i in (1, 3)]
     assert cur.epoch.sizes == (2,) and cur.epoch.start_step == 3 and cur.length() == 1
     assert not cur.due(3) and cur.due(4)
@@ -140,26 +154,42 @@ def test_epoch_length_and_unique_ids():
 
 # --- trainer runs -----------------------------------------------------------------------------------
 
+
 def trainer(workdir, steps, sources):
     """A demo trainer with `drop_solved` on `sources` (7 samples, one unloadable: 3 steps per epoch)."""
-    parse_gin(files=["demo.gin"], bindings=[*SMALL, "DataConfig.synthetic = False",
-                                             f"DataConfig.sources = {[dataclasses.asdict(s) for s in sources]}"])
-    return GRPOTrainer(workdir, TrainConfig(steps=steps, tensorboard=False, progress=False, export_hf=False,
-                                            drop_solved=True))
+    parse_gin(
+        files=["demo.gin"],
+        bindings=[
+            *SMALL,
+            "DataConfig.synthetic = False",
+            f"DataConfig.sources = {[dataclasses.asdict(s) for s in sources]}",
+        ],
+    )
+    return GRPOTrainer(
+        workdir, TrainConfig(steps=steps, tensorboard=False, progress=False, export_hf=False, drop_solved=True)
+    )
 
 
 @pytest.mark.xdist_group("curriculum")
 def test_trainer_scores_like_curate_on_separate_greedy_outputs(tmp_path, data, compile_cache):
     t = trainer(tmp_path, 1, data[0].values())
     policy = nnx.merge(t.graphdef, t.state.params, t.frozen)
-    ious = t.curriculum.score(policy, t.tokenizer, t.model_config, prompt_builders(), mesh=t.mesh,
-                              layout=t.layout, max_new_tokens=t.rollout_cfg.max_new_tokens)
+    ious = t.curriculum.score(
+        policy,
+        t.tokenizer,
+        t.model_config,
+        prompt_builders(),
+        mesh=t.mesh,
+        layout=t.layout,
+        max_new_tokens=t.rollout_cfg.max_new_tokens,
+    )
     t.checkpoints.close()
     # Separately: an unsharded copy of the policy, the evaluation loader, `curate` in filter mode.
     plain = nnx.merge(t.graphdef, *jax.device_get((t.state.params, t.frozen)))
     batches = make_eval_loader(t.loader_cfg, t.tokenizer, t.model_config, prompt_builders())
-    predictions, targets, _ = generate_predictions(plain, t.tokenizer, batches,
-                                                                max_new_tokens=t.rollout_cfg.max_new_tokens)
+    predictions, targets, _ = generate_predictions(
+        plain, t.tokenizer, batches, max_new_tokens=t.rollout_cfg.max_new_tokens
+    )
     kept, expected, _ = curate.curate(predictions, targets, difficulty.CurateConfig(), mode="filter")
     assert [p["id"] for p in predictions] == [s["id"] for s in t.curriculum.samples() if s["id"] != "broken"]
     np.testing.assert_array_equal(ious[:-1], expected)
@@ -181,15 +211,28 @@ def test_resume_across_drops_logs_exactly_the_uninterrupted_run(tmp_path, data, 
         assert trainer(stopped, steps, sources).run() == 0
     a, b = read_metrics(straight), read_metrics(stopped)
     assert [r["step"] for r in b] == list(range(1, 8))
-    for key in ("loss", "kl", "grad_norm", "reward_mean", "completion_length_mean", "curriculum_epoch",
-                "curriculum_kept", "curriculum_dropped", "curriculum_unscored", "curriculum_mean_iou"):
+    for key in (
+        "loss",
+        "kl",
+        "grad_norm",
+        "reward_mean",
+        "completion_length_mean",
+        "curriculum_epoch",
+        "curriculum_kept",
+        "curriculum_dropped",
+        "curriculum_unscored",
+        "curriculum_mean_iou",
+    ):
         assert [r.get(key) for r in a] == [r.get(key) for r in b], key
     # Drops before steps 3 and 6 (0-based): the unloadable sample goes at the first one.
     assert [(r["step"], r["curriculum_kept"], r["curriculum_unscored"]) for r in a if "curriculum_epoch" in r] == [
-        (4, 6, 1), (7, 6, 0)]
+        (4, 6, 1),
+        (7, 6, 0),
+    ]
     for epoch in ("epoch_0002", "epoch_0003"):
-        assert ((straight / CURRICULUM_DIR / epoch / "summary.json").read_text().replace(str(straight), "")
-                == (stopped / CURRICULUM_DIR / epoch / "summary.json").read_text().replace(str(stopped), ""))
+        assert (straight / CURRICULUM_DIR / epoch / "summary.json").read_text().replace(str(straight), "") == (
+            stopped / CURRICULUM_DIR / epoch / "summary.json"
+        ).read_text().replace(str(stopped), "")
     # Both end on the same loader position of the same set.
     nxt = []
     for workdir in (straight, stopped):

@@ -16,12 +16,21 @@ def _clear_gin():
     yield
     gin.clear_config()
 
-SHORT = ["--gin.DemoConfig.tasks=['tg', 'gvqa']", "--gin.DemoConfig.train_samples_per_task=2",
-         "--gin.DemoConfig.test_samples_per_task=2", "--gin.DemoConfig.sft_steps=2",
-         "--gin.DemoConfig.grpo_steps=2", "--gin.DemoConfig.eval_batch_size=4",
-         "--gin.DemoConfig.eval_max_new_tokens=6", "--gin.LoaderConfig.batch_size=2",
-         "--gin.RolloutConfig.num_generations=2", "--gin.RolloutConfig.max_new_tokens=6",
-         "--gin.ModelSetup.tokenizer_vocab_size=300", "--gin.CheckpointConfig.async_save=False"]
+
+SHORT = [
+    "--gin.DemoConfig.tasks=['tg', 'gvqa']",
+    "--gin.DemoConfig.train_samples_per_task=2",
+    "--gin.DemoConfig.test_samples_per_task=2",
+    "--gin.DemoConfig.sft_steps=2",
+    "--gin.DemoConfig.grpo_steps=2",
+    "--gin.DemoConfig.eval_batch_size=4",
+    "--gin.DemoConfig.eval_max_new_tokens=6",
+    "--gin.LoaderConfig.batch_size=2",
+    "--gin.RolloutConfig.num_generations=2",
+    "--gin.RolloutConfig.max_new_tokens=6",
+    "--gin.ModelSetup.tokenizer_vocab_size=300",
+    "--gin.CheckpointConfig.async_save=False",
+]
 
 
 @pytest.mark.slow
@@ -59,6 +68,9 @@ def test_short_demo(tmp_path):
         for command in (train, sft):
             parser = argparse.ArgumentParser()
             command.add_arguments(parser)
-            configurables.parse_gin(parser.parse_args(["--gin_file", str(work / phase / "operative_config.gin"),
-                                                       "--workdir", str(tmp_path / "unused")]))
+            configurables.parse_gin(
+                parser.parse_args(
+                    ["--gin_file", str(work / phase / "operative_config.gin"), "--workdir", str(tmp_path / "unused")]
+                )
+            )
             assert ModelSetup().tokenizer_vocab_size == 300

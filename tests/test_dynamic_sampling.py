@@ -36,14 +36,19 @@ def fake_inputs(ids, tokens=8, patches=4):
     b = len(ids)
     col = np.asarray(ids, np.int32)[:, None]
     return ModelInputs(
-        input_ids=np.broadcast_to(col, (b, tokens)).copy(), attention_mask=np.ones((b, tokens), np.int32),
-        position_ids=np.zeros((3, b, tokens), np.int32), rope_deltas=np.zeros((b, 1), np.int32),
+        input_ids=np.broadcast_to(col, (b, tokens)).copy(),
+        attention_mask=np.ones((b, tokens), np.int32),
+        position_ids=np.zeros((3, b, tokens), np.int32),
+        rope_deltas=np.zeros((b, 1), np.int32),
         pixel_values=np.broadcast_to(col[:, :, None], (b, patches, 2)).astype(np.float32),
         vision_pos_ids=np.zeros((b, patches, 2), np.int32),
         window_index=np.broadcast_to(np.arange(patches, dtype=np.int32), (b, patches)).copy(),
         window_inverse=np.broadcast_to(np.arange(patches, dtype=np.int32), (b, patches)).copy(),
-        full_segment_ids=np.ones((b, patches), np.int32), window_segment_ids=np.ones((b, patches), np.int32),
-        patch_valid=np.ones((b, patches), bool), vision_token_index=np.full((b, tokens), -1, np.int32))
+        full_segment_ids=np.ones((b, patches), np.int32),
+        window_segment_ids=np.ones((b, patches), np.int32),
+        patch_valid=np.ones((b, patches), bool),
+        vision_token_index=np.full((b, tokens), -1, np.int32),
+    )
 
 
 def batch(ids, **shape):
@@ -64,16 +69,31 @@ class FakeRoll:
         total = np.asarray([[1.0, 1.0] if i in self.equal else [0.0, 1.0] for i in ids], np.float32).reshape(-1)
         equal = np.repeat([i in self.equal for i in ids], G)
         texts = [f"{i}/{g}" for i in ids for g in range(G)]
-        return Rollout(tokens=np.repeat(np.asarray(ids, np.int32), G)[:, None], mask=np.ones((len(texts), 1), bool),
-                       texts=texts, tasks=["tg"] * len(texts), rewards={"total": total},
-                       advantages=np.where(equal, 0.0, total - 0.5).astype(np.float32), equal_groups=equal)
+        return Rollout(
+            tokens=np.repeat(np.asarray(ids, np.int32), G)[:, None],
+            mask=np.ones((len(texts), 1), bool),
+            texts=texts,
+            tasks=["tg"] * len(texts),
+            rewards={"total": total},
+            advantages=np.where(equal, 0.0, total - 0.5).astype(np.float32),
+            equal_groups=equal,
+        )
 
 
 def refill(first, loader, roll, max_rounds=4, gather=lambda x: np.asarray(x)[None]):
     key = jax.random.key(7)
     r = roll(first["inputs"], first["samples"], key)
-    return refill_equal_groups(first["inputs"], first["samples"], r, iter(loader), roll, key,
-                               max_rounds=max_rounds, pad_token_id=PAD, gather=gather)
+    return refill_equal_groups(
+        first["inputs"],
+        first["samples"],
+        r,
+        iter(loader),
+        roll,
+        key,
+        max_rounds=max_rounds,
+        pad_token_id=PAD,
+        gather=gather,
+    )
 
 
 def test_equal_groups_are_replaced_in_order_and_counted():
@@ -88,8 +108,13 @@ def test_equal_groups_are_replaced_in_order_and_counted():
     assert out.rollout.tokens[:, 0].tolist() == [0, 0, 11, 11, 2, 2, 12, 12]
     assert not out.rollout.equal_groups.any()
     assert out.rollout.rewards["total"].tolist() == [0, 1] * 4
-    assert out.metrics == {"resample_rounds": 1, "resample_prompts": 4, "resample_groups_replaced": 2,
-                           "resample_groups_equal_initial": 2, "resample_groups_equal": 0}
+    assert out.metrics == {
+        "resample_rounds": 1,
+        "resample_prompts": 4,
+        "resample_groups_replaced": 2,
+        "resample_groups_equal_initial": 2,
+        "resample_groups_equal": 0,
+    }
 
 
 def test_no_equal_group_draws_nothing():
@@ -97,8 +122,17 @@ def test_no_equal_group_draws_nothing():
     loader = iter([batch([10, 11, 12, 13])])
     first = batch([0, 1, 2, 3])
     r = roll(first["inputs"], first["samples"], jax.random.key(0))
-    out = refill_equal_groups(first["inputs"], first["samples"], r, loader, roll, jax.random.key(0), max_rounds=4,
-                              pad_token_id=PAD, gather=lambda x: np.asarray(x)[None])
+    out = refill_equal_groups(
+        first["inputs"],
+        first["samples"],
+        r,
+        loader,
+        roll,
+        jax.random.key(0),
+        max_rounds=4,
+        pad_token_id=PAD,
+        gather=lambda x: np.asarray(x)[None],
+    )
     assert out.rollout is r and out.metrics["resample_rounds"] == 0 and next(loader)["samples"][0]["id"] == 10
 
 
@@ -106,8 +140,13 @@ def test_the_budget_bounds_the_rounds_and_keys_fold_the_round():
     roll = FakeRoll(equal={1, 3} | set(range(10, 100)))
     loader = [batch([10 * k + j for j in range(4)]) for k in range(1, 9)]
     out = refill(batch([0, 1, 2, 3]), loader, roll, max_rounds=3)
-    assert out.metrics == {"resample_rounds": 3, "resample_prompts": 12, "resample_groups_replaced": 0,
-                           "resample_groups_equal_initial": 2, "resample_groups_equal": 2}
+    assert out.metrics == {
+        "resample_rounds": 3,
+        "resample_prompts": 12,
+        "resample_groups_replaced": 0,
+        "resample_groups_equal_initial": 2,
+        "resample_groups_equal": 2,
+    }
     assert [s["id"] for s in out.samples] == [0, 1, 2, 3]
     key = jax.random.key(7)
     expected = [key] + [jax.random.fold_in(key, k) for k in (1, 2, 3)]
@@ -147,6 +186,7 @@ class ThreadGather:
             out = np.stack(self.values)
             self.barrier.wait()
             return out
+
         return gather
 
 
@@ -160,17 +200,34 @@ def test_processes_agree_on_the_rounds():
     def run(i):
         key = jax.random.key(7)
         r = rolls[i](firsts[i]["inputs"], firsts[i]["samples"], key)
-        outs[i] = refill_equal_groups(firsts[i]["inputs"], firsts[i]["samples"], r, loaders[i], rolls[i], key,
-                                      max_rounds=4, pad_token_id=PAD, gather=gather.of(i))
+        outs[i] = refill_equal_groups(
+            firsts[i]["inputs"],
+            firsts[i]["samples"],
+            r,
+            loaders[i],
+            rolls[i],
+            key,
+            max_rounds=4,
+            pad_token_id=PAD,
+            gather=gather.of(i),
+        )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert outs[0].metrics == outs[1].metrics == {
-        "resample_rounds": 1, "resample_prompts": 4, "resample_groups_replaced": 1,
-        "resample_groups_equal_initial": 1, "resample_groups_equal": 0}
+    assert (
+        outs[0].metrics
+        == outs[1].metrics
+        == {
+            "resample_rounds": 1,
+            "resample_prompts": 4,
+            "resample_groups_replaced": 1,
+            "resample_groups_equal_initial": 1,
+            "resample_groups_equal": 0,
+        }
+    )
     assert len(rolls[0].keys) == len(rolls[1].keys) == 2  # process 1 rolled its own batch again
     assert next(loaders[1])["samples"][0]["id"] == 30  # ... without drawing
     assert [s["id"] for s in outs[0].samples] == [0, 12, 2, 3] and [s["id"] for s in outs[1].samples] == [4, 5, 6, 7]
@@ -178,20 +235,24 @@ def test_processes_agree_on_the_rounds():
     assert outs[0].prompts.input_ids.shape == outs[1].prompts.input_ids.shape == (4, 16)
 
 
-
 # --- a tiny GRPO run with configs/ablations/dapo.gin's bindings -------------------------------------------
 
-DAPO_BINDINGS = [line for line in (REPO / "configs" / "ablations" / "dapo.gin").read_text().splitlines()
-                 if line and not line.startswith(("#", "include"))]
+DAPO_BINDINGS = [
+    line
+    for line in (REPO / "configs" / "ablations" / "dapo.gin").read_text().splitlines()
+    if line and not line.startswith(("#", "include"))
+]
 
 
 def crc_rewards(real):
     """`compute_rewards` plus 1 for completions whose CRC is a multiple of 4 (a random tiny policy earns no reward, so
     without it every group would be equal); deterministic, so resumed runs see the same rewards."""
+
     def compute(tasks, texts, targets, **options):
         out = real(tasks, texts, targets, **options)
         out["total"] = out["total"] + np.asarray([zlib.crc32(t.encode()) % 4 == 0 for t in texts], np.float32)
         return out
+
     return compute
 
 
@@ -218,8 +279,15 @@ def test_dapo_run_logs_resamples_and_resumes_exactly(tmp_path, compile_cache, mo
     assert run(stopped, 3) == 0
     resumed = read_metrics(stopped)
     assert [r["step"] for r in resumed] == [1, 2, 3]
-    for key in ("loss", "kl", "reward_mean", "resample_rounds", "resample_prompts", "resample_groups_replaced",
-                "resample_groups_equal"):
+    for key in (
+        "loss",
+        "kl",
+        "reward_mean",
+        "resample_rounds",
+        "resample_prompts",
+        "resample_groups_replaced",
+        "resample_groups_equal",
+    ):
         assert [r[key] for r in logged] == [r[key] for r in resumed], key
 
 
@@ -227,9 +295,16 @@ def test_dapo_run_logs_resamples_and_resumes_exactly(tmp_path, compile_cache, mo
 def test_two_processes_run_the_same_rounds(tmp_path):
     port = str(free_port())
     script = pathlib.Path(__file__).with_name("multiprocess_dynamic_sampling.py")
-    procs = [subprocess.Popen([sys.executable, str(script), "2", str(pid), port, str(tmp_path / "run"),
-                               str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for pid in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), "2", str(pid), port, str(tmp_path / "run"), str(tmp_path / "out")],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(2)
+    ]
     try:
         logs = [p.communicate(timeout=900)[0] for p in procs]
     finally:

@@ -20,11 +20,18 @@ def _clear_gin():
     yield
     gin.clear_config()
 
+
 TARGETS = [
     {"id": "a", "task": "tg", "source": "charades_sta", "duration": 20.0, "segments": [[2.0, 6.0]], "query": "q"},
     {"id": "b", "task": "tg", "source": "charades_sta", "duration": 20.0, "segments": [[10.0, 12.0]], "query": "q"},
-    {"id": "c", "task": "tal", "source": "activitynet13", "duration": 30.0, "segments": [[1.0, 3.0], [20.0, 25.0]],
-     "query": "jump"},
+    {
+        "id": "c",
+        "task": "tal",
+        "source": "activitynet13",
+        "duration": 30.0,
+        "segments": [[1.0, 3.0], [20.0, 25.0]],
+        "query": "jump",
+    },
 ]
 PREDICTIONS = [
     {"id": "a", "task": "tg", "source": "charades_sta", "output": "<answer>2 to 6</answer>"},
@@ -36,7 +43,9 @@ PREDICTIONS = [
 def test_score_predictions_groups_by_dataset_and_task():
     metrics = evaluate.score_predictions(PREDICTIONS, TARGETS)
     assert list(metrics) == [("charades_sta", "tg"), ("activitynet13", "tal")]
-    assert metrics[("charades_sta", "tg")] == evaluation.score("tg", [p["output"] for p in PREDICTIONS[:2]], TARGETS[:2])
+    assert metrics[("charades_sta", "tg")] == evaluation.score(
+        "tg", [p["output"] for p in PREDICTIONS[:2]], TARGETS[:2]
+    )
     assert metrics[("charades_sta", "tg")]["mIoU"] == pytest.approx(50.0)
 
 
@@ -49,16 +58,18 @@ def test_reward_summary():
 
 
 def test_markdown_table_prints_the_paper_beside_ours():
-    table = eval_report.markdown_table({("charades_sta", "tg"): {"mIoU": 12.34, "R1@0.5": 5.0},
-                                         ("synthetic", "tal"): {"mF1": 3.0}})
+    table = eval_report.markdown_table(
+        {("charades_sta", "tg"): {"mIoU": 12.34, "R1@0.5": 5.0}, ("synthetic", "tal"): {"mF1": 3.0}}
+    )
     assert "| mIoU | 12.3 | 61.4 | TempR1 |" in table
     assert "| R1@0.5 | 5.0 | 72.7 | TempR1 |" in table
     assert "| mF1 | 3.0 | - |  |" in table
 
 
 def test_markdown_table_names_the_conventions():
-    table = eval_report.markdown_table({("charades_sta", "tg"): {"mIoU": 1.0}, ("tvgbench", "tvg"): {"R1@0.5": 2.0}},
-                                        score_options={"strict": True})
+    table = eval_report.markdown_table(
+        {("charades_sta", "tg"): {"mIoU": 1.0}, ("tvgbench", "tvg"): {"R1@0.5": 2.0}}, score_options={"strict": True}
+    )
     assert "### charades_sta (tg)\n\n- ours: IoU > thr; first predicted segment; raw annotation times\n" in table
     assert "- TempR1: not stated by the source\n" in table
     assert "- ours: IoU > thr; last 'x to y' of the answer; raw annotation times\n" in table
@@ -91,22 +102,29 @@ def exported_model(tmp_path_factory):
     from tempr1_jax import tasks
 
     root = tmp_path_factory.mktemp("eval")
-    splits = write_synthetic_dataset(root / "data", tasks=("tg", "vhd"), include_images=False,
-                                     samples_per_task=2, split_names=("test",))
+    splits = write_synthetic_dataset(
+        root / "data", tasks=("tg", "vhd"), include_images=False, samples_per_task=2, split_names=("test",)
+    )
     samples = [json.loads(line) for line in splits["test"].read_text().splitlines()]
     text = [tasks.get_task(s["task"]).build_prompt(s, False) for s in samples]
     tok = train_tiny_tokenizer(text * 4, root / "tok", vocab_size=300)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(**special_token_ids(tok), num_hidden_layers=1,
-                                                           vision_depth=2, vision_fullatt_block_indexes=(1,)),
-                                               rngs=nnx.Rngs(0))
+    model = Qwen2_5_VLForConditionalGeneration(
+        tiny_config(**special_token_ids(tok), num_hidden_layers=1, vision_depth=2, vision_fullatt_block_indexes=(1,)),
+        rngs=nnx.Rngs(0),
+    )
     model.save_pretrained(root / "hf")
     tok.save_pretrained(str(root / "hf"))
     return root
 
 
-EVAL_BINDINGS = ["--gin.LoaderConfig.max_frames=4", "--gin.LoaderConfig.min_pixels=784",
-                 "--gin.LoaderConfig.max_pixels=3136", "--gin.LoaderConfig.total_pixels=12544",
-                 "--gin.LoaderConfig.token_buckets=(256,)", "--gin.LoaderConfig.patch_buckets=(64,)"]
+EVAL_BINDINGS = [
+    "--gin.LoaderConfig.max_frames=4",
+    "--gin.LoaderConfig.min_pixels=784",
+    "--gin.LoaderConfig.max_pixels=3136",
+    "--gin.LoaderConfig.total_pixels=12544",
+    "--gin.LoaderConfig.token_buckets=(256,)",
+    "--gin.LoaderConfig.patch_buckets=(64,)",
+]
 
 
 @pytest.mark.slow
@@ -114,9 +132,24 @@ def test_eval_command_end_to_end(exported_model, tmp_path):
     from tempr1_jax import cli
 
     out = tmp_path / "out"
-    code = cli.main(["eval", "--checkpoint", str(exported_model / "hf"), "--dataset",
-                     str(exported_model / "data" / "test.jsonl"), "--media_dir", str(exported_model / "data"),
-                     "--workdir", str(out), "--batch_size", "3", "--max_new_tokens", "6", *EVAL_BINDINGS])
+    code = cli.main(
+        [
+            "eval",
+            "--checkpoint",
+            str(exported_model / "hf"),
+            "--dataset",
+            str(exported_model / "data" / "test.jsonl"),
+            "--media_dir",
+            str(exported_model / "data"),
+            "--workdir",
+            str(out),
+            "--batch_size",
+            "3",
+            "--max_new_tokens",
+            "6",
+            *EVAL_BINDINGS,
+        ]
+    )
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert set(results["metrics"]) == {"synthetic/tg", "synthetic/vhd"} and results["num_samples"] == 4
@@ -133,23 +166,54 @@ def test_eval_with_no_usable_sample_fails(exported_model, tmp_path, capsys):
 
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
-    code = cli.main(["eval", "--checkpoint", str(exported_model / "hf"), "--dataset",
-                     str(exported_model / "data" / "test.jsonl"), "--media_dir", str(tmp_path / "empty"),
-                     "--workdir", str(out), "--batch_size", "3", "--max_new_tokens", "6", *EVAL_BINDINGS])
+    code = cli.main(
+        [
+            "eval",
+            "--checkpoint",
+            str(exported_model / "hf"),
+            "--dataset",
+            str(exported_model / "data" / "test.jsonl"),
+            "--media_dir",
+            str(tmp_path / "empty"),
+            "--workdir",
+            str(out),
+            "--batch_size",
+            "3",
+            "--max_new_tokens",
+            "6",
+            *EVAL_BINDINGS,
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "no usable sample" in err and "all 4 were skipped" in err and "missing_file: 4" in err
     assert not (out / "eval_results.json").exists()
+
 
 @pytest.mark.slow
 def test_curate_command_end_to_end(exported_model, tmp_path):
     from tempr1_jax import cli
 
     out = tmp_path / "curated.jsonl"
-    code = cli.main(["curate", "--checkpoint", str(exported_model / "hf"), "--dataset",
-                     str(exported_model / "data" / "test.jsonl"), "--media_dir", str(exported_model / "data"),
-                     "--out", str(out), "--batch_size", "4", "--max_new_tokens", "6",
-                     "--gin.CurateConfig.size=3", *EVAL_BINDINGS])
+    code = cli.main(
+        [
+            "curate",
+            "--checkpoint",
+            str(exported_model / "hf"),
+            "--dataset",
+            str(exported_model / "data" / "test.jsonl"),
+            "--media_dir",
+            str(exported_model / "data"),
+            "--out",
+            str(out),
+            "--batch_size",
+            "4",
+            "--max_new_tokens",
+            "6",
+            "--gin.CurateConfig.size=3",
+            *EVAL_BINDINGS,
+        ]
+    )
     assert code == 0
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(kept) == 3

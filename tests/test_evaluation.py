@@ -56,22 +56,48 @@ def test_gvqa_hand_worked():
         "<answer>B</answer><glue>2 to 4, 6 to 8</glue>",
     ]
     m = score("gvqa", outs, [target] * 3)
-    assert list(m) == ["Acc", "mIoU", "R@0.3", "R@0.5", "R@0.7", "gqa_mIoP", "gqa_IoP@0.3", "gqa_IoP@0.5",
-                       "gqa_mIoU", "gqa_IoU@0.3", "gqa_IoU@0.5", "Acc@GQA"]
-    assert m == pytest.approx({
-        "Acc": 200 / 3, "mIoU": (50 + 100 / 3 + 40) / 3, "R@0.3": 100.0, "R@0.5": 100 / 3, "R@0.7": 0.0,
-        "gqa_mIoP": 250 / 3, "gqa_IoP@0.3": 100.0, "gqa_IoP@0.5": 100.0,
-        "gqa_mIoU": (50 + 100 / 3 + 20) / 3, "gqa_IoU@0.3": 200 / 3, "gqa_IoU@0.5": 100 / 3, "Acc@GQA": 200 / 3,
-    })
+    assert list(m) == [
+        "Acc",
+        "mIoU",
+        "R@0.3",
+        "R@0.5",
+        "R@0.7",
+        "gqa_mIoP",
+        "gqa_IoP@0.3",
+        "gqa_IoP@0.5",
+        "gqa_mIoU",
+        "gqa_IoU@0.3",
+        "gqa_IoU@0.5",
+        "Acc@GQA",
+    ]
+    assert m == pytest.approx(
+        {
+            "Acc": 200 / 3,
+            "mIoU": (50 + 100 / 3 + 40) / 3,
+            "R@0.3": 100.0,
+            "R@0.5": 100 / 3,
+            "R@0.7": 0.0,
+            "gqa_mIoP": 250 / 3,
+            "gqa_IoP@0.3": 100.0,
+            "gqa_IoP@0.5": 100.0,
+            "gqa_mIoU": (50 + 100 / 3 + 20) / 3,
+            "gqa_IoU@0.3": 200 / 3,
+            "gqa_IoU@0.5": 100 / 3,
+            "Acc@GQA": 200 / 3,
+        }
+    )
 
 
 def test_tal_f1_hand_worked():
     target = {"id": "t", "duration": 100, "segments": [[0, 10], [20, 30], [40, 50]]}
     m = score("tal", ["<answer>0 to 10, 20 to 25, 70 to 80</answer>", "nothing"], [target] * 2)
     third = 100 / 3
-    assert m == pytest.approx({"F1@0.1": third, "F1@0.3": third, "F1@0.5": third, "F1@0.7": third / 2,
-                               "mF1": (3 * third + third / 2) / 4})
-    assert score("tal", ["<answer>0 to 10, 20 to 25, 70 to 80</answer>"], [target], strict=True)["F1@0.5"] == pytest.approx(third)
+    assert m == pytest.approx(
+        {"F1@0.1": third, "F1@0.3": third, "F1@0.5": third, "F1@0.7": third / 2, "mF1": (3 * third + third / 2) / 4}
+    )
+    assert score("tal", ["<answer>0 to 10, 20 to 25, 70 to 80</answer>"], [target], strict=True)[
+        "F1@0.5"
+    ] == pytest.approx(third)
 
 
 def test_raw_times_by_default_clip_as_option():
@@ -107,10 +133,12 @@ def test_tg_pick_first_or_last():
 
 def test_gvqa_point_span_iop_and_official_subset():
     target = {"id": "q", "duration": 30.0, "segments": [[0, 10], [20, 25]], "options": ["a", "b"], "answer": "A"}
-    outs = ["<answer>A</answer><glue>5 to 5</glue>",  # a point inside evidence: IoP 1, IoU 0
-            "<answer>A</answer><glue>15 to 15</glue>",  # a point outside: 0
-            "<answer>A</answer><glue>20 to 30</glue>",  # IoP 0.5, IoU 0.5 on raw times
-            "<answer>B</answer>"]  # no span
+    outs = [
+        "<answer>A</answer><glue>5 to 5</glue>",  # a point inside evidence: IoP 1, IoU 0
+        "<answer>A</answer><glue>15 to 15</glue>",  # a point outside: 0
+        "<answer>A</answer><glue>20 to 30</glue>",  # IoP 0.5, IoU 0.5 on raw times
+        "<answer>B</answer>",
+    ]  # no span
     m = score("gvqa", outs, [target] * 4)
     assert m["gqa_mIoP"] == pytest.approx(150 / 4) and m["gqa_IoP@0.5"] == pytest.approx(50.0)
     assert m["gqa_mIoU"] == pytest.approx(50 / 4) and m["Acc@GQA"] == pytest.approx(50.0)
@@ -151,10 +179,14 @@ def _dict_form(path, task):
     """Charades-STA / ActivityNet Captions {vid: {duration, timestamps, sentences}} -> targets."""
     data = json.loads(path.read_text())
     if task == "dtg":
-        return [{"id": vid, "duration": v["duration"], "query": v["sentences"], "segments": v["timestamps"]} for vid, v in data.items()]
+        return [
+            {"id": vid, "duration": v["duration"], "query": v["sentences"], "segments": v["timestamps"]}
+            for vid, v in data.items()
+        ]
     return [
         {"id": f"{vid}#{i}", "duration": v["duration"], "query": q, "segments": [seg]}
-        for vid, v in data.items() for i, (q, seg) in enumerate(zip(v["sentences"], v["timestamps"]))
+        for vid, v in data.items()
+        for i, (q, seg) in enumerate(zip(v["sentences"], v["timestamps"]))
     ]
 
 
@@ -183,7 +215,9 @@ def test_charades_ground_truth_and_shrunk(annotations_dir):
     assert score("tg", shrunk, targets)["mIoU"] < m["mIoU"] - 1.0
     assert score("tg", [shrunk[i] for i in past], [targets[i] for i in past])["mIoU"] < 60.0
     others = [i for i in range(len(targets)) if i not in past]
-    assert score("tg", [shrunk[i] for i in others], [targets[i] for i in others])["mIoU"] == pytest.approx(60.0, abs=1e-3)
+    assert score("tg", [shrunk[i] for i in others], [targets[i] for i in others])["mIoU"] == pytest.approx(
+        60.0, abs=1e-3
+    )
 
 
 def test_activitynet_dtg_drop_last(annotations_dir):
@@ -197,8 +231,15 @@ def test_activitynet_dtg_drop_last(annotations_dir):
 
 
 def test_qvhighlights(annotations_dir):
-    rows = [json.loads(line) for line in (annotations_dir / "qvhighlights_highlight_val_release.jsonl").read_text().splitlines() if line]
-    targets = [{"id": r["qid"], "duration": r["duration"], "query": r["query"], "segments": r["relevant_windows"]} for r in rows]
+    rows = [
+        json.loads(line)
+        for line in (annotations_dir / "qvhighlights_highlight_val_release.jsonl").read_text().splitlines()
+        if line
+    ]
+    targets = [
+        {"id": r["qid"], "duration": r["duration"], "query": r["query"], "segments": r["relevant_windows"]}
+        for r in rows
+    ]
     assert len(targets) == 1550
     m = score("vhd", [_ans(t["segments"]) for t in targets], targets)
     assert m == {"mIoU": 100.0, "R@0.3": 100.0, "R@0.5": 100.0, "R@0.7": 100.0}
@@ -217,14 +258,25 @@ def test_nextgqa(annotations_dir):
             if video is None or row["qid"] not in video["location"]:
                 continue
             options = [row[f"a{i}"] for i in range(5)]
-            targets.append({"id": f"{row['video_id']}_{row['qid']}", "duration": video["duration"], "query": row["question"],
-                            "options": options, "answer": options.index(row["answer"]), "segments": video["location"][row["qid"]]})
+            targets.append(
+                {
+                    "id": f"{row['video_id']}_{row['qid']}",
+                    "duration": video["duration"],
+                    "query": row["question"],
+                    "options": options,
+                    "answer": options.index(row["answer"]),
+                    "segments": video["location"][row["qid"]],
+                }
+            )
     assert len(targets) > 5000
     gqa = tasks.get_task("gvqa")
     truth = [gqa.reference_answer(t) for t in targets]
     m = score("gvqa", truth, targets)
     assert all(v == pytest.approx(100.0) for v in m.values()), m
-    wrong = [f"<answer>{'ABCDE'[(t['answer'] + 1) % 5]}</answer><glue>{_ans(t['segments'], 'x')[3:-4]}</glue>" for t in targets]
+    wrong = [
+        f"<answer>{'ABCDE'[(t['answer'] + 1) % 5]}</answer><glue>{_ans(t['segments'], 'x')[3:-4]}</glue>"
+        for t in targets
+    ]
     m = score("gvqa", wrong, targets)
     assert m["Acc"] == 0.0 and m["Acc@GQA"] == 0.0 and m["mIoU"] == pytest.approx(100.0)
 
@@ -232,8 +284,14 @@ def test_nextgqa(annotations_dir):
 def test_thumos_tal(annotations_dir):
     rows = json.loads((annotations_dir / "museg_thumos14_tal.json").read_text())
     # the MUSEG file has no durations: any duration past the last segment leaves the GT unclipped
-    targets = [{"id": r["video"] + str(i), "duration": max(e for _, e in r["groundtruth"]) + 10.0, "segments": r["groundtruth"]}
-               for i, r in enumerate(rows)]
+    targets = [
+        {
+            "id": r["video"] + str(i),
+            "duration": max(e for _, e in r["groundtruth"]) + 10.0,
+            "segments": r["groundtruth"],
+        }
+        for i, r in enumerate(rows)
+    ]
     assert len(targets) == 227
     m = score("tal", [_ans(t["segments"]) for t in targets], targets)
     assert all(v == 100.0 for v in m.values()), m
@@ -245,7 +303,10 @@ def test_thumos_tal(annotations_dir):
 
 def test_tvgbench(annotations_dir):
     rows = json.loads((annotations_dir / "tvgbench.json").read_text())
-    targets = [{"id": i, "duration": r["duration"], "segments": [[float(x) for x in r["answer"].split("-")]]} for i, r in enumerate(rows)]
+    targets = [
+        {"id": i, "duration": r["duration"], "segments": [[float(x) for x in r["answer"].split("-")]]}
+        for i, r in enumerate(rows)
+    ]
     assert len(targets) == 800
     m = score("tvg", [f"<think>.</think>{_ans(t['segments'])}" for t in targets], targets, strict=True)
     # a few TVGBench moments are instants (start == end): an empty union has IoU 0 by definition

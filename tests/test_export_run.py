@@ -27,8 +27,19 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     w = tmp_path_factory.mktemp("run")
-    args = ["train", "--gin_file", str(REPO / "configs" / "demo.gin"), "--steps", "2", "--workdir", str(w),
-            "--gin_binding", "TrainConfig.tensorboard = False", "--gin_binding", "TrainConfig.progress = False"]
+    args = [
+        "train",
+        "--gin_file",
+        str(REPO / "configs" / "demo.gin"),
+        "--steps",
+        "2",
+        "--workdir",
+        str(w),
+        "--gin_binding",
+        "TrainConfig.tensorboard = False",
+        "--gin_binding",
+        "TrainConfig.progress = False",
+    ]
     assert cli.main(args) == 0
     return w
 
@@ -40,13 +51,19 @@ def _tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
 def test_hf_export_loads_in_transformers_with_our_logits(workdir):
     policy, step = restore_policy(workdir)
     assert step == 2
-    ref = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        workdir / "hf", attn_implementation="eager").float().eval()
+    ref = (
+        transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(workdir / "hf", attn_implementation="eager")
+        .float()
+        .eval()
+    )
     config = policy.config
     rng = np.random.default_rng(0)
-    kwargs = dict(input_ids=np.array([vision_prompt(config, rng, [VIDEO_GRID], ["video"])]),
-                  pixel_values_videos=pixels(config, rng, [VIDEO_GRID]), video_grid_thw=np.array([VIDEO_GRID]),
-                  second_per_grid_ts=np.array([0.5]))
+    kwargs = dict(
+        input_ids=np.array([vision_prompt(config, rng, [VIDEO_GRID], ["video"])]),
+        pixel_values_videos=pixels(config, rng, [VIDEO_GRID]),
+        video_grid_thw=np.array([VIDEO_GRID]),
+        second_per_grid_ts=np.array([0.5]),
+    )
     err = rel_err(np.asarray(policy(**kwargs)), hf_logits(ref, config, **kwargs))
     assert err <= 1e-4, err
     tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "hf")
@@ -92,4 +109,3 @@ def test_convert_rejects_unknown_layouts_and_empty_runs(workdir, tmp_path, capsy
     assert cli.main(["convert", "orbax-to-hf", str(empty), str(tmp_path / "o2")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
-

@@ -15,9 +15,18 @@ PACKAGES = ("models", "data_pipeline", "tempr1_jax")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("models",)),
     ("data", ("data_pipeline",)),
-    ("tasks, rewards, metrics", ("tempr1_jax.config", "tempr1_jax.tasks", "tempr1_jax.rewards",
-                                 "tempr1_jax.evaluation", "tempr1_jax.paper_results", "tempr1_jax.difficulty",
-                                 "tempr1_jax.prediction_formats")),
+    (
+        "tasks, rewards, metrics",
+        (
+            "tempr1_jax.config",
+            "tempr1_jax.tasks",
+            "tempr1_jax.rewards",
+            "tempr1_jax.evaluation",
+            "tempr1_jax.paper_results",
+            "tempr1_jax.difficulty",
+            "tempr1_jax.prediction_formats",
+        ),
+    ),
     ("training core", ("tempr1_jax.training",)),
     ("rl", ("tempr1_jax.rl",)),
     ("applications", ("tempr1_jax.apps",)),
@@ -59,8 +68,9 @@ def imported_modules(path: pathlib.Path) -> set[str]:
             out.add(base)
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                if (ROOT / candidate.replace(".", "/")).with_suffix(".py").is_file() or \
-                        (ROOT / candidate.replace(".", "/") / "__init__.py").is_file():
+                if (ROOT / candidate.replace(".", "/")).with_suffix(".py").is_file() or (
+                    ROOT / candidate.replace(".", "/") / "__init__.py"
+                ).is_file():
                     out.add(candidate)
     # A bare package name (`from tempr1_jax import tasks`) names no layer; its modules do.
     return {m for m in out if m.split(".")[0] in PACKAGES and m not in PACKAGES}
@@ -86,14 +96,19 @@ def test_imports_only_point_down():
         here = module_name(path)
         for target in imported_modules(path):
             if layer_of(target) > layer_of(here):
-                upward.append(f"{here} ({LAYERS[layer_of(here)][0]}) imports {target} "
-                              f"({LAYERS[layer_of(target)][0]})")
+                upward.append(f"{here} ({LAYERS[layer_of(here)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
     assert not upward, "imports that point up a layer:\n" + "\n".join(sorted(upward))
 
 
-@pytest.mark.parametrize("module, layer", [("models.qwen2_5_vl.generation", "model"),
-                                           ("tempr1_jax.training.loop", "training core"),
-                                           ("tempr1_jax.rl.trainer", "rl"), ("tempr1_jax.apps.sft", "applications"),
-                                           ("tempr1_jax.configurables", "commands")])
+@pytest.mark.parametrize(
+    "module, layer",
+    [
+        ("models.qwen2_5_vl.generation", "model"),
+        ("tempr1_jax.training.loop", "training core"),
+        ("tempr1_jax.rl.trainer", "rl"),
+        ("tempr1_jax.apps.sft", "applications"),
+        ("tempr1_jax.configurables", "commands"),
+    ],
+)
 def test_layer_assignment(module, layer):
     assert LAYERS[layer_of(module)][0] == layer

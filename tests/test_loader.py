@@ -65,8 +65,15 @@ def write_clip(path: pathlib.Path, seconds: float, seed: int, fps: int = 10, siz
 
 
 def tg_sample(i, name, seconds=2.0):
-    return {"id": f"tg{i}", "task": "tg", "source": "test", "query": f"event {i}", "video": name,
-            "duration": seconds, "segments": [[0.5, 1.5]]}
+    return {
+        "id": f"tg{i}",
+        "task": "tg",
+        "source": "test",
+        "query": f"event {i}",
+        "video": name,
+        "duration": seconds,
+        "segments": [[0.5, 1.5]],
+    }
 
 
 def write_jsonl(path, records):
@@ -96,12 +103,17 @@ def data(tmp_path_factory):
             name = f"img{i}_{k}.png"
             Image.fromarray(np.full((40, 40, 3), 60 * k + i, np.uint8)).save(media / name)
             names.append(name)
-        orders.append({"id": f"order{i}", "task": "order", "source": "test", "query": "order", "images": names,
-                       "answer": "ABC"})
+        orders.append(
+            {"id": f"order{i}", "task": "order", "source": "test", "query": "order", "images": names, "answer": "ABC"}
+        )
     mixed_bad = good[:3] + [bad[0]] + good[3:5] + [bad[1]] + good[5:] + [bad[2]]
     tok = train_tiny_tokenizer([tg_prompt(s) + tg_answer(s) for s in good] * 3, root / "tok", vocab_size=320)
     return {
-        "root": root, "media": str(media), "good": good, "bad": bad, "tok": tok,
+        "root": root,
+        "media": str(media),
+        "good": good,
+        "bad": bad,
+        "tok": tok,
         "model": tiny_config(**special_token_ids(tok)),
         "tg": write_jsonl(root / "tg.jsonl", good),
         "order": write_jsonl(root / "order.jsonl", orders),
@@ -238,7 +250,8 @@ def test_restore_continues_with_the_same_batches(data, tmp_path):
     fresh.set_state(state)
     assert_same_batches(take(fresh, 5), expected)
     assert {k: v for k, v in fresh.stats().items() if k != "recent_skipped"} == {
-        k: v for k, v in expected_stats.items() if k != "recent_skipped"}
+        k: v for k, v in expected_stats.items() if k != "recent_skipped"
+    }
 
     via_orbax = make_loader(cfg, tok, model, PROMPTS)
     manager.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(via_orbax)))
@@ -272,9 +285,15 @@ def test_sft_rows_mask_only_the_answer(data):
 def test_arrayrecord_source(data, tmp_path):
     tok, model = data["tok"], data["model"]
     write_split(tmp_path, "train", [Sample.from_dict(s) for s in data["good"][:4]])
-    cfg = LoaderConfig(sources=(SourceConfig(str(tmp_path), split="train", media_dir=data["media"]),),
-                       batch_size=2, token_buckets=TOKEN_BUCKETS, patch_buckets=PATCH_BUCKETS,
-                       shard_index=0, shard_count=1, read_threads=1)
+    cfg = LoaderConfig(
+        sources=(SourceConfig(str(tmp_path), split="train", media_dir=data["media"]),),
+        batch_size=2,
+        token_buckets=TOKEN_BUCKETS,
+        patch_buckets=PATCH_BUCKETS,
+        shard_index=0,
+        shard_count=1,
+        read_threads=1,
+    )
     ids = [i for b in make_eval_loader(cfg, tok, model, PROMPTS) for i in ids_of(b)]
     assert ids == ["tg0", "tg1", "tg2", "tg3"]
 
@@ -317,8 +336,16 @@ def _missing_media_config(data, tmp_path, **kw):
     """The good samples with a media directory that holds none of their videos."""
     (tmp_path / "empty").mkdir(exist_ok=True)
     source = SourceConfig(data["tg"], media_dir=str(tmp_path / "empty"))
-    return LoaderConfig(sources=(source,), batch_size=2, token_buckets=TOKEN_BUCKETS, patch_buckets=PATCH_BUCKETS,
-                        shard_index=0, shard_count=1, read_threads=1, **kw)
+    return LoaderConfig(
+        sources=(source,),
+        batch_size=2,
+        token_buckets=TOKEN_BUCKETS,
+        patch_buckets=PATCH_BUCKETS,
+        shard_index=0,
+        shard_count=1,
+        read_threads=1,
+        **kw,
+    )
 
 
 def test_a_source_with_no_usable_sample_stops_with_a_clear_error(data, tmp_path, caplog):
@@ -339,8 +366,15 @@ def test_one_unusable_source_among_good_ones_is_named(data, tmp_path):
     tok, model = data["tok"], data["model"]
     missing = write_jsonl(tmp_path / "missing.jsonl", [tg_sample(200 + i, f"nope{i}.mp4") for i in range(3)])
     sources = (SourceConfig(data["tg"], media_dir=data["media"]), SourceConfig(missing, media_dir=data["media"]))
-    cfg = LoaderConfig(sources=sources, batch_size=2, token_buckets=TOKEN_BUCKETS, patch_buckets=PATCH_BUCKETS,
-                       shard_index=0, shard_count=1, read_threads=1)
+    cfg = LoaderConfig(
+        sources=sources,
+        batch_size=2,
+        token_buckets=TOKEN_BUCKETS,
+        patch_buckets=PATCH_BUCKETS,
+        shard_index=0,
+        shard_count=1,
+        read_threads=1,
+    )
     it = make_loader(cfg, tok, model, PROMPTS)
     with pytest.raises(UnusableSourceError, match="missing.jsonl"):
         take(it, 20)
@@ -350,9 +384,19 @@ def test_skip_counts_per_source_and_reason(data, tmp_path):
     tok, model = data["tok"], data["model"]
     long_clip = tg_sample(300, "v1.mp4", 3600.0)  # annotated 3600 s, the file lasts 4 s
     with_long = write_jsonl(tmp_path / "long.jsonl", [long_clip, data["good"][0], data["good"][2]])
-    sources = [SourceConfig(data["with_bad"], media_dir=data["media"]), SourceConfig(with_long, media_dir=data["media"])]
-    cfg = LoaderConfig(sources=tuple(sources), batch_size=3, token_buckets=TOKEN_BUCKETS,
-                       patch_buckets=(128, 256), shard_index=0, shard_count=1, read_threads=1)
+    sources = [
+        SourceConfig(data["with_bad"], media_dir=data["media"]),
+        SourceConfig(with_long, media_dir=data["media"]),
+    ]
+    cfg = LoaderConfig(
+        sources=tuple(sources),
+        batch_size=3,
+        token_buckets=TOKEN_BUCKETS,
+        patch_buckets=(128, 256),
+        shard_index=0,
+        shard_count=1,
+        read_threads=1,
+    )
     ev = make_eval_loader(cfg, tok, model, PROMPTS)
     batches = list(ev)
     counts = ev.skip_counts()

@@ -18,9 +18,14 @@ ADV = [1.0, -0.5]
 
 
 def batch(weights=(1.0, 1.0), old=True, ref=True):
-    return LossBatch(logp=jnp.array(LOGP), old_logp=jnp.array(OLD) if old else None,
-                     ref_logp=jnp.array(REF) if ref else None, mask=jnp.array(MASK, jnp.float32),
-                     advantages=jnp.array(ADV), weights=jnp.array(weights))
+    return LossBatch(
+        logp=jnp.array(LOGP),
+        old_logp=jnp.array(OLD) if old else None,
+        ref_logp=jnp.array(REF) if ref else None,
+        mask=jnp.array(MASK, jnp.float32),
+        advantages=jnp.array(ADV),
+        weights=jnp.array(weights),
+    )
 
 
 def k3(ref, logp):
@@ -65,8 +70,9 @@ def test_grpo_matches_hand_computation():
 def test_dapo_token_mean_clip_higher_and_filtering():
     cfg = LossConfig(name="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0)
     out = compute_loss(batch(), cfg)
-    toks = [token_loss(i, t, math.exp(LOGP[i][t] - OLD[i][t]), 0.2, 0.28, 0.0)
-            for i in range(2) for t in real_tokens(i)]
+    toks = [
+        token_loss(i, t, math.exp(LOGP[i][t] - OLD[i][t]), 0.2, 0.28, 0.0) for i in range(2) for t in real_tokens(i)
+    ]
     assert float(out.count) == 3.0
     np.testing.assert_allclose(float(out.total), sum(toks), rtol=1e-6)
     np.testing.assert_allclose(toks[0], -1.28, rtol=1e-6)  # clip-higher bound

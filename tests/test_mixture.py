@@ -24,13 +24,26 @@ from models.qwen2_5_vl.config import tiny_config
 
 
 def order_sample(i):
-    return {"id": f"o{i}", "task": "order", "source": "seq", "query": f"steps {i}",
-            "images": ["a.png", "b.png"], "answer": "BA"}
+    return {
+        "id": f"o{i}",
+        "task": "order",
+        "source": "seq",
+        "query": f"steps {i}",
+        "images": ["a.png", "b.png"],
+        "answer": "BA",
+    }
 
 
 def mcq_sample(i):
-    return {"id": f"m{i}", "task": "mcq", "source": "seq", "query": f"next {i}?", "images": ["a.png", "b.png"],
-            "options": ["Image A", "Image B"], "answer": "B"}
+    return {
+        "id": f"m{i}",
+        "task": "mcq",
+        "source": "seq",
+        "query": f"next {i}?",
+        "images": ["a.png", "b.png"],
+        "options": ["Image A", "Image B"],
+        "answer": "B",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +56,14 @@ def data(tmp_path_factory):
     (root / "order.jsonl").write_text("".join(json.dumps(s) + "\n" for s in orders))
     (root / "mixed.jsonl").write_text("".join(json.dumps(s) + "\n" for s in mcqs + orders[:2]))
     tok = train_tiny_tokenizer([s["query"] for s in orders + mcqs] * 4, root / "tok", vocab_size=300)
-    return {"root": root, "order": str(root / "order.jsonl"), "mixed": str(root / "mixed.jsonl"), "tok": tok,
-            "model": tiny_config(**special_token_ids(tok)), "orders": orders}
+    return {
+        "root": root,
+        "order": str(root / "order.jsonl"),
+        "mixed": str(root / "mixed.jsonl"),
+        "tok": tok,
+        "model": tiny_config(**special_token_ids(tok)),
+        "orders": orders,
+    }
 
 
 def ids(source):
@@ -57,8 +76,9 @@ def test_subset_is_seeded_sorted_and_sized_by_the_smaller_bound():
     first = subset_indices(10, source)
     assert len(first) == 4 and list(first) == sorted(first) and len(set(first)) == 4
     np.testing.assert_array_equal(first, subset_indices(10, source))
-    assert any(not np.array_equal(first, subset_indices(10, SourceConfig("x", max_samples=4, seed=s)))
-               for s in range(4, 8))
+    assert any(
+        not np.array_equal(first, subset_indices(10, SourceConfig("x", max_samples=4, seed=s))) for s in range(4, 8)
+    )
     assert len(subset_indices(10, SourceConfig("x", fraction=0.25))) == 2  # round(2.5) = 2
     assert len(subset_indices(10, SourceConfig("x", fraction=0.01))) == 1  # at least one record
     assert len(subset_indices(10, SourceConfig("x", fraction=0.5, max_samples=3))) == 3
@@ -66,8 +86,15 @@ def test_subset_is_seeded_sorted_and_sized_by_the_smaller_bound():
     np.testing.assert_array_equal(subset_indices(10, SourceConfig("x")), np.arange(10))
 
 
-@pytest.mark.parametrize("kwargs, match", [({"max_samples": 0}, "max_samples"), ({"max_samples": True}, "max_samples"),
-                                           ({"fraction": 0.0}, "fraction"), ({"fraction": 1.5}, "fraction")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_samples": 0}, "max_samples"),
+        ({"max_samples": True}, "max_samples"),
+        ({"fraction": 0.0}, "fraction"),
+        ({"fraction": 1.5}, "fraction"),
+    ],
+)
 def test_bad_selection_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SourceConfig("x", **kwargs)
@@ -102,8 +129,16 @@ def test_mixture_counts_per_source_and_task(data):
 
 def test_loader_uses_only_the_subset_and_logs_the_mixture(data, caplog):
     source = SourceConfig(data["order"], max_samples=4, seed=2, media_dir=str(data["root"]))
-    cfg = LoaderConfig(sources=(source,), batch_size=2, num_epochs=1, shard_index=0, shard_count=1,
-                       read_threads=1, token_buckets=(128, 256), patch_buckets=(64, 128))
+    cfg = LoaderConfig(
+        sources=(source,),
+        batch_size=2,
+        num_epochs=1,
+        shard_index=0,
+        shard_count=1,
+        read_threads=1,
+        token_buckets=(128, 256),
+        patch_buckets=(64, 128),
+    )
     prompts = {"order": lambda s: "Order them."}
     with caplog.at_level(logging.INFO, logger="data_pipeline.loader"):
         seen = [s["id"] for b in make_loader(cfg, data["tok"], data["model"], prompts) for s in b["samples"]]
@@ -125,13 +160,23 @@ def test_curriculum_epochs_keep_the_subset(data, tmp_path):
 
 
 # Published sizes of the prepared training splits (TAL: approximate (video, class) counts).
-SPLIT_SIZES = {"charades_sta": (12408, "tg"), "didemo": (33005, "tg"), "timerft_tg": (2500, "tg"),
-               "activitynet_captions_dtg": (10009, "dtg"), "qvhighlights": (7218, "vhd"), "nextgqa": (3358, "gvqa"),
-               "activitynet13": (10000, "tal"), "hacs": (37600, "tal")}
-TABLE5 = {"ablations/tasks_tg.gin": ("tg",), "ablations/tasks_tg_gvqa.gin": ("tg", "gvqa"),
-          "ablations/tasks_tg_dtg_gvqa.gin": ("tg", "dtg", "gvqa"),
-          "ablations/tasks_tg_dtg_vhd_gvqa.gin": ("tg", "dtg", "vhd", "gvqa"),
-          "tempr1_7b.gin": ("tg", "dtg", "vhd", "gvqa", "tal")}
+SPLIT_SIZES = {
+    "charades_sta": (12408, "tg"),
+    "didemo": (33005, "tg"),
+    "timerft_tg": (2500, "tg"),
+    "activitynet_captions_dtg": (10009, "dtg"),
+    "qvhighlights": (7218, "vhd"),
+    "nextgqa": (3358, "gvqa"),
+    "activitynet13": (10000, "tal"),
+    "hacs": (37600, "tal"),
+}
+TABLE5 = {
+    "ablations/tasks_tg.gin": ("tg",),
+    "ablations/tasks_tg_gvqa.gin": ("tg", "gvqa"),
+    "ablations/tasks_tg_dtg_gvqa.gin": ("tg", "dtg", "gvqa"),
+    "ablations/tasks_tg_dtg_vhd_gvqa.gin": ("tg", "dtg", "vhd", "gvqa"),
+    "tempr1_7b.gin": ("tg", "dtg", "vhd", "gvqa", "tal"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +208,10 @@ def test_paper_mixture_and_table5_subsets(name, tasks, stand_ins):
     sources, steps = configured(name)
     assert all(s in full for s in sources)  # the Table 5 rows reuse the 7B entries and their caps
     assert {"path": "data/prepared/nextgqa", "split": "val"} in full  # GVQA trains on the val questions
-    local = [SourceConfig(**{**s, "path": str(stand_ins / (s["path"].split("/")[-1] + ".jsonl")), "split": None})
-             for s in sources]
+    local = [
+        SourceConfig(**{**s, "path": str(stand_ins / (s["path"].split("/")[-1] + ".jsonl")), "split": None})
+        for s in sources
+    ]
     counts = mixture_counts(local)
     assert set(counts["tasks"]) == set(tasks)
     assert steps == counts["epoch_samples"] // 64  # one epoch at 64 prompts per step

@@ -52,9 +52,14 @@ def hub_dir(ref, tmp_path_factory):
 def kwargs():
     rng = np.random.default_rng(0)
     ids = np.array([vision_prompt(CONFIG, rng, [IMAGE_GRID, VIDEO_GRID], ["image", "video"])])
-    return dict(input_ids=ids, pixel_values=pixels(CONFIG, rng, [IMAGE_GRID]), image_grid_thw=np.array([IMAGE_GRID]),
-                pixel_values_videos=pixels(CONFIG, rng, [VIDEO_GRID]), video_grid_thw=np.array([VIDEO_GRID]),
-                second_per_grid_ts=np.array([0.5]))
+    return dict(
+        input_ids=ids,
+        pixel_values=pixels(CONFIG, rng, [IMAGE_GRID]),
+        image_grid_thw=np.array([IMAGE_GRID]),
+        pixel_values_videos=pixels(CONFIG, rng, [VIDEO_GRID]),
+        video_grid_thw=np.array([VIDEO_GRID]),
+        second_per_grid_ts=np.array([0.5]),
+    )
 
 
 def _params(model):
@@ -91,7 +96,9 @@ def test_missing_and_unexpected_tensors_are_listed(ref, hub_dir, tmp_path):
     state["model.language_model.extra.weight"] = torch.zeros(2)
     save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text((hub_dir / "config.json").read_text())
-    with pytest.raises(ValueError, match=r"missing tensors \['model.norm.weight'\], unexpected tensors \['model.extra.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing tensors \['model.norm.weight'\], unexpected tensors \['model.extra.weight'\]"
+    ):
         Model.from_pretrained(tmp_path)
 
 
@@ -165,8 +172,10 @@ def test_sharded_load_reads_only_device_blocks(hub_dir, tmp_path, monkeypatch, l
         value = variable.get_value()
         name = next(n for n in param_shapes(CONFIG) if nnx_path(n) == path)
         assert value.sharding == sharding(path, value.shape), name
-        blocks = {tuple(s.indices(n) for s, n in zip(index, value.shape))
-                  for index in value.sharding.devices_indices_map(value.shape).values()}
+        blocks = {
+            tuple(s.indices(n) for s, n in zip(index, value.shape))
+            for index in value.sharding.devices_indices_map(value.shape).values()
+        }
         assert reads[name] == [int(np.prod(value.sharding.shard_shape(value.shape)))] * len(blocks), name
     assert max(max(r) for r in reads.values()) < max(int(np.prod(s)) for s in param_shapes(CONFIG).values())
 
@@ -201,7 +210,6 @@ def test_convert_round_trip(ref, hub_dir, kwargs, tmp_path):
     back = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "hf", attn_implementation="eager")
     np.testing.assert_array_equal(hf_logits(back.float().eval(), CONFIG, **kwargs), hf_logits(ref, CONFIG, **kwargs))
     assert cli.main(["convert", "orbax-to-hf", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
-
 
 
 def _hub_copy_with(ref, hub_dir, path, name, tensor):
@@ -258,8 +266,16 @@ print((kb('VmHWM:') - base) * 1024, (kb('VmRSS:') - base) * 1024)
 def test_bfloat16_load_peak_memory(tmp_path):
     """Loading streams tensors: peak host memory stays near one copy of the checkpoint, and once loaded the
     process holds the weights only (no host buffer of a tensor outlives its transfer)."""
-    config = tiny_config(vocab_size=60000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=2, mrope_section=(16, 24, 24), torch_dtype="bfloat16")
+    config = tiny_config(
+        vocab_size=60000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        mrope_section=(16, 24, 24),
+        torch_dtype="bfloat16",
+    )
     # ~440 MB: large enough that the fixed cost of building the abstract model is a small share.
     tensors = {k: np.full(s, 0.01, ml_dtypes.bfloat16) for k, s in param_shapes(config).items()}
     safetensors.numpy.save_file(tensors, str(tmp_path / "model.safetensors"))

@@ -50,19 +50,22 @@ def test_to_hf_dict_round_trip_through_transformers(rule):
     assert Qwen2_5_VLConfig.from_hf_dict(config.to_hf_dict()) == config
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(model_type="qwen2_vl"), "model_type"),
-    (lambda d: d.pop("model_type"), "model_type"),
-    (lambda d: d.pop("rope_scaling"), "mrope_section"),
-    (lambda d: d["rope_scaling"].pop("mrope_section"), "mrope_section"),
-    (lambda d: d.pop("hidden_size"), "'hidden_size'"),
-    (lambda d: d.pop("video_token_id"), "'video_token_id'"),
-    (lambda d: d["vision_config"].pop("window_size"), "vision_config is missing field 'window_size'"),
-    (lambda d: d["vision_config"].pop("fullatt_block_indexes"), "'fullatt_block_indexes'"),
-    (lambda d: d["vision_config"].pop("tokens_per_second"), "'tokens_per_second'"),
-    (lambda d: d.pop("vision_config"), "'vision_config'"),
-    (lambda d: d["rope_scaling"].update(mrope_section=[16, 24, 23]), "mrope_section"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.update(model_type="qwen2_vl"), "model_type"),
+        (lambda d: d.pop("model_type"), "model_type"),
+        (lambda d: d.pop("rope_scaling"), "mrope_section"),
+        (lambda d: d["rope_scaling"].pop("mrope_section"), "mrope_section"),
+        (lambda d: d.pop("hidden_size"), "'hidden_size'"),
+        (lambda d: d.pop("video_token_id"), "'video_token_id'"),
+        (lambda d: d["vision_config"].pop("window_size"), "vision_config is missing field 'window_size'"),
+        (lambda d: d["vision_config"].pop("fullatt_block_indexes"), "'fullatt_block_indexes'"),
+        (lambda d: d["vision_config"].pop("tokens_per_second"), "'tokens_per_second'"),
+        (lambda d: d.pop("vision_config"), "'vision_config'"),
+        (lambda d: d["rope_scaling"].update(mrope_section=[16, 24, 23]), "mrope_section"),
+    ],
+)
 def test_refusals_name_the_field(hf_configs_dir, edit, message):
     d = copy.deepcopy(_load(hf_configs_dir, "7b"))
     edit(d)
@@ -71,8 +74,14 @@ def test_refusals_name_the_field(hf_configs_dir, edit, message):
 
 
 def test_tiny_config_overrides():
-    config = tiny_config(vision_depth=2, vision_fullatt_block_indexes=[0], num_hidden_layers=3, hidden_size=32,
-                         mrope_section=[2, 1, 1], tie_word_embeddings=True)
+    config = tiny_config(
+        vision_depth=2,
+        vision_fullatt_block_indexes=[0],
+        num_hidden_layers=3,
+        hidden_size=32,
+        mrope_section=[2, 1, 1],
+        tie_word_embeddings=True,
+    )
     assert config.vision.depth == 2 and config.text.num_hidden_layers == 3
     assert config.vision.out_hidden_size == 32 and config.tie_word_embeddings
     with pytest.raises(ValueError, match="unknown override 'nope'"):

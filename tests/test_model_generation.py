@@ -33,12 +33,18 @@ def setup(tmp_path_factory):
     hf.save_pretrained(directory)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory)
     rng = np.random.default_rng(0)
-    rows = [vision_prompt(config, rng, [VIDEO_GRID], ["video"]),
-            vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=3)]
+    rows = [
+        vision_prompt(config, rng, [VIDEO_GRID], ["video"]),
+        vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=3),
+    ]
     ids, mask = left_pad(rows, config.pad_token_id)
     hf_args = dict(
-        input_ids=ids, attention_mask=mask, pixel_values_videos=pixels(config, rng, [VIDEO_GRID, VIDEO_GRID]),
-        video_grid_thw=np.array([VIDEO_GRID] * 2), second_per_grid_ts=np.array([1.0, 0.5], np.float32))
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values_videos=pixels(config, rng, [VIDEO_GRID, VIDEO_GRID]),
+        video_grid_thw=np.array([VIDEO_GRID] * 2),
+        second_per_grid_ts=np.array([1.0, 0.5], np.float32),
+    )
     inputs = build_model_inputs(config, **hf_args)
     return config, hf, model, hf_args, inputs
 
@@ -46,10 +52,15 @@ def setup(tmp_path_factory):
 def _hf_greedy(hf, config, hf_args, steps: int) -> np.ndarray:
     t = {k: torch.as_tensor(v) for k, v in hf_args.items()}
     with torch.no_grad():
-        out = hf.generate(**t, mm_token_type_ids=torch.as_tensor(token_types(config, hf_args["input_ids"])),
-                          max_new_tokens=steps, do_sample=False, eos_token_id=None,
-                          pad_token_id=config.pad_token_id)
-    return out[:, hf_args["input_ids"].shape[1]:].numpy()
+        out = hf.generate(
+            **t,
+            mm_token_type_ids=torch.as_tensor(token_types(config, hf_args["input_ids"])),
+            max_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=config.pad_token_id,
+        )
+    return out[:, hf_args["input_ids"].shape[1] :].numpy()
 
 
 def test_greedy_matches_transformers_and_compiles_once(setup):
@@ -60,8 +71,9 @@ def test_greedy_matches_transformers_and_compiles_once(setup):
     np.testing.assert_array_equal(np.asarray(ours), ref)
     # HF argument names through the model method (torch tensors accepted); same bucket: no retrace.
     sizes = (generation.prefill._cache_size(), generation.decode._cache_size())
-    again = model.generate(**{k: torch.as_tensor(v) for k, v in hf_args.items()}, max_new_tokens=STEPS,
-                           do_sample=False, eos_token_id=())
+    again = model.generate(
+        **{k: torch.as_tensor(v) for k, v in hf_args.items()}, max_new_tokens=STEPS, do_sample=False, eos_token_id=()
+    )
     np.testing.assert_array_equal(np.asarray(again), ref)
     assert (generation.prefill._cache_size(), generation.decode._cache_size()) == sizes
 
@@ -76,8 +88,14 @@ def test_sampling_reproducible_and_shares_prefill(setup, monkeypatch):
         return real(graphdef, state, prefill_inputs, *args)
 
     monkeypatch.setattr(generation, "prefill", spy)
-    kw = dict(max_new_tokens=SAMPLE_STEPS, temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,
-              top_p=SAMPLING.top_p, num_return_sequences=3, eos_token_id=())
+    kw = dict(
+        max_new_tokens=SAMPLE_STEPS,
+        temperature=SAMPLING.temperature,
+        top_k=SAMPLING.top_k,
+        top_p=SAMPLING.top_p,
+        num_return_sequences=3,
+        eos_token_id=(),
+    )
     a = generate(model, inputs, rng=jax.random.key(7), **kw)
     b = generate(model, inputs, rng=jax.random.key(7), **kw)
     c = generate(model, inputs, rng=jax.random.key(8), **kw)
@@ -88,8 +106,9 @@ def test_sampling_reproducible_and_shares_prefill(setup, monkeypatch):
     # Samples of a prompt differ from each other (independent draws from the shared cache).
     assert len({tuple(r) for r in np.asarray(a)[:3]}) > 1
     # Greedy samples of one prompt are identical copies.
-    g = np.asarray(generate(model, inputs, max_new_tokens=SAMPLE_STEPS, temperature=0.0, num_return_sequences=3,
-                            eos_token_id=()))
+    g = np.asarray(
+        generate(model, inputs, max_new_tokens=SAMPLE_STEPS, temperature=0.0, num_return_sequences=3, eos_token_id=())
+    )
     np.testing.assert_array_equal(g[0:3], np.broadcast_to(g[0], (3, SAMPLE_STEPS)))
     np.testing.assert_array_equal(g[3:6], np.broadcast_to(g[3], (3, SAMPLE_STEPS)))
 
@@ -99,8 +118,15 @@ def test_eos_padding_mask_and_lengths(setup):
     free = np.asarray(generate(model, inputs, max_new_tokens=STEPS, temperature=0.0, eos_token_id=()))
     eos = int(free[0, 5])
     first = [int(np.flatnonzero(r == eos)[0]) if (r == eos).any() else None for r in free]
-    out = generate(model, inputs, max_new_tokens=STEPS, temperature=0.0, eos_token_id=[eos, 299],
-                   pad_token_id=config.pad_token_id, return_dict=True)
+    out = generate(
+        model,
+        inputs,
+        max_new_tokens=STEPS,
+        temperature=0.0,
+        eos_token_id=[eos, 299],
+        pad_token_id=config.pad_token_id,
+        return_dict=True,
+    )
     tokens, mask, lengths = map(np.asarray, (out.tokens, out.mask, out.lengths))
     assert out.logprobs is None
     for row, stop in enumerate(first):
@@ -115,15 +141,24 @@ def test_logprobs_equal_full_forward(setup):
     _, _, model, _, inputs = setup
     params = SAMPLING
     g, steps = 3, SAMPLE_STEPS  # same static arguments as the sampling test: no new compilation
-    out = generate(model, inputs, max_new_tokens=steps, temperature=params.temperature, top_p=params.top_p,
-                   top_k=params.top_k, num_return_sequences=g, rng=3, eos_token_id=[5, 7, 11],
-                   return_logprobs=True)
+    out = generate(
+        model,
+        inputs,
+        max_new_tokens=steps,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        num_return_sequences=g,
+        rng=3,
+        eos_token_id=[5, 7, 11],
+        return_logprobs=True,
+    )
     tokens, mask, logprobs = map(np.asarray, (out.tokens, out.mask, out.logprobs))
     full = with_completions(model.config, inputs, out.tokens, out.mask, g)
     assert full.input_ids.shape == (2 * g, inputs.input_ids.shape[1] + steps)
     logits = jax.jit(lambda m, x: m.forward(x))(model, full)
     length = inputs.input_ids.shape[1]
-    lp = sampling_log_probs(logits[:, length - 1:length - 1 + steps], params)
+    lp = sampling_log_probs(logits[:, length - 1 : length - 1 + steps], params)
     expected = np.take_along_axis(np.asarray(lp), tokens[..., None], axis=-1)[..., 0]
     np.testing.assert_allclose(logprobs[mask], expected[mask], atol=1e-5)
     assert np.isfinite(logprobs[mask]).all() and (logprobs[~mask] == 0).all()
@@ -138,8 +173,9 @@ def _repeated_cache_decode(model, inputs, g: int, steps: int, params: SamplingPa
     n = inputs.batch_size * g
     last, cache = generation.prefill(graphdef, state, inputs, length + steps)
     repeat = lambda x: jnp.repeat(x, g, axis=0)
-    positions = with_completions(inputs, jnp.zeros((n, steps), jnp.int32), jnp.ones((n, steps), bool),
-                                 g).position_ids[:, :, length:]
+    positions = with_completions(inputs, jnp.zeros((n, steps), jnp.int32), jnp.ones((n, steps), bool), g).position_ids[
+        :, :, length:
+    ]
     prompt_keys = jnp.pad(repeat(inputs.attention_mask).astype(bool), ((0, 0), (0, steps)))
     slots = jnp.arange(length + steps)
 
@@ -150,8 +186,16 @@ def _repeated_cache_decode(model, inputs, g: int, steps: int, params: SamplingPa
             keys = prompt_keys | ((slots >= length) & (slots < length + i - 1))[None]
             return model.decode_step(tokens, positions[:, :, i - 1], cache, length + i - 1, keys)
 
-        return generation.decode_loop(step, cache, last, key, params=params, max_new_tokens=steps,
-                                      eos_ids=jnp.asarray(eos_ids, jnp.int32), pad_token_id=0)
+        return generation.decode_loop(
+            step,
+            cache,
+            last,
+            key,
+            params=params,
+            max_new_tokens=steps,
+            eos_ids=jnp.asarray(eos_ids, jnp.int32),
+            pad_token_id=0,
+        )
 
     return jax.jit(run)(state, jax.tree.map(repeat, cache), repeat(last), key)
 
@@ -161,9 +205,19 @@ def test_shared_prompt_decode_equals_repeated_cache(setup, params):
     """The G samples read one copy of their prompt's cache: same tokens and log-probs as G copies."""
     _, _, model, _, inputs = setup
     g, steps, key = 3, SAMPLE_STEPS, jax.random.key(5)
-    out = generate(model, inputs, max_new_tokens=steps, temperature=params.temperature, top_p=params.top_p,
-                   top_k=params.top_k, num_return_sequences=g, rng=key, eos_token_id=[5, 7, 11], pad_token_id=0,
-                   return_logprobs=True)
+    out = generate(
+        model,
+        inputs,
+        max_new_tokens=steps,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        num_return_sequences=g,
+        rng=key,
+        eos_token_id=[5, 7, 11],
+        pad_token_id=0,
+        return_logprobs=True,
+    )
     tokens, logprobs, mask = _repeated_cache_decode(model, inputs, g, steps, params, key, [5, 7, 11, -1])
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(tokens))
     np.testing.assert_array_equal(np.asarray(out.mask), np.asarray(mask))
@@ -178,9 +232,19 @@ def test_decode_holds_one_prompt_cache_per_prompt(setup):
     g, length, t = 8, inputs.input_ids.shape[1], config.text
     last, cache = generation.prefill(graphdef, state, inputs, length)
     compiled = generation.decode.lower(
-        graphdef, state, cache, last, inputs.attention_mask, inputs.position_ids, jax.random.key(0),
-        jnp.full((4,), -1, jnp.int32), jnp.int32(0), params=SamplingParams(0.0), max_new_tokens=SAMPLE_STEPS,
-        num_return_sequences=g).compile()
+        graphdef,
+        state,
+        cache,
+        last,
+        inputs.attention_mask,
+        inputs.position_ids,
+        jax.random.key(0),
+        jnp.full((4,), -1, jnp.int32),
+        jnp.int32(0),
+        params=SamplingParams(0.0),
+        max_new_tokens=SAMPLE_STEPS,
+        num_return_sequences=g,
+    ).compile()
     copies = inputs.batch_size * g * length * t.num_hidden_layers * 2 * t.num_key_value_heads * t.head_dim * 4
     assert compiled.memory_analysis().temp_size_in_bytes < copies
 

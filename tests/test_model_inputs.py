@@ -20,9 +20,15 @@ def _sample(rng, grids=GRIDS, kinds=("image", "video", "video"), **kwargs):
     images = [g for g, k in zip(grids, kinds) if k == "image"]
     videos = [g for g, k in zip(grids, kinds) if k == "video"]
     return build_model_inputs(
-        CONFIG, ids, pixel_values=pixels(CONFIG, rng, images), image_grid_thw=np.array(images) if images else None,
-        pixel_values_videos=pixels(CONFIG, rng, videos), video_grid_thw=np.array(videos) if videos else None,
-        second_per_grid_ts=[1.0] * len(videos) if videos else None, **kwargs)
+        CONFIG,
+        ids,
+        pixel_values=pixels(CONFIG, rng, images),
+        image_grid_thw=np.array(images) if images else None,
+        pixel_values_videos=pixels(CONFIG, rng, videos),
+        video_grid_thw=np.array(videos) if videos else None,
+        second_per_grid_ts=[1.0] * len(videos) if videos else None,
+        **kwargs,
+    )
 
 
 def _segments_from_cu(cu, n):
@@ -50,7 +56,9 @@ def test_vision_metadata_matches_transformers():
     v = CONFIG.vision
     pos = vision_utils.get_vision_position_ids(grid, v.spatial_merge_size).numpy()
     np.testing.assert_array_equal(inputs.vision_pos_ids[0, :n], pos)
-    window_units, cu_window = vision_utils.get_vision_window_index(grid, v.spatial_merge_size, v.window_size, v.patch_size)
+    window_units, cu_window = vision_utils.get_vision_window_index(
+        grid, v.spatial_merge_size, v.window_size, v.patch_size
+    )
     unit = v.merge_unit
     window_patches = (window_units.numpy()[:, None] * unit + np.arange(unit)).reshape(-1)
     np.testing.assert_array_equal(inputs.window_index[0, :n], window_patches)
@@ -92,8 +100,13 @@ def test_collate_pads_tokens_and_patches(side):
     a = _sample(rng)
     b = _sample(rng, grids=[(1, 2, 2)], kinds=("image",))
     text = build_model_inputs(CONFIG, np.arange(7)[None])
-    batch = collate_model_inputs([a, b, text], pad_len_to=a.seq_len + 3, pad_patches_to=a.num_patches + 8,
-                                 padding_side=side, pad_token_id=CONFIG.pad_token_id)
+    batch = collate_model_inputs(
+        [a, b, text],
+        pad_len_to=a.seq_len + 3,
+        pad_patches_to=a.num_patches + 8,
+        padding_side=side,
+        pad_token_id=CONFIG.pad_token_id,
+    )
     assert batch.input_ids.shape == (3, a.seq_len + 3) and batch.pixel_values.shape[:2] == (3, a.num_patches + 8)
     for row, s in enumerate([a, b, text]):
         keep = batch.attention_mask[row].astype(bool)
@@ -109,9 +122,10 @@ def test_collate_pads_tokens_and_patches(side):
         valid = s.patch_valid[0].sum()
         for name in ("window", "frame"):
             blocks, slot = getattr(batch, f"{name}_blocks")[row], getattr(batch, f"{name}_slot")[row]
-            np.testing.assert_array_equal(_segments_from_blocks(blocks, slot, valid),
-                                          _segments_from_blocks(getattr(s, f"{name}_blocks")[0],
-                                                                getattr(s, f"{name}_slot")[0], valid))
+            np.testing.assert_array_equal(
+                _segments_from_blocks(blocks, slot, valid),
+                _segments_from_blocks(getattr(s, f"{name}_blocks")[0], getattr(s, f"{name}_slot")[0], valid),
+            )
         np.testing.assert_array_equal(np.sort(batch.window_index[row]), np.arange(a.num_patches + 8))
     with pytest.raises(ValueError, match="pad_len_to"):
         collate_model_inputs([a], pad_len_to=3, pad_patches_to=a.num_patches)
@@ -127,7 +141,8 @@ def test_collate_pads_block_layouts_to_a_common_size():
     for name in ("window", "frame"):
         np.testing.assert_array_equal(
             _segments_from_blocks(getattr(padded, f"{name}_blocks")[0], getattr(padded, f"{name}_slot")[0], valid),
-            _segments_from_blocks(getattr(a, f"{name}_blocks")[0], getattr(a, f"{name}_slot")[0], valid))
+            _segments_from_blocks(getattr(a, f"{name}_blocks")[0], getattr(a, f"{name}_slot")[0], valid),
+        )
     with pytest.raises(ValueError, match="pad_layout_to"):
         collate_model_inputs([a], a.seq_len, a.num_patches, pad_layout_to=(1, 1, 1))
 
@@ -147,8 +162,13 @@ def test_refusals():
         build_model_inputs(CONFIG, ids, pixel_values=px)
     with pytest.raises(ValueError, match="second_per_grid_ts has 2 entries"):
         vids = np.array([vision_prompt(CONFIG, rng, [VIDEO_GRID], ["video"])])
-        build_model_inputs(CONFIG, vids, pixel_values_videos=pixels(CONFIG, rng, [VIDEO_GRID]),
-                           video_grid_thw=np.array([VIDEO_GRID]), second_per_grid_ts=[1.0, 2.0])
+        build_model_inputs(
+            CONFIG,
+            vids,
+            pixel_values_videos=pixels(CONFIG, rng, [VIDEO_GRID]),
+            video_grid_thw=np.array([VIDEO_GRID]),
+            second_per_grid_ts=[1.0, 2.0],
+        )
     with pytest.raises(ValueError, match="smaller than"):
         build_model_inputs(CONFIG, ids, pixel_values=px, image_grid_thw=grid, pad_patches_to=8)
     with pytest.raises(ValueError, match="multiple of merge_unit"):

@@ -39,12 +39,20 @@ def pair(tmp_path_factory):
 
 def _batch(config, rng, trailing_text=5):
     """Row 0: an image (non-square, partial windows); row 1: a video with 3 temporal groups (left padded)."""
-    rows = [vision_prompt(config, rng, [IMAGE_GRID], ["image"], text_len=trailing_text),
-            vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=trailing_text + 4)]
+    rows = [
+        vision_prompt(config, rng, [IMAGE_GRID], ["image"], text_len=trailing_text),
+        vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=trailing_text + 4),
+    ]
     ids, mask = left_pad(rows, config.pad_token_id)
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels(config, rng, [IMAGE_GRID]),
-                image_grid_thw=np.array([IMAGE_GRID]), pixel_values_videos=pixels(config, rng, [VIDEO_GRID]),
-                video_grid_thw=np.array([VIDEO_GRID]), second_per_grid_ts=np.array([1.25]))
+    return dict(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels(config, rng, [IMAGE_GRID]),
+        image_grid_thw=np.array([IMAGE_GRID]),
+        pixel_values_videos=pixels(config, rng, [VIDEO_GRID]),
+        video_grid_thw=np.array([VIDEO_GRID]),
+        second_per_grid_ts=np.array([1.25]),
+    )
 
 
 @pytest.mark.parametrize("attn_block", [256, 16])  # whole blocks / temporal groups a block of queries at a time
@@ -54,17 +62,29 @@ def test_vision_tower(pair, attn_block):
     grids = [IMAGE_GRID, VIDEO_GRID, (2, 4, 8)]
     px = pixels(config, rng, grids)
     with torch.no_grad():
-        expected = torch.cat([ref.model.visual(torch.as_tensor(p), grid_thw=torch.tensor([g])).pooler_output
-                              for p, g in zip(np.split(px, np.cumsum([np.prod(g) for g in grids])[:-1]), grids)])
+        expected = torch.cat(
+            [
+                ref.model.visual(torch.as_tensor(p), grid_thw=torch.tensor([g])).pooler_output
+                for p, g in zip(np.split(px, np.cumsum([np.prod(g) for g in grids])[:-1]), grids)
+            ]
+        )
     ids = np.array([vision_prompt(config, rng, grids, ["image"] * 3)])
-    inputs = build_model_inputs(config, ids, pixel_values=px, image_grid_thw=np.array(grids),
-                                pad_patches_to=px.shape[0] + 12)
-    visual = nnx.jit(lambda m, i: m(i.pixel_values, i.vision_pos_ids, i.window_index, i.window_inverse,
-                                      BlockLayout(i.window_blocks, i.window_slot),
-                                      BlockLayout(i.frame_blocks, i.frame_slot)))
+    inputs = build_model_inputs(
+        config, ids, pixel_values=px, image_grid_thw=np.array(grids), pad_patches_to=px.shape[0] + 12
+    )
+    visual = nnx.jit(
+        lambda m, i: m(
+            i.pixel_values,
+            i.vision_pos_ids,
+            i.window_index,
+            i.window_inverse,
+            BlockLayout(i.window_blocks, i.window_slot),
+            BlockLayout(i.frame_blocks, i.frame_slot),
+        )
+    )
     tower = nnx.clone(ours.model.visual)
     tower.attn_block = attn_block
-    got = np.asarray(visual(tower, jax.tree.map(jnp.asarray, inputs)))[0, :expected.shape[0]]
+    got = np.asarray(visual(tower, jax.tree.map(jnp.asarray, inputs)))[0, : expected.shape[0]]
     assert rel_err(got, expected.numpy()) < TOL
 
 
@@ -86,8 +106,11 @@ def test_text_decoder(pair):
     mask = np.ones((2, 11), np.int64)
     mask[1, :4] = 0
     with torch.no_grad():
-        expected = ref.model.language_model(inputs_embeds=torch.as_tensor(embeds), position_ids=torch.as_tensor(pos),
-                                            attention_mask=torch.as_tensor(mask)).last_hidden_state.numpy()
+        expected = ref.model.language_model(
+            inputs_embeds=torch.as_tensor(embeds),
+            position_ids=torch.as_tensor(pos),
+            attention_mask=torch.as_tensor(mask),
+        ).last_hidden_state.numpy()
     got, _ = ours.model.language_model(jnp.asarray(embeds), jnp.asarray(pos), causal_mask(jnp.asarray(mask)))
     valid = mask.astype(bool)
     assert rel_err(np.asarray(got)[valid], expected[valid]) < TOL
@@ -111,8 +134,12 @@ def test_logits_long_prompt(pair):
     rng = np.random.default_rng(3)
     grid = (4, 4, 6)
     row = vision_prompt(config, rng, [grid], ["video"], text_len=250)
-    kwargs = dict(input_ids=np.array([row]), pixel_values_videos=pixels(config, rng, [grid]),
-                  video_grid_thw=np.array([grid]), second_per_grid_ts=np.array([0.7]))
+    kwargs = dict(
+        input_ids=np.array([row]),
+        pixel_values_videos=pixels(config, rng, [grid]),
+        video_grid_thw=np.array([grid]),
+        second_per_grid_ts=np.array([0.7]),
+    )
     assert len(row) > 500
     blocked = nnx.clone(ours)  # exercise the blocked attention paths of both towers
     blocked.model.language_model.attn_block = 128
@@ -143,9 +170,14 @@ def test_prefill_and_decode_equal_full_forward(pair):
     b, length = prompt.input_ids.shape
     steps = 3
     new = rng.integers(0, 280, (b, steps))
-    full = build_model_inputs(config, **{**kwargs, "input_ids": np.concatenate([kwargs["input_ids"], new], 1),
-                                         "attention_mask": np.pad(kwargs["attention_mask"], ((0, 0), (0, steps)),
-                                                                  constant_values=1)})
+    full = build_model_inputs(
+        config,
+        **{
+            **kwargs,
+            "input_ids": np.concatenate([kwargs["input_ids"], new], 1),
+            "attention_mask": np.pad(kwargs["attention_mask"], ((0, 0), (0, steps)), constant_values=1),
+        },
+    )
     expected = np.asarray(nnx.jit(lambda m, i: m.forward(i))(ours, jax.tree.map(jnp.asarray, full)))
 
     cache = ours.init_cache(b, length + steps + 2)
@@ -157,12 +189,15 @@ def test_prefill_and_decode_equal_full_forward(pair):
     last = prompt.position_ids[0, :, -1]
     for k in range(steps):
         position = last + 1 + k
-        logits, cache = decode(ours, jnp.asarray(new[:, k]), jnp.asarray(position), cache, length + k, jnp.asarray(attn))
+        logits, cache = decode(
+            ours, jnp.asarray(new[:, k]), jnp.asarray(position), cache, length + k, jnp.asarray(attn)
+        )
         attn[:, length + k] = 1
         assert rel_err(logits, expected[:, length + k]) < TOL
     # the positions used for decoding are those of the full sequence
-    np.testing.assert_array_equal(full.position_ids[:, :, length:],
-                                  np.broadcast_to(last[:, None] + 1 + np.arange(steps), (3, b, steps)))
+    np.testing.assert_array_equal(
+        full.position_ids[:, :, length:], np.broadcast_to(last[:, None] + 1 + np.arange(steps), (3, b, steps))
+    )
 
 
 @pytest.mark.slow
@@ -172,16 +207,27 @@ def test_decode_positions_match_transformers_generate(pair):
     rng = np.random.default_rng(8)
     grid = (8, 2, 2)
     row = vision_prompt(config, rng, [grid], ["video"], text_len=2)
-    kwargs = dict(input_ids=np.array([row]), pixel_values_videos=pixels(config, rng, [grid]),
-                  video_grid_thw=np.array([grid]), second_per_grid_ts=np.array([2.0]))
+    kwargs = dict(
+        input_ids=np.array([row]),
+        pixel_values_videos=pixels(config, rng, [grid]),
+        video_grid_thw=np.array([grid]),
+        second_per_grid_ts=np.array([2.0]),
+    )
     prompt = build_model_inputs(config, **kwargs)
     assert prompt.position_ids.max() > prompt.position_ids[0, 0, -1]
     t = lambda x, dt=torch.long: torch.as_tensor(np.asarray(x), dtype=dt)
     out = ref.generate(
-        input_ids=t(row)[None], attention_mask=torch.ones(1, len(row), dtype=torch.long),
-        pixel_values_videos=t(kwargs["pixel_values_videos"], torch.float32), video_grid_thw=t([grid]),
-        second_per_grid_ts=t([2.0], torch.float32), mm_token_type_ids=t(token_types(config, kwargs["input_ids"])),
-        max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        input_ids=t(row)[None],
+        attention_mask=torch.ones(1, len(row), dtype=torch.long),
+        pixel_values_videos=t(kwargs["pixel_values_videos"], torch.float32),
+        video_grid_thw=t([grid]),
+        second_per_grid_ts=t([2.0], torch.float32),
+        mm_token_type_ids=t(token_types(config, kwargs["input_ids"])),
+        max_new_tokens=4,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     length = len(row)
     cache = ours.init_cache(1, length + 4)
     logits, cache = ours.prefill(jax.tree.map(jnp.asarray, prompt), cache)
@@ -193,7 +239,9 @@ def test_decode_positions_match_transformers_generate(pair):
             break
         position = prompt.position_ids[0, :, -1] + 1 + k
         token = out.sequences[:, length + k].numpy()
-        logits, cache = ours.decode_step(jnp.asarray(token), jnp.asarray(position), cache, length + k, jnp.asarray(attn))
+        logits, cache = ours.decode_step(
+            jnp.asarray(token), jnp.asarray(position), cache, length + k, jnp.asarray(attn)
+        )
         attn[:, length + k] = 1
 
 
@@ -203,19 +251,28 @@ def test_collated_batch_equals_single_samples(pair):
     config, _, ours = pair
     rng = np.random.default_rng(5)
     kwargs = _batch(config, rng)
-    singles = [build_model_inputs(config, kwargs["input_ids"][i:i + 1][:, kwargs["attention_mask"][i] > 0],
-                                  **({"pixel_values": kwargs["pixel_values"], "image_grid_thw": kwargs["image_grid_thw"]}
-                                     if i == 0 else
-                                     {"pixel_values_videos": kwargs["pixel_values_videos"],
-                                      "video_grid_thw": kwargs["video_grid_thw"],
-                                      "second_per_grid_ts": kwargs["second_per_grid_ts"]}))
-               for i in range(2)]
+    singles = [
+        build_model_inputs(
+            config,
+            kwargs["input_ids"][i : i + 1][:, kwargs["attention_mask"][i] > 0],
+            **(
+                {"pixel_values": kwargs["pixel_values"], "image_grid_thw": kwargs["image_grid_thw"]}
+                if i == 0
+                else {
+                    "pixel_values_videos": kwargs["pixel_values_videos"],
+                    "video_grid_thw": kwargs["video_grid_thw"],
+                    "second_per_grid_ts": kwargs["second_per_grid_ts"],
+                }
+            ),
+        )
+        for i in range(2)
+    ]
     batch = collate_model_inputs(singles, pad_len_to=48, pad_patches_to=96, padding_side="right")
     forward = nnx.jit(lambda m, i: m.forward(i))
     got = np.asarray(forward(ours, jax.tree.map(jnp.asarray, batch)))
     for i, s in enumerate(singles):
         alone = np.asarray(forward(ours, jax.tree.map(jnp.asarray, s)))[0]
-        assert rel_err(got[i, :s.seq_len], alone) < 1e-5
+        assert rel_err(got[i, : s.seq_len], alone) < 1e-5
 
 
 @pytest.mark.slow
@@ -223,9 +280,15 @@ def test_remat_gives_the_same_gradients(pair):
     config, _, ours = pair
     rng = np.random.default_rng(7)
     row = vision_prompt(config, rng, [VIDEO_GRID], ["video"])
-    inputs = jax.tree.map(jnp.asarray, build_model_inputs(
-        config, np.array([row]), pixel_values_videos=pixels(config, rng, [VIDEO_GRID]),
-        video_grid_thw=np.array([VIDEO_GRID])))
+    inputs = jax.tree.map(
+        jnp.asarray,
+        build_model_inputs(
+            config,
+            np.array([row]),
+            pixel_values_videos=pixels(config, rng, [VIDEO_GRID]),
+            video_grid_thw=np.array([VIDEO_GRID]),
+        ),
+    )
     grad = nnx.jit(nnx.grad(lambda m, i: jnp.mean(m.forward(i) ** 2)))
     plain = grad(ours, inputs)
     remat = nnx.clone(ours)

@@ -20,8 +20,13 @@ def hf_model():
 def _hf(hf_model, ids, mask, image_grids, video_grids, seconds):
     t = lambda x, dt=torch.long: None if x is None else torch.as_tensor(np.asarray(x), dtype=dt)
     pos, deltas = hf_model.get_rope_index(
-        t(ids), mm_token_type_ids=t(token_types(CONFIG, ids), torch.int32), image_grid_thw=t(image_grids),
-        video_grid_thw=t(video_grids), second_per_grid_ts=t(seconds, torch.float32), attention_mask=t(mask))
+        t(ids),
+        mm_token_type_ids=t(token_types(CONFIG, ids), torch.int32),
+        image_grid_thw=t(image_grids),
+        video_grid_thw=t(video_grids),
+        second_per_grid_ts=t(seconds, torch.float32),
+        attention_mask=t(mask),
+    )
     return pos.numpy(), deltas.numpy()
 
 
@@ -45,7 +50,7 @@ def test_matches_transformers_with_left_padding(hf_model, case, seconds):
         image_grids += [g for g, k in items if k == "image"]
         video_grids += [g for g, k in items if k == "video"]
     ids, mask = left_pad(rows, CONFIG.pad_token_id)
-    seconds = None if seconds is None or not video_grids else seconds[:len(video_grids)]
+    seconds = None if seconds is None or not video_grids else seconds[: len(video_grids)]
     images = np.array(image_grids) if image_grids else None
     videos = np.array(video_grids) if video_grids else None
     ours_pos, ours_deltas = get_rope_index(CONFIG, ids, images, videos, seconds, mask)
@@ -71,19 +76,24 @@ def test_max_plus_one_rule():
     config = tiny_config(text_after_vision="max_plus_one")
     rng = np.random.default_rng(0)
     row = vision_prompt(config, rng, [(4, 2, 2)], ["video"], text_len=2)
-    pos, deltas = get_rope_index(config, np.array([row]), video_grid_thw=np.array([[4, 2, 2]]), second_per_grid_ts=[2.0])
+    pos, deltas = get_rope_index(
+        config, np.array([row]), video_grid_thw=np.array([[4, 2, 2]]), second_per_grid_ts=[2.0]
+    )
     # video at start 3: temporal 3, 7, 11, 15; the following text continues at 16
     assert pos[0, 0, 3:7].tolist() == [3, 7, 11, 15] and pos[0, 0, 7] == 16
     assert deltas[0, 0] == pos.max() + 1 - len(row)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(image_grid_thw=[[1, 4, 4], [1, 4, 4]]), "image_grid_thw describes 2 images"),
-    (dict(image_grid_thw=[[1, 4, 6]]), "needs 6 image tokens"),
-    (dict(image_grid_thw=None), "more image tokens"),
-    (dict(image_grid_thw=[[1, 4, 4]], video_grid_thw=[[2, 2, 2]]), "video_grid_thw describes 1 video"),
-    (dict(image_grid_thw=[[1, 4, 4]], second_per_grid_ts=[1.0]), "second_per_grid_ts has 1 entries"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(image_grid_thw=[[1, 4, 4], [1, 4, 4]]), "image_grid_thw describes 2 images"),
+        (dict(image_grid_thw=[[1, 4, 6]]), "needs 6 image tokens"),
+        (dict(image_grid_thw=None), "more image tokens"),
+        (dict(image_grid_thw=[[1, 4, 4]], video_grid_thw=[[2, 2, 2]]), "video_grid_thw describes 1 video"),
+        (dict(image_grid_thw=[[1, 4, 4]], second_per_grid_ts=[1.0]), "second_per_grid_ts has 1 entries"),
+    ],
+)
 def test_mismatches_raise(kwargs, message):
     row = vision_prompt(CONFIG, np.random.default_rng(0), [(1, 4, 4)], ["image"])
     with pytest.raises(ValueError, match=message):

@@ -74,13 +74,21 @@ def test_specs_fall_back_to_replication_when_not_divisible():
 def batch():
     config = config_for_tests()
     rng = np.random.default_rng(3)
-    rows = [vision_prompt(config, rng, [IMAGE_GRID, VIDEO_GRID], ["image", "video"]),
-            vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=7)]
+    rows = [
+        vision_prompt(config, rng, [IMAGE_GRID, VIDEO_GRID], ["image", "video"]),
+        vision_prompt(config, rng, [VIDEO_GRID], ["video"], text_len=7),
+    ]
     ids, mask = left_pad(rows, config.pad_token_id)
     inputs = build_model_inputs(
-        config, ids, mask, pixel_values=pixels(config, rng, [IMAGE_GRID]), image_grid_thw=np.array([IMAGE_GRID]),
-        pixel_values_videos=pixels(config, rng, [VIDEO_GRID, VIDEO_GRID]), video_grid_thw=np.array([VIDEO_GRID] * 2),
-        second_per_grid_ts=np.array([1.5, 0.5], np.float32))
+        config,
+        ids,
+        mask,
+        pixel_values=pixels(config, rng, [IMAGE_GRID]),
+        image_grid_thw=np.array([IMAGE_GRID]),
+        pixel_values_videos=pixels(config, rng, [VIDEO_GRID, VIDEO_GRID]),
+        video_grid_thw=np.array([VIDEO_GRID] * 2),
+        second_per_grid_ts=np.array([1.5, 0.5], np.float32),
+    )
     return config, inputs
 
 
@@ -93,8 +101,9 @@ def test_sharded_forward_and_generate_equal_unsharded(batch, tmp_path):
     forward = jax.jit(lambda m, x: m.forward(x))
     ref_logits = np.asarray(forward(model, jax.tree.map(jnp.asarray, inputs)))
     ref_tokens = np.asarray(generate(model, inputs, max_new_tokens=8, temperature=0.0, eos_token_id=()))
-    sampled = dict(max_new_tokens=6, temperature=1.0, num_return_sequences=4, rng=1, eos_token_id=(),
-                   return_logprobs=True)
+    sampled = dict(
+        max_new_tokens=6, temperature=1.0, num_return_sequences=4, rng=1, eos_token_id=(), return_logprobs=True
+    )
     ref_sampled = generate(model, inputs, **sampled)
 
     shard_model(model, mesh, "fsdp_tensor")

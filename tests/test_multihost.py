@@ -33,6 +33,7 @@ class ThreadGather:
             out = np.stack(self.slots)
             self.barrier.wait()  # every process has read before any writes the next value
             return out
+
         return gather
 
 
@@ -48,31 +49,37 @@ def shard_batches(n: int, index: int, count: int, batch_size: int, tokens: int =
     `batch_size` per batch, the last one padded (`valid` False), `tokens` + index token columns."""
     rows = list(range(n))[index::count]
     for lo in range(0, len(rows), batch_size):
-        chunk = rows[lo:lo + batch_size]
+        chunk = rows[lo : lo + batch_size]
         inputs = types.SimpleNamespace(input_ids=np.zeros((batch_size, tokens + index)), num_patches=patches)
         yield {"inputs": inputs, "samples": chunk, "valid": np.arange(batch_size) < len(chunk)}
 
 
 def lockstep_run(n: int, count: int, batch_size: int, limit: int | None = None):
     """Per process: the lockstep steps as (its rows or None, common shape), and all rows gathered."""
+
     def process(index, gather):
-        steps = [(None if b is None else b["samples"], shape)
-                 for b, shape in multihost.lockstep(shard_batches(n, index, count, batch_size), limit=limit,
-                                                    gather=gather)]
+        steps = [
+            (None if b is None else b["samples"], shape)
+            for b, shape in multihost.lockstep(shard_batches(n, index, count, batch_size), limit=limit, gather=gather)
+        ]
         mine = [row for rows, _ in steps if rows is not None for row in rows]
         return steps, multihost.interleave(multihost.gather_objects(mine, gather))
+
     return run_processes(count, process)
 
 
-@pytest.mark.parametrize("n, count, batch_size, expected", [
-    # rows of each process per step; None: a dummy step (the shard has run out)
-    (10, 1, 4, [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]]),
-    (10, 2, 2, [[[0, 2], [4, 6], [8]], [[1, 3], [5, 7], [9]]]),
-    (10, 4, 2, [[[0, 4], [8]], [[1, 5], [9]], [[2, 6], None], [[3, 7], None]]),  # two shards a batch short
-    (9, 4, 2, [[[0, 4], [8]], [[1, 5], None], [[2, 6], None], [[3, 7], None]]),
-    (3, 4, 2, [[[0]], [[1]], [[2]], [None]]),  # process 3 has no row at all
-    (0, 3, 2, [[], [], []]),
-])
+@pytest.mark.parametrize(
+    "n, count, batch_size, expected",
+    [
+        # rows of each process per step; None: a dummy step (the shard has run out)
+        (10, 1, 4, [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]]),
+        (10, 2, 2, [[[0, 2], [4, 6], [8]], [[1, 3], [5, 7], [9]]]),
+        (10, 4, 2, [[[0, 4], [8]], [[1, 5], [9]], [[2, 6], None], [[3, 7], None]]),  # two shards a batch short
+        (9, 4, 2, [[[0, 4], [8]], [[1, 5], None], [[2, 6], None], [[3, 7], None]]),
+        (3, 4, 2, [[[0]], [[1]], [[2]], [None]]),  # process 3 has no row at all
+        (0, 3, 2, [[], [], []]),
+    ],
+)
 def test_lockstep_runs_every_process_the_same_steps(n, count, batch_size, expected):
     results = lockstep_run(n, count, batch_size)
     for index, (steps, gathered) in enumerate(results):

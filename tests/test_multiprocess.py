@@ -25,8 +25,15 @@ def free_port() -> int:
 
 def run(nproc: int, data: pathlib.Path, out: pathlib.Path) -> list[dict]:
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(nproc), str(pid), port, str(data), str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(nproc)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(nproc), str(pid), port, str(data), str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(nproc)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
@@ -35,15 +42,16 @@ def run(nproc: int, data: pathlib.Path, out: pathlib.Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_predict_exactly_like_one(tmp_path):
-    train = write_synthetic_dataset(tmp_path, samples_per_task=2, tasks=("tg", "vhd"), include_images=False,
-                                    split_names=("train",))["train"]
+    train = write_synthetic_dataset(
+        tmp_path, samples_per_task=2, tasks=("tg", "vhd"), include_images=False, split_names=("train",)
+    )["train"]
     samples = [json.loads(line) for line in train.read_text().splitlines()]
     samples[0]["query"] = " ".join(["the person opens the door slowly"] * 12)  # a longer token bucket
     samples.append({**samples[1], "id": "broken", "video": "missing.mp4"})  # skipped by the loader
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     train_tiny_tokenizer([prompt_builders()[s["task"]](s) for s in samples], tmp_path / "tok", 512)
 
-    one, = run(1, tmp_path, tmp_path / "one")
+    (one,) = run(1, tmp_path, tmp_path / "one")
     two = run(2, tmp_path, tmp_path / "two")
     assert len(one["predictions"]) == 4 and [s["id"] for s in one["skipped"]] == ["broken"]
     assert two[0] == {**two[0], "predictions": one["predictions"], "skipped": one["skipped"]}

@@ -66,14 +66,20 @@ def _to_text(segments):
     """Our / Time-R1 / VideoChat-R1 style: '<answer>a to b, c to d</answer>'."""
     if segments is None:
         return "<think>I cannot tell.</think><answer>unsure</answer>"
-    return "<think>Looking at the video.</think><answer>" + ", ".join(f"{a:.2f} to {b:.2f}" for a, b in segments) + "</answer>"
+    return (
+        "<think>Looking at the video.</think><answer>"
+        + ", ".join(f"{a:.2f} to {b:.2f}" for a, b in segments)
+        + "</answer>"
+    )
 
 
 def _to_museg_text(segments):
     """MUSEG style: '<answer>a-b c-d</answer>'."""
     if segments is None:
         return "<think>No idea.</think>"
-    return "<think>Looking at the video.</think><answer>" + " ".join(f"{a:.2f}-{b:.2f}" for a, b in segments) + "</answer>"
+    return (
+        "<think>Looking at the video.</think><answer>" + " ".join(f"{a:.2f}-{b:.2f}" for a, b in segments) + "</answer>"
+    )
 
 
 # --- Time-R1 -----------------------------------------------------------------------------------------
@@ -128,9 +134,17 @@ def videochat_gqa_official(texts, truths):
     """evaluate_gqa.py: accuracy of the first A-G letter of the <answer> block; IoU of the merged unions
     of the <glue> list [(s, e), ...] and the ground truth (1 if both are empty). An invalid glue list
     leaves the script's previous IoU in place; the generator below never writes one."""
+
     def letter(text):
-        for phrase in ("The best answer is", "The correct answer is", "The answer is", "The answer",
-                       "The best option is", "The correct option is", "Best answer:Best option:"):
+        for phrase in (
+            "The best answer is",
+            "The correct answer is",
+            "The answer is",
+            "The answer",
+            "The best option is",
+            "The correct option is",
+            "Best answer:Best option:",
+        ):
             text = text.strip().replace(phrase, "")
         found = re.search(r"[ABCDEFG]", text)
         return found.group(0) if found else ""
@@ -224,6 +238,7 @@ def museg_official(texts, gts_lists, mode):
 def moment_detr_r1_official(top_windows, gt_windows):
     """standalone_eval/eval.py compute_mr_r1: the first predicted window against the GT window of highest
     IoU with it; R1@thr = share with IoU >= thr, rounded to 2 decimals."""
+
     def one_iou(a, b):
         inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
         union = max(a[1], b[1]) - min(a[0], b[0])
@@ -240,6 +255,7 @@ def nextgqa_official(ground, pred_spans, pred_qa):
     """eval_ground.py: per question with a predicted span, the max IoU and max IoP over the evidence spans
     (a point span inside one: IoP 1, IoU 0); means and rates (>= thr) over those questions only;
     Acc@GQA = right answer and IoP >= 0.5."""
+
     def iou_iop(loc, span):
         if span[0] == span[1]:
             return (0.0, 1.0) if loc[0] <= span[0] <= loc[1] else (0.0, 0.0)
@@ -262,9 +278,15 @@ def nextgqa_official(ground, pred_spans, pred_qa):
             iop3, iop5 = iop3 + (best_iop >= 0.3), iop5 + (best_iop >= 0.5)
             iou3, iou5 = iou3 + (best_iou >= 0.3), iou5 + (best_iou >= 0.5)
             right += best_iop >= 0.5 and pred_qa[key]["answer"] == pred_qa[key]["prediction"]
-    return {"Acc@GQA": 100 * right / n, "gqa_mIoP": 100 * m_iop / n, "gqa_IoP@0.3": 100 * iop3 / n,
-            "gqa_IoP@0.5": 100 * iop5 / n, "gqa_mIoU": 100 * m_iou / n, "gqa_IoU@0.3": 100 * iou3 / n,
-            "gqa_IoU@0.5": 100 * iou5 / n}
+    return {
+        "Acc@GQA": 100 * right / n,
+        "gqa_mIoP": 100 * m_iop / n,
+        "gqa_IoP@0.3": 100 * iop3 / n,
+        "gqa_IoP@0.5": 100 * iop5 / n,
+        "gqa_mIoU": 100 * m_iou / n,
+        "gqa_IoU@0.3": 100 * iou3 / n,
+        "gqa_IoU@0.5": 100 * iou5 / n,
+    }
 
 
 # --- the real files ------------------------------------------------------------------------------------
@@ -272,14 +294,19 @@ def nextgqa_official(ground, pred_spans, pred_qa):
 
 def _dict_targets(path):
     data = json.loads(path.read_text())
-    return [{"id": f"{vid}#{i}", "video": f"{vid}.mp4", "duration": v["duration"], "segments": [seg]}
-            for vid, v in data.items() for i, seg in enumerate(v["timestamps"])]
+    return [
+        {"id": f"{vid}#{i}", "video": f"{vid}.mp4", "duration": v["duration"], "segments": [seg]}
+        for vid, v in data.items()
+        for i, seg in enumerate(v["timestamps"])
+    ]
 
 
 def _tvgbench_targets(path):
     rows = json.loads(path.read_text())
-    return [{"id": f"q{i}", "duration": r["duration"], "segments": [[float(x) for x in r["answer"].split("-")]]}
-            for i, r in enumerate(rows)]
+    return [
+        {"id": f"q{i}", "duration": r["duration"], "segments": [[float(x) for x in r["answer"].split("-")]]}
+        for i, r in enumerate(rows)
+    ]
 
 
 def _tg_case(targets, seed):
@@ -295,7 +322,10 @@ def test_time_r1_and_videochat_r1_grounding(annotations_dir, name):
     preds, gts = _tg_case(targets, seed=len(name))
     texts = [_to_text(p) for p in preds]
     # Time-R1: IoU > thr on the last pair; VideoChat-R1: IoU >= thr on the last pair.
-    _close(score("tg", texts, targets, strict=True, pick="last"), time_r1_official([time_r1_extract(x) for x in texts], gts))
+    _close(
+        score("tg", texts, targets, strict=True, pick="last"),
+        time_r1_official([time_r1_extract(x) for x in texts], gts),
+    )
     _close(score("tvg", texts, targets, strict=True), time_r1_official([time_r1_extract(x) for x in texts], gts))
     _close(score("tg", texts, targets, pick="last"), videochat_tg_official(texts, gts))
 
@@ -306,9 +336,21 @@ def test_time_r1_result_file_is_rescored(annotations_dir, tmp_path):
     preds, gts = _tg_case(targets, seed=7)
     texts = [_to_text(p) for p in preds]
     path = tmp_path / "tg_0_1.jsonl"
-    path.write_text("".join(json.dumps({"qid": f"charades_{k}", "pred": time_r1_extract(x), "target": gt,
-                                        "duration": t["duration"], "output_text": x}) + "\n"
-                            for k, (x, gt, t) in enumerate(zip(texts, gts, targets))))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "qid": f"charades_{k}",
+                    "pred": time_r1_extract(x),
+                    "target": gt,
+                    "duration": t["duration"],
+                    "output_text": x,
+                }
+            )
+            + "\n"
+            for k, (x, gt, t) in enumerate(zip(texts, gts, targets))
+        )
+    )
     outputs, unmatched = align(read_predictions(path, "time_r1", "tg"), targets)
     assert unmatched == 0 and None not in outputs
     theirs = time_r1_official([time_r1_extract(x) for x in texts], gts)
@@ -336,8 +378,15 @@ def _museg_outputs(texts, task):
 def test_museg_thumos14_tal(annotations_dir, tmp_path):
     rows = json.loads((annotations_dir / "museg_thumos14_tal.json").read_text())
     # the file has no durations; the metric does not use them on raw times
-    targets = [{"id": str(i), "video": r["video"], "duration": max(e for _, e in r["groundtruth"]) + 10.0,
-                "segments": r["groundtruth"]} for i, r in enumerate(rows)]
+    targets = [
+        {
+            "id": str(i),
+            "video": r["video"],
+            "duration": max(e for _, e in r["groundtruth"]) + 10.0,
+            "segments": r["groundtruth"],
+        }
+        for i, r in enumerate(rows)
+    ]
     rng = random.Random(11)
     texts = []
     for i, t in enumerate(targets):
@@ -355,10 +404,21 @@ def test_museg_thumos14_tal(annotations_dir, tmp_path):
     theirs = museg_official(texts, [t["segments"] for t in targets], "tal")
     # MUSEG's own output file: a list of {video, groundtruth, result: {output}} and a stats object
     path = tmp_path / "eval_thumos14.json"
-    path.write_text(json.dumps([{"video": r["video"], "groundtruth": r["groundtruth"],
-                                 "result": {"output": x.split("<answer>")[-1].split("</answer>")[0].strip()
-                                            if "<answer>" in x else ""}}
-                                for r, x in zip(rows, texts)] + [{"tot": len(rows)}]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "video": r["video"],
+                    "groundtruth": r["groundtruth"],
+                    "result": {
+                        "output": x.split("<answer>")[-1].split("</answer>")[0].strip() if "<answer>" in x else ""
+                    },
+                }
+                for r, x in zip(rows, texts)
+            ]
+            + [{"tot": len(rows)}]
+        )
+    )
     outputs, unmatched = align(read_predictions(path, "museg", "tal"), targets)
     assert unmatched == 0 and None not in outputs
     _close(score("tal", outputs, targets), theirs)
@@ -366,7 +426,11 @@ def test_museg_thumos14_tal(annotations_dir, tmp_path):
 
 
 def test_moment_detr_qvhighlights(annotations_dir):
-    rows = [json.loads(line) for line in (annotations_dir / "qvhighlights_highlight_val_release.jsonl").read_text().splitlines() if line]
+    rows = [
+        json.loads(line)
+        for line in (annotations_dir / "qvhighlights_highlight_val_release.jsonl").read_text().splitlines()
+        if line
+    ]
     targets = [{"id": r["qid"], "duration": r["duration"], "segments": r["relevant_windows"]} for r in rows]
     rng = random.Random(5)
     windows = []
@@ -386,9 +450,16 @@ def _nextgqa(annotations_dir):
     for row in rows:
         options = [row[f"a{i}"] for i in range(5)]
         entry = ground[row["video_id"]]
-        targets.append({"id": f"{row['video_id']}_{row['qid']}", "video": f"{row['video_id']}.mp4",
-                        "duration": entry["duration"], "options": options, "answer": "ABCDE"[options.index(row["answer"])],
-                        "segments": entry["location"][row["qid"]]})
+        targets.append(
+            {
+                "id": f"{row['video_id']}_{row['qid']}",
+                "video": f"{row['video_id']}.mp4",
+                "duration": entry["duration"],
+                "options": options,
+                "answer": "ABCDE"[options.index(row["answer"])],
+                "segments": entry["location"][row["qid"]],
+            }
+        )
     return ground, targets
 
 
@@ -419,14 +490,20 @@ def _gqa_case(targets, seed):
 def test_nextgqa_official(annotations_dir):
     ground, targets = _nextgqa(annotations_dir)
     case = _gqa_case(targets, seed=9)
-    texts = [f"<think>Hm.</think><answer>{letter}</answer><glue>" + ", ".join(f"{a:.2f} to {b:.2f}" for a, b in spans) + "</glue>"
-             for letter, spans in case]
+    texts = [
+        f"<think>Hm.</think><answer>{letter}</answer><glue>"
+        + ", ".join(f"{a:.2f} to {b:.2f}" for a, b in spans)
+        + "</glue>"
+        for letter, spans in case
+    ]
     pred_spans = {t["id"]: spans[0] for t, (_, spans) in zip(targets, case) if spans}
     pred_qa = {t["id"]: {"answer": t["answer"], "prediction": letter} for t, (letter, _) in zip(targets, case)}
     theirs = nextgqa_official(ground, pred_spans, pred_qa)
     ours = score("gvqa", texts, targets, official=True)
     _close(ours, theirs)
-    assert ours["Acc"] == pytest.approx(100 * sum(letter == t["answer"] for t, (letter, _) in zip(targets, case)) / len(targets))
+    assert ours["Acc"] == pytest.approx(
+        100 * sum(letter == t["answer"] for t, (letter, _) in zip(targets, case)) / len(targets)
+    )
     # the default keeps the questions without a span (IoU and IoP 0) in the means
     every = score("gvqa", texts, targets)
     assert every["gqa_mIoP"] == pytest.approx(ours["gqa_mIoP"] * len(pred_spans) / len(targets))
@@ -435,14 +512,31 @@ def test_nextgqa_official(annotations_dir):
 def test_videochat_r1_nextgqa(annotations_dir, tmp_path):
     _, targets = _nextgqa(annotations_dir)
     case = _gqa_case(targets, seed=13)
-    texts = [f"<think>Hm.</think><answer>({letter}) the option</answer><glue>["
-             + ", ".join(f"({a}, {b})" for a, b in spans) + "]</glue>" for letter, spans in case]
+    texts = [
+        f"<think>Hm.</think><answer>({letter}) the option</answer><glue>["
+        + ", ".join(f"({a}, {b})" for a, b in spans)
+        + "]</glue>"
+        for letter, spans in case
+    ]
     theirs = videochat_gqa_official(texts, [(t["answer"], t["segments"]) for t in targets])
     # VideoChat-R1's log rows: no ids, matched by video, evidence spans and answer
     path = tmp_path / "cuda:0.jsonl"
-    path.write_text("".join(json.dumps({"video_path": f"/videos/{t['video']}", "prompt": "...",
-                                        "gt": {"answer": t["answer"], "glue": t["segments"]}, "pred": x,
-                                        "acc": 0.0, "iou": 0.0}) + "\n" for t, x in zip(targets, texts)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "video_path": f"/videos/{t['video']}",
+                    "prompt": "...",
+                    "gt": {"answer": t["answer"], "glue": t["segments"]},
+                    "pred": x,
+                    "acc": 0.0,
+                    "iou": 0.0,
+                }
+            )
+            + "\n"
+            for t, x in zip(targets, texts)
+        )
+    )
     outputs, unmatched = align(read_predictions(path, "videochat_r1", "gvqa"), targets)
     assert unmatched == 0 and None not in outputs
     _close(score("gvqa", outputs, targets), theirs)

@@ -17,8 +17,10 @@ def test_moments_sharded_like_params():
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices")
     mesh = sharding_lib.make_mesh(2, 2, 2)
-    params = {"w": jax.device_put(jnp.ones((8, 4)), NamedSharding(mesh, P(("data", "fsdp"), "tensor"))),
-              "b": jax.device_put(jnp.ones((4,)), NamedSharding(mesh, P("tensor")))}
+    params = {
+        "w": jax.device_put(jnp.ones((8, 4)), NamedSharding(mesh, P(("data", "fsdp"), "tensor"))),
+        "b": jax.device_put(jnp.ones((4,)), NamedSharding(mesh, P("tensor"))),
+    }
     step = TrainStep(lambda p, f, b: (jnp.sum(p["w"]), jnp.ones(()), {}), make_optimizer(OptimizerConfig(), 10))
     state = step.init_state(params)
     moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim > 0]

@@ -84,8 +84,10 @@ def test_splits_and_jsonl_in_the_bucket(bucket, tmp_path, monkeypatch):
     from data_pipeline.samples import Sample, read_jsonl, write_jsonl
 
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
-    rows = [Sample(id=f"s{i}", task="tg", source="t", query="q", video="v.mp4", duration=10.0,
-                   segments=((1.0, 2.0),)) for i in range(5)]
+    rows = [
+        Sample(id=f"s{i}", task="tg", source="t", query="q", video="v.mp4", duration=10.0, segments=((1.0, 2.0),))
+        for i in range(5)
+    ]
     arrayrecord_io.write_split(f"{bucket}/split", "test", rows, name="d", num_shards=2)
     write_jsonl(f"{bucket}/split/test.jsonl", rows)
     assert arrayrecord_io.read_split(f"{bucket}/split", "test") == rows

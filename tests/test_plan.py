@@ -52,7 +52,8 @@ def test_published_config_when_the_checkpoint_is_absent(hf_configs_dir, tmp_path
     shipped = plan._checkpoint_config(str(tmp_path / "Qwen2.5-VL-7B-Instruct"))
     assert shipped.endswith("published/qwen2_5_vl_7b_instruct.config.json")
     assert json.loads(pathlib.Path(shipped).read_text()) == json.loads(
-        (hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json").read_text())
+        (hf_configs_dir / "qwen2_5_vl_7b_instruct.config.json").read_text()
+    )
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "config.json").write_text("{}")
     assert plan._checkpoint_config(str(tmp_path / "mine")) == str(tmp_path / "mine" / "config.json")
@@ -64,10 +65,20 @@ def test_plan_compiles_a_small_config_on_a_mesh():
 
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices")
-    report = plan.plan(tiny_config(num_hidden_layers=1, vision_depth=2, vision_fullatt_block_indexes=(1,)),
-                       SHAPES, (2, 2, 2), plan.get_chip("v5e"), dtype="float32")
-    assert set(report["programs"]) == {"update_accumulate", "update_apply", "logprobs", "rollout_prefill",
-                                       "rollout_decode"}
+    report = plan.plan(
+        tiny_config(num_hidden_layers=1, vision_depth=2, vision_fullatt_block_indexes=(1,)),
+        SHAPES,
+        (2, 2, 2),
+        plan.get_chip("v5e"),
+        dtype="float32",
+    )
+    assert set(report["programs"]) == {
+        "update_accumulate",
+        "update_apply",
+        "logprobs",
+        "rollout_prefill",
+        "rollout_decode",
+    }
     for prog in report["programs"].values():
         mem = prog["memory"]
         assert mem["peak_bytes"] >= mem["resident_bytes"] > 0
@@ -83,10 +94,28 @@ def test_plan_command_seven_b_on_64_devices(tmp_path):
     out = tmp_path / "plan.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run(
-        [sys.executable, "-m", "tempr1_jax.cli", "plan", "--gin_file", "configs/tempr1_7b.gin",  # shipped config
-         "--mesh", "data=1,fsdp=16,tensor=4",
-         "--devices", "64", "--chip", "v5p", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "tempr1_jax.cli",
+            "plan",
+            "--gin_file",
+            "configs/tempr1_7b.gin",  # shipped config
+            "--mesh",
+            "data=1,fsdp=16,tensor=4",
+            "--devices",
+            "64",
+            "--chip",
+            "v5p",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     report = json.loads(out.read_text())
     assert report["devices"] == 64 and report["params"] > 8e9
     assert result.returncode == 0 and report["fits"], result.stdout[-2000:]

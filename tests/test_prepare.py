@@ -188,8 +188,17 @@ def test_tfds_builder_writes_a_tfds_dataset(tmp_path, videos):
 
 def test_queries_dropped_by_the_adapter_are_counted(tmp_path, videos, capsys):
     ann = tmp_path / "ten.json"
-    ann.write_text(json.dumps({"AO8RW": {"duration": 29.12, "timestamps": [[i, i + 1] for i in range(10)],
-                                         "sentences": [f"query {i}." for i in range(9)]}}))
+    ann.write_text(
+        json.dumps(
+            {
+                "AO8RW": {
+                    "duration": 29.12,
+                    "timestamps": [[i, i + 1] for i in range(10)],
+                    "sentences": [f"query {i}." for i in range(9)],
+                }
+            }
+        )
+    )
     assert _prepare(tmp_path / "o", annotations=ann, videos=videos) == 1
     assert "video 'AO8RW' query 9: timestamp [9, 10] has no sentence" in capsys.readouterr().err
     out = tmp_path / "out"

@@ -9,8 +9,10 @@ from data_pipeline.vision_inputs import merged_token_count
 from models.qwen2_5_vl.config import tiny_config
 from models.qwen2_5_vl.rope_index import get_rope_index
 
-CORPUS = ["When does the red square flash? <answer>2.0 to 4.5</answer>",
-          "Put the frames in order. <answer>CABD</answer>"] * 10
+CORPUS = [
+    "When does the red square flash? <answer>2.0 to 4.5</answer>",
+    "Put the frames in order. <answer>CABD</answer>",
+] * 10
 
 
 def task_prompt(sample):
@@ -41,13 +43,15 @@ def test_video_placeholder_expands_to_grid_tokens(tok):
     assert len(where) == 18 and np.all(np.diff(where) == 1)
     assert ids[where[0] - 1] == ids_map["vision_start_token_id"]
     assert ids[where[-1] + 1] == ids_map["vision_end_token_id"]
-    expected = tok.apply_chat_template(build_messages(sample, task_prompt(sample)), tokenize=False,
-                                       add_generation_prompt=True).replace("<|video_pad|>", "<|video_pad|>" * 18)
+    expected = tok.apply_chat_template(
+        build_messages(sample, task_prompt(sample)), tokenize=False, add_generation_prompt=True
+    ).replace("<|video_pad|>", "<|video_pad|>" * 18)
     assert tok.decode(ids) == expected
     assert tok.decode(ids).endswith("Find: the red square flashes<|im_end|>\n<|im_start|>assistant\n")
     # The ids feed the model's host-side M-RoPE directly.
-    pos, _ = get_rope_index(tiny_config(**ids_map), ids[None], video_grid_thw=np.asarray(grid),
-                            second_per_grid_ts=np.asarray([1.0]))
+    pos, _ = get_rope_index(
+        tiny_config(**ids_map), ids[None], video_grid_thw=np.asarray(grid), second_per_grid_ts=np.asarray([1.0])
+    )
     assert pos.shape == (3, 1, len(ids))
 
 
@@ -66,12 +70,15 @@ def test_text_only_sample(tok):
     assert tok.decode(ids).endswith("<|im_start|>user\nFind: x<|im_end|>\n<|im_start|>assistant\n")
 
 
-@pytest.mark.parametrize("sample, kwargs, match", [
-    ({"id": "a", "video": "v.mp4", "query": "q"}, {}, "1 video placeholder"),
-    ({"id": "b", "video": "v.mp4", "query": "q"}, {"video_token_counts": [2, 3]}, "2 video token count"),
-    ({"id": "c", "images": ["a.png"], "query": "q"}, {"image_token_counts": [0]}, ">= 1"),
-    ({"id": "d", "query": "q"}, {"image_token_counts": [4]}, "0 image placeholder"),
-])
+@pytest.mark.parametrize(
+    "sample, kwargs, match",
+    [
+        ({"id": "a", "video": "v.mp4", "query": "q"}, {}, "1 video placeholder"),
+        ({"id": "b", "video": "v.mp4", "query": "q"}, {"video_token_counts": [2, 3]}, "2 video token count"),
+        ({"id": "c", "images": ["a.png"], "query": "q"}, {"image_token_counts": [0]}, ">= 1"),
+        ({"id": "d", "query": "q"}, {"image_token_counts": [4]}, "0 image placeholder"),
+    ],
+)
 def test_mismatched_counts_raise(tok, sample, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_prompt_ids(tok, sample, task_prompt, **kwargs)

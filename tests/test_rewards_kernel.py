@@ -50,20 +50,41 @@ def _pad(rows):
 
 
 @SETTINGS
-@given(st.lists(row, min_size=1, max_size=8), st.sampled_from([1.0, 0.5, 2.0]),
-       st.sampled_from([(True, "dp"), (False, "dp"), (True, "sequential"), (False, "sequential")]))
+@given(
+    st.lists(row, min_size=1, max_size=8),
+    st.sampled_from([1.0, 0.5, 2.0]),
+    st.sampled_from([(True, "dp"), (False, "dp"), (True, "sequential"), (False, "sequential")]),
+)
 def test_kernel_matches_reference(rows, sigma, type3_variant):
     kinds, preds, gts, durations, _ = zip(*rows)
     pred, pred_mask = _pad(preds)
     gt, gt_mask = _pad(gts)
-    got = kernel.loc_rewards(pred, pred_mask, gt, gt_mask, np.array(durations), np.array([kernel.KINDS[k] for k in kinds]),
-                             sigma, *type3_variant)
-    want = [ref.loc_reward(k, list(p), list(g), d, sigma, *type3_variant) for k, p, g, d in zip(kinds, preds, gts, durations)]
+    got = kernel.loc_rewards(
+        pred,
+        pred_mask,
+        gt,
+        gt_mask,
+        np.array(durations),
+        np.array([kernel.KINDS[k] for k in kinds]),
+        sigma,
+        *type3_variant,
+    )
+    want = [
+        ref.loc_reward(k, list(p), list(g), d, sigma, *type3_variant)
+        for k, p, g, d in zip(kinds, preds, gts, durations)
+    ]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
 
 @SETTINGS
-@given(st.integers(0, 5), st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.5, math.inf, 7.0]), st.sampled_from([0.0, 1.0, 3.0, math.inf])), min_size=32, max_size=32))
+@given(
+    st.integers(0, 5),
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 1.0, 2.5, math.inf, 7.0]), st.sampled_from([0.0, 1.0, 3.0, math.inf])),
+        min_size=32,
+        max_size=32,
+    ),
+)
 def test_sorting_network_matches_lexsort(log_n, pairs):
     n = 2**log_n
     key = np.array([k for k, _ in pairs[:n]] * 3).reshape(3, n).T  # [N, B] with B = 3 equal columns
@@ -123,8 +144,36 @@ MAX_TOTAL = {"tg": 2, "dtg": 2, "vhd": 2, "gvqa": 3, "tal": 3, "tvg": 2, "order"
 NAMES = sorted(TARGETS)
 
 fragments = st.sampled_from(
-    ["<answer>", "</answer>", "<think>", "</think>", "<glue>", "</glue>", " to ", "to", ",", "-", " and ",
-     "nan", "inf", "-inf", "1e999", "-3", "12.5", "7", "0", "1e308", "s", " ", "\n", "B", "C", "CABD", "\x00", "é"]
+    [
+        "<answer>",
+        "</answer>",
+        "<think>",
+        "</think>",
+        "<glue>",
+        "</glue>",
+        " to ",
+        "to",
+        ",",
+        "-",
+        " and ",
+        "nan",
+        "inf",
+        "-inf",
+        "1e999",
+        "-3",
+        "12.5",
+        "7",
+        "0",
+        "1e308",
+        "s",
+        " ",
+        "\n",
+        "B",
+        "C",
+        "CABD",
+        "\x00",
+        "é",
+    ]
 )
 junk = st.one_of(st.text(max_size=200), st.lists(fragments, max_size=40).map("".join))
 
@@ -163,14 +212,24 @@ def test_compute_rewards_equals_reference_on_junk(rows, think):
 def test_explicit_junk():
     many = "<think>x</think><answer>" + ", ".join(f"{i} to {i + 1}" for i in range(1000)) + "</answer>"
     big = "<answer>" + "1 to 2 " * 15000 + "</answer>"  # ~100 KB
-    texts = [many, big, "", "<answer>1e999 to -1e999, nan to nan</answer>", "<answer>99999999 to 1e308</answer>",
-             "<think>" * 5000, "<answer>" + "9" * 5000 + " to 1</answer>", None,
-             "<think>.</think><answer>" + "9" * 400 + " to 1, 0 to 1" + "0" * 400 + "</answer>"]
+    texts = [
+        many,
+        big,
+        "",
+        "<answer>1e999 to -1e999, nan to nan</answer>",
+        "<answer>99999999 to 1e308</answer>",
+        "<think>" * 5000,
+        "<answer>" + "9" * 5000 + " to 1</answer>",
+        None,
+        "<think>.</think><answer>" + "9" * 400 + " to 1, 0 to 1" + "0" * 400 + "</answer>",
+    ]
     for name in NAMES:
         out = compute_rewards(name, texts, [TARGETS[name]] * len(texts), max_segments=WIDTH)
         _check_ranges(out, [name] * len(texts))
         assert out["total"][2] == 0.0 and out["total"][7] == 0.0
-        want = [ref.reward_reference(name, t, TARGETS[name], max_segments=WIDTH)["total"] for t in texts[:7] + texts[8:]]
+        want = [
+            ref.reward_reference(name, t, TARGETS[name], max_segments=WIDTH)["total"] for t in texts[:7] + texts[8:]
+        ]
         np.testing.assert_allclose(np.delete(out["total"], 7), want, atol=1e-6)
 
 
@@ -202,11 +261,15 @@ def test_mixed_batch_equals_per_task_and_options():
         for key in single:
             assert mixed[key][i] == single[key][0]
     assert "cls" not in compute_rewards("tg", texts[:1], [TARGETS["tg"]])
-    no_think = compute_rewards("tg", ["<answer>2 to 7.5</answer>"], [TARGETS["tg"]], think=False, format_weight=0.5, loc_weight=2.0)
+    no_think = compute_rewards(
+        "tg", ["<answer>2 to 7.5</answer>"], [TARGETS["tg"]], think=False, format_weight=0.5, loc_weight=2.0
+    )
     assert no_think["format"][0] == 1.0 and no_think["total"][0] == pytest.approx(2.5)
     for options in ({"use_count_reward": False}, {"matching": "sequential"}):
         got = compute_rewards(NAMES, texts, [TARGETS[n] for n in NAMES], max_segments=WIDTH, **options)["loc"]
-        want = [ref.reward_reference(n, t, TARGETS[n], max_segments=WIDTH, **options)["loc"] for n, t in zip(NAMES, texts)]
+        want = [
+            ref.reward_reference(n, t, TARGETS[n], max_segments=WIDTH, **options)["loc"] for n, t in zip(NAMES, texts)
+        ]
         np.testing.assert_allclose(got, want, atol=1e-6)
     with pytest.raises(ValueError, match="matching"):
         compute_rewards("tal", texts[:1], [TARGETS["tal"]], matching="greedy")
@@ -229,7 +292,9 @@ def test_compiles_once_per_bucket():
     def call(b, p):
         pred = np.tile(np.array([[1.0, 2.0]]), (b, p, 1))
         gt = np.tile(np.array([[1.0, 3.0]]), (b, 3, 1))
-        return kernel.loc_rewards(pred, np.ones((b, p), bool), gt, np.ones((b, 3), bool), np.full(b, 10.0), np.full(b, 3))
+        return kernel.loc_rewards(
+            pred, np.ones((b, p), bool), gt, np.ones((b, 3), bool), np.full(b, 10.0), np.full(b, 3)
+        )
 
     call(9, 5)
     size = kernel._loc_rewards._cache_size()
@@ -272,9 +337,21 @@ def test_non_ascii_digits_are_not_numbers(digits):
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.sampled_from(SEGMENT_NAMES), st.lists(st.sampled_from(
-    ["1", "2.5", "٣", "４", "1٣", "٣.5", "7.８", " to ", ", ", "<answer>", "</answer>", "-", " "]), max_size=12)
-    .map("".join)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(SEGMENT_NAMES),
+            st.lists(
+                st.sampled_from(
+                    ["1", "2.5", "٣", "４", "1٣", "٣.5", "7.８", " to ", ", ", "<answer>", "</answer>", "-", " "]
+                ),
+                max_size=12,
+            ).map("".join),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_mixed_digit_scripts_kernel_equals_reference(rows):
     names = [name for name, _ in rows]
     texts = [f"<think>x</think><answer>{text}</answer>" for _, text in rows]

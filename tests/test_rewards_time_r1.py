@@ -17,28 +17,37 @@ WIDTH = 8
 
 
 def tvg(pred, gt=(10.0, 30.0), duration=100.0):
-    return {"id": "t", "task": "tvg", "duration": duration, "segments": [list(gt)]}, \
-        f"<think>x</think><answer>{pred}</answer>"
+    return {
+        "id": "t",
+        "task": "tvg",
+        "duration": duration,
+        "segments": [list(gt)],
+    }, f"<think>x</think><answer>{pred}</answer>"
 
 
-@pytest.mark.parametrize("form, pred, want", [
-    # p = [20, 40] against g = [10, 30] in a 100 s video: IoU = 10 / 30, start and end off by 10
-    ("tiou", "20 to 40", (1 / 3) * 0.9 * 0.9),
-    ("iou", "20 to 40", 1 / 3),
-    ("center", "20 to 40", 1 - 10 / 20),               # centres 30 and 20, g is 20 s long
-    ("iou_center", "20 to 40", 1 / 3 + 0.5),
-    ("abs", "20 to 40", -20.0),
-    ("rmse", "20 to 40", -10.0),
-    ("exact", "20 to 40", 0.0),
-    ("exact", "10 to 30", 1.0),
-    ("exact", "10 to 150", 0.0),                        # clipped to [10, 100]
-    # missing prediction: the worst prediction inside the video
-    ("tiou", "none", 0.0), ("iou", "none", 0.0), ("exact", "none", 0.0),
-    ("abs", "none", -(90.0 + 70.0)),                    # max(10, 90) + max(30, 70)
-    ("rmse", "none", -math.sqrt((90.0 ** 2 + 70.0 ** 2) / 2)),
-    ("center", "none", 1 - 80 / 20),                    # centre 20: the far end is 80 s away
-    ("iou_center", "30 to 20", 1 - 80 / 20),            # reversed = invalid
-])
+@pytest.mark.parametrize(
+    "form, pred, want",
+    [
+        # p = [20, 40] against g = [10, 30] in a 100 s video: IoU = 10 / 30, start and end off by 10
+        ("tiou", "20 to 40", (1 / 3) * 0.9 * 0.9),
+        ("iou", "20 to 40", 1 / 3),
+        ("center", "20 to 40", 1 - 10 / 20),  # centres 30 and 20, g is 20 s long
+        ("iou_center", "20 to 40", 1 / 3 + 0.5),
+        ("abs", "20 to 40", -20.0),
+        ("rmse", "20 to 40", -10.0),
+        ("exact", "20 to 40", 0.0),
+        ("exact", "10 to 30", 1.0),
+        ("exact", "10 to 150", 0.0),  # clipped to [10, 100]
+        # missing prediction: the worst prediction inside the video
+        ("tiou", "none", 0.0),
+        ("iou", "none", 0.0),
+        ("exact", "none", 0.0),
+        ("abs", "none", -(90.0 + 70.0)),  # max(10, 90) + max(30, 70)
+        ("rmse", "none", -math.sqrt((90.0**2 + 70.0**2) / 2)),
+        ("center", "none", 1 - 80 / 20),  # centre 20: the far end is 80 s away
+        ("iou_center", "30 to 20", 1 - 80 / 20),  # reversed = invalid
+    ],
+)
 def test_forms_by_hand(form, pred, want):
     target, completion = tvg(pred)
     got = compute_rewards("tvg", [completion], [target], tvg_reward=form)
@@ -63,14 +72,17 @@ def test_unknown_form_is_rejected():
 
 
 @SETTINGS
-@given(st.sampled_from(ref.TVG_REWARDS),
-       st.lists(st.tuples(st.lists(pred_segment, max_size=2), gt_segment(), st.floats(1, 300)), min_size=1, max_size=8))
+@given(
+    st.sampled_from(ref.TVG_REWARDS),
+    st.lists(st.tuples(st.lists(pred_segment, max_size=2), gt_segment(), st.floats(1, 300)), min_size=1, max_size=8),
+)
 def test_kernel_matches_reference(form, rows):
     preds, gts, durations = zip(*rows)
     pred, pred_mask = _pad(preds)
     gt, gt_mask = _pad([[g] for g in gts])
-    got = kernel.loc_rewards(pred, pred_mask, gt, gt_mask, np.array(durations),
-                             np.full(len(rows), kernel.KINDS["tiou"]), tvg_form=form)
+    got = kernel.loc_rewards(
+        pred, pred_mask, gt, gt_mask, np.array(durations), np.full(len(rows), kernel.KINDS["tiou"]), tvg_form=form
+    )
     want = [ref.loc_reward("tiou", list(p), [g], d, tvg_form=form) for p, g, d in zip(preds, gts, durations)]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 

@@ -183,7 +183,7 @@ def test_media_files_checked_against_the_directory(tmp_path):
 
 def test_a_bad_jsonl_line_is_reported_as_not_json(tmp_path):
     path = tmp_path / "s.jsonl"
-    path.write_text(TG.to_json() + "\n{\"id\": \n")
+    path.write_text(TG.to_json() + '\n{"id": \n')
     with pytest.raises(InvalidSampleError, match=r"s.jsonl line 2: not valid JSON"):
         read_jsonl(path)
 

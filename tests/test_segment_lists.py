@@ -33,8 +33,29 @@ def check(bodies, single=False):
     np.testing.assert_array_equal(got[2], want[2], err_msg=repr(bodies))  # bit-exact
 
 
-PIECES = list("0123456789") + [".", " ", ",", "t", "o", "to", " to ", ", ", "\t", "\n", "\x0b", "\x1c", "x", "-",
-                               "1.5", "12.25", "٣", "\u2003", "<", "1234567890123456789", "0.000000000000001"]
+PIECES = list("0123456789") + [
+    ".",
+    " ",
+    ",",
+    "t",
+    "o",
+    "to",
+    " to ",
+    ", ",
+    "\t",
+    "\n",
+    "\x0b",
+    "\x1c",
+    "x",
+    "-",
+    "1.5",
+    "12.25",
+    "٣",
+    "\u2003",
+    "<",
+    "1234567890123456789",
+    "0.000000000000001",
+]
 SETTINGS = settings(max_examples=300, deadline=None)
 
 
@@ -45,16 +66,37 @@ def test_random_bodies_match_the_regex(bodies, single):
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.decimals(0, 10**6, places=3, allow_nan=False), st.decimals(0, 10**6, places=2, allow_nan=False)),
-                min_size=1, max_size=40), st.sampled_from([" to ", "to", " to\n"]), st.sampled_from([", ", ",", " ,  "]))
+@given(
+    st.lists(
+        st.tuples(st.decimals(0, 10**6, places=3, allow_nan=False), st.decimals(0, 10**6, places=2, allow_nan=False)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([" to ", "to", " to\n"]),
+    st.sampled_from([", ", ",", " ,  "]),
+)
 def test_well_formed_lists_read_exactly(pairs, to, comma):
     body = comma.join(f"{a}{to}{b}" for a, b in pairs)
     check([body, f"  {body}\n"])
 
 
 def test_hand_cases():
-    bodies = ["1 to 2", " 3.5to4 , 5 to 6.25 ", "1.5 to", "1..2 to 3", "1. to 2", ".5 to 1", "1 to 2,", "1 to 2, ",
-              "12345678901234567 to 2.123456789012345678", "0.1 to 0.3", "1 2 to 3", "1 t o 2", "1 too 2", ""]
+    bodies = [
+        "1 to 2",
+        " 3.5to4 , 5 to 6.25 ",
+        "1.5 to",
+        "1..2 to 3",
+        "1. to 2",
+        ".5 to 1",
+        "1 to 2,",
+        "1 to 2, ",
+        "12345678901234567 to 2.123456789012345678",
+        "0.1 to 0.3",
+        "1 2 to 3",
+        "1 t o 2",
+        "1 too 2",
+        "",
+    ]
     check(bodies)
     check(bodies, single=True)
     ok, counts, values = read_segment_lists(["0.1 to 0.3, 7 to 8", "x"])

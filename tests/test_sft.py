@@ -65,11 +65,17 @@ def test_sft_config_validation():
         sft.SFTConfig(micro_batches=0)
 
 
-SFT_BINDINGS = ["--gin.DataConfig.synthetic_samples_per_task=2", "--gin.DataConfig.synthetic_tasks=['tg', 'vhd']",
-                "--gin.RolloutConfig.think=False", "--gin.SFTConfig.tensorboard=False",
-                "--gin.SFTConfig.progress=False", "--gin.sft/OptimizerConfig.learning_rate=0.01",
-                "--gin.LoaderConfig.batch_size=4", "--gin.ModelSetup.tokenizer_vocab_size=300",
-                "--gin.CheckpointConfig.async_save=False"]
+SFT_BINDINGS = [
+    "--gin.DataConfig.synthetic_samples_per_task=2",
+    "--gin.DataConfig.synthetic_tasks=['tg', 'vhd']",
+    "--gin.RolloutConfig.think=False",
+    "--gin.SFTConfig.tensorboard=False",
+    "--gin.SFTConfig.progress=False",
+    "--gin.sft/OptimizerConfig.learning_rate=0.01",
+    "--gin.LoaderConfig.batch_size=4",
+    "--gin.ModelSetup.tokenizer_vocab_size=300",
+    "--gin.CheckpointConfig.async_save=False",
+]
 
 
 @pytest.mark.slow

@@ -27,8 +27,15 @@ from tempr1_jax.training.model_setup import ModelSetup, base_model, init_model
 SCRIPT = pathlib.Path(__file__).with_name("multiprocess_load.py")
 NPROC = 4
 # Wide enough that a process's share (~90 MB) dwarfs fixed costs; the largest tensor is an MLP kernel (23 MB).
-CONFIG = tiny_config(vocab_size=4096, hidden_size=1024, intermediate_size=5632, num_hidden_layers=4,
-                     num_attention_heads=8, num_key_value_heads=2, mrope_section=(16, 24, 24))
+CONFIG = tiny_config(
+    vocab_size=4096,
+    hidden_size=1024,
+    intermediate_size=5632,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    mrope_section=(16, 24, 24),
+)
 
 
 def free_port() -> int:
@@ -44,14 +51,30 @@ def test_four_processes_load_their_shards_only(tmp_path):
     assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) == 4
     ids = np.random.default_rng(0).integers(0, 290, (2, 16))
     np.save(tmp_path / "ids.npy", ids)
-    single = np.asarray(jax.jit(lambda m, x: m.forward(x))(model, jax.tree.map(
-        jax.numpy.asarray, build_model_inputs(CONFIG, ids))))
+    single = np.asarray(
+        jax.jit(lambda m, x: m.forward(x))(model, jax.tree.map(jax.numpy.asarray, build_model_inputs(CONFIG, ids)))
+    )
     del model
 
     port, out = str(free_port()), tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(NPROC), str(pid), port, str(tmp_path / "ckpt"),
-                               str(tmp_path / "ids.npy"), str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(NPROC)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(SCRIPT),
+                str(NPROC),
+                str(pid),
+                port,
+                str(tmp_path / "ckpt"),
+                str(tmp_path / "ids.npy"),
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(NPROC)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]

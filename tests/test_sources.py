@@ -39,9 +39,7 @@ def test_charades_sta_json(annotations_dir):
     assert (first.id, first.task, first.source) == ("3MSZA#0", "tg", "charades_sta")
     assert first.query == "person turn a light on."
     assert (first.video, first.duration, first.segments) == ("3MSZA.mp4", 30.96, ((24.3, 30.4),))
-    assert (
-        samples[3].id == "3MSZA#3" and samples[3].query == "person is playing with the switch for the light."
-    )
+    assert samples[3].id == "3MSZA#3" and samples[3].query == "person is playing with the switch for the light."
 
 
 def test_activitynet_captions_tg_and_dtg(annotations_dir):
@@ -155,9 +153,7 @@ def test_tvgbench(annotations_dir):
 
 
 def test_charades_text_form_equals_json_form():
-    from_text = list(
-        load("charades_sta", [FIXTURES / "charades_sta_test.txt", FIXTURES / "Charades_v1_test.csv"])
-    )
+    from_text = list(load("charades_sta", [FIXTURES / "charades_sta_test.txt", FIXTURES / "Charades_v1_test.csv"]))
     from_json = list(load("charades_sta", FIXTURES / "charades_sta_test.json"))
     assert from_text == from_json
     assert [s.id for s in from_text] == ["AO8RW#0", "AO8RW#1", "Y6R7T#0"]
@@ -346,11 +342,15 @@ def test_duplicate_ids_are_bad_records(tmp_path):
 @pytest.mark.parametrize("dataset", ["charades_sta", "activitynet_captions_tg"])
 def test_queries_without_sentence_or_timestamp_are_counted(tmp_path, dataset):
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({
-        "AO8RW": {"duration": 29.12, "timestamps": [[0, 6.9], [13.5, 19.4], [1, 2]], "sentences": ["a.", "b."]},
-        "Y6R7T": {"duration": 30.25, "timestamps": [[20.8, 30.0]]},
-        "ZZZZZ": {"duration": 30.0, "timestamps": [[1, 2]], "sentences": ["c.", "d."]},
-    }))
+    ann.write_text(
+        json.dumps(
+            {
+                "AO8RW": {"duration": 29.12, "timestamps": [[0, 6.9], [13.5, 19.4], [1, 2]], "sentences": ["a.", "b."]},
+                "Y6R7T": {"duration": 30.25, "timestamps": [[20.8, 30.0]]},
+                "ZZZZZ": {"duration": 30.0, "timestamps": [[1, 2]], "sentences": ["c.", "d."]},
+            }
+        )
+    )
     with pytest.raises(InvalidSampleError, match=r"ann.json video 'AO8RW' query 2: timestamp \[1, 2\] has no sentence"):
         list(load_validated(dataset, ann))
     kept, report = _skipped(dataset, ann)
@@ -365,8 +365,14 @@ def test_queries_without_sentence_or_timestamp_are_counted(tmp_path, dataset):
 
 def test_entries_that_are_not_objects_are_counted(tmp_path):
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({"AO8RW": ["not", "an", "object"],
-                               "Y6R7T": {"duration": 30.25, "timestamps": [[1, 2]], "sentences": ["a."]}}))
+    ann.write_text(
+        json.dumps(
+            {
+                "AO8RW": ["not", "an", "object"],
+                "Y6R7T": {"duration": 30.25, "timestamps": [[1, 2]], "sentences": ["a."]},
+            }
+        )
+    )
     for dataset in ("charades_sta", "activitynet_captions_tg", "activitynet_captions_dtg"):
         kept, report = _skipped(dataset, ann)
         assert len(kept) == 1 and dict(report.skipped) == {"not_an_object": 1}, dataset
@@ -411,8 +417,11 @@ def test_video_durations_are_checked_against_the_files(tmp_path):
     _write_clip(tmp_path / "AO8RW.mp4", seconds=2.0)
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps({"AO8RW": {"duration": 3600, "timestamps": [[0, 1]], "sentences": ["a."]}}))
-    with pytest.raises(InvalidSampleError, match=r"record 0 \(id 'AO8RW#0'\): annotated duration 3600 s but the video "
-                                                 r"lasts 2 s") as info:
+    with pytest.raises(
+        InvalidSampleError,
+        match=r"record 0 \(id 'AO8RW#0'\): annotated duration 3600 s but the video "
+        r"lasts 2 s",
+    ) as info:
         list(load_validated("charades_sta", ann, tmp_path))
     assert info.value.kind == "duration_mismatch"
     assert list(load_validated("charades_sta", ann, tmp_path, check_files=False))  # not checked

@@ -25,8 +25,23 @@ def test_split(annotations_dir, tmp_path_factory):
     options', is rejected."""
     out = tmp_path_factory.mktemp("nextgqa")
     files = [annotations_dir / "nextgqa_test.csv", annotations_dir / "nextgqa_gsub_test.json"]
-    assert prepare("--dataset", "nextgqa", "--annotations", files[0], "--annotations", files[1],
-                   "--out", out, "--split", "test", "--no_video_check", "--skip_bad") == 0
+    assert (
+        prepare(
+            "--dataset",
+            "nextgqa",
+            "--annotations",
+            files[0],
+            "--annotations",
+            files[1],
+            "--out",
+            out,
+            "--split",
+            "test",
+            "--no_video_check",
+            "--skip_bad",
+        )
+        == 0
+    )
     return out / "test.jsonl"
 
 
@@ -38,8 +53,24 @@ def test_real_test_split_ids_and_videos(test_split):
 
 def test_training_split_from_val_is_disjoint_from_test(test_split, tmp_path):
     out = tmp_path / "nextgqa"
-    assert prepare("--dataset", "nextgqa", "--annotations", VAL[0], "--annotations", VAL[1], "--out", out,
-                   "--split", "val", "--no_video_check", "--disjoint_from", test_split) == 0
+    assert (
+        prepare(
+            "--dataset",
+            "nextgqa",
+            "--annotations",
+            VAL[0],
+            "--annotations",
+            VAL[1],
+            "--out",
+            out,
+            "--split",
+            "val",
+            "--no_video_check",
+            "--disjoint_from",
+            test_split,
+        )
+        == 0
+    )
     train, test = read_jsonl(out / "val.jsonl"), read_jsonl(test_split)
     assert len(train) == 3
     assert not {s.id for s in train} & {s.id for s in test}
@@ -52,16 +83,33 @@ def test_a_test_video_in_the_training_split_is_refused(test_split, tmp_path, cap
     """One training question on a test video (another qid, so a fresh sample id): nothing is written."""
     csv = tmp_path / "leaky_val.csv"
     rows = VAL[0].read_text().splitlines()
-    rows.append("2574374895,719,320,240,what did the baby hold at the start,green cup,99,TP,"
-                "ball,green cup,spoon,hat,shoe")
+    rows.append(
+        "2574374895,719,320,240,what did the baby hold at the start,green cup,99,TP,ball,green cup,spoon,hat,shoe"
+    )
     csv.write_text("\n".join(rows) + "\n")
     gsub = json.loads(VAL[1].read_text())
     gsub["2574374895"] = {"duration": 30, "fps": 24, "location": {"99": [[0.0, 3.0]]}}
     grounding = tmp_path / "leaky_gsub_val.json"
     grounding.write_text(json.dumps(gsub))
     out = tmp_path / "out"
-    assert prepare("--dataset", "nextgqa", "--annotations", csv, "--annotations", grounding, "--out", out,
-                   "--split", "val", "--no_video_check", "--disjoint_from", test_split) == 1
+    assert (
+        prepare(
+            "--dataset",
+            "nextgqa",
+            "--annotations",
+            csv,
+            "--annotations",
+            grounding,
+            "--out",
+            out,
+            "--split",
+            "val",
+            "--no_video_check",
+            "--disjoint_from",
+            test_split,
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "0 sample id(s) and 1 video(s)" in err and "2574374895" in err and str(test_split) in err
     assert not out.exists()
@@ -79,8 +127,22 @@ def test_overlap_by_id_and_by_video_stem():
 def test_prepare_relabels_timerft_as_tg(tmp_path):
     out = tmp_path / "timerft"
     annotations = FIXTURES / "timerft.json"
-    assert prepare("--dataset", "timerft", "--annotations", annotations, "--out", out, "--split", "train",
-                   "--no_video_check", "--task", "tg") == 0
+    assert (
+        prepare(
+            "--dataset",
+            "timerft",
+            "--annotations",
+            annotations,
+            "--out",
+            out,
+            "--split",
+            "train",
+            "--no_video_check",
+            "--task",
+            "tg",
+        )
+        == 0
+    )
     samples = read_jsonl(out / "train.jsonl")
     assert [s.task for s in samples] == ["tg", "tg"]
     assert [s.segments for s in samples] == [s.segments for s in load("timerft", annotations)]
@@ -90,9 +152,33 @@ def test_prepare_relabels_timerft_as_tg(tmp_path):
 
 def test_prepare_refuses_a_relabel_to_another_answer_form(tmp_path, capsys):
     out = tmp_path / "bad"
-    assert prepare("--dataset", "timerft", "--annotations", FIXTURES / "timerft.json", "--out", out,
-                   "--no_video_check", "--task", "dtg") == 2
+    assert (
+        prepare(
+            "--dataset",
+            "timerft",
+            "--annotations",
+            FIXTURES / "timerft.json",
+            "--out",
+            out,
+            "--no_video_check",
+            "--task",
+            "dtg",
+        )
+        == 2
+    )
     assert "cannot relabel sample" in capsys.readouterr().err and not out.exists()
-    assert prepare("--dataset", "timerft", "--annotations", FIXTURES / "timerft.json", "--out", out,
-                   "--no_video_check", "--task", "nope") == 2
+    assert (
+        prepare(
+            "--dataset",
+            "timerft",
+            "--annotations",
+            FIXTURES / "timerft.json",
+            "--out",
+            out,
+            "--no_video_check",
+            "--task",
+            "nope",
+        )
+        == 2
+    )
     assert "unknown task 'nope'" in capsys.readouterr().err

@@ -10,9 +10,11 @@ from tempr1_jax.rl import trainer
 from tempr1_jax.training.data_setup import DataConfig
 
 # config -> (prepared source, dataset key of the paper tables, training samples)
-STAR = {"tempr1_star_charades_sta.gin": ("charades_sta", "charades_sta", 12408),
-        "tempr1_star_activitynet_captions.gin": ("activitynet_captions_tg", "activitynet_captions", 37421),
-        "tempr1_star_qvhighlights.gin": ("qvhighlights", "qvhighlights", 7218)}
+STAR = {
+    "tempr1_star_charades_sta.gin": ("charades_sta", "charades_sta", 12408),
+    "tempr1_star_activitynet_captions.gin": ("activitynet_captions_tg", "activitynet_captions", 37421),
+    "tempr1_star_qvhighlights.gin": ("qvhighlights", "qvhighlights", 7218),
+}
 
 
 def test_one_config_per_table1_dataset_with_tempr1_star():

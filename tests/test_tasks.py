@@ -8,14 +8,60 @@ from tempr1_jax import tasks
 from tempr1_jax.rewards.reference import reward_reference
 
 SAMPLES = {
-    "tg": {"id": "tg1", "task": "tg", "video": "v.mp4", "duration": 30.0, "query": "a man opens a door", "segments": [[2.5, 7.25]]},
-    "dtg": {"id": "d1", "task": "dtg", "duration": 60.0, "query": ["he sits", "he stands"], "segments": [[0, 10], [12.5, 30]]},
+    "tg": {
+        "id": "tg1",
+        "task": "tg",
+        "video": "v.mp4",
+        "duration": 30.0,
+        "query": "a man opens a door",
+        "segments": [[2.5, 7.25]],
+    },
+    "dtg": {
+        "id": "d1",
+        "task": "dtg",
+        "duration": 60.0,
+        "query": ["he sits", "he stands"],
+        "segments": [[0, 10], [12.5, 30]],
+    },
     "vhd": {"id": "v1", "task": "vhd", "duration": 150.0, "query": "cooking", "segments": [[82, 150], [10, 20]]},
-    "gvqa": {"id": "g1", "task": "gvqa", "duration": 35.0, "query": "what did the baby do?", "options": ["clap", "lay on floor", "crawl"], "answer": "B", "segments": [[0.5, 12.6]]},
-    "tal": {"id": "a1", "task": "tal", "duration": 200.0, "query": "billiards", "segments": [[67.5, 75.9], [85.9, 90.6], [139.3, 148.2]]},
-    "tvg": {"id": "t1", "task": "tvg", "duration": 30.12, "query": "a person was sitting at a table.", "segments": [[13.4, 28.1]]},
-    "order": {"id": "o1", "task": "order", "images": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "query": "make tea", "answer": "CABD"},
-    "mcq": {"id": "m1", "task": "mcq", "images": ["a.jpg", "b.jpg"], "query": "Which frame comes next?", "options": ["frame 1", "frame 2", "None of the choices provided."], "answer": "C"},
+    "gvqa": {
+        "id": "g1",
+        "task": "gvqa",
+        "duration": 35.0,
+        "query": "what did the baby do?",
+        "options": ["clap", "lay on floor", "crawl"],
+        "answer": "B",
+        "segments": [[0.5, 12.6]],
+    },
+    "tal": {
+        "id": "a1",
+        "task": "tal",
+        "duration": 200.0,
+        "query": "billiards",
+        "segments": [[67.5, 75.9], [85.9, 90.6], [139.3, 148.2]],
+    },
+    "tvg": {
+        "id": "t1",
+        "task": "tvg",
+        "duration": 30.12,
+        "query": "a person was sitting at a table.",
+        "segments": [[13.4, 28.1]],
+    },
+    "order": {
+        "id": "o1",
+        "task": "order",
+        "images": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+        "query": "make tea",
+        "answer": "CABD",
+    },
+    "mcq": {
+        "id": "m1",
+        "task": "mcq",
+        "images": ["a.jpg", "b.jpg"],
+        "query": "Which frame comes next?",
+        "options": ["frame 1", "frame 2", "None of the choices provided."],
+        "answer": "C",
+    },
 }
 MAX_LOC = {"tg": 1.0, "dtg": 1.0, "vhd": 1.0, "gvqa": 1.0, "tal": 2.0, "tvg": 1.0, "order": 0.0, "mcq": 0.0}
 
@@ -37,7 +83,10 @@ def test_prompt_has_query_and_no_vision_placeholders(name):
     assert "<think>" in with_think and "<think>" not in without
     for placeholder in ("<|vision_start|>", "<|video_pad|>", "<|image_pad|>", "<video>", "<image>"):
         assert placeholder not in with_think
-    assert task.build_prompt(sample, template="Q: {query}") == f"Q: {sample['query'] if isinstance(sample['query'], str) else '1. he sits' + chr(10) + '2. he stands'}"
+    assert (
+        task.build_prompt(sample, template="Q: {query}")
+        == f"Q: {sample['query'] if isinstance(sample['query'], str) else '1. he sits' + chr(10) + '2. he stands'}"
+    )
 
 
 def test_prompt_lists_options_and_labels():

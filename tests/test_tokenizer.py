@@ -36,7 +36,8 @@ def test_saved_in_hf_format(tok_dir):
     names = {p.name for p in tok_dir.iterdir()}
     assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= names
     assert "chat_template.jinja" in names or "chat_template" in json.loads(
-        (tok_dir / "tokenizer_config.json").read_text())
+        (tok_dir / "tokenizer_config.json").read_text()
+    )
     special = json.loads((tok_dir / "special_tokens_map.json").read_text())
     assert special["eos_token"] == "<|im_end|>" and special["pad_token"] == "<|endoftext|>"
 
@@ -78,8 +79,10 @@ def test_special_token_ids_build_a_matching_tiny_config(tok):
 
 def test_special_token_ids_rejects_a_foreign_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models
+
     plain = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")), unk_token="[UNK]")
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")), unk_token="[UNK]"
+    )
     with pytest.raises(ValueError, match="image_pad"):
         special_token_ids(plain)
 
@@ -90,32 +93,57 @@ def test_vocab_size_too_small_is_rejected(tmp_path):
 
 
 # Expected renderings: Qwen2.5-VL-Instruct's chat format, written out by hand.
-@pytest.mark.parametrize("messages, kwargs, expected", [
-    ([{"role": "user", "content": "Hi"}], {},
-     SYSTEM + "<|im_start|>user\nHi<|im_end|>\n"),
-    ([{"role": "user", "content": "Hi"}], {"add_generation_prompt": True},
-     SYSTEM + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
-    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], {},
-     "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"),
-    ([{"role": "user", "content": [{"type": "video", "video": "a.mp4"}, {"type": "text", "text": "When?"}]}],
-     {"add_generation_prompt": True},
-     SYSTEM + "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>When?<|im_end|>\n"
-     "<|im_start|>assistant\n"),
-    ([{"role": "user", "content": [{"image": "1.jpg"}, {"image_url": "2.jpg"}, {"video": "v.mp4"},
-                                   {"type": "text", "text": "Order?"}]}],
-     {"add_vision_id": True},
-     SYSTEM + "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>Picture 2: "
-     "<|vision_start|><|image_pad|><|vision_end|>Video 1: <|vision_start|><|video_pad|><|vision_end|>"
-     "Order?<|im_end|>\n"),
-    ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "A"}]},
-      {"role": "assistant", "content": [{"type": "text", "text": "<answer>B</answer>"}]},
-      {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "C"}]}],
-     {"add_vision_id": True, "add_generation_prompt": True},
-     SYSTEM + "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>A<|im_end|>\n"
-     "<|im_start|>assistant\n<answer>B</answer><|im_end|>\n"
-     "<|im_start|>user\nPicture 2: <|vision_start|><|image_pad|><|vision_end|>C<|im_end|>\n"
-     "<|im_start|>assistant\n"),
-])
+@pytest.mark.parametrize(
+    "messages, kwargs, expected",
+    [
+        ([{"role": "user", "content": "Hi"}], {}, SYSTEM + "<|im_start|>user\nHi<|im_end|>\n"),
+        (
+            [{"role": "user", "content": "Hi"}],
+            {"add_generation_prompt": True},
+            SYSTEM + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        ),
+        (
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+            {},
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "video", "video": "a.mp4"}, {"type": "text", "text": "When?"}]}],
+            {"add_generation_prompt": True},
+            SYSTEM + "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>When?<|im_end|>\n"
+            "<|im_start|>assistant\n",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"image": "1.jpg"},
+                        {"image_url": "2.jpg"},
+                        {"video": "v.mp4"},
+                        {"type": "text", "text": "Order?"},
+                    ],
+                }
+            ],
+            {"add_vision_id": True},
+            SYSTEM + "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>Picture 2: "
+            "<|vision_start|><|image_pad|><|vision_end|>Video 1: <|vision_start|><|video_pad|><|vision_end|>"
+            "Order?<|im_end|>\n",
+        ),
+        (
+            [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "A"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "<answer>B</answer>"}]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "C"}]},
+            ],
+            {"add_vision_id": True, "add_generation_prompt": True},
+            SYSTEM + "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>A<|im_end|>\n"
+            "<|im_start|>assistant\n<answer>B</answer><|im_end|>\n"
+            "<|im_start|>user\nPicture 2: <|vision_start|><|image_pad|><|vision_end|>C<|im_end|>\n"
+            "<|im_start|>assistant\n",
+        ),
+    ],
+)
 def test_chat_template_renders_like_qwen(tok, messages, kwargs, expected):
     assert tok.chat_template == CHAT_TEMPLATE
     assert tok.apply_chat_template(messages, tokenize=False, **kwargs) == expected

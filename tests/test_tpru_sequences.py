@@ -20,8 +20,12 @@ from tempr1_jax.tasks import get_task
 
 
 def sequence(i, scenario, frames=4):
-    return {"id": f"s{i}", "images": [f"s{i}/{k}.png" for k in range(frames)], "caption": f"task {i}",
-            "scenario": scenario}
+    return {
+        "id": f"s{i}",
+        "images": [f"s{i}/{k}.png" for k in range(frames)],
+        "caption": f"task {i}",
+        "scenario": scenario,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,12 @@ def test_frame_questions_and_the_negative_share(sequences, share, negatives):
         else:
             assert candidates["ABC".index(q.answer)] == frames[asked]
         scenario = records[q.extra["sequence"]]["scenario"]
-        others = [f for r in records.values() if r["id"] != q.extra["sequence"] and r.get("scenario") == scenario
-                  for f in r["images"]]
+        others = [
+            f
+            for r in records.values()
+            if r["id"] != q.extra["sequence"] and r.get("scenario") == scenario
+            for f in r["images"]
+        ]
         assert all(c in others or c == frames[asked] for c in candidates)  # distractors from the same scenario
         validate_sample(q, where="t")
 
@@ -85,15 +93,52 @@ def test_seeded(sequences):
 def test_prepare_with_a_negative_share(sequences, tmp_path, capsys):
     root, path, _ = sequences
     out = tmp_path / "tpru"
-    assert main(["prepare", "--dataset", "tpru_sequences", "--annotations", str(path), "--videos", str(root),
-                 "--out", str(out), "--split", "train", "--negative_share", "0.5", "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "tpru_sequences",
+                "--annotations",
+                str(path),
+                "--videos",
+                str(root),
+                "--out",
+                str(out),
+                "--split",
+                "train",
+                "--negative_share",
+                "0.5",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     samples = read_jsonl(out / "train.jsonl")
     assert len(samples) == 21 and sum(s.extra.get("negative", False) for s in samples) == 7
-    assert main(["prepare", "--dataset", "tpru", "--annotations", str(path), "--out", str(out),
-                 "--negative_share", "0.5"]) == 2
+    assert (
+        main(["prepare", "--dataset", "tpru", "--annotations", str(path), "--out", str(out), "--negative_share", "0.5"])
+        == 2
+    )
     assert "--negative_share applies to tpru_sequences only" in capsys.readouterr().err
-    assert main(["prepare", "--dataset", "tpru_sequences", "--annotations", str(path), "--out", str(out),
-                 "--negative_share", "1.5", "--no_video_check"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "tpru_sequences",
+                "--annotations",
+                str(path),
+                "--out",
+                str(out),
+                "--negative_share",
+                "1.5",
+                "--no_video_check",
+            ]
+        )
+        == 2
+    )
     assert "negative_share must be in [0, 1]" in capsys.readouterr().err
 
 
@@ -113,9 +158,16 @@ def test_image_labels_precede_each_image(sequences, tmp_path):
     assert "A. Image D" in text and f"D. {NONE_OF_THE_CHOICES}" in text
 
     (tmp_path / "one.jsonl").write_text(json.dumps(sample) + "\n")
-    cfg = LoaderConfig(sources=(SourceConfig(str(tmp_path / "one.jsonl"), media_dir=str(root)),), batch_size=1,
-                       shard_index=0, shard_count=1, read_threads=1, label_images=True,
-                       token_buckets=(512,), patch_buckets=(256,))
+    cfg = LoaderConfig(
+        sources=(SourceConfig(str(tmp_path / "one.jsonl"), media_dir=str(root)),),
+        batch_size=1,
+        shard_index=0,
+        shard_count=1,
+        read_threads=1,
+        label_images=True,
+        token_buckets=(512,),
+        patch_buckets=(256,),
+    )
     (batch,) = list(make_eval_loader(cfg, tok, tiny_config(**special_token_ids(tok)), {"mcq": prompt}))
     decoded = tok.decode(batch["inputs"].input_ids[0])
     assert decoded.count("Image ") >= 6 and "Image F: <|vision_start|>" in decoded

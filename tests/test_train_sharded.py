@@ -25,8 +25,9 @@ from tempr1_jax.training.model_setup import init_model, trainable_filter
 from tempr1_jax.training.train_step import TrainStep
 
 G, T = 4, 6
-CONFIG = tiny_config(num_hidden_layers=2, hidden_size=64, intermediate_size=128, vision_depth=2,
-                     vision_fullatt_block_indexes=(1,))
+CONFIG = tiny_config(
+    num_hidden_layers=2, hidden_size=64, intermediate_size=128, vision_depth=2, vision_fullatt_block_indexes=(1,)
+)
 
 
 def prompts():
@@ -35,11 +36,24 @@ def prompts():
     c = CONFIG
     rows = []
     for n_text in (5, 9):
-        ids = np.concatenate([rng.integers(0, 280, n_text), [c.vision_start_token_id],
-                              [c.video_token_id] * 8, [c.vision_end_token_id], rng.integers(0, 280, 3)])
-        rows.append(build_model_inputs(
-            c, ids[None], pixel_values_videos=rng.normal(size=(32, c.vision.patch_dim)).astype(np.float32),
-            video_grid_thw=np.array([[2, 4, 4]]), second_per_grid_ts=np.array([1.0], np.float32)))
+        ids = np.concatenate(
+            [
+                rng.integers(0, 280, n_text),
+                [c.vision_start_token_id],
+                [c.video_token_id] * 8,
+                [c.vision_end_token_id],
+                rng.integers(0, 280, 3),
+            ]
+        )
+        rows.append(
+            build_model_inputs(
+                c,
+                ids[None],
+                pixel_values_videos=rng.normal(size=(32, c.vision.patch_dim)).astype(np.float32),
+                video_grid_thw=np.array([[2, 4, 4]]),
+                second_per_grid_ts=np.array([1.0], np.float32),
+            )
+        )
     return collate_model_inputs(rows, pad_len_to=24, pad_patches_to=32, pad_token_id=0)
 
 
@@ -89,8 +103,17 @@ def test_logprobs_match_generation():
     """The trainer's log-probs of sampled completions equal the sampler's own (KV-cache path, M-RoPE ids)."""
     model = init_model(CONFIG, seed=0)
     inputs = prompts()
-    out = generate(model, inputs, max_new_tokens=T, temperature=1.0, num_return_sequences=G, rng=3,
-                   eos_token_id=(), pad_token_id=0, return_logprobs=True)
+    out = generate(
+        model,
+        inputs,
+        max_new_tokens=T,
+        temperature=1.0,
+        num_return_sequences=G,
+        rng=3,
+        eos_token_id=(),
+        pad_token_id=0,
+        return_logprobs=True,
+    )
     graphdef, state = nnx.split(model)
     score = jax.jit(lambda s, p, c, m: completion_logprobs(nnx.merge(graphdef, s), p, c, m, G))
     logp = score(state, inputs, out.tokens, out.mask)

@@ -31,8 +31,7 @@ def make_loss(name):
     def loss_fn(params, frozen, b):
         logits = b["x"] @ params["w"] + frozen["bias"]
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), b["tokens"][..., None], -1)[..., 0]
-        terms = compute_loss(LossBatch(logp, b["old"], b["ref"], b["mask"], b["adv"],
-                                       jnp.ones(b["adv"].shape)), cfg)
+        terms = compute_loss(LossBatch(logp, b["old"], b["ref"], b["mask"], b["adv"], jnp.ones(b["adv"].shape)), cfg)
         return terms.total, terms.count, terms.aux
 
     return loss_fn

@@ -72,12 +72,21 @@ def test_metrics_are_written_by_process_zero_only(tmp_path, compile_cache, monke
 
 def test_sft_sigterm_saves_a_restorable_checkpoint_and_exits_zero(tmp_path, compile_cache):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tempr1_jax.cli", "sft", "--gin_file", "configs/demo.gin", "--steps", "200",
-           "--workdir", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tempr1_jax.cli",
+        "sft",
+        "--gin_file",
+        "configs/demo.gin",
+        "--steps",
+        "200",
+        "--workdir",
+        str(workdir),
+    ]
     for binding in SMALL:
         cmd += ["--gin_binding", binding]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compile_cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compile_cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     repo = pathlib.Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -24,9 +24,7 @@ def _frame(i: int, height: int, width: int) -> np.ndarray:
     return img
 
 
-def write_clip(
-    path, n, width, height, fps, codec="libx264", pix_fmt="yuv420p", options=None, faststart=False
-):
+def write_clip(path, n, width, height, fps, codec="libx264", pix_fmt="yuv420p", options=None, faststart=False):
     """Write n frames of `_frame` with PyAV; `faststart` puts the mp4 index before the data."""
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
@@ -104,7 +102,7 @@ def clips(tmp_path_factory):
 @pytest.mark.parametrize("name", ["ntsc", "portrait", "long", "short", "mpeg4", "mkv"])
 def test_matches_reference(clips, name):
     frames, info = check_against_reference(clips[name])
-    assert frames.shape[0] % 2 == 0 and 4 <= frames.shape[0] <= 448 or info["total_frames"] < 4
+    assert (frames.shape[0] % 2 == 0 and 4 <= frames.shape[0] <= 448) or info["total_frames"] < 4
 
 
 def test_rule_values(clips):

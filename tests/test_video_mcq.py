@@ -30,6 +30,7 @@ def dicts(samples):
 
 # ---- TempCompass, real file -----------------------------------------------------------------------
 
+
 def test_tempcompass_real_file(tempcompass):
     path, raw, samples = tempcompass
     report = ValidationReport()
@@ -84,13 +85,16 @@ def test_tempcompass_accuracy_per_dimension_matches_the_official_rules(tempcompa
 def test_prepare_tempcompass(tempcompass, tmp_path):
     path, _, samples = tempcompass
     out = tmp_path / "tempcompass"
-    assert main(["prepare", "--dataset", "tempcompass", "--annotations", str(path), "--out", str(out),
-                 "--no_video_check"]) == 0
+    assert (
+        main(["prepare", "--dataset", "tempcompass", "--annotations", str(path), "--out", str(out), "--no_video_check"])
+        == 0
+    )
     report = json.loads((out / "prepare_report.json").read_text())["splits"]["test"]
     assert report["kept"] == 1580 and report["by_task"] == {"mcq": 1580}
 
 
 # ---- MVBench, Video-MME, Perception Test: hand-made files in the published layouts ------------------
+
 
 def test_mvbench_tasks_bounds_and_video_paths(tmp_path):
     samples = list(load("mvbench", FIXTURES / "mvbench", tmp_path))
@@ -100,12 +104,15 @@ def test_mvbench_tasks_bounds_and_video_paths(tmp_path):
     assert (first.video_start, first.video_end, first.answer) == (12.3, 30.1, "B")
     assert first.extra == {"task_type": "Action Sequence"} and len(first.options) == 4
     assert (shuffle.video_start, shuffle.answer, shuffle.extra["task_type"]) == (None, "C", "Object Shuffle")
-    assert load("mvbench", FIXTURES / "mvbench" / "object_shuffle.json").__next__().video == \
-        "perception/videos/video_7213.mp4"
+    assert (
+        load("mvbench", FIXTURES / "mvbench" / "object_shuffle.json").__next__().video
+        == "perception/videos/video_7213.mp4"
+    )
     for s in samples:
         validate_sample(s, where="fixture")
-    got = evaluation.video_mcq_scores("mvbench", ["<answer>B</answer>", "B", "(C) Under the third object"],
-                                      dicts(samples))
+    got = evaluation.video_mcq_scores(
+        "mvbench", ["<answer>B</answer>", "B", "(C) Under the third object"], dicts(samples)
+    )
     assert got == pytest.approx({"Acc": 200 / 3, "task_type/Action Sequence": 50.0, "task_type/Object Shuffle": 100.0})
     with pytest.raises(ValueError, match="not MVBench task files"):
         list(load("mvbench", FIXTURES / "videomme.json"))
@@ -118,11 +125,18 @@ def test_videomme_layouts_and_breakdowns(tmp_path):
     assert flat[0].video == "fFjv93ACGo8.mp4" and flat[0].extra["duration"] == "short"
     # the official result layout: videos with their questions
     rows = json.loads((FIXTURES / "videomme.json").read_text())
-    nested = [{**{k: rows[0][k] for k in ("video_id", "duration", "domain", "sub_category", "videoID")},
-               "questions": [{k: r[k] for k in ("question_id", "task_type", "question", "options", "answer")}
-                             for r in rows[:2]]},
-              {**{k: rows[2][k] for k in ("video_id", "duration", "domain", "sub_category", "videoID")},
-               "questions": [{k: rows[2][k] for k in ("question_id", "task_type", "question", "options", "answer")}]}]
+    nested = [
+        {
+            **{k: rows[0][k] for k in ("video_id", "duration", "domain", "sub_category", "videoID")},
+            "questions": [
+                {k: r[k] for k in ("question_id", "task_type", "question", "options", "answer")} for r in rows[:2]
+            ],
+        },
+        {
+            **{k: rows[2][k] for k in ("video_id", "duration", "domain", "sub_category", "videoID")},
+            "questions": [{k: rows[2][k] for k in ("question_id", "task_type", "question", "options", "answer")}],
+        },
+    ]
     (tmp_path / "results.json").write_text(json.dumps(nested))
     assert [s.to_dict() for s in load("videomme", tmp_path / "results.json")] == dicts(flat)
     outputs = ["The best answer is C.", "I think it is B", "<think>four goals?</think><answer>D</answer>"]
@@ -149,8 +163,16 @@ def test_perception_test_areas_and_reasoning():
     assert [s.answer for s in samples] == ["C", "A", "B"] and samples[0].video == "video_10909.mp4"
     assert samples[0].extra == {"area": "physics", "reasoning": "descriptive", "tag": ["motion"]}
     got = evaluation.video_mcq_scores("perception_test", ["C", "B", "B"], dicts(samples))
-    assert got == pytest.approx({"Acc": 200 / 3, "area/physics": 100.0, "area/semantics": 0.0, "area/memory": 100.0,
-                                 "reasoning/descriptive": 100.0, "reasoning/predictive": 0.0})
+    assert got == pytest.approx(
+        {
+            "Acc": 200 / 3,
+            "area/physics": 100.0,
+            "area/semantics": 0.0,
+            "area/memory": 100.0,
+            "reasoning/descriptive": 100.0,
+            "reasoning/predictive": 0.0,
+        }
+    )
 
 
 def test_mcq_choice_reads_option_letters_only():
@@ -162,8 +184,9 @@ def test_mcq_choice_reads_option_letters_only():
 
 def test_eval_harness_scores_per_dimension_and_prints_fig3():
     samples = dicts(load("perception_test", FIXTURES / "perception_test_mc.json"))
-    predictions = [{"id": s["id"], "task": "mcq", "source": s["source"], "output": o}
-                   for s, o in zip(samples, ["C", "B", "B"])]
+    predictions = [
+        {"id": s["id"], "task": "mcq", "source": s["source"], "output": o} for s, o in zip(samples, ["C", "B", "B"])
+    ]
     metrics = evaluate.score_predictions(predictions, samples)
     assert metrics[("perception_test", "mcq")]["area/memory"] == 100.0
     table = eval_report.markdown_table(metrics)

@@ -41,10 +41,7 @@ def _rand(shape, seed):
 
 
 def test_default_is_the_published_config(hf_configs_dir):
-    assert (
-        PreprocessorValues.from_json(hf_configs_dir / "qwen2_5_vl.preprocessor_config.json")
-        == PreprocessorValues()
-    )
+    assert PreprocessorValues.from_json(hf_configs_dir / "qwen2_5_vl.preprocessor_config.json") == PreprocessorValues()
 
 
 def test_preprocessor_values(values, tmp_path):
@@ -68,9 +65,7 @@ def test_preprocessor_values(values, tmp_path):
 
 
 def test_images_equal_transformers(values, processor):
-    images = [
-        _rand(shape, i) for i, shape in enumerate([(56, 84, 3), (112, 28, 3), (140, 252, 3), (28, 28, 3)])
-    ]
+    images = [_rand(shape, i) for i, shape in enumerate([(56, 84, 3), (112, 28, 3), (140, 252, 3), (28, 28, 3)])]
     ours, grid = patchify_images(images, values)
     ref = processor(images, do_resize=False, return_tensors="np")
     assert ours.dtype == np.float32 and ours.shape == (
@@ -106,9 +101,7 @@ def test_image_files_equal_transformers(values, processor, tmp_path, mode):
     if mode == "P":
         image.info["transparency"] = 0
     image.save(tmp_path / "x.png")
-    ours, grid = patchify_images(
-        [read_image(tmp_path / "x.png", values.min_pixels, values.max_pixels)], values
-    )
+    ours, grid = patchify_images([read_image(tmp_path / "x.png", values.min_pixels, values.max_pixels)], values)
     with Image.open(tmp_path / "x.png") as opened:
         ref = processor([opened], return_tensors="np")
     np.testing.assert_array_equal(ours, ref["pixel_values"])
@@ -127,9 +120,7 @@ def test_video_is_image_layout_on_frame_pairs(values, processor, n_frames):
     assert ours.shape == (t * per_group, 1176)
     for g in range(t):
         # The image processor repeats an image over the temporal axis; a video pair takes one slot from each frame.
-        first = processor([padded[2 * g]], do_resize=False, return_tensors="np")["pixel_values"].reshape(
-            -1, 3, 2, 196
-        )
+        first = processor([padded[2 * g]], do_resize=False, return_tensors="np")["pixel_values"].reshape(-1, 3, 2, 196)
         second = processor([padded[2 * g + 1]], do_resize=False, return_tensors="np")["pixel_values"].reshape(
             -1, 3, 2, 196
         )

@@ -1,7 +1,7 @@
 """Convert Qwen2.5-VL checkpoints between HF safetensors and orbax (same arguments as `tempr1 convert`).
 
-    python tools/convert_checkpoint.py hf-to-orbax IN OUT
-    python tools/convert_checkpoint.py orbax-to-hf IN OUT [--step N]   # IN: orbax params dir or train workdir
+python tools/convert_checkpoint.py hf-to-orbax IN OUT
+python tools/convert_checkpoint.py orbax-to-hf IN OUT [--step N]   # IN: orbax params dir or train workdir
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ def records(dataset: str, annotations, videos_dir=None, **kwargs) -> Iterator[Sa
     return SOURCES[dataset](annotations, videos_dir, **kwargs)
 
 
-def load(dataset: str, annotations, videos_dir=None, *, dropped: list[Dropped] | None = None,
-         **kwargs) -> Iterator[Sample]:
+def load(
+    dataset: str, annotations, videos_dir=None, *, dropped: list[Dropped] | None = None, **kwargs
+) -> Iterator[Sample]:
     """The samples of `records(...)`; the drops are appended to `dropped` when it is given."""
     return _samples(records(dataset, annotations, videos_dir, **kwargs), dropped)
 
@@ -167,8 +168,11 @@ def _check_duration(sample: Sample, where: str, videos_dir, file_durations: dict
         file_durations[path] = probe_duration(path)
     seconds = file_durations[path]
     if seconds is None:
-        raise InvalidSampleError(f"{where} (id {sample.id!r}): cannot read the video's duration from {path} "
-                                 f"(unreadable or no duration in the file)", kind="unreadable_video")
+        raise InvalidSampleError(
+            f"{where} (id {sample.id!r}): cannot read the video's duration from {path} "
+            f"(unreadable or no duration in the file)",
+            kind="unreadable_video",
+        )
     problem = duration_mismatch(sample.duration, seconds, sample.video_start, sample.video_end)
     if problem is not None:
         raise InvalidSampleError(f"{where} (id {sample.id!r}): {problem} ({path})", kind="duration_mismatch")

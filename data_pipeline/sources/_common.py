@@ -63,6 +63,7 @@ def sentence_pairs(
         else:
             yield i, sentences[i], segments[i]
 
+
 PathLike = str | os.PathLike
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 

@@ -34,9 +34,7 @@ from data_pipeline.sources._common import (
 SOURCE = "charades_sta"
 
 
-def load(
-    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
-) -> Iterator[Sample | Dropped]:
+def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample | Dropped]:
     """Charades-STA samples from a `.json` file, or from a `.txt` file plus a durations `.csv`."""
     paths = as_paths(annotations)
     by_suffix = {p.suffix.lower(): p for p in paths}

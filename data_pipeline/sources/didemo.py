@@ -34,9 +34,7 @@ SEGMENT_SECONDS = 5.0
 MAX_SEGMENTS = 6
 
 
-def load(
-    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
-) -> Iterator[Sample | Dropped]:
+def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample | Dropped]:
     """One TG sample per description, id the annotation id."""
     path = single_path(annotations, SOURCE)
     entries = expect_type(read_json(path), list, path, "a list of entries")

@@ -53,8 +53,10 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
             options=options,
             answer=letter,
             segments=tuple(segment_list(location.get(qid))),
-            extra={"type": row.get("type", ""),
-                   "answer_text": options[LETTERS.index(letter)] if letter else (answer or "")},
+            extra={
+                "type": row.get("type", ""),
+                "answer_text": options[LETTERS.index(letter)] if letter else (answer or ""),
+            },
         )
 
 

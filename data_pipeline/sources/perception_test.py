@@ -39,6 +39,9 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
                 video=find_video(videos_dir, [str(vid)]),
                 options=options,
                 answer=LETTERS[answer_id] if valid else None,
-                extra={"area": str(question.get("area", "")), "reasoning": str(question.get("reasoning", "")),
-                       "tag": [str(t) for t in question.get("tag") or ()]},
+                extra={
+                    "area": str(question.get("area", "")),
+                    "reasoning": str(question.get("reasoning", "")),
+                    "tag": [str(t) for t in question.get("tag") or ()],
+                },
             )

@@ -25,9 +25,7 @@ from data_pipeline.sources._common import (
 SOURCE = "qvhighlights"
 
 
-def load(
-    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
-) -> Iterator[Sample | Dropped]:
+def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample | Dropped]:
     """One VHD sample per line."""
     path = single_path(annotations, SOURCE)
     with open(path, encoding="utf-8") as f:

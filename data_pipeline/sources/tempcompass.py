@@ -21,7 +21,7 @@ SOURCE = "tempcompass"
 
 
 def split_question(text: str) -> tuple[str, tuple[str, ...]]:
-    """"Question?\\nA. x\\nB. y" -> ("Question?", ("x", "y")): the trailing lines lettered A, B, ... in order."""
+    """ "Question?\\nA. x\\nB. y" -> ("Question?", ("x", "y")): the trailing lines lettered A, B, ... in order."""
     lines = str(text).split("\n")
     options: list[str] = []
     start = len(lines)

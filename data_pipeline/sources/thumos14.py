@@ -32,9 +32,7 @@ SOURCE = "thumos14"
 _CLASS = re.compile(r"'([^']+)'")
 
 
-def load(
-    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
-) -> Iterator[Sample | Dropped]:
+def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample | Dropped]:
     """One TAL sample per entry, id `"{video stem}#{class}"`, instances in time order."""
     path = single_path(annotations, SOURCE)
     entries = expect_type(read_json(path), list, path, "a list of entries")

@@ -27,9 +27,7 @@ from data_pipeline.sources._common import Dropped, PathLike, expect_type, not_an
 SOURCE = "tpru"
 
 
-def load(
-    annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None
-) -> Iterator[Sample | Dropped]:
+def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None = None) -> Iterator[Sample | Dropped]:
     """One multi-image sample per record."""
     path = single_path(annotations, SOURCE)
     records = expect_type(read_json(path), list, path, "a list of records")
@@ -102,26 +100,35 @@ def load_sequences(
         record = record if isinstance(record, dict) else {}
         frames = [str(base / p) if base is not None else str(p) for p in record.get("images") or []]
         if len(frames) >= 3:
-            sequences.append((str(record.get("id", index)), frames, str(record.get("caption") or "").strip(),
-                              str(record.get("scenario") or "")))
+            sequences.append(
+                (
+                    str(record.get("id", index)),
+                    frames,
+                    str(record.get("caption") or "").strip(),
+                    str(record.get("scenario") or ""),
+                )
+            )
     rng = np.random.default_rng(seed)
     choice_kinds = [k for k in kinds if k != "order"]
     n_choice = len(sequences) * len(choice_kinds)
     negative = np.zeros(n_choice, bool)
-    negative[rng.permutation(n_choice)[:round(negative_share * n_choice)]] = True
+    negative[rng.permutation(n_choice)[: round(negative_share * n_choice)]] = True
     k = 0
     for position, (seq_id, frames, caption, scenario) in enumerate(sequences):
-        about = f" of \"{caption}\"" if caption else ""
+        about = f' of "{caption}"' if caption else ""
         for kind in kinds:
             extra = {"kind": kind, "sequence": seq_id}
             if kind == "order":
                 shown = rng.permutation(len(frames))
                 yield Sample(
-                    id=f"{seq_id}#order", task="order", source=SOURCE,
+                    id=f"{seq_id}#order",
+                    task="order",
+                    source=SOURCE,
                     query=caption or "the steps of one procedure",
                     images=tuple(frames[i] for i in shown),
                     answer="".join(LETTERS[int(np.flatnonzero(shown == t)[0])] for t in range(len(frames))),
-                    extra=extra)
+                    extra=extra,
+                )
                 continue
             asked = len(frames) - 2 if kind == "next" else 0
             given = [f for i, f in enumerate(frames) if i != asked]
@@ -131,16 +138,25 @@ def load_sequences(
                 candidates[int(rng.integers(num_candidates))] = frames[asked]
             labels = [LETTERS[len(given) + i] for i in range(num_candidates)]
             names = ", ".join(LETTERS[: len(given)])
-            where = (f"frames 1 to {len(given)} except frame {asked + 1}" if kind == "next"
-                     else f"the last {len(given)} frames")
-            question = (f"Images {names} are {where} of a sequence{about}, in order. Which of the candidate "
-                        f"images {', '.join(labels)} is frame {asked + 1}?")
+            where = (
+                f"frames 1 to {len(given)} except frame {asked + 1}"
+                if kind == "next"
+                else f"the last {len(given)} frames"
+            )
+            question = (
+                f"Images {names} are {where} of a sequence{about}, in order. Which of the candidate "
+                f"images {', '.join(labels)} is frame {asked + 1}?"
+            )
             yield Sample(
-                id=f"{seq_id}#{kind}", task="mcq", source=SOURCE, query=question,
+                id=f"{seq_id}#{kind}",
+                task="mcq",
+                source=SOURCE,
+                query=question,
                 images=tuple(given + candidates),
                 options=tuple(f"Image {label}" for label in labels) + (NONE_OF_THE_CHOICES,),
                 answer=LETTERS[num_candidates if negative[k] else candidates.index(frames[asked])],
-                extra={**extra, "negative": bool(negative[k])})
+                extra={**extra, "negative": bool(negative[k])},
+            )
             k += 1
 
 
@@ -150,6 +166,5 @@ def _distractor_pool(sequences, position: int, scenario: str, needed: int) -> li
     same = [f for s in others if s[3] == scenario for f in s[1]]
     pool = same if len(same) >= needed else [f for s in others for f in s[1]]
     if len(pool) < needed:
-        raise ValueError(f"tpru sequences: {needed} distractor frames needed, only {len(pool)} in the other "
-                         "sequences")
+        raise ValueError(f"tpru sequences: {needed} distractor frames needed, only {len(pool)} in the other sequences")
     return pool

@@ -53,7 +53,7 @@ def load(annotations: PathLike | Sequence[PathLike], videos_dir: PathLike | None
     path = single_path(annotations, SOURCE)
     for index, row in enumerate(_rows(path)):
         stems = [str(v) for v in (row.get("videoID"), row.get("video_id")) if v]
-        letters, options = zip(*(lettered(o) for o in row.get("options") or ())) if row.get("options") else ((), ())
+        _letters, options = zip(*(lettered(o) for o in row.get("options") or ())) if row.get("options") else ((), ())
         yield Sample(
             id=str(row.get("question_id") or index),
             task="mcq",

@@ -47,16 +47,16 @@ def hub_to_t5(name: str) -> str:
     if name.startswith("visual."):
         return "model." + name
     if name.startswith("model.") and not name.startswith(("model.visual.", "model.language_model.")):
-        return "model.language_model." + name[len("model."):]
+        return "model.language_model." + name[len("model.") :]
     return name
 
 
 def t5_to_hub(name: str) -> str:
     """Transformers-5 tensor name -> hub name."""
     if name.startswith("model.visual."):
-        return name[len("model."):]
+        return name[len("model.") :]
     if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
+        return "model." + name[len("model.language_model.") :]
     return name
 
 
@@ -186,8 +186,10 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
         names.discard("lm_head.weight")  # some tied checkpoints also store the head; the embedding is used
     missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {directory} does not match the config: missing tensors {missing}, "
-                         f"unexpected tensors {unexpected}")
+        raise ValueError(
+            f"checkpoint {directory} does not match the config: missing tensors {missing}, "
+            f"unexpected tensors {unexpected}"
+        )
     model = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
@@ -201,8 +203,14 @@ def load_pretrained(cls, directory, *, dtype=jnp.float32, param_dtype=None, shar
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def _load_param(path: pathlib.Path, key: str, name: str, hf_shape: tuple[int, ...], abstract: jax.ShapeDtypeStruct,
-                sharding: jax.sharding.Sharding | None) -> jax.Array:
+def _load_param(
+    path: pathlib.Path,
+    key: str,
+    name: str,
+    hf_shape: tuple[int, ...],
+    abstract: jax.ShapeDtypeStruct,
+    sharding: jax.sharding.Sharding | None,
+) -> jax.Array:
     """Parameter `name` (shape and dtype of `abstract`) on `sharding`'s addressable devices (None: the default
     device), each distinct block read once."""
     shape = tuple(abstract.shape)
@@ -227,8 +235,15 @@ def _block_key(index: Index, shape: tuple[int, ...]) -> tuple:
     return tuple(s.indices(n) for s, n in zip(index, shape))
 
 
-def _read_blocks(path: pathlib.Path, key: str, name: str, hf_shape: tuple[int, ...], shape: tuple[int, ...],
-                 dtype: np.dtype, indices: list[Index]) -> dict[tuple, np.ndarray]:
+def _read_blocks(
+    path: pathlib.Path,
+    key: str,
+    name: str,
+    hf_shape: tuple[int, ...],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    indices: list[Index],
+) -> dict[tuple, np.ndarray]:
     """Block key -> our block (contiguous, `dtype`) for each distinct index, read as safetensors slices."""
     raw, finish = {}, {}
     with safe_open(str(path), framework="numpy") as f:
@@ -253,12 +268,16 @@ def check_weight(name: str, tensor: np.ndarray) -> None:
     model, and casting it would hide that; a NaN or infinite weight would poison every output.
     """
     if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype != np.dtype(ml_dtypes.bfloat16):
-        raise ValueError(f"tensor {name} is stored as {tensor.dtype}, but the model's weights are floating point; "
-                         f"not casting it (is this a weight checkpoint of this model?)")
+        raise ValueError(
+            f"tensor {name} is stored as {tensor.dtype}, but the model's weights are floating point; "
+            f"not casting it (is this a weight checkpoint of this model?)"
+        )
     flat = tensor.reshape(-1)
     # In chunks, so that the temporary mask stays small next to the largest (embedding) tensor.
-    bad = sum(len(part) - int(np.count_nonzero(np.isfinite(part)))
-              for part in (flat[i:i + _FINITE_CHUNK] for i in range(0, flat.size, _FINITE_CHUNK)))
+    bad = sum(
+        len(part) - int(np.count_nonzero(np.isfinite(part)))
+        for part in (flat[i : i + _FINITE_CHUNK] for i in range(0, flat.size, _FINITE_CHUNK))
+    )
     if bad:
         raise ValueError(f"tensor {name} has {bad} non-finite values (NaN or inf) of {tensor.size}")
 
@@ -266,8 +285,9 @@ def check_weight(name: str, tensor: np.ndarray) -> None:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def save_pretrained(model, directory: str | pathlib.Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                    layout: str = "hub") -> None:
+def save_pretrained(
+    model, directory: str | pathlib.Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, layout: str = "hub"
+) -> None:
     """Write config.json and safetensors (hub or transformers-5 `layout`), sharded above max_shard_bytes.
 
     Tensors are fetched from the device one at a time and written shard by shard, so host memory

@@ -233,39 +233,63 @@ def param_shapes(config: Qwen2_5_VLConfig) -> dict[str, tuple[int, ...]]:
     v, t = config.vision, config.text
     shapes: dict[str, tuple[int, ...]] = {
         "visual.patch_embed.proj.weight": (
-            v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size),
+            v.hidden_size,
+            v.in_channels,
+            v.temporal_patch_size,
+            v.patch_size,
+            v.patch_size,
+        ),
     }
     dv, iv = v.hidden_size, v.intermediate_size
     for i in range(v.depth):
         p = f"visual.blocks.{i}."
-        shapes.update({
-            p + "norm1.weight": (dv,), p + "norm2.weight": (dv,),
-            p + "attn.qkv.weight": (3 * dv, dv), p + "attn.qkv.bias": (3 * dv,),
-            p + "attn.proj.weight": (dv, dv), p + "attn.proj.bias": (dv,),
-            p + "mlp.gate_proj.weight": (iv, dv), p + "mlp.gate_proj.bias": (iv,),
-            p + "mlp.up_proj.weight": (iv, dv), p + "mlp.up_proj.bias": (iv,),
-            p + "mlp.down_proj.weight": (dv, iv), p + "mlp.down_proj.bias": (dv,),
-        })
+        shapes.update(
+            {
+                p + "norm1.weight": (dv,),
+                p + "norm2.weight": (dv,),
+                p + "attn.qkv.weight": (3 * dv, dv),
+                p + "attn.qkv.bias": (3 * dv,),
+                p + "attn.proj.weight": (dv, dv),
+                p + "attn.proj.bias": (dv,),
+                p + "mlp.gate_proj.weight": (iv, dv),
+                p + "mlp.gate_proj.bias": (iv,),
+                p + "mlp.up_proj.weight": (iv, dv),
+                p + "mlp.up_proj.bias": (iv,),
+                p + "mlp.down_proj.weight": (dv, iv),
+                p + "mlp.down_proj.bias": (dv,),
+            }
+        )
     dm = dv * v.merge_unit
-    shapes.update({
-        "visual.merger.ln_q.weight": (dv,),
-        "visual.merger.mlp.0.weight": (dm, dm), "visual.merger.mlp.0.bias": (dm,),
-        "visual.merger.mlp.2.weight": (v.out_hidden_size, dm), "visual.merger.mlp.2.bias": (v.out_hidden_size,),
-    })
+    shapes.update(
+        {
+            "visual.merger.ln_q.weight": (dv,),
+            "visual.merger.mlp.0.weight": (dm, dm),
+            "visual.merger.mlp.0.bias": (dm,),
+            "visual.merger.mlp.2.weight": (v.out_hidden_size, dm),
+            "visual.merger.mlp.2.bias": (v.out_hidden_size,),
+        }
+    )
     h, it, hd = t.hidden_size, t.intermediate_size, t.head_dim
     nq, nkv = t.num_attention_heads * hd, t.num_key_value_heads * hd
     shapes["model.embed_tokens.weight"] = (t.vocab_size, h)
     for i in range(t.num_hidden_layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (nq, h), p + "self_attn.q_proj.bias": (nq,),
-            p + "self_attn.k_proj.weight": (nkv, h), p + "self_attn.k_proj.bias": (nkv,),
-            p + "self_attn.v_proj.weight": (nkv, h), p + "self_attn.v_proj.bias": (nkv,),
-            p + "self_attn.o_proj.weight": (h, nq),
-            p + "mlp.gate_proj.weight": (it, h), p + "mlp.up_proj.weight": (it, h),
-            p + "mlp.down_proj.weight": (h, it),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (nq, h),
+                p + "self_attn.q_proj.bias": (nq,),
+                p + "self_attn.k_proj.weight": (nkv, h),
+                p + "self_attn.k_proj.bias": (nkv,),
+                p + "self_attn.v_proj.weight": (nkv, h),
+                p + "self_attn.v_proj.bias": (nkv,),
+                p + "self_attn.o_proj.weight": (h, nq),
+                p + "mlp.gate_proj.weight": (it, h),
+                p + "mlp.up_proj.weight": (it, h),
+                p + "mlp.down_proj.weight": (h, it),
+            }
+        )
     shapes["model.norm.weight"] = (h,)
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (t.vocab_size, h)
@@ -273,18 +297,40 @@ def param_shapes(config: Qwen2_5_VLConfig) -> dict[str, tuple[int, ...]]:
 
 
 _TINY_VISION = dict(
-    depth=4, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, patch_size=14,
-    temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=(1, 3),
+    depth=4,
+    hidden_size=32,
+    intermediate_size=48,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=14,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    window_size=56,
+    fullatt_block_indexes=(1, 3),
     tokens_per_second=2,
 )
 _TINY_TEXT = dict(
-    vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1000000.0, mrope_section=(2, 3, 3),
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    mrope_section=(2, 3, 3),
     max_position_embeddings=4096,
 )
 _TINY_TOP = dict(
-    image_token_id=290, video_token_id=291, vision_start_token_id=292, vision_end_token_id=293,
-    vision_token_id=294, bos_token_id=295, eos_token_id=296, pad_token_id=297, tie_word_embeddings=False,
+    image_token_id=290,
+    video_token_id=291,
+    vision_start_token_id=292,
+    vision_end_token_id=293,
+    vision_token_id=294,
+    bos_token_id=295,
+    eos_token_id=296,
+    pad_token_id=297,
+    tie_word_embeddings=False,
 )
 
 
@@ -300,8 +346,8 @@ def tiny_config(**overrides: Any) -> Qwen2_5_VLConfig:
     text_fields = {f.name for f in dataclasses.fields(TextConfig)}
     top_fields = {f.name for f in dataclasses.fields(Qwen2_5_VLConfig)} - {"vision", "text"}
     for key, value in overrides.items():
-        if key.startswith("vision_") and key[len("vision_"):] in vision_fields:
-            vision[key[len("vision_"):]] = value
+        if key.startswith("vision_") and key[len("vision_") :] in vision_fields:
+            vision[key[len("vision_") :]] = value
         elif key in text_fields:
             text[key] = value
         elif key in top_fields:
@@ -317,6 +363,7 @@ def tiny_config(**overrides: Any) -> Qwen2_5_VLConfig:
 
 # ----------------------------------------------------------------------------------------------
 # parsing helpers
+
 
 def _get(d: Mapping[str, Any], key: str, *, where: str = "config") -> Any:
     """d[key], or ValueError naming the missing field."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,8 +162,14 @@ def decode_loop(
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "mesh", "layout"))
-def prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache_len: int,
-             mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
+def prefill(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    inputs: ModelInputs,
+    cache_len: int,
+    mesh: Mesh | None = None,
+    layout: str = "fsdp_tensor",
+):
     """Vision tower + decoder over the prompts; logits of the last position and the filled cache."""
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(inputs.input_ids.shape[0], cache_len)
@@ -172,11 +179,25 @@ def prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, cache
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "mesh", "layout"))
-def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: jax.Array,
-            attention_mask: jax.Array, position_ids: jax.Array, key: jax.Array, eos_ids: jax.Array,
-            pad_token_id: jax.Array, *, params: SamplingParams, max_new_tokens: int, num_return_sequences: int,
-            mesh: Mesh | None = None, layout: str = "fsdp_tensor"):
+    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "mesh", "layout")
+)
+def decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    cache: Any,
+    last_logits: jax.Array,
+    attention_mask: jax.Array,
+    position_ids: jax.Array,
+    key: jax.Array,
+    eos_ids: jax.Array,
+    pad_token_id: jax.Array,
+    *,
+    params: SamplingParams,
+    max_new_tokens: int,
+    num_return_sequences: int,
+    mesh: Mesh | None = None,
+    layout: str = "fsdp_tensor",
+):
     """Run :func:`decode_loop` with the model's decode step on a :class:`text.SharedPromptCache`: the
     G samples of a prompt share its cache (``cache`` from :func:`prefill`, slots past the prompt
     unused), each sample writes its tokens to its own cache of ``max_new_tokens`` slots."""
@@ -184,9 +205,11 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: ja
     g = num_return_sequences
     prompt_len = attention_mask.shape[1]
     last_logits, position_ids = jnp.repeat(last_logits, g, axis=0), jnp.repeat(position_ids, g, axis=1)
-    cache = SharedPromptCache(prompt=jax.tree.map(lambda x: x[:, :prompt_len], cache),
-                              prompt_mask=attention_mask.astype(bool),
-                              own=model.init_cache(last_logits.shape[0], max_new_tokens))
+    cache = SharedPromptCache(
+        prompt=jax.tree.map(lambda x: x[:, :prompt_len], cache),
+        prompt_mask=attention_mask.astype(bool),
+        own=model.init_cache(last_logits.shape[0], max_new_tokens),
+    )
     if mesh is not None:
         cache = constrain_cache(cache, mesh, layout)
     slots = jnp.arange(max_new_tokens)
@@ -197,8 +220,16 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, last_logits: ja
         keys = (slots < slot)[None, :]
         return model.decode_step(tokens, next_pos + (i - 1), cache, slot, keys)
 
-    return decode_loop(step, cache, last_logits, key, params=params, max_new_tokens=max_new_tokens,
-                       eos_ids=eos_ids, pad_token_id=pad_token_id)
+    return decode_loop(
+        step,
+        cache,
+        last_logits,
+        key,
+        params=params,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos_ids,
+        pad_token_id=pad_token_id,
+    )
 
 
 def generate(
@@ -277,11 +308,23 @@ def generate(
     last_logits, cache = prefill(graphdef, state, inputs, inputs.input_ids.shape[1], mesh, layout)
     # Stop ids are data, padded to a multiple of 4 with -1, so changing them rarely recompiles.
     eos_arr = np.full(max(4, -(-len(eos_ids) // 4) * 4), -1, np.int32)
-    eos_arr[:len(eos_ids)] = eos_ids
+    eos_arr[: len(eos_ids)] = eos_ids
     tokens, logprobs, mask = decode(
-        graphdef, state, cache, last_logits, inputs.attention_mask, inputs.position_ids, rng, eos_arr,
-        jnp.int32(pad_token_id), params=params, max_new_tokens=int(max_new_tokens),
-        num_return_sequences=int(num_return_sequences), mesh=mesh, layout=layout)
+        graphdef,
+        state,
+        cache,
+        last_logits,
+        inputs.attention_mask,
+        inputs.position_ids,
+        rng,
+        eos_arr,
+        jnp.int32(pad_token_id),
+        params=params,
+        max_new_tokens=int(max_new_tokens),
+        num_return_sequences=int(num_return_sequences),
+        mesh=mesh,
+        layout=layout,
+    )
     if not (return_dict or return_logprobs):
         return tokens
     return GenerationOutput(tokens, mask, mask.sum(axis=1, dtype=jnp.int32), logprobs if return_logprobs else None)
@@ -295,8 +338,9 @@ def _last_column_set(mask: Any) -> bool:
     return bool(np.asarray(mask)[:, -1].all())
 
 
-def with_completions(config: Any, inputs: ModelInputs, tokens: jax.Array, mask: jax.Array,
-                     num_return_sequences: int = 1) -> ModelInputs:
+def with_completions(
+    config: Any, inputs: ModelInputs, tokens: jax.Array, mask: jax.Array, num_return_sequences: int = 1
+) -> ModelInputs:
     """Prompt + completion as one ``ModelInputs`` row per sample (for scoring with ``model.forward``).
 
     Rows follow :func:`generate`'s order (a prompt's samples adjacent); every prompt array is
@@ -317,16 +361,24 @@ def with_completions(config: Any, inputs: ModelInputs, tokens: jax.Array, mask: 
     )
 
 
-def hf_model_inputs(config: Any, *, mm_token_type_ids: Any = None, pad_patches_to: int | None = None,
-                    **arrays: Any) -> ModelInputs:
+def hf_model_inputs(
+    config: Any, *, mm_token_type_ids: Any = None, pad_patches_to: int | None = None, **arrays: Any
+) -> ModelInputs:
     """``ModelInputs`` from HF-named arguments (numpy, torch or jax; ``mm_token_type_ids`` is ignored).
 
     ``arrays`` may hold ``input_ids``, ``attention_mask``, ``pixel_values``, ``image_grid_thw``,
     ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``; anything else is refused.
     """
     del mm_token_type_ids  # token types follow from the placeholder ids
-    names = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
-             "video_grid_thw", "second_per_grid_ts"}
+    names = {
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "image_grid_thw",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "second_per_grid_ts",
+    }
     unknown = sorted(set(arrays) - names)
     if unknown:
         raise ValueError(f"generate: unknown arguments {unknown}")

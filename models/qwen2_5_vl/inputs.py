@@ -112,11 +112,17 @@ def build_model_inputs(
     vis = config.vision
     image_grids, images = _split_patches(config, pixel_values, image_grid_thw, "pixel_values", "image_grid_thw")
     video_grids, videos = _split_patches(
-        config, pixel_values_videos, video_grid_thw, "pixel_values_videos", "video_grid_thw")
+        config, pixel_values_videos, video_grid_thw, "pixel_values_videos", "video_grid_thw"
+    )
     # Validates tokens against grids and second_per_grid_ts against the videos.
     position_ids, rope_deltas = get_rope_index(
-        config, ids, image_grid_thw=image_grids, video_grid_thw=video_grids,
-        second_per_grid_ts=second_per_grid_ts, attention_mask=mask)
+        config,
+        ids,
+        image_grid_thw=image_grids,
+        video_grid_thw=video_grids,
+        second_per_grid_ts=second_per_grid_ts,
+        attention_mask=mask,
+    )
     types = token_types(config, ids) * mask.astype(bool)
 
     samples = []
@@ -176,8 +182,12 @@ def block_layout_shapes(config: Qwen2_5_VLConfig, n_patches: int) -> dict[str, t
     """Per-sample shapes of the block-layout fields for planning without data: one image of
     `n_patches` patches in full windows (one temporal group: the costliest full-attention layer)."""
     width = window_len(config)
-    return {"window_blocks": (layout_size(-(-n_patches // width)), width), "window_slot": (n_patches,),
-            "frame_blocks": (1, layout_size(n_patches, 8)), "frame_slot": (n_patches,)}
+    return {
+        "window_blocks": (layout_size(-(-n_patches // width)), width),
+        "window_slot": (n_patches,),
+        "frame_blocks": (1, layout_size(n_patches, 8)),
+        "frame_slot": (n_patches,),
+    }
 
 
 def collate_model_inputs(
@@ -214,24 +224,27 @@ def collate_model_inputs(
             raise ValueError(f"sample of {patches} patches does not fit pad_patches_to={pad_patches_to}")
         extra = pad_len_to - length
         tok_pad = (extra, 0) if padding_side == "left" else (0, extra)
-        parts.append(dict(
-            input_ids=np.pad(s.input_ids, ((0, 0), tok_pad), constant_values=pad_token_id),
-            attention_mask=np.pad(s.attention_mask, ((0, 0), tok_pad)),
-            position_ids=np.pad(s.position_ids, ((0, 0), (0, 0), tok_pad)),
-            rope_deltas=s.rope_deltas,
-            vision_token_index=np.pad(s.vision_token_index, ((0, 0), tok_pad), constant_values=-1),
-            **_pad_patch_metadata(s, pad_patches_to, layout),
-        ))
+        parts.append(
+            dict(
+                input_ids=np.pad(s.input_ids, ((0, 0), tok_pad), constant_values=pad_token_id),
+                attention_mask=np.pad(s.attention_mask, ((0, 0), tok_pad)),
+                position_ids=np.pad(s.position_ids, ((0, 0), (0, 0), tok_pad)),
+                rope_deltas=s.rope_deltas,
+                vision_token_index=np.pad(s.vision_token_index, ((0, 0), tok_pad), constant_values=-1),
+                **_pad_patch_metadata(s, pad_patches_to, layout),
+            )
+        )
     # The pixels dominate the batch's bytes: write each sample's once into the padded batch array.
     first = samples[0].pixel_values
     pixel_values = np.zeros((sum(s.batch_size for s in samples), pad_patches_to, first.shape[2]), first.dtype)
     row = 0
     for s in samples:
-        pixel_values[row:row + s.batch_size, :s.num_patches] = s.pixel_values
+        pixel_values[row : row + s.batch_size, : s.num_patches] = s.pixel_values
         row += s.batch_size
-    return ModelInputs(pixel_values=pixel_values, **{
-        f: np.concatenate([p[f] for p in parts], axis=1 if f == "position_ids" else 0) for f in parts[0]
-    })
+    return ModelInputs(
+        pixel_values=pixel_values,
+        **{f: np.concatenate([p[f] for p in parts], axis=1 if f == "position_ids" else 0) for f in parts[0]},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,11 +264,12 @@ def _split_patches(config: Qwen2_5_VLConfig, pixels, grid_thw, pixels_name: str,
     grids = np.asarray(grid_thw, np.int64).reshape(-1, 3)
     px = np.asarray(pixels, np.float32)
     if px.ndim != 2 or px.shape[1] != vis.patch_dim:
-        raise ValueError(
-            f"{pixels_name} must be [n_patches, {vis.patch_dim}] (C*T*patch*patch), got shape {px.shape}")
+        raise ValueError(f"{pixels_name} must be [n_patches, {vis.patch_dim}] (C*T*patch*patch), got shape {px.shape}")
     if np.any(grids <= 0) or np.any(grids[:, 1:] % vis.spatial_merge_size):
-        raise ValueError(f"{grid_name} {grids.tolist()}: sizes must be positive and h, w multiples of "
-                         f"spatial_merge_size={vis.spatial_merge_size}")
+        raise ValueError(
+            f"{grid_name} {grids.tolist()}: sizes must be positive and h, w multiples of "
+            f"spatial_merge_size={vis.spatial_merge_size}"
+        )
     counts = grids.prod(axis=1)
     if px.shape[0] != counts.sum():
         raise ValueError(f"{pixels_name} has {px.shape[0]} rows but {grid_name} describes {counts.sum()} patches")
@@ -280,7 +294,7 @@ def _grid_windows(grid, m: int, win: int) -> tuple[np.ndarray, np.ndarray]:
     for f in range(t):
         for r0 in range(0, h, win):
             for c0 in range(0, w, win):
-                block = units[f, r0:r0 + win, c0:c0 + win].reshape(-1)
+                block = units[f, r0 : r0 + win, c0 : c0 + win].reshape(-1)
                 order.append(block)
                 window_of.append(np.full(len(block), n))
                 n += 1
@@ -301,15 +315,15 @@ def _vision_arrays(config: Qwen2_5_VLConfig, grids, chunks, n_patches: int) -> d
     for grid, chunk in zip(grids, chunks):
         t, h, w = (int(x) for x in grid)
         n = t * h * w
-        pixels[start:start + n] = chunk
-        pos[start:start + n] = _grid_pos_ids(grid, m)
+        pixels[start : start + n] = chunk
+        pos[start : start + n] = _grid_pos_ids(grid, m)
         order, window_of = _grid_windows(grid, m, vis.window_merged)
-        window_index[start:start + n] = start + (order[:, None] * unit + np.arange(unit)).reshape(-1)
+        window_index[start : start + n] = start + (order[:, None] * unit + np.arange(unit)).reshape(-1)
         # Units never cross a window or a frame, and windows stay inside their frame, so the
         # permuted layout keeps both windows and frames contiguous.
         window_runs.append(np.bincount(window_of) * unit)
         frame_runs.append(np.full(t, h * w))
-        valid[start:start + n] = True
+        valid[start : start + n] = True
         start += n
     return dict(
         pixel_values=pixels,
@@ -322,8 +336,9 @@ def _vision_arrays(config: Qwen2_5_VLConfig, grids, chunks, n_patches: int) -> d
     )
 
 
-def _block_layouts(config: Qwen2_5_VLConfig, window_runs: Sequence[np.ndarray], frame_runs: Sequence[np.ndarray],
-                   n_patches: int) -> dict[str, np.ndarray]:
+def _block_layouts(
+    config: Qwen2_5_VLConfig, window_runs: Sequence[np.ndarray], frame_runs: Sequence[np.ndarray], n_patches: int
+) -> dict[str, np.ndarray]:
     """`window_blocks`, `window_slot`, `frame_blocks`, `frame_slot` of a batch from each sample's run
     lengths (windows / temporal groups, contiguous from permuted patch 0; see the module docstring)."""
     frame_len = layout_size(max((int(r.max()) for r in frame_runs if len(r)), default=1), 8)
@@ -341,10 +356,10 @@ def _blocks(lengths: np.ndarray, rows: int, width: int, n_patches: int) -> tuple
     starts = np.cumsum(lengths) - lengths
     offsets = np.arange(width)
     blocks = np.full((rows, width), -1, np.int32)
-    blocks[:len(lengths)] = np.where(offsets < lengths[:, None], starts[:, None] + offsets, -1)
+    blocks[: len(lengths)] = np.where(offsets < lengths[:, None], starts[:, None] + offsets, -1)
     run = np.repeat(np.arange(len(lengths)), lengths)
     slot = np.full(n_patches, -1, np.int32)
-    slot[:len(run)] = run * width + np.arange(len(run)) - starts[run]
+    slot[: len(run)] = run * width + np.arange(len(run)) - starts[run]
     return blocks, slot
 
 
@@ -362,8 +377,9 @@ def _pad_patch_metadata(s: ModelInputs, n_patches: int, layout: dict[str, tuple[
     for name in ("window", "frame"):
         blocks, slot = getattr(s, f"{name}_blocks"), getattr(s, f"{name}_slot")
         (rows, width), old = layout[f"{name}_blocks"], blocks.shape[2]
-        out[f"{name}_blocks"] = np.pad(blocks, ((0, 0), (0, rows - blocks.shape[1]), (0, width - old)),
-                                       constant_values=-1)
+        out[f"{name}_blocks"] = np.pad(
+            blocks, ((0, 0), (0, rows - blocks.shape[1]), (0, width - old)), constant_values=-1
+        )
         moved = np.where(slot >= 0, slot // old * width + slot % old, -1).astype(np.int32)
         out[f"{name}_slot"] = np.pad(moved, ((0, 0), (0, extra)), constant_values=-1)
     return out

@@ -61,8 +61,16 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
     return out.reshape(b, lq, h, d)
 
 
-def shared_prompt_attention(q: jax.Array, prompt_k: jax.Array, prompt_v: jax.Array, prompt_mask: jax.Array,
-                            k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+def shared_prompt_attention(
+    q: jax.Array,
+    prompt_k: jax.Array,
+    prompt_v: jax.Array,
+    prompt_mask: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    scale: float,
+) -> jax.Array:
     """One-token grouped-query attention of N = B * G rows over a prompt shared by G consecutive rows
     and each row's own keys; softmax in float32.
 
@@ -88,8 +96,7 @@ def shared_prompt_attention(q: jax.Array, prompt_k: jax.Array, prompt_v: jax.Arr
     prompt_p = jnp.exp(prompt_scores - top[..., None])
     own_p = jnp.exp(own_scores - top[:, :, None])
     denom = jnp.sum(prompt_p, axis=-1) + jnp.sum(own_p, axis=2)
-    out = jnp.einsum("bgkhs,bskd->bgkhd", prompt_p.astype(prompt_v.dtype), prompt_v,
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum("bgkhs,bskd->bgkhd", prompt_p.astype(prompt_v.dtype), prompt_v, preferred_element_type=jnp.float32)
     own_v = v.reshape(b, g, t, kv, 1, d).astype(jnp.float32)
     out = out + jnp.sum(own_p[..., None] * own_v, axis=2)
     return (out / denom[..., None]).astype(q.dtype).reshape(n, 1, h, d)

@@ -67,16 +67,26 @@ class Qwen2_5_VLModel(nnx.Module):
 class Qwen2_5_VLForConditionalGeneration(nnx.Module):
     """Qwen2.5-VL with its LM head; see the module docstring for the interface."""
 
-    def __init__(self, config: Qwen2_5_VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self, config: Qwen2_5_VLConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None
+    ):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.config = config
         self.dtype = dtype
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
         self.model = Qwen2_5_VLModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.lm_head = None if config.tie_word_embeddings else nnx.Linear(
-            config.text.hidden_size, config.text.vocab_size, use_bias=False, dtype=dtype,
-            param_dtype=param_dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nnx.Linear(
+                config.text.hidden_size,
+                config.text.vocab_size,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+        )
 
     # --- forward -------------------------------------------------------------------------------
 
@@ -87,9 +97,13 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
             return embeds
         a = jnp.asarray
         feats = self.model.visual(
-            a(inputs.pixel_values), a(inputs.vision_pos_ids), a(inputs.window_index), a(inputs.window_inverse),
+            a(inputs.pixel_values),
+            a(inputs.vision_pos_ids),
+            a(inputs.window_index),
+            a(inputs.window_inverse),
             BlockLayout(a(inputs.window_blocks), a(inputs.window_slot)),
-            BlockLayout(a(inputs.frame_blocks), a(inputs.frame_slot)))
+            BlockLayout(a(inputs.frame_blocks), a(inputs.frame_slot)),
+        )
         index = jnp.asarray(inputs.vision_token_index)
         gathered = jnp.take_along_axis(feats, jnp.maximum(index, 0)[..., None], axis=1)
         return jnp.where(index[..., None] >= 0, gathered.astype(embeds.dtype), embeds)
@@ -111,9 +125,17 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         """Logits [B, L, V] float32 for prepared inputs (jittable)."""
         return self.logits_from_hidden(self.hidden_states(inputs))
 
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
-                 mm_token_type_ids=None) -> jax.Array:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+        mm_token_type_ids=None,
+    ) -> jax.Array:
         """Logits [B, L, V] from HF-style arguments (host-side preparation, then a jitted forward).
 
         `mm_token_type_ids` (as the transformers 5 processor returns it) is optional: the token
@@ -122,11 +144,19 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         `build_model_inputs` skips padding instead, as generation does).
         """
         if mm_token_type_ids is not None and not np.array_equal(
-                _host(mm_token_type_ids), token_types(self.config, _host(input_ids))):
+            _host(mm_token_type_ids), token_types(self.config, _host(input_ids))
+        ):
             raise ValueError("mm_token_type_ids disagree with the image/video placeholder ids in input_ids")
         inputs = build_model_inputs(
-            self.config, _host(input_ids), _host(attention_mask), _host(pixel_values), _host(image_grid_thw),
-            _host(pixel_values_videos), _host(video_grid_thw), _host(second_per_grid_ts))
+            self.config,
+            _host(input_ids),
+            _host(attention_mask),
+            _host(pixel_values),
+            _host(image_grid_thw),
+            _host(pixel_values_videos),
+            _host(video_grid_thw),
+            _host(second_per_grid_ts),
+        )
         if image_grid_thw is None and video_grid_thw is None:
             # transformers' forward numbers text-only inputs 0..L-1 even under left padding.
             b, length = inputs.input_ids.shape
@@ -151,13 +181,17 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         key_valid = jnp.zeros((b, total), bool).at[:, :length].set(attention_mask.astype(bool))
         causal = jnp.arange(total)[None, :] <= jnp.arange(length)[:, None]
         mask = causal[None] & key_valid[:, None, :]
-        hidden, cache = self.model.language_model(
-            self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0)
+        hidden, cache = self.model.language_model(self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0)
         return self.logits_from_hidden(hidden[:, -1]), cache
 
-    def decode_step(self, tokens: jax.Array, position_ids: jax.Array, cache: KVCache | SharedPromptCache,
-                    cache_index: jax.Array | int, attn_mask_full: jax.Array
-                    ) -> tuple[jax.Array, KVCache | SharedPromptCache]:
+    def decode_step(
+        self,
+        tokens: jax.Array,
+        position_ids: jax.Array,
+        cache: KVCache | SharedPromptCache,
+        cache_index: jax.Array | int,
+        attn_mask_full: jax.Array,
+    ) -> tuple[jax.Array, KVCache | SharedPromptCache]:
         """One token per row at slot `cache_index`; logits [B, V] (see the module docstring)."""
         tokens = jnp.asarray(tokens)
         b = tokens.shape[0]
@@ -173,9 +207,13 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
     # --- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, directory: str | pathlib.Path, dtype=jnp.float32, param_dtype=None,
-                        sharding: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
-                        ) -> Qwen2_5_VLForConditionalGeneration:
+    def from_pretrained(
+        cls,
+        directory: str | pathlib.Path,
+        dtype=jnp.float32,
+        param_dtype=None,
+        sharding: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
+    ) -> Qwen2_5_VLForConditionalGeneration:
         """Load an HF checkpoint directory (config.json + safetensors, hub or transformers-5 layout).
 
         Weights are stored as `param_dtype` (default: `dtype`); `sharding(path, shape)` places each

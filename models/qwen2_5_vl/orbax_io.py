@@ -35,8 +35,12 @@ def save_orbax_params(model, directory: str | pathlib.Path) -> None:
     checkpointer.wait_until_finished()
 
 
-def load_orbax_params(directory: str | pathlib.Path, dtype=jnp.float32, param_dtype=None,
-                      sharding: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None):
+def load_orbax_params(
+    directory: str | pathlib.Path,
+    dtype=jnp.float32,
+    param_dtype=None,
+    sharding: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
+):
     """Restore a model written by `save_orbax_params`, casting parameters to `param_dtype` (default dtype).
 
     `sharding(path, shape)` gives each parameter's placement (default: the default device).
@@ -46,14 +50,15 @@ def load_orbax_params(directory: str | pathlib.Path, dtype=jnp.float32, param_dt
     directory = pathlib.Path(directory).absolute()
     config = Qwen2_5_VLConfig.from_pretrained(directory)
     param_dtype = dtype if param_dtype is None else param_dtype
-    abstract = nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(
-        config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    )
     graphdef, state = nnx.split(abstract)
     target = nnx.to_pure_dict(state)
     if sharding is not None:
         target = jax.tree_util.tree_map_with_path(
-            lambda path, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(_path(path), x.shape)),
-            target)
+            lambda path, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(_path(path), x.shape)), target
+        )
     restored = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, target)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)

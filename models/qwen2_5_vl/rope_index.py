@@ -95,8 +95,7 @@ def get_rope_index(
     else:
         seconds = np.asarray(second_per_grid_ts, np.float32).reshape(-1)
         if len(seconds) != n_videos:
-            raise ValueError(
-                f"second_per_grid_ts has {len(seconds)} entries but video_grid_thw has {n_videos} videos")
+            raise ValueError(f"second_per_grid_ts has {len(seconds)} entries but video_grid_thw has {n_videos} videos")
     tokens_per_second = np.float32(config.vision.tokens_per_second)
     merge_unit = config.vision.merge_unit
     types = token_types(config, ids)
@@ -127,7 +126,8 @@ def get_rope_index(
                 if n_tokens > j - i:
                     raise ValueError(
                         f"{name} {k} with grid {grid.tolist()} needs {n_tokens} {name} tokens, "
-                        f"row {row} has a run of {j - i}")
+                        f"row {row} has a run of {j - i}"
+                    )
                 next_grid[kind] += 1
                 interval = tokens_per_second * seconds[k] if kind == VIDEO else 1.0
                 block = vision_block_positions(config, pos, grid, interval)
@@ -143,8 +143,8 @@ def get_rope_index(
     for kind, name in ((IMAGE, "image"), (VIDEO, "video")):
         if next_grid[kind] != len(grids[kind]):
             raise ValueError(
-                f"{name}_grid_thw describes {len(grids[kind])} {name}s but input_ids hold tokens for "
-                f"{next_grid[kind]}")
+                f"{name}_grid_thw describes {len(grids[kind])} {name}s but input_ids hold tokens for {next_grid[kind]}"
+            )
     return position_ids.astype(np.int32), deltas.astype(np.int32)
 
 

@@ -103,7 +103,7 @@ def fit_spec(trailing: Sequence[Any], shape: Sequence[int], mesh: Mesh, what: st
     Returns the PartitionSpec and one message per dropped axis.
     """
     if len(trailing) > len(shape):
-        trailing = trailing[len(trailing) - len(shape):]
+        trailing = trailing[len(trailing) - len(shape) :]
     spec = [None] * (len(shape) - len(trailing)) + list(trailing)
     notes = []
     for d, axes in enumerate(spec):
@@ -115,8 +115,9 @@ def fit_spec(trailing: Sequence[Any], shape: Sequence[int], mesh: Mesh, what: st
             names.pop()
         kept = tuple(names) if len(names) > 1 else (names[0] if names else None)
         if kept != axes:
-            notes.append(f"{what} dim {d} (size {shape[d]}) not divisible by mesh axes {axes}: "
-                         f"sharded on {kept} instead")
+            notes.append(
+                f"{what} dim {d} (size {shape[d]}) not divisible by mesh axes {axes}: sharded on {kept} instead"
+            )
         spec[d] = kept
     return P(*spec), notes
 
@@ -152,7 +153,8 @@ def param_specs(state: Any, mesh: Mesh, layout: Layout = "fsdp_tensor") -> tuple
     _check_layout(layout)
     notes: list[str] = []
     specs = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _weight_spec(_path_str(path), _shape(leaf), mesh, layout, notes), state)
+        lambda path, leaf: _weight_spec(_path_str(path), _shape(leaf), mesh, layout, notes), state
+    )
     for note in notes:
         logger.info("sharding: %s", note)
     return specs, notes

@@ -83,8 +83,9 @@ class Attention(nnx.Module):
         scale = self.head_dim**-0.5
         if prompt is not None:
             layer_prompt, prompt_mask = prompt
-            out = shared_prompt_attention(q, layer_prompt["k"].astype(q.dtype), layer_prompt["v"].astype(q.dtype),
-                                          prompt_mask, k, v, mask, scale)
+            out = shared_prompt_attention(
+                q, layer_prompt["k"].astype(q.dtype), layer_prompt["v"].astype(q.dtype), prompt_mask, k, v, mask, scale
+            )
         elif attn_block is None or length <= attn_block:
             out = masked_attention(q, k, v, mask, scale)
         else:
@@ -102,8 +103,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
 
     def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None):
-        h, layer_cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index,
-                                        attn_block, prompt)
+        h, layer_cache = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index, attn_block, prompt
+        )
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), layer_cache
 
@@ -137,8 +139,9 @@ class TextModel(nnx.Module):
         keys [N, 1, T] and each row also attends to its prompt's unmasked keys.
         """
         if isinstance(cache, SharedPromptCache):
-            hidden, own = self._run(inputs_embeds, position_ids, mask, cache.own, cache_index,
-                                    (cache.prompt, cache.prompt_mask))
+            hidden, own = self._run(
+                inputs_embeds, position_ids, mask, cache.own, cache_index, (cache.prompt, cache.prompt_mask)
+            )
             return hidden, cache._replace(own=own)
         return self._run(inputs_embeds, position_ids, mask, cache, cache_index)
 
@@ -186,6 +189,7 @@ class TextModel(nnx.Module):
 
 def _layer_caller(attn_block: int | None):
     """`call(layer, x, cos, sin, mask, layer_cache, cache_index, prompt)` with the static block size bound."""
+
     def call(layer: DecoderLayer, x, cos, sin, mask, layer_cache, cache_index, prompt):
         return layer(x, cos, sin, mask, layer_cache, cache_index, attn_block=attn_block, prompt=prompt)
 

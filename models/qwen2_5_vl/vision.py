@@ -39,8 +39,9 @@ class PatchEmbed(nnx.Module):
     """Conv3d(kernel = stride = (T, p, p), no bias) as a linear map of each flattened patch."""
 
     def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.proj = nnx.Linear(cfg.patch_dim, cfg.hidden_size, use_bias=False, dtype=dtype,
-                               param_dtype=param_dtype, rngs=rngs)
+        self.proj = nnx.Linear(
+            cfg.patch_dim, cfg.hidden_size, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         return self.proj(pixels)
@@ -68,8 +69,10 @@ class VisionAttention(nnx.Module):
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: BlockLayout, block: int) -> jax.Array:
         b, p, _ = x.shape
         qkv = self.qkv(x).reshape(b, p, 3, self.num_heads, self.head_dim)
-        q, k, v = (maybe_constrain(qkv[:, :, i], "vision_heads", self.activation_mesh, self.activation_layout)
-                   for i in range(3))
+        q, k, v = (
+            maybe_constrain(qkv[:, :, i], "vision_heads", self.activation_mesh, self.activation_layout)
+            for i in range(3)
+        )
         # Rotary in float32, as in the reference.
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
@@ -107,11 +110,12 @@ class PatchMerger(nnx.Module):
         return self.mlp_2(jax.nn.gelu(self.mlp_0(x), approximate=False))
 
 
-def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayout, scale: float, *,
-                    block: int) -> jax.Array:
+def block_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayout, scale: float, *, block: int
+) -> jax.Array:
     """Attention within the blocks of `layout`: q/k/v [B, P, H, D] -> [B, P, H, D] (zero on patches
     in no block). Rows longer than `block` slots run `block` queries at a time."""
-    b, p, h, d = q.shape
+    b, _, h, d = q.shape
     _, rows, width = layout.blocks.shape
     index = jnp.maximum(layout.blocks, 0).reshape(b, rows * width)
     qb, kb, vb = (_take(a, index).reshape(b * rows, width, h, d) for a in (q, k, v))
@@ -126,6 +130,7 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayou
 
 def _block_caller(attn_block: int):
     """`call(block, x, cos, sin, layout)` with the static attention block size bound (remat-friendly)."""
+
     def call(block: VisionBlock, x, cos, sin, layout):
         return block(x, cos, sin, layout, attn_block)
 
@@ -152,8 +157,9 @@ def _take(x: jax.Array, index: jax.Array) -> jax.Array:
 class VisionTransformer(nnx.Module):
     """`model.visual`: patches -> merged features in the language model's width."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 attn_block: int = 256):
+    def __init__(
+        self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs, attn_block: int = 256
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cfg = cfg
         self.attn_block = attn_block
@@ -174,6 +180,7 @@ class VisionTransformer(nnx.Module):
         frames: BlockLayout,
     ) -> jax.Array:
         """Merged features [B, P // merge_unit, out_hidden] in HF order (see module docstring)."""
+
         def shard(y, name):
             return maybe_constrain(y, name, self.activation_mesh, self.activation_layout)
 

@@ -21,7 +21,8 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gin
 import numpy as np
@@ -56,10 +57,17 @@ class DemoConfig:
     timeline_per_task: int = 2
 
 
-def _eval(model: Any, tokenizer: Any, test_jsonl: pathlib.Path, media_dir: pathlib.Path, cfg: DemoConfig,
-          think: bool, outdir: pathlib.Path, title: str) -> EvalResult:
-    batches = split_loader(tokenizer, model.config, test_jsonl, "test", str(media_dir),
-                                        cfg.eval_batch_size, think)
+def _eval(
+    model: Any,
+    tokenizer: Any,
+    test_jsonl: pathlib.Path,
+    media_dir: pathlib.Path,
+    cfg: DemoConfig,
+    think: bool,
+    outdir: pathlib.Path,
+    title: str,
+) -> EvalResult:
+    batches = split_loader(tokenizer, model.config, test_jsonl, "test", str(media_dir), cfg.eval_batch_size, think)
     result = evaluate(model, tokenizer, batches, max_new_tokens=cfg.eval_max_new_tokens, think=think)
     write_reports(result, outdir, title=title, timeline_per_task=cfg.timeline_per_task)
     return result
@@ -103,7 +111,7 @@ def plot_learning_curve(metrics: Sequence[dict[str, Any]], tasks: Sequence[str],
         if np.all(np.isnan(values)):
             continue
         smooth = np.convolve(np.nan_to_num(values), np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, style, label=name, linewidth=2 if name == "all tasks" else 1.3)
+        ax.plot(steps[window - 1 :], smooth, style, label=name, linewidth=2 if name == "all tasks" else 1.3)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel(f"mean rollout reward (moving average of {window})")
     ax.set_title("tempr1 demo: reward per task during GRPO")
@@ -127,8 +135,12 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
 
     data_dir = work / "data"
     splits = write_synthetic_dataset(
-        data_dir, seed=cfg.data_seed, tasks=tuple(cfg.tasks), include_images=False,
-        samples_per_task={"train": cfg.train_samples_per_task, "test": cfg.test_samples_per_task})
+        data_dir,
+        seed=cfg.data_seed,
+        tasks=tuple(cfg.tasks),
+        include_images=False,
+        samples_per_task={"train": cfg.train_samples_per_task, "test": cfg.test_samples_per_task},
+    )
     gin.bind_parameter("DataConfig.synthetic", False)
     gin.bind_parameter("DataConfig.sources", [{"path": str(splits["train"]), "media_dir": str(data_dir)}])
     gin.bind_parameter("ModelSetup.checkpoint", None)
@@ -142,8 +154,16 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     timings["sft_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    before = _eval(sft.model(), sft.tokenizer, splits["test"], data_dir, cfg, think, work / "eval_before",
-                   "Held-out synthetic split, after SFT (before GRPO)")
+    before = _eval(
+        sft.model(),
+        sft.tokenizer,
+        splits["test"],
+        data_dir,
+        cfg,
+        think,
+        work / "eval_before",
+        "Held-out synthetic split, after SFT (before GRPO)",
+    )
     timings["eval_before_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -153,8 +173,16 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     timings["grpo_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    after = _eval(grpo.model(), grpo.tokenizer, splits["test"], data_dir, cfg, think, work / "eval_after",
-                  "Held-out synthetic split, after GRPO")
+    after = _eval(
+        grpo.model(),
+        grpo.tokenizer,
+        splits["test"],
+        data_dir,
+        cfg,
+        think,
+        work / "eval_after",
+        "Held-out synthetic split, after GRPO",
+    )
     timings["eval_after_s"] = time.perf_counter() - t
 
     grpo.export(work / EXPORT)
@@ -176,9 +204,11 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
 def format_report(report: dict[str, Any]) -> str:
     """A short text summary: mean reward before/after with its paired standard error, per-task rewards."""
     ch = report["held_out_reward_change"]
-    lines = [f"held-out mean reward: {report['before']['mean_reward']:.3f} (SFT) -> "
-             f"{report['after']['mean_reward']:.3f} (GRPO), change {ch['delta']:+.3f} +- {ch['delta_stderr']:.3f} "
-             f"(paired stderr, {ch['num_samples']} samples)"]
+    lines = [
+        f"held-out mean reward: {report['before']['mean_reward']:.3f} (SFT) -> "
+        f"{report['after']['mean_reward']:.3f} (GRPO), change {ch['delta']:+.3f} +- {ch['delta_stderr']:.3f} "
+        f"(paired stderr, {ch['num_samples']} samples)"
+    ]
     for task in report["settings"]["tasks"]:
         b, a = report["before"].get(task, {}), report["after"].get(task, {})
         lines.append(f"  {task}: reward {b.get('reward', 0):.3f} -> {a.get('reward', 0):.3f}")

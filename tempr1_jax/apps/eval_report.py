@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import pathlib
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from data_pipeline.paths import as_path, staged_dir
 from tempr1_jax import evaluation, paper_results
@@ -19,47 +20,53 @@ from tempr1_jax.rewards import reference
 RESULTS_JSON = "eval_results.json"
 
 
-
 PREDICTIONS_JSONL = "predictions.jsonl"
-
 
 
 TABLE_MD = "eval_table.md"
 
 
-
 TIMELINE_PNG = "eval_timeline.png"
 
 
-
-def write_reports(result: EvalResult, outdir: str | pathlib.Path, title: str = "Evaluation",
-                  timeline_per_task: int = 3,
-                  score_options: Mapping[str, Any] | None = None) -> dict[str, pathlib.Path]:
+def write_reports(
+    result: EvalResult,
+    outdir: str | pathlib.Path,
+    title: str = "Evaluation",
+    timeline_per_task: int = 3,
+    score_options: Mapping[str, Any] | None = None,
+) -> dict[str, pathlib.Path]:
     """Write `eval_results.json`, `predictions.jsonl`, `eval_table.md` and `eval_timeline.png`
     (`score_options`: those the metrics were computed with, named in the table)."""
     names = (RESULTS_JSON, PREDICTIONS_JSONL, TABLE_MD, TIMELINE_PNG)
     with staged_dir(outdir) as local:  # a bucket `outdir` gets the files uploaded at the end
         paths = {name: local / name for name in names}
-        paths[RESULTS_JSON].write_text(json.dumps({
-            "metrics": {f"{dataset}/{task}": values for (dataset, task), values in result.metrics.items()},
-            "rewards": result.rewards,
-            "num_samples": len(result.predictions),
-            "skipped": result.skipped,
-        }, indent=2))
+        paths[RESULTS_JSON].write_text(
+            json.dumps(
+                {
+                    "metrics": {f"{dataset}/{task}": values for (dataset, task), values in result.metrics.items()},
+                    "rewards": result.rewards,
+                    "num_samples": len(result.predictions),
+                    "skipped": result.skipped,
+                },
+                indent=2,
+            )
+        )
         write_predictions(paths[PREDICTIONS_JSONL], result.predictions)
         paths[TABLE_MD].write_text(markdown_table(result.metrics, title, score_options))
         plot_timelines(result.predictions, result.targets, paths[TIMELINE_PNG], per_task=timeline_per_task)
     return {name: as_path(outdir) / name for name in names}
 
 
-
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-
-def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title: str = "Evaluation",
-                   score_options: Mapping[str, Any] | None = None) -> str:
+def markdown_table(
+    metrics: Mapping[tuple[str, str], Mapping[str, float]],
+    title: str = "Evaluation",
+    score_options: Mapping[str, Any] | None = None,
+) -> str:
     """One section per (dataset, task): the conventions of our numbers (`score_options`) and of the
     paper's, then metric | ours | the paper's figure for that dataset and metric (TempR1 Tables 1-2
     where it reports one, else the first published method; "-" if none); then the general video
@@ -78,7 +85,6 @@ def markdown_table(metrics: Mapping[tuple[str, str], Mapping[str, float]], title
     return "\n".join(lines) + paper_results.general_video_table(metrics)
 
 
-
 def predicted_segments(task: str, output: str, duration: float) -> list[tuple[float, float]]:
     """The valid segments of a completion as the metrics read them, clipped to [0, duration]."""
     parsed = tasks_lib.get_task(task).parse(output, fallback=True)
@@ -86,9 +92,12 @@ def predicted_segments(task: str, output: str, duration: float) -> list[tuple[fl
     return [seg for seg in clipped if seg is not None]
 
 
-
-def plot_timelines(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
-                   path: str | pathlib.Path, per_task: int = 3) -> pathlib.Path:
+def plot_timelines(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    path: str | pathlib.Path,
+    per_task: int = 3,
+) -> pathlib.Path:
     """Draw, for the first `per_task` samples of each localisation task, the ground-truth segments
     (green, upper lane) and the predicted ones (orange, lower lane) on the video's time line."""
     import matplotlib
@@ -127,7 +136,6 @@ def plot_timelines(predictions: Sequence[Mapping[str, Any]], targets: Sequence[M
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
 
 
 def write_predictions(path: str | pathlib.Path, predictions: Iterable[Mapping[str, Any]]) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,10 @@ def no_samples_message(dataset: str, split: str, media_dir: str | None, skipped:
     kinds = Counter(s.get("kind", "unknown") for s in skipped)
     reasons = ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()) or "the split is empty"
     example = f"; e.g. sample {skipped[0]['id']!r}: {skipped[0]['reason']}" if skipped else ""
-    return (f"no usable sample in {dataset} (split {split}): all {len(skipped)} were skipped ({reasons}){example}. "
-            f"Check --media_dir ({media_dir}) and the files.")
+    return (
+        f"no usable sample in {dataset} (split {split}): all {len(skipped)} were skipped ({reasons}){example}. "
+        f"Check --media_dir ({media_dir}) and the files."
+    )
 
 
 @dataclasses.dataclass
@@ -53,17 +56,30 @@ class EvalResult:
     skipped: list[dict[str, Any]]
 
 
-def per_sample_rewards(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
-                       think: bool = True, **reward_options: Any) -> np.ndarray:
+def per_sample_rewards(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    think: bool = True,
+    **reward_options: Any,
+) -> np.ndarray:
     """Total reward (`compute_rewards`) of each output, float32 [N]."""
     if not predictions:
         return np.zeros((0,), np.float32)
-    return compute_rewards([p["task"] for p in predictions], [p["output"] for p in predictions], list(targets),
-                           think=think, **reward_options)["total"]
+    return compute_rewards(
+        [p["task"] for p in predictions],
+        [p["output"] for p in predictions],
+        list(targets),
+        think=think,
+        **reward_options,
+    )["total"]
 
 
-def reward_summary(predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
-                   think: bool = True, **reward_options: Any) -> dict[str, float]:
+def reward_summary(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    think: bool = True,
+    **reward_options: Any,
+) -> dict[str, float]:
     """Mean total reward of the outputs per task (`<task>/reward`) and over all samples (`mean_reward`)."""
     total = per_sample_rewards(predictions, targets, think, **reward_options)
     tasks = np.asarray([p["task"] for p in predictions])
@@ -72,13 +88,23 @@ def reward_summary(predictions: Sequence[Mapping[str, Any]], targets: Sequence[M
     return out
 
 
-def evaluate(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *, max_new_tokens: int,
-             think: bool = True, mesh: Any = None, layout: str = "fsdp_tensor", limit: int | None = None,
-             score_options: Mapping[str, Any] | None = None,
-             reward_options: Mapping[str, Any] | None = None) -> EvalResult:
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    max_new_tokens: int,
+    think: bool = True,
+    mesh: Any = None,
+    layout: str = "fsdp_tensor",
+    limit: int | None = None,
+    score_options: Mapping[str, Any] | None = None,
+    reward_options: Mapping[str, Any] | None = None,
+) -> EvalResult:
     """Greedy generation over `batches`, then benchmark metrics and mean rewards."""
-    predictions, targets, skipped = generate_predictions(model, tokenizer, batches, max_new_tokens=max_new_tokens,
-                                                         mesh=mesh, layout=layout, limit=limit)
+    predictions, targets, skipped = generate_predictions(
+        model, tokenizer, batches, max_new_tokens=max_new_tokens, mesh=mesh, layout=layout, limit=limit
+    )
     metrics = score_predictions(predictions, targets, **dict(score_options or {}))
     rewards = reward_summary(predictions, targets, think=think, **dict(reward_options or {}))
     return EvalResult(predictions, targets, metrics, rewards, skipped)
@@ -92,17 +118,30 @@ def load_model(checkpoint: str | pathlib.Path, dtype: Any = None, sharding: Any 
     if (path / PARAMS_DIR).is_dir():
         return load_orbax_params(paths.local_copy(path), dtype=dtype, sharding=sharding)
     if not (path / "config.json").is_file():
-        raise ValueError(f"--checkpoint {path}: neither an HF export (config.json + safetensors) nor an "
-                         f"orbax params directory (config.json + {PARAMS_DIR}/)")
+        raise ValueError(
+            f"--checkpoint {path}: neither an HF export (config.json + safetensors) nor an "
+            f"orbax params directory (config.json + {PARAMS_DIR}/)"
+        )
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(paths.local_copy(path), dtype=dtype, sharding=sharding)
 
 
-def split_loader(tokenizer: Any, model_config: Any, dataset: str | pathlib.Path, split: str,
-                 media_dir: str | None, batch_size: int, think: bool) -> Any:
+def split_loader(
+    tokenizer: Any,
+    model_config: Any,
+    dataset: str | pathlib.Path,
+    split: str,
+    media_dir: str | None,
+    batch_size: int,
+    think: bool,
+) -> Any:
     """The evaluation loader (one ordered pass) over a prepared split directory or a JSONL file, with the
     gin-bound `LoaderConfig` video/shape settings."""
     data = paths.as_path(dataset)
-    source = (SourceConfig(path=str(data), media_dir=media_dir) if data.is_file()
-              else SourceConfig(path=str(data), split=split, media_dir=media_dir))
-    return make_eval_loader(LoaderConfig(sources=(source,), batch_size=batch_size), tokenizer, model_config,
-                            prompt_builders(think))
+    source = (
+        SourceConfig(path=str(data), media_dir=media_dir)
+        if data.is_file()
+        else SourceConfig(path=str(data), split=split, media_dir=media_dir)
+    )
+    return make_eval_loader(
+        LoaderConfig(sources=(source,), batch_size=batch_size), tokenizer, model_config, prompt_builders(think)
+    )

@@ -145,9 +145,17 @@ def analytic_flops(config: Any, shapes: StepShapes) -> dict[str, float]:
     return {"prefill": prefill, "decode": decode, "train": train, "total": prefill + decode + train}
 
 
-def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, Any]], flops: dict[str, float],
-                 devices: int, tensor: int, chip: Chip, weight_bytes: int = 2, remat: bool = False
-                 ) -> dict[str, float]:
+def step_seconds(
+    config: Any,
+    shapes: StepShapes,
+    programs: dict[str, dict[str, Any]],
+    flops: dict[str, float],
+    devices: int,
+    tensor: int,
+    chip: Chip,
+    weight_bytes: int = 2,
+    remat: bool = False,
+) -> dict[str, float]:
     """Roofline seconds per phase of one step on `chip`.
 
     A compiled program takes max(XLA flops / peak, XLA bytes accessed / HBM bandwidth) per device, so
@@ -176,11 +184,15 @@ def step_seconds(config: Any, shapes: StepShapes, programs: dict[str, dict[str, 
     bytes_per_token = config.num_params() * weight_bytes / tensor + kv_per_token * live_kv / devices
     logprob_passes = int(shapes.kl) + int(shapes.num_iterations > 1)
     out = {
-        "prefill": run("rollout_prefill", flops["prefill"] / devices) if "rollout_prefill" in programs else flops["prefill"] / (peak * devices),
+        "prefill": run("rollout_prefill", flops["prefill"] / devices)
+        if "rollout_prefill" in programs
+        else flops["prefill"] / (peak * devices),
         "decode": max(flops["decode"] / (peak * devices), shapes.completion_len * bytes_per_token / bw),
-        "train": (shapes.micro_batches * shapes.num_iterations * run("update_accumulate", (4.0 if remat else 3.0) * forward)
-                  + shapes.num_iterations * run("update_apply")
-                  + (shapes.micro_batches * logprob_passes * run("logprobs", forward) if logprob_passes else 0.0)),
+        "train": (
+            shapes.micro_batches * shapes.num_iterations * run("update_accumulate", (4.0 if remat else 3.0) * forward)
+            + shapes.num_iterations * run("update_apply")
+            + (shapes.micro_batches * logprob_passes * run("logprobs", forward) if logprob_passes else 0.0)
+        ),
     }
     out["total"] = sum(out.values())
     return out
@@ -206,7 +218,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name}: per-device peak {format_gib(mem['peak_bytes'])} (arguments {format_gib(mem['argument_bytes'])}, "
             f"outputs {format_gib(mem['output_bytes'])}, temporaries {format_gib(mem['temp_bytes'])}, "
             f"aliased {format_gib(mem['alias_bytes'])}); compiled in {prog['compile_seconds']:.1f} s; "
-            f"XLA per device: {prog['xla_flops']:.3g} flops, {prog['xla_bytes']:.3g} bytes")
+            f"XLA per device: {prog['xla_flops']:.3g} flops, {prog['xla_bytes']:.3g} bytes"
+        )
     fl, sec = report["flops"], report["seconds"]
     lines += [
         f"FLOPs per step: {fl['total']:.3e} (prefill {fl['prefill']:.2e}, decode {fl['decode']:.2e}, "
@@ -256,13 +269,18 @@ def abstract_inputs(config: Any, batch: int, seq_len: int, patches: int, mesh: A
     b, length, p = batch, seq_len, patches
     i32 = jnp.int32
     return ModelInputs(
-        input_ids=_sds((b, length), i32, mesh), attention_mask=_sds((b, length), i32, mesh),
-        position_ids=_sds((3, b, length), i32, mesh, axis=1), rope_deltas=_sds((b, 1), i32, mesh),
+        input_ids=_sds((b, length), i32, mesh),
+        attention_mask=_sds((b, length), i32, mesh),
+        position_ids=_sds((3, b, length), i32, mesh, axis=1),
+        rope_deltas=_sds((b, 1), i32, mesh),
         pixel_values=_sds((b, p, config.vision.patch_dim), jnp.float32, mesh),
-        vision_pos_ids=_sds((b, p, 2), i32, mesh), window_index=_sds((b, p), i32, mesh),
-        window_inverse=_sds((b, p), i32, mesh), patch_valid=_sds((b, p), jnp.bool_, mesh),
+        vision_pos_ids=_sds((b, p, 2), i32, mesh),
+        window_index=_sds((b, p), i32, mesh),
+        window_inverse=_sds((b, p), i32, mesh),
+        patch_valid=_sds((b, p), jnp.bool_, mesh),
         vision_token_index=_sds((b, length), i32, mesh),
-        **{k: _sds((b, *shape), i32, mesh) for k, shape in block_layout_shapes(config, p).items()})
+        **{k: _sds((b, *shape), i32, mesh) for k, shape in block_layout_shapes(config, p).items()},
+    )
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -272,8 +290,9 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
 # --- compiling ---------------------------------------------------------------------------------------
 
 
-def _compile(name: str, jitted: Any, args: tuple, kwargs: dict | None = None,
-             resident: int = 0, resident_in_args: int = 0) -> tuple[dict[str, Any], Any]:
+def _compile(
+    name: str, jitted: Any, args: tuple, kwargs: dict | None = None, resident: int = 0, resident_in_args: int = 0
+) -> tuple[dict[str, Any], Any]:
     """Lower and compile; per-device memory with the buffers that stay resident outside the program.
 
     peak = resident + (arguments - resident arguments) + temporaries + (outputs - aliased outputs).
@@ -292,17 +311,25 @@ def _compile(name: str, jitted: Any, args: tuple, kwargs: dict | None = None,
         "alias_bytes": int(mem.alias_size_in_bytes),
         "resident_bytes": int(resident),
     }
-    memory["peak_bytes"] = int(resident + max(mem.argument_size_in_bytes - resident_in_args, 0)
-                               + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+    memory["peak_bytes"] = int(
+        resident
+        + max(mem.argument_size_in_bytes - resident_in_args, 0)
+        + mem.temp_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+    )
     log.info("%s: compiled in %.1f s, peak %s", name, seconds, format_gib(memory["peak_bytes"]))
     cost = cost or {}
-    return {"memory": memory, "compile_seconds": seconds, "xla_flops": float(cost.get("flops", 0.0)),
-            "xla_bytes": float(cost.get("bytes accessed", 0.0))}, compiled
+    return {
+        "memory": memory,
+        "compile_seconds": seconds,
+        "xla_flops": float(cost.get("flops", 0.0)),
+        "xla_bytes": float(cost.get("bytes accessed", 0.0)),
+    }, compiled
 
 
 def _grpo_programs(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any) -> tuple[Any, Any]:
     """(TrainStep with the trainer's policy loss, log-prob function as the trainer jits it)."""
-
 
     g = rollout_cfg.num_generations
     temperature = rollout_cfg.temperature if rollout_cfg.temperature > 0 else 1.0
@@ -322,20 +349,35 @@ def _opt_state(optimizer: Any, params: Any, mesh: Any, layout: str) -> Any:
     return _with_shardings(abstract, sharding_lib.named(specs, mesh))
 
 
-def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip: Chip, *,
-         layout: str = "fsdp_tensor", dtype: str = "bfloat16", param_dtype: str = "float32",
-         freeze_vision: bool = False, remat: bool = False, rollout_cfg: Any = None, loss_cfg: Any = None, opt_cfg: Any = None,
-         limit_gib: float | None = None, rollout: bool = True, model_name: str = "") -> dict[str, Any]:
+def plan(
+    config: Any,
+    shapes: StepShapes,
+    mesh_shape: tuple[int, int, int],
+    chip: Chip,
+    *,
+    layout: str = "fsdp_tensor",
+    dtype: str = "bfloat16",
+    param_dtype: str = "float32",
+    freeze_vision: bool = False,
+    remat: bool = False,
+    rollout_cfg: Any = None,
+    loss_cfg: Any = None,
+    opt_cfg: Any = None,
+    limit_gib: float | None = None,
+    rollout: bool = True,
+    model_name: str = "",
+) -> dict[str, Any]:
     """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
 
-
-    rollout_cfg = dataclasses.replace(rollout_cfg or RolloutConfig(), num_generations=shapes.group,
-                                      max_new_tokens=shapes.completion_len)
+    rollout_cfg = dataclasses.replace(
+        rollout_cfg or RolloutConfig(), num_generations=shapes.group, max_new_tokens=shapes.completion_len
+    )
     loss_cfg = loss_cfg or LossConfig()
     opt_cfg = opt_cfg or OptimizerConfig()
     if shapes.prompts % shapes.micro_batch:
-        raise ValueError(f"{shapes.prompts} prompts per step do not split into micro-batches of "
-                         f"{shapes.micro_batch} prompts")
+        raise ValueError(
+            f"{shapes.prompts} prompts per step do not split into micro-batches of {shapes.micro_batch} prompts"
+        )
     mesh = sharding_lib.make_mesh(*mesh_shape)
     devices = math.prod(mesh_shape)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -344,15 +386,18 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     sharding_lib.set_activation_sharding(model, mesh, layout)  # as `shard_model` does in the trainer
     graphdef_full, state_full = nnx.split(model)
     graphdef, params, frozen = nnx.split(model, trainable_filter(freeze_vision), ...)
-    place = lambda tree: _with_shardings(tree, sharding_lib.named(sharding_lib.param_specs(tree, mesh, layout)[0], mesh))
+    place = lambda tree: _with_shardings(
+        tree, sharding_lib.named(sharding_lib.param_specs(tree, mesh, layout)[0], mesh)
+    )
     state_full, params, frozen = place(state_full), place(params), place(frozen)
     ref_params = params if loss_cfg.beta > 0 else None
 
     optimizer = make_optimizer(opt_cfg, 1000)
     step, logprobs = _grpo_programs(graphdef, rollout_cfg, loss_cfg, optimizer)
     counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    state = TrainState(step=counter, skipped=counter, params=params,
-                       opt_state=_opt_state(optimizer, params, mesh, layout))
+    state = TrainState(
+        step=counter, skipped=counter, params=params, opt_state=_opt_state(optimizer, params, mesh, layout)
+    )
     resident = per_device_bytes((state, frozen)) + (per_device_bytes(ref_params) if ref_params is not None else 0)
 
     g, t = shapes.group, shapes.completion_len
@@ -360,75 +405,119 @@ def plan(config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], chip
     prompt_mb = abstract_inputs(config, shapes.micro_batch, shapes.prompt_len, shapes.patches, mesh)
     f32 = jnp.float32
     batch = {
-        "prompt": prompt_mb, "completions": _sds((n_mb, t), jnp.int32, mesh), "mask": _sds((n_mb, t), f32, mesh),
-        "advantages": _sds((n_mb,), f32, mesh), "weights": _sds((n_mb,), f32, mesh),
+        "prompt": prompt_mb,
+        "completions": _sds((n_mb, t), jnp.int32, mesh),
+        "mask": _sds((n_mb, t), f32, mesh),
+        "advantages": _sds((n_mb,), f32, mesh),
+        "weights": _sds((n_mb,), f32, mesh),
         "ref_logp": _sds((n_mb, t), f32, mesh) if ref_params is not None else None,
         "old_logp": _sds((n_mb, t), f32, mesh) if shapes.num_iterations > 1 else None,
     }
     (_, (_, aux)), grads = jax.eval_shape(step.value_and_grad, params, frozen, batch)
     scalar = jax.ShapeDtypeStruct((), f32, sharding=replicated)
-    acc = Accumulator(grads=jax.tree.map(lambda gr, p: jax.ShapeDtypeStruct(gr.shape, f32, sharding=p.sharding),
-                                         grads, params),
-                      total=scalar, count=scalar, aux=jax.tree.map(lambda _: scalar, aux))
+    acc = Accumulator(
+        grads=jax.tree.map(lambda gr, p: jax.ShapeDtypeStruct(gr.shape, f32, sharding=p.sharding), grads, params),
+        total=scalar,
+        count=scalar,
+        aux=jax.tree.map(lambda _: scalar, aux),
+    )
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     programs: dict[str, Any] = {}
     policy_args = per_device_bytes((params, frozen))
     programs["update_accumulate"], _ = _compile(
-        "update_accumulate", jax.jit(step._accumulate_impl, donate_argnums=(3,)), (params, frozen, batch, acc),
-        resident=resident, resident_in_args=policy_args)
+        "update_accumulate",
+        jax.jit(step._accumulate_impl, donate_argnums=(3,)),
+        (params, frozen, batch, acc),
+        resident=resident,
+        resident_in_args=policy_args,
+    )
     programs["update_apply"], _ = _compile(
-        "update_apply", jax.jit(step._apply_impl, donate_argnums=(0, 1), out_shardings=(state_shardings, None)),
-        (state, acc), resident=resident, resident_in_args=per_device_bytes(state))
+        "update_apply",
+        jax.jit(step._apply_impl, donate_argnums=(0, 1), out_shardings=(state_shardings, None)),
+        (state, acc),
+        resident=resident,
+        resident_in_args=per_device_bytes(state),
+    )
 
     if ref_params is not None or shapes.num_iterations > 1:  # per micro-batch, as the trainer runs it
         programs["logprobs"], _ = _compile(
-            "logprobs", jax.jit(logprobs), (params, frozen, prompt_mb, batch["completions"], batch["mask"]),
-            resident=resident, resident_in_args=policy_args)
+            "logprobs",
+            jax.jit(logprobs),
+            (params, frozen, prompt_mb, batch["completions"], batch["mask"]),
+            resident=resident,
+            resident_in_args=policy_args,
+        )
     prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
     if rollout:
         cache_len = shapes.prompt_len  # the prompt's cache; decoding adds t slots per sample
         full_args = per_device_bytes(state_full)
         programs["rollout_prefill"], _ = _compile(
-            "rollout_prefill", prefill, (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),
-            resident=resident, resident_in_args=full_args)
+            "rollout_prefill",
+            prefill,
+            (graphdef_full, state_full, prompt_all, cache_len, mesh, layout),
+            resident=resident,
+            resident_in_args=full_args,
+        )
         last_logits, cache = jax.eval_shape(
-            lambda s, i: prefill(graphdef_full, s, i, cache_len, mesh, layout), state_full, prompt_all)
+            lambda s, i: prefill(graphdef_full, s, i, cache_len, mesh, layout), state_full, prompt_all
+        )
         cache = _with_shardings(cache, sharding_lib.named(sharding_lib.cache_specs(cache, mesh, layout), mesh))
         last_logits = _sds(last_logits.shape, last_logits.dtype, mesh)
         key = jax.eval_shape(lambda: jax.random.key(0))
         sampling = SamplingParams(rollout_cfg.temperature, rollout_cfg.top_p, rollout_cfg.top_k)
         programs["rollout_decode"], _ = _compile(
-            "rollout_decode", decode,
-            (graphdef_full, state_full, cache, last_logits, prompt_all.attention_mask, prompt_all.position_ids, key,
-             jax.ShapeDtypeStruct((4,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)),
+            "rollout_decode",
+            decode,
+            (
+                graphdef_full,
+                state_full,
+                cache,
+                last_logits,
+                prompt_all.attention_mask,
+                prompt_all.position_ids,
+                key,
+                jax.ShapeDtypeStruct((4,), jnp.int32),
+                jax.ShapeDtypeStruct((), jnp.int32),
+            ),
             dict(params=sampling, max_new_tokens=t, num_return_sequences=g, mesh=mesh, layout=layout),
-            resident=resident, resident_in_args=full_args)
+            resident=resident,
+            resident_in_args=full_args,
+        )
 
     flops = analytic_flops(config, shapes)
     seconds = step_seconds(config, shapes, programs, flops, devices, mesh_shape[2], chip, remat=remat)
     peak = max(p["memory"]["peak_bytes"] for p in programs.values())
     budget = chip.budget_gib if limit_gib is None else limit_gib
     return {
-        "model": model_name, "params": config.num_params(), "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)),
-        "devices": devices, "chip": chip.name, "peak_tflops": chip.peak_tflops, "layout": layout,
-        "dtype": dtype, "param_dtype": param_dtype, "text_after_vision": config.text_after_vision,
+        "model": model_name,
+        "params": config.num_params(),
+        "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)),
+        "devices": devices,
+        "chip": chip.name,
+        "peak_tflops": chip.peak_tflops,
+        "layout": layout,
+        "dtype": dtype,
+        "param_dtype": param_dtype,
+        "text_after_vision": config.text_after_vision,
         "shapes": dataclasses.asdict(shapes),
-        "programs": programs, "resident_bytes": resident, "flops": flops, "seconds": seconds,
+        "programs": programs,
+        "resident_bytes": resident,
+        "flops": flops,
+        "seconds": seconds,
         "mfu": flops["total"] / (devices * chip.peak_tflops * 1e12 * seconds["total"]),
-        "peak_bytes": peak, "budget_gib": budget, "fits": peak <= budget * GIB,
+        "peak_bytes": peak,
+        "budget_gib": budget,
+        "fits": peak <= budget * GIB,
     }
 
 
 def _new_model(config: Any, dtype: Any, param_dtype: Any) -> Any:
-
 
     return Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
 
 
 def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) -> dict[str, Any]:
     """`tempr1 plan` after gin is parsed: read the trainer's configurables and the model config, then `plan`."""
-
-
 
     if math.prod(mesh_shape) > devices:
         raise ValueError(f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, --devices is {devices}")
@@ -443,15 +532,32 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
     token_buckets = _bound("LoaderConfig.token_buckets", (1024, 2048, 4096, 8192))
     patch_buckets = _bound("LoaderConfig.patch_buckets", (4096, 8192, 16384))
     shapes = StepShapes(
-        prompts=prompts, group=rollout_cfg.num_generations,
-        prompt_len=args.prompt_len or max(token_buckets), completion_len=rollout_cfg.max_new_tokens,
-        patches=args.patches or max(patch_buckets), micro_batch=prompts // train_cfg.micro_batches,
-        num_iterations=train_cfg.num_iterations, kl=loss_cfg.beta > 0)
-    return plan(config, shapes, mesh_shape, get_chip(args.chip), layout=MeshConfig().layout,
-                dtype=model_setup.dtype, param_dtype=model_setup.param_dtype,
-                freeze_vision=model_setup.freeze_vision, remat=model_setup.remat, rollout_cfg=rollout_cfg, loss_cfg=loss_cfg,
-                opt_cfg=OptimizerConfig(), limit_gib=args.limit_gib, rollout=not args.skip_rollout,
-                model_name=str(model_config))
+        prompts=prompts,
+        group=rollout_cfg.num_generations,
+        prompt_len=args.prompt_len or max(token_buckets),
+        completion_len=rollout_cfg.max_new_tokens,
+        patches=args.patches or max(patch_buckets),
+        micro_batch=prompts // train_cfg.micro_batches,
+        num_iterations=train_cfg.num_iterations,
+        kl=loss_cfg.beta > 0,
+    )
+    return plan(
+        config,
+        shapes,
+        mesh_shape,
+        get_chip(args.chip),
+        layout=MeshConfig().layout,
+        dtype=model_setup.dtype,
+        param_dtype=model_setup.param_dtype,
+        freeze_vision=model_setup.freeze_vision,
+        remat=model_setup.remat,
+        rollout_cfg=rollout_cfg,
+        loss_cfg=loss_cfg,
+        opt_cfg=OptimizerConfig(),
+        limit_gib=args.limit_gib,
+        rollout=not args.skip_rollout,
+        model_name=str(model_config),
+    )
 
 
 def _checkpoint_config(checkpoint: str | None) -> str | None:

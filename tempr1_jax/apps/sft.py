@@ -17,7 +17,8 @@ import dataclasses
 import functools
 import pathlib
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import gin
 import jax
@@ -66,8 +67,9 @@ def answer_builders(think: bool) -> dict[str, Any]:
     return {name: functools.partial(reference_answer, name, think) for name in tasks_lib.TASKS}
 
 
-def answer_nll(model: Any, inputs: Any, completion_mask: jax.Array, chunk: int = 256
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def answer_nll(
+    model: Any, inputs: Any, completion_mask: jax.Array, chunk: int = 256
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(summed NLL, answer-token count, correctly predicted tokens) of the masked tokens of `inputs`.
 
     Position i predicts token i + 1; only targets with `completion_mask` 1 count. The LM head runs
@@ -79,7 +81,7 @@ def answer_nll(model: Any, inputs: Any, completion_mask: jax.Array, chunk: int =
     nll = jnp.zeros((), jnp.float32)
     correct = jnp.zeros((), jnp.float32)
     for start in range(0, hidden.shape[1], chunk):
-        h, t, m = hidden[:, start:start + chunk], targets[:, start:start + chunk], mask[:, start:start + chunk]
+        h, t, m = hidden[:, start : start + chunk], targets[:, start : start + chunk], mask[:, start : start + chunk]
         logp = jax.nn.log_softmax(model.logits_from_hidden(h), axis=-1)
         picked = jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
         nll = nll - jnp.sum(picked * m)
@@ -90,15 +92,19 @@ def answer_nll(model: Any, inputs: Any, completion_mask: jax.Array, chunk: int =
 class SFTTrainer(Trainer):
     """Builds the model, loader, optimizer and checkpoints from gin; `run()` trains in `workdir`."""
 
-    def __init__(self, workdir: str | pathlib.Path, config: SFTConfig | None = None,
-                 allow_changed_config: bool = False) -> None:
+    def __init__(
+        self, workdir: str | pathlib.Path, config: SFTConfig | None = None, allow_changed_config: bool = False
+    ) -> None:
         self.cfg = config or SFTConfig()
         # Prompts and reference answers follow the RL template (with or without a <think> block).
         self.think = RolloutConfig().think
         with gin.config_scope("sft"):
             self.opt_cfg = OptimizerConfig()
-        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
-                                               self.cfg.export, desc="sft"), allow_changed_config)
+        super().__init__(
+            workdir,
+            LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress, self.cfg.export, desc="sft"),
+            allow_changed_config,
+        )
         params = self.build_policy(self.think)
         loader_cfg = LoaderConfig(sources=self.sources)
         self.padding_side = loader_cfg.padding_side
@@ -134,9 +140,13 @@ class SFTTrainer(Trainer):
         if rows % k:
             raise ValueError(f"SFTConfig.micro_batches={k} must divide the batch size {rows}")
         per = rows // k
-        return [{"inputs": place_inputs(slice_inputs(batch["inputs"], i * per, (i + 1) * per), self.mesh),
-                 "completion_mask": place_rows(batch["completion_mask"][i * per:(i + 1) * per], self.mesh)}
-                for i in range(k)]
+        return [
+            {
+                "inputs": place_inputs(slice_inputs(batch["inputs"], i * per, (i + 1) * per), self.mesh),
+                "completion_mask": place_rows(batch["completion_mask"][i * per : (i + 1) * per], self.mesh),
+            }
+            for i in range(k)
+        ]
 
     def step(self, step: int) -> dict[str, float]:
         """One update on the next batch; returns its metrics."""
@@ -146,10 +156,17 @@ class SFTTrainer(Trainer):
         m = jax.device_get(m)
         tokens = max(float(m["tokens"]), 1.0)
         dt = time.perf_counter() - t0
-        return {"loss": float(m["loss"]), "token_accuracy": float(m["correct"]) / tokens,
-                "grad_norm": float(m["grad_norm"]), "learning_rate": float(self.schedule(step)),
-                "answer_tokens": int(tokens), "updates_skipped_total": int(self.state.skipped),
-                "tokens_per_s": tokens / max(dt, 1e-9), "step_time_s": dt}
+        return {
+            "loss": float(m["loss"]),
+            "token_accuracy": float(m["correct"]) / tokens,
+            "grad_norm": float(m["grad_norm"]),
+            "learning_rate": float(self.schedule(step)),
+            "answer_tokens": int(tokens),
+            "updates_skipped_total": int(self.state.skipped),
+            "tokens_per_s": tokens / max(dt, 1e-9),
+            "step_time_s": dt,
+        }
+
 
 def sft(workdir: str | pathlib.Path, steps: int | None = None, allow_changed_config: bool = False) -> int:
     """Build an `SFTTrainer` from the parsed gin config (`steps` overrides SFTConfig.steps) and run it (see

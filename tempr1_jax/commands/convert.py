@@ -25,14 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("direction", choices=DIRECTIONS, help="conversion direction")
     parser.add_argument("src", type=_path, help="input checkpoint directory (local or a bucket URL)")
     parser.add_argument("dst", type=_path, help="output directory (local or a bucket URL)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="parameter dtype of the output (default: the input's torch_dtype)")
-    parser.add_argument("--max-shard-gb", type=float, default=5.0,
-                        help="orbax-to-hf: shard safetensors above this size (GiB)")
-    parser.add_argument("--layout", choices=("hub", "transformers5"), default="hub",
-                        help="orbax-to-hf: tensor name layout of the written safetensors")
-    parser.add_argument("--step", type=int, default=None,
-                        help="orbax-to-hf from a training workdir: checkpoint step (default: the latest)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="parameter dtype of the output (default: the input's torch_dtype)",
+    )
+    parser.add_argument(
+        "--max-shard-gb", type=float, default=5.0, help="orbax-to-hf: shard safetensors above this size (GiB)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("hub", "transformers5"),
+        default="hub",
+        help="orbax-to-hf: tensor name layout of the written safetensors",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="orbax-to-hf from a training workdir: checkpoint step (default: the latest)",
+    )
 
 
 def _path(text: str):
@@ -79,6 +92,7 @@ def _convert(args: argparse.Namespace) -> str:
     if not export.is_run_dir(args.src):
         raise ValueError(
             f"{args.src} is neither an orbax parameter directory (config.json + {orbax_io.PARAMS_DIR}/) nor a "
-            f"training workdir ({CHECKPOINTS_DIR}/ + {export.MODEL_DIR}/config.json, written by `tempr1 train`)")
+            f"training workdir ({CHECKPOINTS_DIR}/ + {export.MODEL_DIR}/config.json, written by `tempr1 train`)"
+        )
     step = export.run_to_hf(args.src, args.dst, step=args.step, dtype=args.dtype, **save_kwargs)
     return f" (policy of the checkpoint of step {step})"

@@ -30,11 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split of a prepared dataset (ignored for JSONL)")
     parser.add_argument("--media_dir", default=None, help="directory relative media paths are resolved in")
     parser.add_argument("--out", required=True, help="output JSONL of the kept samples")
-    parser.add_argument("--mode", choices=("select", "filter"), default="select",
-                        help="select: Gaussian-weighted subset; filter: drop solved samples")
+    parser.add_argument(
+        "--mode",
+        choices=("select", "filter"),
+        default="select",
+        help="select: Gaussian-weighted subset; filter: drop solved samples",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_new_tokens", type=int, default=None,
-                        help="default: RolloutConfig.max_new_tokens from the gin config")
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=None, help="default: RolloutConfig.max_new_tokens from the gin config"
+    )
     add_distributed_argument(parser)
 
 
@@ -44,15 +49,32 @@ def run(args: argparse.Namespace) -> int:
 
     configurables.parse_gin(args)
     summary = curate_split(
-        checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
-        media_dir=args.media_dir, out=args.out, mode=args.mode, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens)
+        checkpoint=args.checkpoint,
+        tokenizer=args.tokenizer,
+        dataset=args.dataset,
+        split=args.split,
+        media_dir=args.media_dir,
+        out=args.out,
+        mode=args.mode,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
-                       out: str, mode: str, batch_size: int, max_new_tokens: int | None) -> dict[str, Any]:
+def curate_split(
+    *,
+    checkpoint: str,
+    tokenizer: str | None,
+    dataset: str,
+    split: str,
+    media_dir: str | None,
+    out: str,
+    mode: str,
+    batch_size: int,
+    max_new_tokens: int | None,
+) -> dict[str, Any]:
     """Greedy outputs of the model, difficulty, subset, files (gin parsed); returns the summary.
 
     Writes `out` (JSONL of the kept samples, media paths as in the source), `out` + `.difficulty.jsonl`
@@ -76,7 +98,8 @@ def curate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split:
     tok = transformers.AutoTokenizer.from_pretrained(str(local_copy(tokenizer or checkpoint)))
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
     predictions, targets, skipped = generate_predictions(
-        model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens)
+        model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens
+    )
     kept, ious, summary = curate(predictions, targets, CurateConfig(), mode)
     summary["skipped"] = len(skipped)
     if not multihost.is_main():  # every process has all the outputs; one writes the files

@@ -25,23 +25,34 @@ HELP = "Greedy generation over a prepared split and the benchmark metrics (with 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gin_arguments(parser)
-    parser.add_argument("--checkpoint", required=True,
-                        help="model directory: an HF export (config.json + safetensors) or an orbax params "
-                             "directory (config.json + params/)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model directory: an HF export (config.json + safetensors) or an orbax params "
+        "directory (config.json + params/)",
+    )
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: --checkpoint)")
-    parser.add_argument("--dataset", required=True,
-                        help="a prepared dataset directory (ArrayRecord, see `tempr1 prepare`) or a JSONL file")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="a prepared dataset directory (ArrayRecord, see `tempr1 prepare`) or a JSONL file",
+    )
     parser.add_argument("--split", default="test", help="split of a prepared dataset (ignored for JSONL)")
     parser.add_argument("--media_dir", default=None, help="directory relative video/image paths are resolved in")
     parser.add_argument("--workdir", default="runs/eval", help="output directory")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_new_tokens", type=int, default=None,
-                        help="default: RolloutConfig.max_new_tokens from the gin config")
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=None, help="default: RolloutConfig.max_new_tokens from the gin config"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--timeline_per_task", type=int, default=3)
     add_metric_arguments(parser)
-    parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
-                        help="shard the model and the batch (MeshConfig shortcut); default one device")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        metavar="data=D,fsdp=F,tensor=T",
+        help="shard the model and the batch (MeshConfig shortcut); default one device",
+    )
     add_distributed_argument(parser)
 
 
@@ -53,10 +64,18 @@ def run(args: argparse.Namespace) -> int:
     configurables.parse_gin(args, bindings=mesh_bindings(args.mesh))
     try:
         summary = evaluate_split(
-            checkpoint=args.checkpoint, tokenizer=args.tokenizer, dataset=args.dataset, split=args.split,
-            media_dir=args.media_dir, workdir=args.workdir, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, limit=args.limit, timeline_per_task=args.timeline_per_task,
-            score_options=metric_options(args))
+            checkpoint=args.checkpoint,
+            tokenizer=args.tokenizer,
+            dataset=args.dataset,
+            split=args.split,
+            media_dir=args.media_dir,
+            workdir=args.workdir,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            timeline_per_task=args.timeline_per_task,
+            score_options=metric_options(args),
+        )
     except NoUsableSamplesError as err:
         print(f"tempr1 eval: error: {err}", file=sys.stderr)
         return 1
@@ -65,9 +84,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, split: str, media_dir: str | None,
-                     workdir: str, batch_size: int, max_new_tokens: int | None, limit: int | None,
-                     timeline_per_task: int, score_options: dict[str, Any] | None = None) -> str:
+def evaluate_split(
+    *,
+    checkpoint: str,
+    tokenizer: str | None,
+    dataset: str,
+    split: str,
+    media_dir: str | None,
+    workdir: str,
+    batch_size: int,
+    max_new_tokens: int | None,
+    limit: int | None,
+    timeline_per_task: int,
+    score_options: dict[str, Any] | None = None,
+) -> str:
     """Load, generate, score, write the reports (gin parsed); returns a summary.
 
     With several processes each generates for its shard of the split and process 0 writes the reports."""
@@ -86,23 +116,38 @@ def evaluate_split(*, checkpoint: str, tokenizer: str | None, dataset: str, spli
 
     model_setup, mesh_cfg, rollout_cfg = ModelSetup(), MeshConfig(), RolloutConfig()
     mesh = mesh_cfg.make() if mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor > 1 else None
-    model = load_model(checkpoint, jnp.dtype(model_setup.dtype),
-                       None if mesh is None else sharding_lib.loader_sharding(mesh, mesh_cfg.layout))
+    model = load_model(
+        checkpoint,
+        jnp.dtype(model_setup.dtype),
+        None if mesh is None else sharding_lib.loader_sharding(mesh, mesh_cfg.layout),
+    )
     model.config = model_setup.configure(model.config)
     if mesh is not None:
         sharding_lib.shard_model(model, mesh, mesh_cfg.layout)  # in place already; constrains the activations
     tok = transformers.AutoTokenizer.from_pretrained(str(local_copy(tokenizer or checkpoint)))
     loader = split_loader(tok, model.config, dataset, split, media_dir, batch_size, rollout_cfg.think)
-    result = evaluate(model, tok, loader, max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
-                      think=rollout_cfg.think, mesh=mesh, layout=mesh_cfg.layout, limit=limit,
-                      score_options=score_options)
+    result = evaluate(
+        model,
+        tok,
+        loader,
+        max_new_tokens=max_new_tokens or rollout_cfg.max_new_tokens,
+        think=rollout_cfg.think,
+        mesh=mesh,
+        layout=mesh_cfg.layout,
+        limit=limit,
+        score_options=score_options,
+    )
     if not result.predictions:
         raise NoUsableSamplesError(no_samples_message(dataset, split, media_dir, result.skipped))
     name = pathlib.Path(dataset).name
-    table = markdown_table(result.metrics, f"{name} ({split}): {len(result.predictions)} samples, "
-                                           f"{len(result.skipped)} skipped", score_options)
+    table = markdown_table(
+        result.metrics,
+        f"{name} ({split}): {len(result.predictions)} samples, {len(result.skipped)} skipped",
+        score_options,
+    )
     if not multihost.is_main():  # every process has the whole result; one writes it
         return table + "\nreports written by process 0"
-    paths = write_reports(result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task,
-                          score_options=score_options)
+    paths = write_reports(
+        result, workdir, title=f"{name} ({split})", timeline_per_task=timeline_per_task, score_options=score_options
+    )
     return table + f"\nwrote {', '.join(str(p) for p in paths.values())}"

@@ -20,23 +20,45 @@ DEVICE_FLAG = "--xla_force_host_platform_device_count"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The plan's options plus the gin options (`--gin_file`, `--gin.NAME=VALUE`)."""
     add_gin_arguments(parser)
-    parser.add_argument("--mesh", default="data=1,fsdp=1,tensor=1",
-                        help="mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 (default 1,1,1)")
-    parser.add_argument("--devices", type=int, default=None,
-                        help="number of virtual CPU devices (default: the mesh size)")
+    parser.add_argument(
+        "--mesh", default="data=1,fsdp=1,tensor=1", help="mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 (default 1,1,1)"
+    )
+    parser.add_argument(
+        "--devices", type=int, default=None, help="number of virtual CPU devices (default: the mesh size)"
+    )
     parser.add_argument("--chip", default="v5p", help="TPU generation for the MFU estimate: v4, v5e, v5p, v6e")
-    parser.add_argument("--limit_gib", type=float, default=None,
-                        help="per-device memory budget to check against (default: the chip's usable HBM)")
-    parser.add_argument("--model_config", default=None, metavar="CONFIG_JSON",
-                        help="HF config.json of the model (default: ModelSetup.checkpoint/config.json, else the "
-                             "published config of that model shipped in models/qwen2_5_vl/published)")
-    parser.add_argument("--chips_per_host", type=int, default=4,
-                        help="devices per host: prompts per step = LoaderConfig.batch_size x hosts")
+    parser.add_argument(
+        "--limit_gib",
+        type=float,
+        default=None,
+        help="per-device memory budget to check against (default: the chip's usable HBM)",
+    )
+    parser.add_argument(
+        "--model_config",
+        default=None,
+        metavar="CONFIG_JSON",
+        help="HF config.json of the model (default: ModelSetup.checkpoint/config.json, else the "
+        "published config of that model shipped in models/qwen2_5_vl/published)",
+    )
+    parser.add_argument(
+        "--chips_per_host",
+        type=int,
+        default=4,
+        help="devices per host: prompts per step = LoaderConfig.batch_size x hosts",
+    )
     parser.add_argument("--prompts", type=int, default=None, help="override the prompts per step")
-    parser.add_argument("--prompt_len", type=int, default=None,
-                        help="override the padded prompt length (default: the largest token bucket)")
-    parser.add_argument("--patches", type=int, default=None,
-                        help="override the padded patches per prompt (default: the largest patch bucket)")
+    parser.add_argument(
+        "--prompt_len",
+        type=int,
+        default=None,
+        help="override the padded prompt length (default: the largest token bucket)",
+    )
+    parser.add_argument(
+        "--patches",
+        type=int,
+        default=None,
+        help="override the padded patches per prompt (default: the largest patch bucket)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--skip_rollout", action="store_true", help="compile only the train step")
 
@@ -56,8 +78,9 @@ def use_cpu_devices(n: int) -> None:
     if not xla_bridge.backends_are_initialized():
         jax.config.update("jax_num_cpu_devices", n)
     elif len(jax.devices()) < n:
-        raise ValueError(f"JAX already started with {len(jax.devices())} devices, {n} needed: "
-                         f"run `tempr1 plan` in a fresh process")
+        raise ValueError(
+            f"JAX already started with {len(jax.devices())} devices, {n} needed: run `tempr1 plan` in a fresh process"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

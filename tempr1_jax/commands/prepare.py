@@ -46,14 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_path,
         help="annotation file; repeat for formats with several files (e.g. NExT-GQA csv + json)",
     )
-    parser.add_argument(
-        "--videos", type=_path, default=None, help="directory of the video (or image) files"
-    )
+    parser.add_argument("--videos", type=_path, default=None, help="directory of the video (or image) files")
     parser.add_argument("--out", required=True, type=_path, help="output directory")
     parser.add_argument("--split", default="test", help="split name for the output files (default: test)")
-    parser.add_argument(
-        "--skip_bad", action="store_true", help="skip and count bad records instead of stopping"
-    )
+    parser.add_argument("--skip_bad", action="store_true", help="skip and count bad records instead of stopping")
     parser.add_argument(
         "--no_video_check",
         action="store_true",
@@ -61,16 +57,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--subset", default=None, help="activitynet13/hacs: keep one subset, e.g. validation")
     parser.add_argument("--num_shards", type=int, default=1, help="number of ArrayRecord shards")
-    parser.add_argument("--negative_share", type=float, default=None,
-                        help="tpru_sequences: share of next/previous-frame questions whose answer is "
-                             "'none of the choices' (default 0.25)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="tpru_sequences: seed of the shuffles, distractors and negatives (default 0)")
-    parser.add_argument("--task", default=None, help="relabel every sample with this task (same answer form), "
-                        "e.g. --dataset timerft --task tg")
-    parser.add_argument("--disjoint_from", action="append", type=_path, default=[],
-                        help="a prepared held-out split (JSONL) that may share no sample id and no video "
-                             "with this one; repeatable")
+    parser.add_argument(
+        "--negative_share",
+        type=float,
+        default=None,
+        help="tpru_sequences: share of next/previous-frame questions whose answer is "
+        "'none of the choices' (default 0.25)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="tpru_sequences: seed of the shuffles, distractors and negatives (default 0)",
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="relabel every sample with this task (same answer form), e.g. --dataset timerft --task tg",
+    )
+    parser.add_argument(
+        "--disjoint_from",
+        action="append",
+        type=_path,
+        default=[],
+        help="a prepared held-out split (JSONL) that may share no sample id and no video with this one; repeatable",
+    )
 
 
 def _path(text: str):
@@ -138,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
         for path, other in held_out:
             check_disjoint(samples, other, str(path))
     except (InvalidSampleError, LeakError) as err:
-        hint = "nothing was written" if isinstance(err, LeakError) else \
-            "stopped at the first bad record; --skip_bad skips and counts them"
+        hint = (
+            "nothing was written"
+            if isinstance(err, LeakError)
+            else "stopped at the first bad record; --skip_bad skips and counts them"
+        )
         print(f"error: {err}\n({hint})", file=sys.stderr)
         return 1
     except ValueError as err:
@@ -151,9 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     args.out.mkdir(parents=True, exist_ok=True)
-    shards = arrayrecord_io.write_split(
-        args.out, args.split, samples, name=args.dataset, num_shards=args.num_shards
-    )
+    shards = arrayrecord_io.write_split(args.out, args.split, samples, name=args.dataset, num_shards=args.num_shards)
     jsonl = args.out / f"{args.split}.jsonl"
     write_jsonl(jsonl, samples)
     media_checked = args.videos is not None and not args.no_video_check
@@ -176,9 +188,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"left out {sum(report.left_out.values())} by design ({reasons})")
     if not media_checked:
         why = "--no_video_check" if args.videos is not None else "no --videos given"
-        print(f"note: media files were not checked ({why}): neither that they exist nor that the video "
-              f"durations match the annotations; pass --videos to check them here (the training loader "
-              f"skips and counts unusable ones)")
+        print(
+            f"note: media files were not checked ({why}): neither that they exist nor that the video "
+            f"durations match the annotations; pass --videos to check them here (the training loader "
+            f"skips and counts unusable ones)"
+        )
     return 0
 
 
@@ -209,8 +223,10 @@ def relabeller(task: str):
     def relabel(sample):
         old = get_task(sample.task)
         if old.answer != new.answer:
-            raise ValueError(f"cannot relabel sample {sample.id!r} from {old.name} ({old.answer} answers) "
-                             f"as {new.name} ({new.answer} answers)")
+            raise ValueError(
+                f"cannot relabel sample {sample.id!r} from {old.name} ({old.answer} answers) "
+                f"as {new.name} ({new.answer} answers)"
+            )
         return dataclasses.replace(sample, task=task)
 
     return relabel

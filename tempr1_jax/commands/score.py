@@ -26,27 +26,47 @@ HELP = "Score a predictions file against unified targets."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("--task", required=True, help="task name: tg dtg vhd gvqa tal tvg order mcq")
-    parser.add_argument("--predictions", required=True, type=as_path,
-                        help='JSONL of {"id", "output"}, or a peer\'s prediction file with --format')
-    parser.add_argument("--format", default="tempr1", choices=sorted(FORMATS),
-                        help="how the predictions file is laid out and its outputs are read (default: ours)")
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        type=as_path,
+        help='JSONL of {"id", "output"}, or a peer\'s prediction file with --format',
+    )
+    parser.add_argument(
+        "--format",
+        default="tempr1",
+        choices=sorted(FORMATS),
+        help="how the predictions file is laid out and its outputs are read (default: ours)",
+    )
     parser.add_argument("--targets", required=True, type=as_path, help="JSONL of unified samples")
     parser.add_argument("--out", type=as_path, default=None, help="write the metrics here as JSON")
-    parser.add_argument("--dataset", default=None, help="benchmark name for the paper column (default: targets' source)")
+    parser.add_argument(
+        "--dataset", default=None, help="benchmark name for the paper column (default: targets' source)"
+    )
     add_metric_arguments(parser)
 
 
 def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     """The metric conventions (`evaluation.score` options) as flags; `tempr1 eval` takes them too."""
     parser.add_argument("--strict", action="store_true", help="thresholds use IoU > thr (Time-R1) instead of >=")
-    parser.add_argument("--pick", choices=PICKS, default=None,
-                        help="tg/tvg: first predicted segment (MUSEG) or last 'x to y' (Time-R1, VideoChat-R1); "
-                             "default: the task's (tg first, tvg last)")
-    parser.add_argument("--clip", action="store_true",
-                        help="clip times to [0, duration] (as the rewards do) instead of the raw annotation times")
-    parser.add_argument("--official", action="store_true",
-                        help="vhd: add QVHighlights moment-retrieval MR_R1@0.5/0.7 (first window); gvqa: "
-                             "NExT-GQA figures over the items with a predicted span only (eval_ground)")
+    parser.add_argument(
+        "--pick",
+        choices=PICKS,
+        default=None,
+        help="tg/tvg: first predicted segment (MUSEG) or last 'x to y' (Time-R1, VideoChat-R1); "
+        "default: the task's (tg first, tvg last)",
+    )
+    parser.add_argument(
+        "--clip",
+        action="store_true",
+        help="clip times to [0, duration] (as the rewards do) instead of the raw annotation times",
+    )
+    parser.add_argument(
+        "--official",
+        action="store_true",
+        help="vhd: add QVHighlights moment-retrieval MR_R1@0.5/0.7 (first window); gvqa: "
+        "NExT-GQA figures over the items with a predicted span only (eval_ground)",
+    )
 
 
 def metric_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,13 +121,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     dataset = canonical_dataset(args.dataset or targets[0].get("source"), args.task)
     used = conventions(args.task, **options)
-    print(f"task {args.task}, dataset {dataset or '?'}: {len(targets)} targets, "
-          f"{missing} without a prediction (scored 0), {unmatched} predictions matching no target")
+    print(
+        f"task {args.task}, dataset {dataset or '?'}: {len(targets)} targets, "
+        f"{missing} without a prediction (scored 0), {unmatched} predictions matching no target"
+    )
     print(f"conventions: {used}")
     print(format_table(metrics, dataset, args.task))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"task": args.task, "dataset": dataset, "n": len(targets), "missing": missing,
-                  "unmatched": unmatched, "format": args.format, "conventions": used, "metrics": metrics}
+        report = {
+            "task": args.task,
+            "dataset": dataset,
+            "n": len(targets),
+            "missing": missing,
+            "unmatched": unmatched,
+            "format": args.format,
+            "conventions": used,
+            "metrics": metrics,
+        }
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -1,6 +1,6 @@
 """`tempr1 sft`: supervised cold start on reference answers (see `tempr1_jax.apps.sft`).
 
-    tempr1 sft --gin_file configs/demo.gin --workdir runs/sft --steps 50 --gin.sft/OptimizerConfig.learning_rate=3e-3
+tempr1 sft --gin_file configs/demo.gin --workdir runs/sft --steps 50 --gin.sft/OptimizerConfig.learning_rate=3e-3
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gin_arguments(parser)
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, hf export)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer updates (SFTConfig.steps)")
-    parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
-                        help="device mesh shortcut for MeshConfig.data/fsdp/tensor")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        metavar="data=D,fsdp=F,tensor=T",
+        help="device mesh shortcut for MeshConfig.data/fsdp/tensor",
+    )
     add_allow_changed_argument(parser)
 
 

@@ -28,8 +28,9 @@ def mesh_bindings(text: str | None) -> list[str]:
 
 def add_distributed_argument(parser: argparse.ArgumentParser) -> None:
     """--distributed: one process per TPU host (`initialize_distributed`)."""
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (one process per TPU host)")
+    parser.add_argument(
+        "--distributed", action="store_true", help="call jax.distributed.initialize() first (one process per TPU host)"
+    )
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
@@ -42,10 +43,13 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 
 def add_allow_changed_argument(parser: argparse.ArgumentParser) -> None:
     """--allow_changed_config: resume a workdir's run although its defining settings changed."""
-    parser.add_argument("--allow_changed_config", action="store_true",
-                        help="continue the run in --workdir although settings that define it (model, data, loss, "
-                             "optimizer, ...) differ from those it was trained with; the differences are recorded "
-                             "in WORKDIR/run_history.jsonl (without this flag such a start stops and lists them)")
+    parser.add_argument(
+        "--allow_changed_config",
+        action="store_true",
+        help="continue the run in --workdir although settings that define it (model, data, loss, "
+        "optimizer, ...) differ from those it was trained with; the differences are recorded "
+        "in WORKDIR/run_history.jsonl (without this flag such a start stops and lists them)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gin_arguments(parser)
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config)")
     parser.add_argument("--steps", type=int, default=None, help="total training steps (TrainConfig.steps)")
-    parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
-                        help="device mesh shortcut for MeshConfig.data/fsdp/tensor")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        metavar="data=D,fsdp=F,tensor=T",
+        help="device mesh shortcut for MeshConfig.data/fsdp/tensor",
+    )
     add_distributed_argument(parser)
     add_allow_changed_argument(parser)
 

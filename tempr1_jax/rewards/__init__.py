@@ -71,12 +71,17 @@ def compute_rewards(
             sub = tuple([x[i] for i in rows.tolist()] for x in (task_list, completions, targets))
         inputs = parsing.parse_batch(*sub, think=think, max_segments=max_segments)
         args = (inputs.pred, inputs.pred_mask, inputs.gt, inputs.gt_mask, inputs.duration, inputs.kind)
-        pending.append((rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma, use_count_reward, matching,
-                                                            tvg_reward)))
+        pending.append(
+            (rows, inputs, kernel.dispatch(kernel.prepare(*args), sigma, use_count_reward, matching, tvg_reward))
+        )
     for rows, inputs, running in pending:
         loc[rows] = kernel.collect(running)
         format_ok[rows], cls[rows], weights[rows], has_cls[rows] = (
-            inputs.format_ok, inputs.cls, inputs.weights, inputs.has_cls)
+            inputs.format_ok,
+            inputs.cls,
+            inputs.weights,
+            inputs.has_cls,
+        )
     for col, override in enumerate((format_weight, loc_weight, cls_weight)):
         if override is not None:
             weights[:, col] = override

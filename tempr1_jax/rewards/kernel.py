@@ -202,7 +202,7 @@ def tiou(ps, pe, pv, gs, ge, gv, duration, form: str = "tiou"):
     if form == "abs":
         return -(d_start + d_end)
     if form == "rmse":
-        return -jnp.sqrt((d_start ** 2 + d_end ** 2) / 2)
+        return -jnp.sqrt((d_start**2 + d_end**2) / 2)
     center = (g_s + g_e) / 2
     d_center = jnp.where(valid, jnp.abs((p_s + p_e) / 2 - center), jnp.maximum(center, duration - center))
     r_center = 1 - d_center / jnp.maximum(g_e - g_s, CENTER_MIN_LENGTH)
@@ -350,17 +350,22 @@ def prepare(
     return Prepared(len(kind), tuple(groups))
 
 
-def dispatch(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp",
-             tvg_form: str = "tiou") -> Pending:
+def dispatch(
+    prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp", tvg_form: str = "tiou"
+) -> Pending:
     """Start the jitted call of every group and return without waiting (JAX dispatches
     asynchronously, so the host can parse the next rows meanwhile). The Type 3 options are as in `type3`,
     `tvg_form` as `tiou`'s `form`."""
     sigma = np.float64(sigma)
     variants = {KINDS["type3"]: (bool(use_count_reward), matching), KINDS["tiou"]: (tvg_form,)}
     with jax.enable_x64(True), jax.default_device(_cpu()):
-        return Pending(prepared, tuple(
-            _loc_rewards(*g.args, sigma, family=g.family, variant=variants.get(g.family, (True, "dp")))
-            for g in prepared.groups))
+        return Pending(
+            prepared,
+            tuple(
+                _loc_rewards(*g.args, sigma, family=g.family, variant=variants.get(g.family, (True, "dp")))
+                for g in prepared.groups
+            ),
+        )
 
 
 def collect(pending: Pending) -> np.ndarray:
@@ -371,8 +376,9 @@ def collect(pending: Pending) -> np.ndarray:
     return out
 
 
-def run(prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp",
-        tvg_form: str = "tiou") -> np.ndarray:
+def run(
+    prepared: Prepared, sigma: float = 1.0, use_count_reward: bool = True, matching: str = "dp", tvg_form: str = "tiou"
+) -> np.ndarray:
     """Localisation reward per row of a `prepare`d batch, float64 numpy [B]: `collect(dispatch(...))`."""
     return collect(dispatch(prepared, sigma, use_count_reward, matching, tvg_form))
 

@@ -86,8 +86,10 @@ def _targets(targets: Sequence[Mapping[str, Any]], rows: list[int]) -> tuple[np.
         flat = np.fromiter(itertools.chain.from_iterable(segs), np.float64, 2 * len(segs)).reshape(-1, 2)
         durations = np.array([t["duration"] for t in picked], np.float64)
         ok = ok and (
-            np.isfinite(flat).all() and (flat[:, 0] <= flat[:, 1]).all()
-            and np.isfinite(durations).all() and (durations > 0).all()
+            np.isfinite(flat).all()
+            and (flat[:, 0] <= flat[:, 1]).all()
+            and np.isfinite(durations).all()
+            and (durations > 0).all()
         )
     except (TypeError, ValueError, KeyError, AttributeError):
         ok = False
@@ -164,7 +166,8 @@ def parse_batch(
         if fast:  # the template around the list matched: now the list itself
             matched = [m for m in matches if m is not None]
             lists_ok, counts, values = segment_lists.read_segment_lists(
-                [m["body"] for m in matched], single=t.answer == "segment")
+                [m["body"] for m in matched], single=t.answer == "segment"
+            )
             ok[ok] = lists_ok
             fast_rows.append(rows_arr[ok])
             fast_counts.append(counts[lists_ok])

@@ -136,8 +136,14 @@ def match_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: flo
     return 2 * precision * recall / (precision + recall)
 
 
-def type3_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0,
-                 use_count_reward: bool = True, matching: str = "dp") -> float:
+def type3_reward(
+    preds: Sequence[Segment],
+    gts: Sequence[Segment],
+    duration: float,
+    sigma: float = 1.0,
+    use_count_reward: bool = True,
+    matching: str = "dp",
+) -> float:
     """Eq. 9, many-to-many (TAL): R_num + R_match; 0 when nothing could be parsed.
 
     use_count_reward=False drops R_num and `matching` picks R_match's matcher (TempR1 Table 3's ablations).
@@ -193,7 +199,7 @@ def time_r1_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: f
     if form == "abs":
         return -(d_start + d_end)
     if form == "rmse":
-        return -math.sqrt((d_start ** 2 + d_end ** 2) / 2)
+        return -math.sqrt((d_start**2 + d_end**2) / 2)
     center = (g[0] + g[1]) / 2
     d_center = abs((p[0] + p[1]) / 2 - center) if p is not None else max(center, duration - center)
     r_center = 1 - d_center / max(g[1] - g[0], CENTER_MIN_LENGTH)
@@ -204,8 +210,16 @@ def time_r1_reward(preds: Sequence[Segment], gts: Sequence[Segment], duration: f
     raise ValueError(f"tvg_reward must be one of {TVG_REWARDS}, got {form!r}")
 
 
-def loc_reward(kind: str, preds: Sequence[Segment], gts: Sequence[Segment], duration: float, sigma: float = 1.0,
-               use_count_reward: bool = True, matching: str = "dp", tvg_form: str = "tiou") -> float:
+def loc_reward(
+    kind: str,
+    preds: Sequence[Segment],
+    gts: Sequence[Segment],
+    duration: float,
+    sigma: float = 1.0,
+    use_count_reward: bool = True,
+    matching: str = "dp",
+    tvg_form: str = "tiou",
+) -> float:
     """The localisation reward `kind` ("type1", "type2", "type3", "tiou"; "exact" has none); `sigma`,
     `use_count_reward` and `matching` shape Type 3, `tvg_form` the "tiou" kind (`time_r1_reward`)."""
     if kind == "type1":
@@ -244,8 +258,9 @@ def reward_reference(
     r_loc = 0.0
     if t.has_segments:
         gts, duration = tasks_lib.target_segments(target)
-        r_loc = loc_reward(t.reward, list(parsed.segments), gts, duration, sigma, use_count_reward, matching,
-                           tvg_reward)
+        r_loc = loc_reward(
+            t.reward, list(parsed.segments), gts, duration, sigma, use_count_reward, matching, tvg_reward
+        )
     out = {"format": r_format, "loc": r_loc}
     total = w_format * r_format + w_loc * r_loc
     if t.has_cls:

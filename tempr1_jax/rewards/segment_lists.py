@@ -105,7 +105,7 @@ def _scan(text, space, pow10, n_bodies, single):  # pragma: no cover - compiled
             counts[body] = (n_values - first_value) // 2
         else:
             n_values, n_longs = first_value, first_long
-    return ok, counts, values[:n_values].copy(), longs[:3 * n_longs].copy()
+    return ok, counts, values[:n_values].copy(), longs[: 3 * n_longs].copy()
 
 
 def read_segment_lists(bodies: Sequence[str], single: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +121,7 @@ def read_segment_lists(bodies: Sequence[str], single: bool = False) -> tuple[np.
     raw = np.frombuffer(text.encode("ascii") + b"\0\0", np.uint8)
     ok, counts, values, longs = _scan(raw, _SPACE, _POW10, len(bodies), single)
     for k in range(0, len(longs), 3):
-        values[longs[k]] = float(text[longs[k + 1]:longs[k + 2]])
+        values[longs[k]] = float(text[longs[k + 1] : longs[k + 2]])
     return ok, counts, values.reshape(-1, 2)
 
 

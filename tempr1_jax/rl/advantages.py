@@ -14,8 +14,9 @@ StdForm = Literal["population", "sample", "none"]
 STD_FORMS: tuple[str, ...] = ("population", "sample", "none")
 
 
-def group_advantages(rewards: np.ndarray, group_size: int, *, eps: float = 1e-4,
-                     std_form: StdForm = "sample") -> tuple[np.ndarray, np.ndarray]:
+def group_advantages(
+    rewards: np.ndarray, group_size: int, *, eps: float = 1e-4, std_form: StdForm = "sample"
+) -> tuple[np.ndarray, np.ndarray]:
     """Advantages for prompt-major rewards [B * G], and a [B * G] mask of groups whose rewards are all equal.
 
     `std_form`: "population" (ddof 0), "sample" (ddof 1, as torch.std in the R1 family's code) or "none"

@@ -38,7 +38,8 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -91,19 +92,29 @@ def check_unique_ids(samples: Sequence[Mapping[str, Any]]) -> None:
     ids = [str(s.get("id")) for s in samples]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"TrainConfig.drop_solved needs unique sample ids across the training sources; "
-                         f"repeated: {dup}")
+        raise ValueError(
+            f"TrainConfig.drop_solved needs unique sample ids across the training sources; repeated: {dup}"
+        )
 
 
-def score_samples(policy: Any, tokenizer: Any, samples: Sequence[Mapping[str, Any]], batches: Any, *,
-                  max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
-                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+def score_samples(
+    policy: Any,
+    tokenizer: Any,
+    samples: Sequence[Mapping[str, Any]],
+    batches: Any,
+    *,
+    max_new_tokens: int,
+    mesh: Any = None,
+    layout: str = "fsdp_tensor",
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
     """Greedy IoU of each of `samples` (float64 [N], NaN where the loader skipped it, e.g. an undecodable video),
     `batches` being (this process's shard of) the evaluation loader over them; the outputs of every
     process come back from `generate_predictions`, and ids map them back to positions."""
     position = {str(s.get("id")): i for i, s in enumerate(samples)}
     predictions, targets, _ = generate_predictions(
-        policy, tokenizer, batches, max_new_tokens=max_new_tokens, mesh=mesh, layout=layout, should_stop=should_stop)
+        policy, tokenizer, batches, max_new_tokens=max_new_tokens, mesh=mesh, layout=layout, should_stop=should_stop
+    )
     ious = np.full(len(samples), np.nan)
     if predictions:
         scored = sample_ious([p["task"] for p in predictions], [p["output"] for p in predictions], targets)
@@ -114,8 +125,13 @@ def score_samples(policy: Any, tokenizer: Any, samples: Sequence[Mapping[str, An
 class Curriculum:
     """The current epoch of a run with `TrainConfig.drop_solved`, its files and its checkpoint meta."""
 
-    def __init__(self, workdir: str | pathlib.Path, loader_cfg: loader_lib.LoaderConfig, threshold: float,
-                 epoch_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        loader_cfg: loader_lib.LoaderConfig,
+        threshold: float,
+        epoch_steps: int | None = None,
+    ) -> None:
         self.dir = paths.as_path(workdir) / CURRICULUM_DIR
         self.base = loader_cfg
         self.threshold = threshold
@@ -142,14 +158,32 @@ class Curriculum:
         """The current set's samples, sources concatenated in order (the evaluation loader's order)."""
         return [s for part in read_samples(self.epoch.sources) for s in part]
 
-    def score(self, policy: Any, tokenizer: Any, model_config: Any, prompt_builders: Mapping[str, Any], *,
-              max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
-              should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    def score(
+        self,
+        policy: Any,
+        tokenizer: Any,
+        model_config: Any,
+        prompt_builders: Mapping[str, Any],
+        *,
+        max_new_tokens: int,
+        mesh: Any = None,
+        layout: str = "fsdp_tensor",
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
         """`score_samples` of the current set (sources concatenated in order), batched like training."""
-        batches = loader_lib.make_eval_loader(dataclasses.replace(self.base, sources=self.epoch.sources),
-                                              tokenizer, model_config, prompt_builders)
-        return score_samples(policy, tokenizer, self.samples(), batches, max_new_tokens=max_new_tokens, mesh=mesh,
-                             layout=layout, should_stop=should_stop)
+        batches = loader_lib.make_eval_loader(
+            dataclasses.replace(self.base, sources=self.epoch.sources), tokenizer, model_config, prompt_builders
+        )
+        return score_samples(
+            policy,
+            tokenizer,
+            self.samples(),
+            batches,
+            max_new_tokens=max_new_tokens,
+            mesh=mesh,
+            layout=layout,
+            should_stop=should_stop,
+        )
 
     def advance(self, step: int, ious: Sequence[float] | np.ndarray) -> dict[str, Any]:
         """Start the next epoch at `step` with the current samples whose IoU (`ious`, in `score` order, NaN:
@@ -159,21 +193,26 @@ class Curriculum:
         parts = read_samples(self.epoch.sources)
         ious = np.asarray(ious, np.float64)
         if ious.shape != (sum(map(len, parts)),):
-            raise ValueError(f"need one IoU per sample of the current set ({sum(map(len, parts))}), "
-                             f"got shape {ious.shape}")
+            raise ValueError(
+                f"need one IoU per sample of the current set ({sum(map(len, parts))}), got shape {ious.shape}"
+            )
         kept, lo = [], 0
         for part in parts:
-            part_ious = ious[lo:lo + len(part)]
+            part_ious = ious[lo : lo + len(part)]
             scored = np.isfinite(part_ious)
-            kept.append(drop_solved([s for s, ok in zip(part, scored) if ok], part_ious[scored],
-                                           self.threshold))
+            kept.append(drop_solved([s for s, ok in zip(part, scored) if ok], part_ious[scored], self.threshold))
             lo += len(part)
         # The training loader needs a sample of every source for each process's shard.
         kept = [samples if len(samples) >= jax.process_count() else [] for samples in kept]
         unchanged = not any(kept)
         if unchanged:
-            log.warning("curriculum: no sample of %d has IoU <= %g (in a source with at least %d of them); "
-                        "keeping the set unchanged", len(ious), self.threshold, jax.process_count())
+            log.warning(
+                "curriculum: no sample of %d has IoU <= %g (in a source with at least %d of them); "
+                "keeping the set unchanged",
+                len(ious),
+                self.threshold,
+                jax.process_count(),
+            )
             kept = parts
         number = self.epoch.number + 1
         out = self.dir / f"epoch_{number:04d}"
@@ -181,32 +220,60 @@ class Curriculum:
         for k, (source, samples) in enumerate(zip(self.epoch.sources, kept)):
             if samples:
                 # the file holds the kept records of the selected subset: none is left out again
-                sources.append(dataclasses.replace(source, path=str(out / f"source_{k}.jsonl"), split=None,
-                                                   max_samples=None, fraction=None))
+                sources.append(
+                    dataclasses.replace(
+                        source, path=str(out / f"source_{k}.jsonl"), split=None, max_samples=None, fraction=None
+                    )
+                )
                 files[out / f"source_{k}.jsonl"] = "".join(json.dumps(s) + "\n" for s in samples)
         kept_ids = {str(s.get("id")) for samples in kept for s in samples}
-        gone = [(str(s.get("id")), iou) for s, iou in zip((s for part in parts for s in part), ious)
-                if str(s.get("id")) not in kept_ids]
-        gone_ids = {"dropped_ids": [i for i, iou in gone if iou > self.threshold],
-                    "unscored_ids": [i for i, iou in gone if not np.isfinite(iou)],
-                    "held_out_ids": [i for i, iou in gone if iou <= self.threshold]}
+        gone = [
+            (str(s.get("id")), iou)
+            for s, iou in zip((s for part in parts for s in part), ious)
+            if str(s.get("id")) not in kept_ids
+        ]
+        gone_ids = {
+            "dropped_ids": [i for i, iou in gone if iou > self.threshold],
+            "unscored_ids": [i for i, iou in gone if not np.isfinite(iou)],
+            "held_out_ids": [i for i, iou in gone if iou <= self.threshold],
+        }
         scored = np.isfinite(ious)
-        metrics = {"curriculum_epoch": number, "curriculum_kept": len(kept_ids),
-                   **{f"curriculum_{name.removesuffix('_ids')}": len(ids) for name, ids in gone_ids.items()},
-                   "curriculum_mean_iou": float(ious[scored].mean()) if scored.any() else float("nan")}
+        metrics = {
+            "curriculum_epoch": number,
+            "curriculum_kept": len(kept_ids),
+            **{f"curriculum_{name.removesuffix('_ids')}": len(ids) for name, ids in gone_ids.items()},
+            "curriculum_mean_iou": float(ious[scored].mean()) if scored.any() else float("nan"),
+        }
         sizes = [len(samples) for samples in kept if samples]
-        files[out / SUMMARY] = json.dumps({
-            **metrics, "start_step": step, "threshold": self.threshold, "unchanged": unchanged,
-            "sources": [dataclasses.asdict(s) for s in sources], "sizes": sizes, **gone_ids}, indent=2)
+        files[out / SUMMARY] = json.dumps(
+            {
+                **metrics,
+                "start_step": step,
+                "threshold": self.threshold,
+                "unchanged": unchanged,
+                "sources": [dataclasses.asdict(s) for s in sources],
+                "sizes": sizes,
+                **gone_ids,
+            },
+            indent=2,
+        )
         if multihost.is_main():
             for path, text in files.items():
                 self._write(path, text)
         multihost.barrier(f"curriculum epoch {number}")  # the loaders read the files next
         self.epoch = Epoch(number, step, tuple(sources), tuple(sizes))
-        log.info("curriculum epoch %d from step %d: kept %d, dropped %d (IoU > %g), %d unscored and %d held out, "
-                 "mean IoU %.4f", number, step, metrics["curriculum_kept"], metrics["curriculum_dropped"],
-                 self.threshold, metrics["curriculum_unscored"], metrics["curriculum_held_out"],
-                 metrics["curriculum_mean_iou"])
+        log.info(
+            "curriculum epoch %d from step %d: kept %d, dropped %d (IoU > %g), %d unscored and %d held out, "
+            "mean IoU %.4f",
+            number,
+            step,
+            metrics["curriculum_kept"],
+            metrics["curriculum_dropped"],
+            self.threshold,
+            metrics["curriculum_unscored"],
+            metrics["curriculum_held_out"],
+            metrics["curriculum_mean_iou"],
+        )
         return metrics
 
     def meta(self) -> dict[str, int]:
@@ -224,10 +291,16 @@ class Curriculum:
             raise ValueError(f"the checkpoint was trained on curriculum epoch {number} but {path} is missing")
         summary = json.loads(path.read_text())
         if summary["start_step"] != int(meta["curriculum_start_step"]):
-            raise ValueError(f"{path} starts at step {summary['start_step']}, the checkpoint's epoch at step "
-                             f"{meta['curriculum_start_step']}: the workdir's curriculum files are from another run")
-        self.epoch = Epoch(number, summary["start_step"],
-                           tuple(loader_lib.SourceConfig(**s) for s in summary["sources"]), tuple(summary["sizes"]))
+            raise ValueError(
+                f"{path} starts at step {summary['start_step']}, the checkpoint's epoch at step "
+                f"{meta['curriculum_start_step']}: the workdir's curriculum files are from another run"
+            )
+        self.epoch = Epoch(
+            number,
+            summary["start_step"],
+            tuple(loader_lib.SourceConfig(**s) for s in summary["sources"]),
+            tuple(summary["sizes"]),
+        )
         return True
 
     @staticmethod
@@ -239,5 +312,4 @@ class Curriculum:
         tmp.replace(path)
 
 
-__all__ = ["CURRICULUM_DIR", "Curriculum", "Epoch", "check_unique_ids", "epoch_length", "read_samples",
-           "score_samples"]
+__all__ = ["CURRICULUM_DIR", "Curriculum", "Epoch", "check_unique_ids", "epoch_length", "read_samples", "score_samples"]

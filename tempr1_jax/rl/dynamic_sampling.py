@@ -50,9 +50,18 @@ class Refilled:
     metrics: dict[str, int]
 
 
-def refill_equal_groups(prompts: ModelInputs, samples: Sequence[Mapping[str, Any]], r: Rollout,
-                        loader: Iterator[Mapping[str, Any]], roll: RollFn, key: jax.Array, *, max_rounds: int,
-                        pad_token_id: int, gather: multihost.Gather = multihost.allgather) -> Refilled:
+def refill_equal_groups(
+    prompts: ModelInputs,
+    samples: Sequence[Mapping[str, Any]],
+    r: Rollout,
+    loader: Iterator[Mapping[str, Any]],
+    roll: RollFn,
+    key: jax.Array,
+    *,
+    max_rounds: int,
+    pad_token_id: int,
+    gather: multihost.Gather = multihost.allgather,
+) -> Refilled:
     """Replace the equal-reward groups of rollout `r` of `prompts` / `samples` (this process's rows) by groups
     of prompts drawn from `loader` and rolled out with `roll`, for at most `max_rounds` rounds.
 
@@ -87,9 +96,13 @@ def refill_equal_groups(prompts: ModelInputs, samples: Sequence[Mapping[str, Any
             samples[slot] = new_samples[pick]
         drawn += 0 if batch is None else len(batch["samples"])
         replaced += n
-    metrics = {"resample_rounds": rounds, "resample_prompts": int(totals[2]),
-               "resample_groups_replaced": int(totals[3]), "resample_groups_equal_initial": initial,
-               "resample_groups_equal": int(totals[0])}
+    metrics = {
+        "resample_rounds": rounds,
+        "resample_prompts": int(totals[2]),
+        "resample_groups_replaced": int(totals[3]),
+        "resample_groups_equal_initial": initial,
+        "resample_groups_equal": int(totals[0]),
+    }
     return Refilled(prompts, samples, r, metrics)
 
 
@@ -102,8 +115,9 @@ def _draw(loader: Iterator[Mapping[str, Any]]) -> Mapping[str, Any] | None:
         return None
 
 
-def _merge_prompts(dst: ModelInputs, src: ModelInputs, slots: np.ndarray, picks: np.ndarray,
-                   pad_token_id: int) -> ModelInputs:
+def _merge_prompts(
+    dst: ModelInputs, src: ModelInputs, slots: np.ndarray, picks: np.ndarray, pad_token_id: int
+) -> ModelInputs:
     """`dst` with rows `slots` taken from rows `picks` of `src`, padded to the larger of both shapes
     (padded even when no row moves, so that every process keeps one shape)."""
     tokens, patches = max(dst.seq_len, src.seq_len), max(dst.num_patches, src.num_patches)
@@ -131,12 +145,24 @@ def _merge_rollouts(dst: Rollout, src: Rollout, slots: np.ndarray, picks: np.nda
     texts, tasks = list(dst.texts), list(dst.tasks)
     for i, j in zip(to, frm, strict=True):
         texts[i], tasks[i] = src.texts[j], src.tasks[j]
-    rewards = {term: put(dst.rewards.get(term, np.zeros(len(dst.tasks), np.float32)),
-                         src.rewards.get(term, np.zeros(len(src.tasks), np.float32)))
-               for term in [*dst.rewards, *(t for t in src.rewards if t not in dst.rewards)]}
-    return Rollout(put(dst.tokens, src.tokens), put(dst.mask, src.mask), texts, tasks, rewards,
-                   put(dst.advantages, src.advantages), put(dst.equal_groups, src.equal_groups),
-                   dst.generate_s + src.generate_s, dst.score_s + src.score_s)
+    rewards = {
+        term: put(
+            dst.rewards.get(term, np.zeros(len(dst.tasks), np.float32)),
+            src.rewards.get(term, np.zeros(len(src.tasks), np.float32)),
+        )
+        for term in [*dst.rewards, *(t for t in src.rewards if t not in dst.rewards)]
+    }
+    return Rollout(
+        put(dst.tokens, src.tokens),
+        put(dst.mask, src.mask),
+        texts,
+        tasks,
+        rewards,
+        put(dst.advantages, src.advantages),
+        put(dst.equal_groups, src.equal_groups),
+        dst.generate_s + src.generate_s,
+        dst.score_s + src.score_s,
+    )
 
 
 __all__ = ["Refilled", "RollFn", "refill_equal_groups"]

@@ -20,43 +20,56 @@ from models.qwen2_5_vl.sharding import maybe_constrain
 from models.qwen2_5_vl.text import causal_mask
 
 
-def sequence_layout(config: Qwen2_5_VLConfig, prompt: ModelInputs, completion_mask: jax.Array, group_size: int
-                    ) -> tuple[jax.Array, jax.Array]:
+def sequence_layout(
+    config: Qwen2_5_VLConfig, prompt: ModelInputs, completion_mask: jax.Array, group_size: int
+) -> tuple[jax.Array, jax.Array]:
     """(attention mask [N, Lp + T], M-RoPE ids [3, N, Lp + T]) of prompt + completion rows; jittable."""
     cmask = jnp.asarray(completion_mask)
     ids = completion_position_ids(config, prompt.position_ids, prompt.attention_mask, cmask.shape[1])
     prompt_pos = jnp.asarray(prompt.position_ids)
     positions = jnp.concatenate([prompt_pos, ids.astype(prompt_pos.dtype)], axis=2)
     prompt_mask = jnp.repeat(jnp.asarray(prompt.attention_mask), group_size, axis=0)
-    return (jnp.concatenate([prompt_mask, cmask.astype(prompt_mask.dtype)], axis=1),
-            jnp.repeat(positions, group_size, axis=1))
+    return (
+        jnp.concatenate([prompt_mask, cmask.astype(prompt_mask.dtype)], axis=1),
+        jnp.repeat(positions, group_size, axis=1),
+    )
 
 
-def completion_logprobs(model, prompt: ModelInputs, completions: jax.Array, completion_mask: jax.Array,
-                        group_size: int, temperature: float = 1.0, chunk: int = 256) -> jax.Array:
+def completion_logprobs(
+    model,
+    prompt: ModelInputs,
+    completions: jax.Array,
+    completion_mask: jax.Array,
+    group_size: int,
+    temperature: float = 1.0,
+    chunk: int = 256,
+) -> jax.Array:
     """log p(completion token t | prompt, tokens < t) as float32 [N, T] (0 where the mask is 0).
 
     `temperature` divides the logits as sampling did (pass 1.0 for greedy rollouts); `model` is a
     `Qwen2_5_VLForConditionalGeneration` (typically `nnx.merge`d from traced params inside jit).
     """
+
     def shard(y, name):
         return maybe_constrain(y, name, model.activation_mesh, model.activation_layout)
 
     targets = jnp.asarray(completions, jnp.int32)
     lm = model.model.language_model
-    embeds = shard(jnp.concatenate(
-        [jnp.repeat(model.embed(prompt), group_size, axis=0), lm.embed_tokens(targets)], axis=1), "hidden")
+    embeds = shard(
+        jnp.concatenate([jnp.repeat(model.embed(prompt), group_size, axis=0), lm.embed_tokens(targets)], axis=1),
+        "hidden",
+    )
     attention_mask, positions = sequence_layout(model.config, prompt, completion_mask, group_size)
     hidden, _ = lm(embeds, positions, causal_mask(attention_mask))
     lp, t = prompt.input_ids.shape[1], targets.shape[1]
     # Position i predicts token i + 1: the last prompt position predicts completion token 0.
-    hidden = shard(hidden[:, lp - 1:lp + t - 1], "hidden")
+    hidden = shard(hidden[:, lp - 1 : lp + t - 1], "hidden")
     scale = 1.0 / temperature if temperature > 0 else 1.0
 
     def score(h, tok):
         logits = shard(model.logits_from_hidden(h), "logits") * scale
         return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[..., None], axis=-1)[..., 0]
 
-    pieces = [score(hidden[:, s:s + chunk], targets[:, s:s + chunk]) for s in range(0, t, chunk)]
+    pieces = [score(hidden[:, s : s + chunk], targets[:, s : s + chunk]) for s in range(0, t, chunk)]
     logp = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
     return jnp.where(jnp.asarray(completion_mask).astype(bool), logp, 0.0)

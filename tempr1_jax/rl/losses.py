@@ -17,7 +17,8 @@ groups whose rewards are all equal). `aux` holds sums for metrics: `kl` and `cli
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import gin
 import jax

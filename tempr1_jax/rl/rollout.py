@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 import jax
@@ -69,20 +70,30 @@ class Rollout:
     score_s: float = 0.0  # wall time of decoding and rewards on the host
 
 
-def score_completions(texts: Sequence[str], samples: Sequence[Mapping[str, Any]], group_size: int,
-                      cfg: RolloutConfig) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def score_completions(
+    texts: Sequence[str], samples: Sequence[Mapping[str, Any]], group_size: int, cfg: RolloutConfig
+) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(tasks, rewards, advantages, equal-group mask) of prompt-major completions of `samples`."""
     targets = [s for s in samples for _ in range(group_size)]
     tasks = [str(t["task"]) for t in targets]
     rewards = compute_rewards(tasks, list(texts), targets, think=cfg.think, **dict(cfg.reward_options))
-    advantages, equal = group_advantages(rewards["total"], group_size, eps=cfg.advantage_eps,
-                                         std_form=cfg.std_form)
+    advantages, equal = group_advantages(rewards["total"], group_size, eps=cfg.advantage_eps, std_form=cfg.std_form)
     return tasks, rewards, advantages, equal
 
 
-def rollout(model: Any, prompts: ModelInputs, samples: Sequence[Mapping[str, Any]], tokenizer: Any,
-            cfg: RolloutConfig, rng: jax.Array, *, eos_token_id: int | Sequence[int],
-            pad_token_id: int, mesh: Any = None, layout: str = "fsdp_tensor") -> Rollout:
+def rollout(
+    model: Any,
+    prompts: ModelInputs,
+    samples: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    cfg: RolloutConfig,
+    rng: jax.Array,
+    *,
+    eos_token_id: int | Sequence[int],
+    pad_token_id: int,
+    mesh: Any = None,
+    layout: str = "fsdp_tensor",
+) -> Rollout:
     """Sample `cfg.num_generations` completions per prompt with `model.generate`, then score them.
 
     With `mesh`, the KV cache is sharded over it in `layout` (batch over data x fsdp, heads over tensor).
@@ -93,10 +104,21 @@ def rollout(model: Any, prompts: ModelInputs, samples: Sequence[Mapping[str, Any
     if len(samples) != rows:
         raise ValueError(f"{len(samples)} samples for {rows} prompt rows")
     t0 = time.perf_counter()
-    out = generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=cfg.num_generations, rng=rng,
-                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_dict=True, mesh=mesh,
-                   layout=layout)
+    out = generate(
+        model,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        num_return_sequences=cfg.num_generations,
+        rng=rng,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        return_dict=True,
+        mesh=mesh,
+        layout=layout,
+    )
     tokens = local_rows(out.tokens).astype(np.int32)
     mask = local_rows(out.mask).astype(bool)
     t1 = time.perf_counter()

@@ -100,11 +100,13 @@ def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, tempe
     A micro-batch is a dict: `prompt` (ModelInputs, P rows), `completions` / `mask` [P * G, T],
     `advantages` / `weights` [P * G], `old_logp` / `ref_logp` [P * G, T] or None.
     """
+
     def loss_fn(params, frozen, b):
         model = nnx.merge(graphdef, params, frozen)
         logp = completion_logprobs(model, b["prompt"], b["completions"], b["mask"], group_size, temperature)
-        terms = compute_loss(LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"],
-                                       b["weights"]), loss_cfg)
+        terms = compute_loss(
+            LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"], b["weights"]), loss_cfg
+        )
         return terms.total, terms.count, terms.aux
 
     return loss_fn
@@ -113,16 +115,23 @@ def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, tempe
 class GRPOTrainer(Trainer):
     """Builds every part of a run from the gin configuration, then `run()` trains in `workdir`."""
 
-    def __init__(self, workdir: str | pathlib.Path, config: TrainConfig | None = None,
-                 allow_changed_config: bool = False) -> None:
+    def __init__(
+        self, workdir: str | pathlib.Path, config: TrainConfig | None = None, allow_changed_config: bool = False
+    ) -> None:
         self.cfg = config or TrainConfig()
         self.rollout_cfg = RolloutConfig()
         self.loss_cfg = LossConfig()
         self.opt_cfg = OptimizerConfig()
-        super().__init__(workdir, LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress,
-                                               self.cfg.export_hf), allow_changed_config)
-        self.held_out = (HeldOut(tuple(source_config(s) for s in self.cfg.eval_sources), self.cfg.eval_samples)
-                         if self.cfg.eval_every is not None else None)
+        super().__init__(
+            workdir,
+            LoopSettings(self.cfg.steps, self.cfg.tensorboard, self.cfg.progress, self.cfg.export_hf),
+            allow_changed_config,
+        )
+        self.held_out = (
+            HeldOut(tuple(source_config(s) for s in self.cfg.eval_sources), self.cfg.eval_samples)
+            if self.cfg.eval_every is not None
+            else None
+        )
         if self.held_out is not None:
             self.held_out.check_disjoint(self.sources)
         params = self.build_policy(self.rollout_cfg.think)
@@ -131,10 +140,15 @@ class GRPOTrainer(Trainer):
 
         self.loader_cfg = LoaderConfig(sources=self.sources)
         if self.loader_cfg.batch_size % self.cfg.micro_batches:
-            raise ValueError(f"TrainConfig.micro_batches={self.cfg.micro_batches} must divide "
-                             f"LoaderConfig.batch_size={self.loader_cfg.batch_size}")
-        self.curriculum = (Curriculum(self.workdir, self.loader_cfg, CurateConfig().solved_iou, self.cfg.epoch_steps)
-                           if self.cfg.drop_solved else None)
+            raise ValueError(
+                f"TrainConfig.micro_batches={self.cfg.micro_batches} must divide "
+                f"LoaderConfig.batch_size={self.loader_cfg.batch_size}"
+            )
+        self.curriculum = (
+            Curriculum(self.workdir, self.loader_cfg, CurateConfig().solved_iou, self.cfg.epoch_steps)
+            if self.cfg.drop_solved
+            else None
+        )
         self.loader = self._make_loader()
         total_updates = max(self.cfg.steps * self.cfg.num_iterations, 1)
         self.schedule = make_schedule(self.opt_cfg, total_updates)
@@ -146,8 +160,13 @@ class GRPOTrainer(Trainer):
 
     def definition(self) -> dict[str, Any]:
         """The shared loop's defining configs plus GRPO's: the trainer's, rollout (G, sampling), loss, optimizer."""
-        return {**super().definition(), "TrainConfig": self.cfg, "RolloutConfig": self.rollout_cfg,
-                "LossConfig": self.loss_cfg, "OptimizerConfig": self.opt_cfg}
+        return {
+            **super().definition(),
+            "TrainConfig": self.cfg,
+            "RolloutConfig": self.rollout_cfg,
+            "LossConfig": self.loss_cfg,
+            "OptimizerConfig": self.opt_cfg,
+        }
 
     # --- jitted pieces ---------------------------------------------------------------------------
 
@@ -163,8 +182,9 @@ class GRPOTrainer(Trainer):
 
     def _logprobs_impl(self, params, frozen, prompt, completions, mask):
         model = nnx.merge(self.graphdef, params, frozen)
-        return completion_logprobs(model, prompt, completions, mask, self.rollout_cfg.num_generations,
-                                   self._temperature)
+        return completion_logprobs(
+            model, prompt, completions, mask, self.rollout_cfg.num_generations, self._temperature
+        )
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -178,10 +198,16 @@ class GRPOTrainer(Trainer):
         drop the solved samples, rebuild the loader; returns the `curriculum_*` metrics (`curriculum_s`: time)."""
         t0 = time.perf_counter()
         policy = self.model()
-        ious = self.curriculum.score(policy, self.tokenizer, self.model_config,
-                                     prompt_builders(self.rollout_cfg.think),
-                                     max_new_tokens=self.rollout_cfg.max_new_tokens, mesh=self.mesh,
-                                     layout=self.layout, should_stop=self.stop)
+        ious = self.curriculum.score(
+            policy,
+            self.tokenizer,
+            self.model_config,
+            prompt_builders(self.rollout_cfg.think),
+            max_new_tokens=self.rollout_cfg.max_new_tokens,
+            mesh=self.mesh,
+            layout=self.layout,
+            should_stop=self.stop,
+        )
         metrics = self.curriculum.advance(step, ious)
         self.loader = self._make_loader()
         return {**metrics, "curriculum_s": time.perf_counter() - t0}
@@ -198,9 +224,15 @@ class GRPOTrainer(Trainer):
             return {}
         t0 = time.perf_counter()
         metrics = self.held_out.evaluate(
-            self.model(), self.tokenizer, self.loader_cfg, prompt_builders(self.rollout_cfg.think),
-            max_new_tokens=self.cfg.eval_max_new_tokens or self.rollout_cfg.max_new_tokens, mesh=self.mesh,
-            layout=self.layout, should_stop=self.stop)
+            self.model(),
+            self.tokenizer,
+            self.loader_cfg,
+            prompt_builders(self.rollout_cfg.think),
+            max_new_tokens=self.cfg.eval_max_new_tokens or self.rollout_cfg.max_new_tokens,
+            mesh=self.mesh,
+            layout=self.layout,
+            should_stop=self.stop,
+        )
         return {**metrics, "eval_s": time.perf_counter() - t0}
 
     def checkpoint_arrays(self) -> dict[str, Any]:
@@ -221,8 +253,10 @@ class GRPOTrainer(Trainer):
         if self.curriculum is not None and self.curriculum.restore(meta):
             self.loader = self._make_loader()
         elif self.curriculum is None and meta.get("curriculum_epoch", 1) > 1:
-            log.warning("the checkpoint was trained on a filtered set (TrainConfig.drop_solved); resuming on "
-                        "the full set, so the batches differ from the original run's")
+            log.warning(
+                "the checkpoint was trained on a filtered set (TrainConfig.drop_solved); resuming on "
+                "the full set, so the batches differ from the original run's"
+            )
 
     # --- one step ---------------------------------------------------------------------------------
 
@@ -230,14 +264,20 @@ class GRPOTrainer(Trainer):
         g = self.rollout_cfg.num_generations
         n_prompts = prompts.input_ids.shape[0]
         k = self.cfg.micro_batches
-        weights = (~r.equal_groups if self.loss_cfg.filter_equal_groups else np.ones(len(r.tasks), bool))
-        rows = {"completions": r.tokens, "mask": r.mask.astype(np.float32), "advantages": r.advantages,
-                "weights": weights.astype(np.float32), "ref_logp": ref_logp, "old_logp": old_logp}
+        weights = ~r.equal_groups if self.loss_cfg.filter_equal_groups else np.ones(len(r.tasks), bool)
+        rows = {
+            "completions": r.tokens,
+            "mask": r.mask.astype(np.float32),
+            "advantages": r.advantages,
+            "weights": weights.astype(np.float32),
+            "ref_logp": ref_logp,
+            "old_logp": old_logp,
+        }
         per = n_prompts // k
         out = []
         for i in range(k):
             lo, hi = i * per, (i + 1) * per
-            mb = {name: None if v is None else place_rows(v[lo * g:hi * g], self.mesh) for name, v in rows.items()}
+            mb = {name: None if v is None else place_rows(v[lo * g : hi * g], self.mesh) for name, v in rows.items()}
             mb["prompt"] = place_inputs(slice_inputs(prompts, lo, hi), self.mesh)
             out.append(mb)
         return out
@@ -247,19 +287,48 @@ class GRPOTrainer(Trainer):
         g = self.rollout_cfg.num_generations
         per = prompts.input_ids.shape[0] // self.cfg.micro_batches
         mask = r.mask.astype(np.float32)
-        return np.concatenate([local_rows(self._logprobs(
-            params, self.frozen, place_inputs(slice_inputs(prompts, lo, lo + per), self.mesh),
-            place_rows(r.tokens[lo * g:(lo + per) * g], self.mesh), place_rows(mask[lo * g:(lo + per) * g], self.mesh)))
-            for lo in range(0, prompts.input_ids.shape[0], per)])
+        return np.concatenate(
+            [
+                local_rows(
+                    self._logprobs(
+                        params,
+                        self.frozen,
+                        place_inputs(slice_inputs(prompts, lo, lo + per), self.mesh),
+                        place_rows(r.tokens[lo * g : (lo + per) * g], self.mesh),
+                        place_rows(mask[lo * g : (lo + per) * g], self.mesh),
+                    )
+                )
+                for lo in range(0, prompts.input_ids.shape[0], per)
+            ]
+        )
 
     def _refill(self, policy, host_prompts, samples, r: Rollout, key) -> tuple[Any, Rollout, dict[str, int]]:
         """DAPO's dynamic sampling (`rl.dynamic_sampling`): (prompts, rollout, `resample_*` metrics)."""
-        def roll(inputs, rows, k):
-            return rollout(policy, place_inputs(inputs, self.mesh), rows, self.tokenizer, self.rollout_cfg, k,
-                           eos_token_id=self.eos_ids, pad_token_id=self.pad_id, mesh=self.mesh, layout=self.layout)
 
-        out = refill_equal_groups(host_prompts, samples, r, self.loader, roll, key,
-                                  max_rounds=self.rollout_cfg.max_resample_rounds, pad_token_id=self.pad_id)
+        def roll(inputs, rows, k):
+            return rollout(
+                policy,
+                place_inputs(inputs, self.mesh),
+                rows,
+                self.tokenizer,
+                self.rollout_cfg,
+                k,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                mesh=self.mesh,
+                layout=self.layout,
+            )
+
+        out = refill_equal_groups(
+            host_prompts,
+            samples,
+            r,
+            self.loader,
+            roll,
+            key,
+            max_rounds=self.rollout_cfg.max_resample_rounds,
+            pad_token_id=self.pad_id,
+        )
         return out.prompts, out.rollout, out.metrics
 
     def step(self, step: int) -> dict[str, Any]:
@@ -272,8 +341,18 @@ class GRPOTrainer(Trainer):
         prompts = place_inputs(host_prompts, self.mesh)
         key = jax.random.fold_in(self.rng, step)
         policy = self.model()
-        r = rollout(policy, prompts, batch["samples"], self.tokenizer, self.rollout_cfg, key,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, mesh=self.mesh, layout=self.layout)
+        r = rollout(
+            policy,
+            prompts,
+            batch["samples"],
+            self.tokenizer,
+            self.rollout_cfg,
+            key,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            mesh=self.mesh,
+            layout=self.layout,
+        )
         resample: dict[str, int] = {}
         if self.rollout_cfg.dynamic_sampling:
             host_prompts, r, resample = self._refill(policy, host_prompts, batch["samples"], r, key)
@@ -335,9 +414,17 @@ def gather_rollout(r: Rollout, gather: multihost.Gather = multihost.allgather) -
 
     texts, tasks = zip(*multihost.gather_objects([r.texts, r.tasks], gather), strict=True)
     rewards = {t: stacked(r.rewards[t] if t in r.rewards else np.zeros(rows, np.float32)) for t in terms}
-    return Rollout(stacked(r.tokens), stacked(r.mask), [x for part in texts for x in part],
-                   [x for part in tasks for x in part], rewards, stacked(r.advantages), stacked(r.equal_groups),
-                   r.generate_s, r.score_s)
+    return Rollout(
+        stacked(r.tokens),
+        stacked(r.mask),
+        [x for part in texts for x in part],
+        [x for part in tasks for x in part],
+        rewards,
+        stacked(r.advantages),
+        stacked(r.equal_groups),
+        r.generate_s,
+        r.score_s,
+    )
 
 
 def train(workdir: str | pathlib.Path, allow_changed_config: bool = False) -> int:

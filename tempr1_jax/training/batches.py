@@ -8,7 +8,8 @@ process feeds arrays of one common shape.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,20 +27,20 @@ def batch_sharding(shape: Sequence[int], mesh: Mesh, axis: int = 0) -> NamedShar
     return NamedSharding(mesh, sharding_lib.fit_spec(tuple(spec), tuple(shape), mesh)[0])
 
 
-
 def place_rows(x: Any, mesh: Mesh, axis: int = 0) -> jax.Array:
     """This process's rows (a host array) as its part of a global array of every process's rows, in
     process order, sharded along the batch dimension `axis` (of the global shape: with several
     processes the local batch need not divide over the mesh's batch axes, but the global one must)."""
     x = np.asarray(x)
-    shape = (*x.shape[:axis], x.shape[axis] * jax.process_count(), *x.shape[axis + 1:])
+    shape = (*x.shape[:axis], x.shape[axis] * jax.process_count(), *x.shape[axis + 1 :])
     devices = math.prod(mesh.shape[a] for a in sharding_lib.BATCH)
     if jax.process_count() > 1 and shape[axis] % devices:
         # Replicating it instead would have each process claim different rows for the same array.
-        raise ValueError(f"{x.shape[axis]} rows per process x {jax.process_count()} processes do not divide over "
-                         f"the mesh's batch axes (data x fsdp = {devices}); change the batch size or the mesh")
+        raise ValueError(
+            f"{x.shape[axis]} rows per process x {jax.process_count()} processes do not divide over "
+            f"the mesh's batch axes (data x fsdp = {devices}); change the batch size or the mesh"
+        )
     return jax.make_array_from_process_local_data(batch_sharding(shape, mesh, axis), x, shape)
-
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
@@ -56,12 +57,14 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([pieces[k] for k in sorted(pieces)], axis=0)
 
 
-
 def place_inputs(inputs: ModelInputs, mesh: Mesh) -> ModelInputs:
     """`ModelInputs` with every field sharded along its batch dimension (axis 1 for position ids)."""
-    return ModelInputs(**{f: place_rows(getattr(inputs, f), mesh, 1 if f == "position_ids" else 0)
-                          for f in ModelInputs.__dataclass_fields__})
-
+    return ModelInputs(
+        **{
+            f: place_rows(getattr(inputs, f), mesh, 1 if f == "position_ids" else 0)
+            for f in ModelInputs.__dataclass_fields__
+        }
+    )
 
 
 def slice_inputs(inputs: ModelInputs, start: int, stop: int) -> ModelInputs:
@@ -69,17 +72,21 @@ def slice_inputs(inputs: ModelInputs, start: int, stop: int) -> ModelInputs:
     return take_rows(inputs, slice(start, stop))
 
 
-
 def take_rows(inputs: ModelInputs, rows: np.ndarray | slice) -> ModelInputs:
     """Rows `rows` (indices, repeats allowed, or a slice) of host `ModelInputs`."""
-    return ModelInputs(**{f: (np.asarray(getattr(inputs, f))[:, rows] if f == "position_ids"
-                              else np.asarray(getattr(inputs, f))[rows])
-                          for f in ModelInputs.__dataclass_fields__})
+    return ModelInputs(
+        **{
+            f: (
+                np.asarray(getattr(inputs, f))[:, rows] if f == "position_ids" else np.asarray(getattr(inputs, f))[rows]
+            )
+            for f in ModelInputs.__dataclass_fields__
+        }
+    )
 
 
-
-def pad_inputs(inputs: ModelInputs, shape: tuple[int, int, int], pad_token_id: int,
-               padding_side: str = "left") -> ModelInputs:
+def pad_inputs(
+    inputs: ModelInputs, shape: tuple[int, int, int], pad_token_id: int, padding_side: str = "left"
+) -> ModelInputs:
     """Host `inputs` padded to (rows, tokens, patches) = `shape`: tokens on `padding_side` (the side the
     batch is already padded on), patches at the end, extra rows copies of the first; `inputs` itself if
     it has that shape already."""

@@ -78,10 +78,12 @@ class CheckpointManager:
         self.directory = paths.absolute(directory)
         self.config = config
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=config.save_every, max_to_keep=config.keep,
-            enable_async_checkpointing=config.async_save, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("arrays", "data", "meta"))
+            save_interval_steps=config.save_every,
+            max_to_keep=config.keep,
+            enable_async_checkpointing=config.async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("arrays", "data", "meta"))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -91,8 +93,9 @@ class CheckpointManager:
         """Steps of the checkpoints kept on disk, oldest first."""
         return list(self._manager.all_steps())
 
-    def save(self, step: int, arrays: Any, *, data_state: Any = None, meta: dict | None = None,
-             force: bool = False) -> bool:
+    def save(
+        self, step: int, arrays: Any, *, data_state: Any = None, meta: dict | None = None, force: bool = False
+    ) -> bool:
         """Start saving (async) if `step` is on the interval or `force`; True if a save was started."""
         args = ocp.args.Composite(
             arrays=ocp.args.StandardSave(arrays),
@@ -103,15 +106,21 @@ class CheckpointManager:
 
     def restore(self, abstract_arrays: Any, step: int | None = None) -> tuple[Any, Any, dict]:
         """(arrays, data iterator state, meta) of `step` (default: the latest)."""
-        out = self._manager.restore(self.resolve_step(step), args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(abstract_arrays),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-        ))
+        out = self._manager.restore(
+            self.resolve_step(step),
+            args=ocp.args.Composite(
+                arrays=ocp.args.StandardRestore(abstract_arrays),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
         return out["arrays"], decode_data_state(out["data"]), dict(out["meta"] or {})
 
-    def restore_newest_readable(self, abstract_arrays: Any, gather: multihost.Gather = multihost.allgather,
-                                ) -> tuple[int, Any, Any, dict] | None:
+    def restore_newest_readable(
+        self,
+        abstract_arrays: Any,
+        gather: multihost.Gather = multihost.allgather,
+    ) -> tuple[int, Any, Any, dict] | None:
         """(step, arrays, data state, meta) of the newest checkpoint that every process restores, or None if
         there is no checkpoint. Steps that fail are skipped (a warning each: step and error) and moved into
         `UNREADABLE_DIR`; RuntimeError listing every step's error if none restores (nothing is moved then)."""
@@ -130,8 +139,10 @@ class CheckpointManager:
             log.warning("checkpoint of step %d skipped: %s", step, error)
             failures.append((step, error))
         if failures:
-            raise RuntimeError(f"no checkpoint in {self.directory} could be restored:\n" +
-                               "\n".join(f"  step {step}: {error}" for step, error in failures))
+            raise RuntimeError(
+                f"no checkpoint in {self.directory} could be restored:\n"
+                + "\n".join(f"  step {step}: {error}" for step, error in failures)
+            )
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
@@ -155,8 +166,14 @@ class CheckpointManager:
         """Only the TrainState's `params` of `step` (default: the latest), shaped like `abstract_params`;
         the optimizer state is not read (orbax partial restore). Use on a manager that has not saved."""
         target = {"state": {"params": abstract_params}}
-        out = self._manager.restore(self.resolve_step(step), args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+        out = self._manager.restore(
+            self.resolve_step(step),
+            args=ocp.args.Composite(
+                arrays=ocp.args.PyTreeRestore(
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+                )
+            ),
+        )
         return out["arrays"]["state"]["params"]
 
     def resolve_step(self, step: int | None = None) -> int:

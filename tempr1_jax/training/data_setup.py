@@ -11,7 +11,8 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 
@@ -25,7 +26,6 @@ SYNTHETIC_SETTINGS = "synthetic.json"  # the settings the synthetic data there w
 
 # The loader's config, configurable from gin as `LoaderConfig.batch_size = 8` etc.
 LoaderConfig = gin.external_configurable(loader_lib.LoaderConfig, "LoaderConfig")
-
 
 
 @gin.configurable
@@ -44,16 +44,13 @@ class DataConfig:
     synthetic_samples_per_task: int = 8
 
 
-
 def prompt_builders(think: bool = True) -> dict[str, Any]:
     """Task name -> picklable `sample -> prompt text` for every registered task."""
     return {name: functools.partial(_build_prompt, name, think) for name in tasks_lib.TASKS}
 
 
-
 def _build_prompt(task: str, think: bool, sample: Mapping[str, Any]) -> str:
     return tasks_lib.get_task(task).build_prompt(sample, think)
-
 
 
 def resolve_sources(cfg: DataConfig, workdir: str | pathlib.Path) -> tuple[loader_lib.SourceConfig, ...]:
@@ -77,14 +74,23 @@ def write_synthetic(cfg: DataConfig, workdir: str | pathlib.Path) -> None:
     if not cfg.synthetic:
         return
     out = paths.as_path(workdir) / SYNTHETIC_DIR
-    settings = {"seed": cfg.synthetic_seed, "samples_per_task": cfg.synthetic_samples_per_task,
-                "tasks": list(cfg.synthetic_tasks)}
+    settings = {
+        "seed": cfg.synthetic_seed,
+        "samples_per_task": cfg.synthetic_samples_per_task,
+        "tasks": list(cfg.synthetic_tasks),
+    }
     record = out / SYNTHETIC_SETTINGS
     if (out / "train.jsonl").is_file() and record.is_file() and json.loads(record.read_text()) == settings:
         return
     with paths.staged_dir(out) as local:
-        write_synthetic_dataset(local, seed=cfg.synthetic_seed, samples_per_task=cfg.synthetic_samples_per_task,
-                                tasks=tuple(cfg.synthetic_tasks), include_images=False, split_names=("train",))
+        write_synthetic_dataset(
+            local,
+            seed=cfg.synthetic_seed,
+            samples_per_task=cfg.synthetic_samples_per_task,
+            tasks=tuple(cfg.synthetic_tasks),
+            include_images=False,
+            split_names=("train",),
+        )
         (local / SYNTHETIC_SETTINGS).write_text(json.dumps(settings))
 
 

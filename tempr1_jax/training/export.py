@@ -30,8 +30,9 @@ SETUP_FILE = "setup.json"
 HF_DIR = "hf"
 
 
-def write_run_model(workdir: str | pathlib.Path, model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any,
-                    setup: ModelSetup) -> pathlib.Path:
+def write_run_model(
+    workdir: str | pathlib.Path, model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any, setup: ModelSetup
+) -> pathlib.Path:
     """Write `workdir/model/` (config.json, setup.json with absolute paths, tokenizer); returns it."""
     out = paths.as_path(workdir) / MODEL_DIR
     with paths.staged_dir(out) as local:
@@ -45,8 +46,9 @@ def write_run_model(workdir: str | pathlib.Path, model: Qwen2_5_VLForConditional
     return out
 
 
-def export_hf(model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any, out: str | pathlib.Path,
-              **save_kwargs: Any) -> pathlib.Path:
+def export_hf(
+    model: Qwen2_5_VLForConditionalGeneration, tokenizer: Any, out: str | pathlib.Path, **save_kwargs: Any
+) -> pathlib.Path:
     """Write `model` (see `checkpoint.save_pretrained`, which takes `save_kwargs`) and `tokenizer` (if
     not None) to `out`, replacing it whole: files go to a sibling `.tmp` directory renamed at the end.
     A bucket `out` is deleted, then uploaded from a local directory (not atomic)."""
@@ -74,8 +76,11 @@ def is_run_dir(path: str | pathlib.Path) -> bool:
     return (path / CHECKPOINTS_DIR).is_dir() and (path / MODEL_DIR / "config.json").is_file()
 
 
-def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_dtype: str | None = None,
-                   ) -> tuple[Qwen2_5_VLForConditionalGeneration, int]:
+def restore_policy(
+    workdir: str | pathlib.Path,
+    step: int | None = None,
+    param_dtype: str | None = None,
+) -> tuple[Qwen2_5_VLForConditionalGeneration, int]:
     """(policy of the checkpoint of `step`, default the latest, on the host CPU; that step).
 
     Parameters are stored as `param_dtype` (default: the run's `ModelSetup.param_dtype`).
@@ -83,8 +88,10 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
     """
     workdir = paths.as_path(workdir)
     if not is_run_dir(workdir):
-        raise ValueError(f"{workdir} is not a training workdir: expected {CHECKPOINTS_DIR}/ and "
-                         f"{MODEL_DIR}/config.json (written by `tempr1 train`)")
+        raise ValueError(
+            f"{workdir} is not a training workdir: expected {CHECKPOINTS_DIR}/ and "
+            f"{MODEL_DIR}/config.json (written by `tempr1 train`)"
+        )
     model_dir = workdir / MODEL_DIR
     record = json.loads((model_dir / SETUP_FILE).read_text())
     # Fields added to ModelSetup after the run take their defaults; removed ones are dropped.
@@ -97,15 +104,21 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
         step = manager.resolve_step(step)
         cpu = jax.local_devices(backend="cpu")[0]
         with jax.default_device(cpu):
-            abstract = nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(
-                config, dtype=jax.numpy.dtype(setup.dtype), param_dtype=jax.numpy.dtype(setup.param_dtype),
-                rngs=nnx.Rngs(0)))
+            abstract = nnx.eval_shape(
+                lambda: Qwen2_5_VLForConditionalGeneration(
+                    config,
+                    dtype=jax.numpy.dtype(setup.dtype),
+                    param_dtype=jax.numpy.dtype(setup.param_dtype),
+                    rngs=nnx.Rngs(0),
+                )
+            )
             graphdef, params, frozen = nnx.split(abstract, trainable_filter(setup.freeze_vision), ...)
             if jax.tree.leaves(frozen):
                 frozen = _frozen_params(setup, config)
             sharding = jax.sharding.SingleDeviceSharding(cpu)
             params = manager.restore_params(
-                jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params), step)
+                jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params), step
+            )
     finally:
         manager.close()
     return nnx.merge(graphdef, params, frozen), step
@@ -114,21 +127,31 @@ def restore_policy(workdir: str | pathlib.Path, step: int | None = None, param_d
 def _frozen_params(setup: ModelSetup, config: Qwen2_5_VLConfig) -> Any:
     """The parameters a run did not train (not in its checkpoints): those of its base model."""
     if setup.checkpoint is not None and not paths.as_path(setup.checkpoint).is_dir():
-        raise ValueError(f"the run froze parameters (ModelSetup.freeze_vision) that come from its base "
-                         f"checkpoint {setup.checkpoint}, which no longer exists")
+        raise ValueError(
+            f"the run froze parameters (ModelSetup.freeze_vision) that come from its base "
+            f"checkpoint {setup.checkpoint}, which no longer exists"
+        )
     _, _, frozen = nnx.split(base_model(setup, config), trainable_filter(setup.freeze_vision), ...)
     return frozen
 
 
-def run_to_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None,
-              dtype: str | None = None, **save_kwargs: Any) -> int:
+def run_to_hf(
+    workdir: str | pathlib.Path,
+    out: str | pathlib.Path,
+    step: int | None = None,
+    dtype: str | None = None,
+    **save_kwargs: Any,
+) -> int:
     """Write the policy of `workdir`'s checkpoint of `step` (default: the latest) and the run's tokenizer
     (if recorded) as an HF directory `out`; returns the step exported. See `restore_policy`."""
     import transformers
 
     model, step = restore_policy(workdir, step, dtype)
     model_dir = paths.as_path(workdir) / MODEL_DIR
-    tokenizer = (transformers.AutoTokenizer.from_pretrained(str(paths.local_copy(model_dir)))
-                 if (model_dir / "tokenizer_config.json").is_file() else None)
+    tokenizer = (
+        transformers.AutoTokenizer.from_pretrained(str(paths.local_copy(model_dir)))
+        if (model_dir / "tokenizer_config.json").is_file()
+        else None
+    )
     export_hf(model, tokenizer, out, **save_kwargs)
     return step

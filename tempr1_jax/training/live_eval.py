@@ -38,8 +38,10 @@ def score_predictions(
             return evaluation.video_mcq_scores(source, outputs, group_targets)
         return evaluation.score(task, outputs, group_targets, **options)
 
-    return {key: scores(*key, [predictions[i]["output"] for i in idx], [targets[i] for i in idx])
-            for key, idx in groups.items()}
+    return {
+        key: scores(*key, [predictions[i]["output"] for i in idx], [targets[i] for i in idx])
+        for key, idx in groups.items()
+    }
 
 
 def sample_ids(sources: Sequence[loader_lib.SourceConfig]) -> list[str]:

@@ -54,7 +54,6 @@ from tempr1_jax.training.preemption import StopFlag, StopRequested, stop_point
 log = logging.getLogger(__name__)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
     """What the loop itself needs from a trainer's config: steps, logging and the final export."""
@@ -74,8 +73,12 @@ class Trainer:
     differences are recorded in its history); otherwise such a start raises `run_record.ChangedConfigError`.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, settings: LoopSettings, allow_changed_config: bool = False,
-                 ) -> None:
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        settings: LoopSettings,
+        allow_changed_config: bool = False,
+    ) -> None:
         self.workdir = paths.as_path(workdir)
         self.settings = settings
         mesh_cfg = MeshConfig()
@@ -103,8 +106,12 @@ class Trainer:
 
     def definition(self) -> dict[str, Any]:
         """The configs that define what this run learns (see `run_record.fingerprint`); subclasses add theirs."""
-        return {"trainer": self.settings.desc, "ModelSetup": self.model_setup, "DataConfig": DataConfig(),
-                "LoaderConfig": LoaderConfig(sources=self.sources)}
+        return {
+            "trainer": self.settings.desc,
+            "ModelSetup": self.model_setup,
+            "DataConfig": DataConfig(),
+            "LoaderConfig": LoaderConfig(sources=self.sources),
+        }
 
     def build_policy(self, think: bool) -> Any:
         """Build the model and tokenizer, shard the model on the mesh and split it; sets `tokenizer`,
@@ -113,8 +120,7 @@ class Trainer:
         trains_tokenizer = self.model_setup.checkpoint is None and self.model_setup.tokenizer is None
         if trains_tokenizer and not multihost.is_main():
             multihost.barrier("run tokenizer written")
-        model, self.tokenizer = build_model(self.model_setup, self.workdir, self.sources, think, self.mesh,
-                                            self.layout)
+        model, self.tokenizer = build_model(self.model_setup, self.workdir, self.sources, think, self.mesh, self.layout)
         if trains_tokenizer and multihost.is_main():
             multihost.barrier("run tokenizer written")
         self.model_config = model.config
@@ -123,12 +129,14 @@ class Trainer:
         self.pad_id = int(self.tokenizer.pad_token_id)
         return params
 
-    def make_training_loader(self, loader_cfg: Any, prompt_builders: Mapping[str, Any],
-                             answer_builders: Mapping[str, Any] | None = None) -> Any:
+    def make_training_loader(
+        self, loader_cfg: Any, prompt_builders: Mapping[str, Any], answer_builders: Mapping[str, Any] | None = None
+    ) -> Any:
         """`data_pipeline.loader.make_loader` with this run's tokenizer and model; its wait for a batch ends
         early on a stop request."""
-        return loader_lib.make_loader(loader_cfg, self.tokenizer, self.model_config, prompt_builders,
-                                      answer_builders, should_stop=self.stop)
+        return loader_lib.make_loader(
+            loader_cfg, self.tokenizer, self.model_config, prompt_builders, answer_builders, should_stop=self.stop
+        )
 
     def model(self) -> Any:
         """The current policy as a model (params merged back into the graph)."""
@@ -199,8 +207,12 @@ class Trainer:
             return saved
         states = saved["processes"]
         if len(states) != jax.process_count():
-            log.warning("the checkpoint was saved by %d processes, this run has %d: the data shards differ, so "
-                        "the batches differ from an uninterrupted run's", len(states), jax.process_count())
+            log.warning(
+                "the checkpoint was saved by %d processes, this run has %d: the data shards differ, so "
+                "the batches differ from an uninterrupted run's",
+                len(states),
+                jax.process_count(),
+            )
         return decode_data_state(states[jax.process_index() % len(states)])
 
     def save(self, step: int, force: bool = False, data_state: Any = None) -> bool:
@@ -210,8 +222,13 @@ class Trainer:
             return False
         own = self.loader.get_state() if data_state is None else data_state
         states = multihost.gather_objects(encode_data_state(own))
-        return self.checkpoints.save(step, self.checkpoint_arrays(), data_state={"processes": states},
-                                     meta={"step": step, **self.checkpoint_meta()}, force=True)
+        return self.checkpoints.save(
+            step,
+            self.checkpoint_arrays(),
+            data_state={"processes": states},
+            meta={"step": step, **self.checkpoint_meta()},
+            force=True,
+        )
 
     def export(self, directory: str | pathlib.Path | None = None) -> pathlib.Path | None:
         """Write the current policy and the tokenizer as an HF directory (default `workdir/hf`); returns it.
@@ -220,8 +237,11 @@ class Trainer:
         `tempr1 convert orbax-to-hf WORKDIR OUT` exports the run's last checkpoint instead.
         """
         if jax.process_count() > 1:
-            log.warning("HF export skipped with %d processes; run `tempr1 convert orbax-to-hf %s OUT`",
-                        jax.process_count(), self.workdir)
+            log.warning(
+                "HF export skipped with %d processes; run `tempr1 convert orbax-to-hf %s OUT`",
+                jax.process_count(),
+                self.workdir,
+            )
             return None
         return export_hf(self.model(), self.tokenizer, directory or self.workdir / HF_DIR)
 
@@ -261,9 +281,14 @@ class Trainer:
                 start = last = self.restore()
                 self._record_start(start)
                 if multihost.is_main():
-                    logger = MetricsLogger(self.workdir, total_steps=steps, start_step=start,
-                                           tensorboard=self.settings.tensorboard, progress=self.settings.progress,
-                                           desc=self.settings.desc)
+                    logger = MetricsLogger(
+                        self.workdir,
+                        total_steps=steps,
+                        start_step=start,
+                        tensorboard=self.settings.tensorboard,
+                        progress=self.settings.progress,
+                        desc=self.settings.desc,
+                    )
                 stopped = False
                 for step in range(start, steps):
                     try:

@@ -7,7 +7,8 @@ import math
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,16 @@ class MetricsLogger:
     so the file holds each step exactly once.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, *, total_steps: int | None = None, start_step: int = 0,
-                 tensorboard: bool = True, progress: bool = True, desc: str = "train") -> None:
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        *,
+        total_steps: int | None = None,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        progress: bool = True,
+        desc: str = "train",
+    ) -> None:
         self.workdir = paths.as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / METRICS_FILE

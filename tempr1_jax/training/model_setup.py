@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 import jax
@@ -85,15 +86,22 @@ def _dtype(name: str):
         raise ValueError(f"unknown dtype {name!r}") from None
 
 
-def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
-                sources: Sequence[loader_lib.SourceConfig], think: bool = True, mesh: Mesh | None = None,
-                layout: str = "fsdp_tensor") -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
+def build_model(
+    setup: ModelSetup,
+    workdir: str | pathlib.Path,
+    sources: Sequence[loader_lib.SourceConfig],
+    think: bool = True,
+    mesh: Mesh | None = None,
+    layout: str = "fsdp_tensor",
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
     """(model, tokenizer) for `setup` (see `ModelSetup`); the model is on the default device, except that a
     checkpoint given a `mesh` is read straight into its `layout` shardings (see `base_model`)."""
     import transformers
 
     if setup.checkpoint is not None:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(paths.local_copy(setup.tokenizer or setup.checkpoint)))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(paths.local_copy(setup.tokenizer or setup.checkpoint))
+        )
         return base_model(setup, mesh=mesh, layout=layout), tokenizer
     tok_dir = paths.as_path(setup.tokenizer or paths.as_path(workdir) / "tokenizer")
     if (tok_dir / "tokenizer.json").is_file():
@@ -105,8 +113,9 @@ def build_model(setup: ModelSetup, workdir: str | pathlib.Path,
     return base_model(setup, config), tokenizer
 
 
-def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: Mesh | None = None,
-               layout: str = "fsdp_tensor") -> Qwen2_5_VLForConditionalGeneration:
+def base_model(
+    setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: Mesh | None = None, layout: str = "fsdp_tensor"
+) -> Qwen2_5_VLForConditionalGeneration:
     """The model a run starts from: `setup.checkpoint` if set, else `config` initialised from `setup.seed`;
     its config with `setup.text_after_vision` applied (`ModelSetup.configure`).
 
@@ -116,8 +125,9 @@ def base_model(setup: ModelSetup, config: Qwen2_5_VLConfig | None = None, mesh: 
     dtype, param_dtype = _dtype(setup.dtype), _dtype(setup.param_dtype)
     if setup.checkpoint is not None:
         sharding = None if mesh is None else sharding_lib.loader_sharding(mesh, layout)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(paths.local_copy(setup.checkpoint), dtype=dtype,
-                                                                   param_dtype=param_dtype, sharding=sharding)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            paths.local_copy(setup.checkpoint), dtype=dtype, param_dtype=param_dtype, sharding=sharding
+        )
         model.config = setup.configure(model.config)
     elif config is None:
         raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
@@ -133,15 +143,17 @@ def set_remat(model: Qwen2_5_VLForConditionalGeneration, remat: bool) -> None:
     model.model.visual.remat = remat
 
 
-def init_model(config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               std: float = 0.02) -> Qwen2_5_VLForConditionalGeneration:
+def init_model(
+    config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, std: float = 0.02
+) -> Qwen2_5_VLForConditionalGeneration:
     """A freshly initialised model, drawn on the host with numpy from `seed` (no XLA compilation).
 
     Kernels and embeddings ~ N(0, std) (the HF initialiser), biases 0, norm weights 1. Eager NNX
     initialisation compiles one XLA program per parameter shape, which dominates a tiny CPU run.
     """
-    abstract = nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(
-        config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    )
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise ValueError("init_model: the model has non-parameter variables; initialise it with nnx instead")
@@ -163,6 +175,7 @@ def init_model(config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: An
 
 def trainable_filter(freeze_vision: bool):
     """nnx filter of the trained parameters (all `nnx.Param`s, minus the vision tower if frozen)."""
+
     def keep(path: tuple, value: Any) -> bool:
         if not isinstance(value, nnx.Param):
             return False
@@ -172,5 +185,3 @@ def trainable_filter(freeze_vision: bool):
 
 
 # --- batches on the mesh ------------------------------------------------------------------------
-
-

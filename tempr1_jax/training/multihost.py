@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -49,9 +50,13 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
-def lockstep(batches: Iterable[Mapping[str, Any]], *, limit: int | None = None, gather: Gather = allgather,
-             should_stop: Callable[[], bool] | None = None,
-             ) -> Iterator[tuple[Mapping[str, Any] | None, tuple[int, int, int]]]:
+def lockstep(
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    limit: int | None = None,
+    gather: Gather = allgather,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[Mapping[str, Any] | None, tuple[int, int, int]]]:
     """This process's evaluation `batches`, in step with every other process's.
 
     Yields (batch, (rows, tokens, patches)): `batch` is None once this process's shard has run out (the
@@ -86,7 +91,7 @@ def gather_objects(obj: Any, gather: Gather = allgather) -> list[Any]:
     data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     sizes = gather(np.asarray([len(data)], np.int64))[:, 0]
     padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:len(data)] = data
+    padded[: len(data)] = data
     return [json.loads(row[:n].tobytes()) for row, n in zip(gather(padded), sizes)]
 
 
@@ -97,4 +102,14 @@ def interleave(per_process: Sequence[Sequence[T]]) -> list[T]:
     return [rows[k] for k in range(longest) for rows in per_process if k < len(rows)]
 
 
-__all__ = ["Gather", "StopRequested", "allgather", "barrier", "common_shape", "gather_objects", "interleave", "is_main", "lockstep"]
+__all__ = [
+    "Gather",
+    "StopRequested",
+    "allgather",
+    "barrier",
+    "common_shape",
+    "gather_objects",
+    "interleave",
+    "is_main",
+    "lockstep",
+]

@@ -6,7 +6,8 @@ of `data_pipeline.loader.make_eval_loader` into one prediction dict per sample (
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,11 +17,18 @@ from tempr1_jax.training import multihost
 from tempr1_jax.training.batches import local_rows, pad_inputs, place_inputs, take_rows
 
 
-def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[str, Any]], *,
-                         max_new_tokens: int, mesh: Any = None, layout: str = "fsdp_tensor",
-                         limit: int | None = None, gather: multihost.Gather = multihost.allgather,
-                         should_stop: Callable[[], bool] | None = None,
-                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def generate_predictions(
+    model: Any,
+    tokenizer: Any,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    max_new_tokens: int,
+    mesh: Any = None,
+    layout: str = "fsdp_tensor",
+    limit: int | None = None,
+    gather: multihost.Gather = multihost.allgather,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Greedy completions for every valid row of the evaluation `batches` (see `make_eval_loader`).
 
     Returns (predictions, targets, skipped); stops after `limit` samples if given. With `mesh` (the
@@ -43,8 +51,17 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
         shape = (*shape, *multihost.common_shape(inputs.layout_sizes, gather))  # vision block layouts too
         inputs = pad_inputs(inputs, shape, pad)
         inputs = inputs if mesh is None else place_inputs(inputs, mesh)
-        out = generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=eos,
-                       pad_token_id=pad, return_dict=True, mesh=mesh, layout=layout)
+        out = generate(
+            model,
+            inputs,
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            return_dict=True,
+            mesh=mesh,
+            layout=layout,
+        )
         if not valid.any():
             continue
         rows = np.flatnonzero(valid)
@@ -53,8 +70,9 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
         texts = decode_completions(tokenizer, tokens, mask, drop_ids=[*eos, pad])
         for sample, text in zip(batch["samples"], texts):
             sample = dict(sample)
-            predictions.append({"id": sample.get("id"), "task": sample["task"],
-                                "source": sample.get("source"), "output": text})
+            predictions.append(
+                {"id": sample.get("id"), "task": sample["task"], "source": sample.get("source"), "output": text}
+            )
             targets.append(sample)
     shards = multihost.gather_objects([predictions, targets, skipped], gather)
     predictions, targets = (multihost.interleave([shard[k] for shard in shards]) for k in (0, 1))
@@ -62,7 +80,6 @@ def generate_predictions(model: Any, tokenizer: Any, batches: Iterable[Mapping[s
     if limit is not None:
         predictions, targets = predictions[:limit], targets[:limit]
     return predictions, targets, skipped
-
 
 
 def _fill_padding_rows(inputs: Any, valid: np.ndarray) -> Any:
@@ -73,15 +90,13 @@ def _fill_padding_rows(inputs: Any, valid: np.ndarray) -> Any:
     return take_rows(inputs, np.where(valid, np.arange(len(valid)), np.flatnonzero(valid)[0]))
 
 
-
 def dummy_inputs(config: Any, pad: int) -> Any:
     """A one-row prompt of a single (attended) pad token: what a process with no sample to generate for
     feeds the collective step; its output is dropped."""
     return build_model_inputs(config, np.full((1, 1), pad, np.int32))
 
 
-def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray,
-                       drop_ids: Sequence[int] = ()) -> list[str]:
+def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray, drop_ids: Sequence[int] = ()) -> list[str]:
     """Text of each completion: masked tokens minus `drop_ids` (EOS, pad); other special tokens kept."""
     drop = np.asarray(list(drop_ids), np.int64)
     texts = []

@@ -15,7 +15,8 @@ device or any (data, fsdp, tensor) mesh.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -67,8 +68,9 @@ class TrainStep:
         """A fresh TrainState; optimizer state is created on the params' shardings (moments sharded
         like their parameters, everything else replicated), never gathered on one device."""
         opt_state = jax.jit(self.optimizer.init, out_shardings=_opt_shardings(self.optimizer, params))(params)
-        state = TrainState(step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32),
-                           params=params, opt_state=opt_state)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state
+        )
         return self.place_state(state, params)
 
     def place_state(self, state: TrainState, params_like: Any) -> TrainState:
@@ -78,8 +80,10 @@ class TrainStep:
         sharding = getattr(leaf, "sharding", None)
         if isinstance(sharding, jax.sharding.NamedSharding):
             replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-            state = jax.tree.map(lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding)
-                                 else jax.device_put(x, replicated), state)
+            state = jax.tree.map(
+                lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, replicated),
+                state,
+            )
         self._set_shardings(shardings_of(state))
         return state
 
@@ -100,15 +104,18 @@ class TrainStep:
             def make() -> Accumulator:
                 return Accumulator(
                     grads=jax.tree.map(lambda g: jnp.zeros(g.shape, jnp.float32), grads),
-                    total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32),
-                    aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux))
+                    total=jnp.zeros((), jnp.float32),
+                    count=jnp.zeros((), jnp.float32),
+                    aux=jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), aux),
+                )
 
             out_shardings = None
             if self._param_shardings is not None:
                 mesh = jax.tree.leaves(self._param_shardings)[0].mesh
                 rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-                out_shardings = Accumulator(grads=self._param_shardings, total=rep, count=rep,
-                                            aux=jax.tree.map(lambda _: rep, aux))
+                out_shardings = Accumulator(
+                    grads=self._param_shardings, total=rep, count=rep, aux=jax.tree.map(lambda _: rep, aux)
+                )
             self._zeros = jax.jit(make, out_shardings=out_shardings)
         return self._zeros()
 
@@ -136,8 +143,12 @@ class TrainStep:
             self._set_shardings(shardings_of(state))
         if self._apply is None:
             shardings = (self._state_shardings, shardings_of(acc))
-            self._apply = jax.jit(self._apply_impl, donate_argnums=(0,), in_shardings=shardings,
-                                  out_shardings=(self._state_shardings, None))
+            self._apply = jax.jit(
+                self._apply_impl,
+                donate_argnums=(0,),
+                in_shardings=shardings,
+                out_shardings=(self._state_shardings, None),
+            )
         return self._apply(state, acc)
 
     def _apply_impl(self, state: TrainState, acc: Accumulator):
@@ -160,12 +171,12 @@ class TrainStep:
             params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state),
         )
-        metrics = {"loss": loss, "grad_norm": grad_norm, "count": acc.count, "applied": ok,
-                   **acc.aux}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "count": acc.count, "applied": ok, **acc.aux}
         return new_state, metrics
 
-    def __call__(self, state: TrainState, frozen: Any, microbatches: Sequence[Any]
-                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    def __call__(
+        self, state: TrainState, frozen: Any, microbatches: Sequence[Any]
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         """Accumulate over `microbatches`, then apply one update."""
         acc = None
         for batch in microbatches:
@@ -188,8 +199,11 @@ def _opt_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any:
     def like_params(x: Any) -> bool:
         return not isinstance(x, jax.ShapeDtypeStruct) and jax.tree.structure(x) == structure
 
-    return jax.tree.map(lambda x: shardings if like_params(x) else replicated,
-                        jax.eval_shape(optimizer.init, params), is_leaf=like_params)
+    return jax.tree.map(
+        lambda x: shardings if like_params(x) else replicated,
+        jax.eval_shape(optimizer.init, params),
+        is_leaf=like_params,
+    )
 
 
 def _split_aux(out: tuple[jax.Array, jax.Array, dict[str, jax.Array]]):
