@@ -21,15 +21,16 @@ Entry points (B batch, L tokens, V vocab, T cache length):
   - `decode_step(tokens [B], position_ids [3, B] / [B] / scalar, cache, cache_index,
     attn_mask_full [B, T]) -> (logits [B, V] float32, cache)`: one new token per row written at
     slot `cache_index` (a scalar); it attends to the slots where `attn_mask_full` is nonzero plus
-    its own slot. `cache` may also be a `text.SharedPromptCache` (N = B * G rows sharing B prompts'
-    caches, as `generation.decode` builds it): the token is written in the row's own cache
-    `cache.own` [N, T], `attn_mask_full` ([N, T] or [1, T]) masks the own slots, and every row also
-    attends to its prompt's keys under `cache.prompt_mask`. M-RoPE id of the k-th generated token (k = 0 for the token sampled from the
+    its own slot. M-RoPE id of the k-th generated token (k = 0 for the token sampled from the
     prefill logits), the same on the three axes: `position_ids[:, b, -1] + 1 + k` (the last
     prompt id + 1 + k; prompts end with text). This is what transformers 5 `generate` uses and
     what a full forward over prompt + completion (`get_rope_index`, as training log-probs see it)
     gives. (`rope_deltas` = max prompt id + 1 - n_valid is returned for HF compatibility; the
     max id exceeds the last id when a long video's temporal ids run past the trailing text.)
+  - `decode_step` on a `text.SharedPromptCache` (N = B * G rows sharing B prompts' caches, as
+    `generation.decode` builds it): the token is written in the row's own cache `cache.own`
+    [N, T], `attn_mask_full` ([N, T] or [1, T]) masks the own slots, and every row also attends
+    to its prompt's keys under `cache.prompt_mask`.
 * Activation sharding: `sharding.set_activation_sharding(model, mesh, layout)` (done by
   `sharding.shard_model`) makes every submodule constrain its activations to the batch axes.
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
