@@ -73,7 +73,8 @@ def test_vision_metadata_matches_transformers():
     assert sizes.min() < v.window_merged**2 == sizes.max()
     # one block per window / temporal group, padded to the static sizes
     assert inputs.window_blocks.shape == (1, layout_size(len(cu_window) - 1), window_len(CONFIG))
-    assert inputs.frame_blocks.shape == (1, layout_size(len(cu_full) - 1), layout_size(int(np.diff(cu_full).max()), 8))
+    frame_len = layout_size(int(np.diff(cu_full).max()), 8)
+    assert inputs.frame_blocks.shape == (1, layout_size(len(cu_full) - 1), frame_len)
 
 
 def test_layout_size_rounds_up_with_bounded_waste():

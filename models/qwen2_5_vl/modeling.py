@@ -21,13 +21,13 @@ Entry points (B batch, L tokens, V vocab, T cache length):
   - `decode_step(tokens [B], position_ids [3, B] / [B] / scalar, cache, cache_index,
     attn_mask_full [B, T]) -> (logits [B, V] float32, cache)`: one new token per row written at
     slot `cache_index` (a scalar); it attends to the slots where `attn_mask_full` is nonzero plus
-    its own slot. `cache` may also be a `text.SharedPromptCache` (N = B * G rows sharing B prompts'
-    caches, as `generation.decode` builds it): the token is written in the row's own cache
-    `cache.own` [N, T], `attn_mask_full` ([N, T] or [1, T]) masks the own slots, and every row also
-    attends to its prompt's keys under `cache.prompt_mask`. The M-RoPE ids of the generated tokens
-    are `rope_index.completion_position_ids` (the config's `text_after_vision` rule: max prompt id + 1
-    + k by default, last prompt id + 1 + k under "transformers5"), which training log-probs and SFT use
-    as well.
+    its own slot. The M-RoPE ids of the generated tokens are `rope_index.completion_position_ids`
+    (the config's `text_after_vision` rule: max prompt id + 1 + k by default, last prompt id + 1 + k
+    under "transformers5"), which training log-probs and SFT use as well.
+  - `decode_step` on a `text.SharedPromptCache` (N = B * G rows sharing B prompts' caches, as
+    `generation.decode` builds it): the token is written in the row's own cache `cache.own`
+    [N, T], `attn_mask_full` ([N, T] or [1, T]) masks the own slots, and every row also attends
+    to its prompt's keys under `cache.prompt_mask`.
 * Activation sharding: `sharding.set_activation_sharding(model, mesh, layout)` (done by
   `sharding.shard_model`) makes every submodule constrain its activations to the batch axes.
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
