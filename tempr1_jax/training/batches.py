@@ -85,13 +85,15 @@ def take_rows(inputs: ModelInputs, rows: np.ndarray | slice) -> ModelInputs:
 
 
 def pad_inputs(
-    inputs: ModelInputs, shape: tuple[int, int, int], pad_token_id: int, padding_side: str = "left"
+    inputs: ModelInputs, shape: tuple[int, ...], pad_token_id: int, padding_side: str = "left"
 ) -> ModelInputs:
-    """Host `inputs` padded to (rows, tokens, patches) = `shape`: tokens on `padding_side` (the side the
-    batch is already padded on), patches at the end, extra rows copies of the first; `inputs` itself if
-    it has that shape already."""
-    rows, tokens, patches = shape
-    if (inputs.batch_size, inputs.seq_len, inputs.num_patches) == tuple(shape):
+    """Host `inputs` padded to (rows, tokens, patches[, *layout_sizes]) = `shape` (`ModelInputs.padded_shape`):
+    tokens on `padding_side`, patches at the end, block layouts with empty blocks, extra rows copies of the
+    first; `inputs` itself if it has that shape already."""
+    rows, tokens, patches, *layout = shape
+    if inputs.padded_shape[: len(shape)] == tuple(shape):
         return inputs
-    inputs = collate_model_inputs([inputs], tokens, patches, padding_side=padding_side, pad_token_id=pad_token_id)
+    inputs = collate_model_inputs(
+        [inputs], tokens, patches, padding_side=padding_side, pad_token_id=pad_token_id, pad_layout_to=layout or None
+    )
     return take_rows(inputs, np.where(np.arange(rows) < inputs.batch_size, np.arange(rows), 0))
