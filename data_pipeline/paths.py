@@ -141,12 +141,19 @@ def remove_tree(path: PathLike) -> None:
 
 @contextlib.contextmanager
 def staged_dir(dst: PathLike) -> Iterator[pathlib.Path]:
-    """A local directory to write `dst` into: `dst` itself when local (created); for a URL, a temporary
-    directory uploaded into `dst` when the block ends without an error."""
+    """A local directory to write `dst` into: `dst` itself when local (created, and removed again if the
+    block fails and it did not exist before); for a URL, a temporary directory uploaded into `dst` when
+    the block ends without an error."""
     if not is_remote(dst):
         out = pathlib.Path(os.fspath(dst))
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        yield out
+        try:
+            yield out
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         return
     with tempfile.TemporaryDirectory(prefix="tempr1-stage-") as tmp:
         yield pathlib.Path(tmp)

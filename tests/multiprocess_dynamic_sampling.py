@@ -32,13 +32,8 @@ from tempr1_jax.config import parse_gin  # noqa: E402
 from tempr1_jax.rl import rollout as rollout_lib  # noqa: E402
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig  # noqa: E402
 from tempr1_jax.training import multihost  # noqa: E402
-from tempr1_jax.training.data_setup import DataConfig, resolve_sources  # noqa: E402
-from tempr1_jax.training.model_setup import ModelSetup, build_model  # noqa: E402
 
 parse_gin(files=["demo.gin"], bindings=[*SMALL, *DAPO_BINDINGS, "MeshConfig.fsdp = 4"])
-if multihost.is_main():  # the synthetic data and the tiny tokenizer, written once before the others read them
-    build_model(ModelSetup(), workdir, resolve_sources(DataConfig(), workdir), True)
-multihost.barrier("data")
 rollout_lib.compute_rewards = crc_rewards(rollout_lib.compute_rewards)
 trainer = GRPOTrainer(workdir, TrainConfig(steps=3, tensorboard=False, progress=False, export_hf=False))
 seen = []

@@ -19,7 +19,7 @@ from tempr1_jax import cli
 from tempr1_jax.configurables import parse_gin
 from tempr1_jax.training.checkpoints import CheckpointManager
 from tempr1_jax.training.metrics_log import read_metrics
-from tests.gcs_emulator import gcs_emulator, set_env
+from gcs_emulator import gcs_emulator, set_env
 from tests.test_resume import SMALL
 
 pytestmark = pytest.mark.slow

@@ -44,8 +44,10 @@ def fake_inputs(ids, tokens=8, patches=4):
         vision_pos_ids=np.zeros((b, patches, 2), np.int32),
         window_index=np.broadcast_to(np.arange(patches, dtype=np.int32), (b, patches)).copy(),
         window_inverse=np.broadcast_to(np.arange(patches, dtype=np.int32), (b, patches)).copy(),
-        full_segment_ids=np.ones((b, patches), np.int32),
-        window_segment_ids=np.ones((b, patches), np.int32),
+        window_blocks=np.broadcast_to(np.arange(patches, dtype=np.int32)[:, None], (b, patches, 1)).copy(),
+        window_slot=np.broadcast_to(np.arange(patches, dtype=np.int32), (b, patches)).copy(),
+        frame_blocks=np.broadcast_to(np.arange(patches, dtype=np.int32)[:, None], (b, patches, 1)).copy(),
+        frame_slot=np.broadcast_to(np.arange(patches, dtype=np.int32), (b, patches)).copy(),
         patch_valid=np.ones((b, patches), bool),
         vision_token_index=np.full((b, tokens), -1, np.int32),
     )

@@ -173,9 +173,10 @@ def _repeated_cache_decode(model, inputs, g: int, steps: int, params: SamplingPa
     n = inputs.batch_size * g
     last, cache = generation.prefill(graphdef, state, inputs, length + steps)
     repeat = lambda x: jnp.repeat(x, g, axis=0)
-    positions = with_completions(inputs, jnp.zeros((n, steps), jnp.int32), jnp.ones((n, steps), bool), g).position_ids[
-        :, :, length:
-    ]
+    completions = with_completions(
+        model.config, inputs, jnp.zeros((n, steps), jnp.int32), jnp.ones((n, steps), bool), g
+    )
+    positions = completions.position_ids[:, :, length:]
     prompt_keys = jnp.pad(repeat(inputs.attention_mask).astype(bool), ((0, 0), (0, steps)))
     slots = jnp.arange(length + steps)
 

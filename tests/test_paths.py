@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import paths
-from tests.gcs_emulator import gcs_emulator, set_env
+from gcs_emulator import gcs_emulator, set_env
 
 BUCKET = "tempr1-paths"
 

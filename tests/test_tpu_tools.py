@@ -8,6 +8,7 @@ import pathlib
 import shlex
 import shutil
 import subprocess
+import tarfile
 import sys
 
 import pytest
@@ -65,7 +66,7 @@ def test_create_vm_runtime_per_generation(accel, version):
 
 def test_setup_workers_dry_run():
     tar, scp, ssh = _commands("setup_workers.sh", "--name", "pod", "--jax-version", "0.10.2")
-    assert tar[0] == "tar" and f"--directory={ROOT}" in tar and "--exclude=.git" in tar
+    assert tar[0] == "tar" and f"--directory={ROOT}" in tar and any(a.startswith("--files-from=") for a in tar)
     assert scp[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tar[3].split("=", 1)[1]]
     assert scp[6] == "pod:~/tempr1-jax-src.tar.gz" and "--worker=all" in scp
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"] and "--worker=all" in ssh
@@ -196,6 +197,35 @@ def _relaunch_with_fake_gcloud(tmp_path, **env_extra) -> tuple[subprocess.Comple
     )
     calls = (tmp_path / "calls").read_text().splitlines()
     return result, [" ".join(c.split()[:4]) + (" train" if "tempr1 train" in c else "") for c in calls]
+
+
+def test_setup_workers_ships_what_git_tracks_not_ignored_virtualenvs(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "a.py").write_text("x = 1\n")
+    (src / "new.py").write_text("y = 2\n")  # untracked, not ignored: shipped
+    (src / ".ci-venv" / "lib").mkdir(parents=True)
+    (src / ".ci-venv" / "lib" / "big.so").write_text("z")
+    (src / ".gitignore").write_text(".ci-venv/\n")
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    subprocess.run(["git", "-C", str(src), "add", "pkg", ".gitignore"], check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_DIR=str(tmp_path), TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        ["bash", str(TPU / "setup_workers.sh"), "--name", "pod", "--src", str(src)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(tmp_path / "tempr1-jax-src.tar.gz") as archive:
+        assert sorted(archive.getnames()) == [".gitignore", "new.py", "pkg/a.py"]
 
 
 def test_relaunch_recreates_a_preempted_vm_and_resumes_until_the_run_finishes(tmp_path):

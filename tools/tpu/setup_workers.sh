@@ -35,8 +35,20 @@ if [[ -n "${JAX_VERSION}" ]]; then
 fi
 tpu_flags
 
-run tar --create --gzip --file="${ARCHIVE}" --directory="${SRC_DIR}" \
-  --exclude=.git --exclude=runs --exclude=__pycache__ --exclude='*.egg-info' --exclude=.venv .
+if git -C "${SRC_DIR}" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  # A checkout ships what git tracks or would track: no virtualenvs, runs or other ignored files.
+  FILE_LIST="${ARCHIVE%.tar.gz}.files"
+  if [[ "${DRY_RUN}" -eq 0 ]]; then
+    git -C "${SRC_DIR}" ls-files -z --cached --others --exclude-standard |
+      while IFS= read -r -d '' f; do
+        if [[ -e "${SRC_DIR}/${f}" ]]; then printf '%s\0' "${f}"; fi
+      done >"${FILE_LIST}"
+  fi
+  run tar --create --gzip --file="${ARCHIVE}" --directory="${SRC_DIR}" --null --files-from="${FILE_LIST}"
+else
+  run tar --create --gzip --file="${ARCHIVE}" --directory="${SRC_DIR}" \
+    --exclude=.git --exclude=runs --exclude=__pycache__ --exclude='*.egg-info' --exclude='*venv' .
+fi
 run gcloud compute tpus tpu-vm scp "${ARCHIVE}" "${TPU_NAME}:~/tempr1-jax-src.tar.gz" \
   --worker=all "${TPU_FLAGS[@]}"
 # One venv per worker; the project is installed editable so that launch_train.sh can run `tempr1`.
