@@ -12,6 +12,8 @@ import pathlib
 import tempfile
 
 import pytest
+from gcs_emulator import gcs_emulator, set_env
+from test_resume import SMALL
 
 from data_pipeline import paths
 from data_pipeline.synthetic import write_synthetic_dataset
@@ -19,8 +21,6 @@ from tempr1_jax import cli
 from tempr1_jax.configurables import parse_gin
 from tempr1_jax.training.checkpoints import CheckpointManager
 from tempr1_jax.training.metrics_log import read_metrics
-from gcs_emulator import gcs_emulator, set_env
-from tests.test_resume import SMALL
 
 pytestmark = pytest.mark.slow
 BUCKET = "tempr1-e2e"

@@ -5,9 +5,9 @@ import pathlib
 
 import numpy as np
 import pytest
+from gcs_emulator import gcs_emulator, set_env
 
 from data_pipeline import paths
-from gcs_emulator import gcs_emulator, set_env
 
 BUCKET = "tempr1-paths"
 

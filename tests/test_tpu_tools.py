@@ -8,8 +8,8 @@ import pathlib
 import shlex
 import shutil
 import subprocess
-import tarfile
 import sys
+import tarfile
 
 import pytest
 
