@@ -1,16 +1,21 @@
 """A deterministic synthetic dataset: real mp4 clips of coloured shapes with known events, for all tasks.
 
-Clips are small (140x112, 4 fps native, 10-30 s, black background) and written with PyAV (libx264,
-or mpeg4 where libx264 is missing). An event is a big solid shape of one colour that is visible
-during [start, end): it `appears` (still), `moves` across the screen (left to right) or `flashes`
-(a short, larger still shape). Event boundaries lie on a 0.5 s grid, so the 2 FPS sampling sees
-them exactly. From these the generator builds unified samples (`data_pipeline.samples.Sample`):
+Clips are small (140x112 at 4 fps native by default; `SyntheticSpec.frame_size` and `fps` choose
+others, e.g. 28x28 at 2 fps: one visual token per second), 10-20 s long (longer where the events need
+it) on a black background, written with PyAV (libx264, or mpeg4 where libx264 is missing). An event
+is a solid shape of one colour that is visible during [start, end): it `appears` (still), `moves`
+across the screen (left to right) or `flashes` (a short, larger still shape). Shape sizes scale with
+the frame. Event boundaries lie on a grid of `SyntheticSpec.tick` seconds (0.5 s), so the 2 FPS
+sampling sees them exactly. The events of one clip have distinct colours (the repeats of one event in
+vhd and tal share theirs), so a query's colour singles its event out even in a 28x28 frame. From
+these the generator builds unified samples (`data_pipeline.samples.Sample`):
 
 * tg: one event among 1-2 distractors, the query names its colour, shape and action;
 * dtg: 2-4 events, one query line per event in chronological order;
 * vhd: 2-3 windows of one event (and maybe a distractor), all windows are the answer;
-* gvqa: a lettered question about the events ("what colour is the circle that moves across the
-  screen?" or "what happens right after ...?") with the evidence spans as segments;
+* gvqa: a lettered question about the order of two consecutive events ("what happens right after
+  ...?" or "... right before ...?"; the wrong options are the clip's other events and event sentences
+  in colours of their own) with the spans of both events as evidence;
 * tal: every instance of one action class (e.g. "red square flashes") among distractors;
 * order / mcq (TPRU style, PNG images): four steps of a shape's motion, shuffled (answer e.g.
   "CABD", the labels in chronological order), or steps 1, 2, 4 plus three candidates for step 3
@@ -22,11 +27,13 @@ seeded from (seed, split, task, index), so the same seed gives the same JSONL by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import av
 import numpy as np
@@ -39,7 +46,7 @@ IMAGE_TASKS = ("order", "mcq")
 WIDTH, HEIGHT = 140, 112  # multiples of 28 and >= 16*28*28 pixels: read_video keeps them as they are
 NATIVE_FPS = 4
 IMAGE_SIZE = 112
-TICK = 0.5  # seconds; event times are multiples of this
+TICK = 0.5  # seconds; the default grid of event times
 COLOURS = {
     "red": (230, 30, 30),
     "green": (30, 200, 60),
@@ -50,17 +57,57 @@ COLOURS = {
 }
 SHAPES = ("square", "circle", "triangle")
 ACTIONS = {"appears": "appears", "moves": "moves across the screen", "flashes": "flashes"}
-# Event length range per action, in ticks (inclusive). At most 5 events of <= 10 ticks with gaps
-# (5 * 10 + 5 + 2 = 57 ticks) keep every clip within 30 s.
-_LENGTHS = {"appears": (4, 10), "moves": (6, 10), "flashes": (2, 4)}
-_SIZES = {"appears": 36, "moves": 32, "flashes": 56}
+# Default event length range per action, in ticks (inclusive). At most 5 events of <= 10 ticks with
+# gaps (5 * 10 + 5 + 2 = 57 ticks) keep every clip within 30 s.
+EVENT_TICKS = {"appears": (4, 10), "moves": (6, 10), "flashes": (2, 4)}
+_SIZES = {"appears": 36, "moves": 32, "flashes": 56}  # pixels in a HEIGHT-high frame, scaled with the frame
 _DIRECTIONS = {
     "from the left to the right": (0, 1),
     "from the right to the left": (0, -1),
     "from the top to the bottom": (1, 0),
     "from the bottom to the top": (-1, 0),
 }
-Event = dict  # {"colour", "shape", "action", "start", "end", "y", "x"} (seconds, pixels)
+Event = dict  # {"colour", "shape", "action", "start", "end", "y", "x"} (seconds; y, x in [0, 1] of the free room)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """How the clips look and how long things in them last (the defaults are the dataset's own).
+
+    frame_size: (height, width) in pixels; fps: frames per second written (fps * tick must be a whole
+    number, so that a frame falls on every event boundary). tick: seconds of the grid event times lie
+    on. clip_ticks: (min, max) clip length in ticks, drawn uniformly; a clip whose events (with a tick
+    between them and around them) need more is as long as they need. event_ticks: action ->
+    (min, max) event length in ticks, inclusive.
+    """
+
+    frame_size: tuple[int, int] = (HEIGHT, WIDTH)
+    fps: int = NATIVE_FPS
+    tick: float = TICK
+    clip_ticks: tuple[int, int] = (20, 40)
+    event_ticks: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=lambda: dict(EVENT_TICKS))
+
+    def __post_init__(self) -> None:
+        height, width = self.frame_size
+        lo, hi = self.clip_ticks
+        frames_per_tick = self.fps * self.tick
+        if (
+            min(height, width) < 1
+            or self.fps < 1
+            or self.tick <= 0
+            or abs(frames_per_tick - round(frames_per_tick)) > 1e-9
+        ):
+            raise ValueError(f"SyntheticSpec: frame_size, fps > 0 and fps * tick a whole number required, got {self}")
+        if not 1 <= lo <= hi:
+            raise ValueError(f"SyntheticSpec.clip_ticks must be (min, max) with 1 <= min <= max, got {self.clip_ticks}")
+        bad = {a: r for a, r in self.event_ticks.items() if a not in ACTIONS or not 1 <= r[0] <= r[1]}
+        if bad or set(self.event_ticks) != set(ACTIONS):
+            raise ValueError(
+                f"SyntheticSpec.event_ticks needs (min, max) >= 1 for each of {list(ACTIONS)}, got {dict(self.event_ticks)}"
+            )
+
+
+DEFAULT_SPEC = SyntheticSpec()
 
 
 @functools.cache
@@ -86,17 +133,22 @@ def _paint(canvas: np.ndarray, shape: str, colour: str, size: int, y: int, x: in
         canvas[y0:y1, x0:x1][mask[y0 - y : y1 - y, x0 - x : x1 - x]] = COLOURS[colour]
 
 
+def shape_size(action: str, height: int = HEIGHT, width: int = WIDTH) -> int:
+    """Side in pixels of an event's shape in a height x width frame (the default sizes scaled to it)."""
+    return max(2, round(_SIZES[action] * min(height, width) / HEIGHT))
+
+
 def render_frame(t: float, events: Sequence[Event], height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
     """The RGB uint8 frame at time t: every event with start <= t < end drawn on black."""
     canvas = np.zeros((height, width, 3), np.uint8)
     for ev in events:
         if not ev["start"] <= t < ev["end"]:
             continue
-        size = _SIZES[ev["action"]]
-        x = ev["x"]
+        size = shape_size(ev["action"], height, width)
+        y, x = round(ev["y"] * (height - size)), round(ev["x"] * (width - size))
         if ev["action"] == "moves":
             x = round(-size / 2 + (t - ev["start"]) / (ev["end"] - ev["start"]) * width)
-        _paint(canvas, ev["shape"], ev["colour"], size, ev["y"], x)
+        _paint(canvas, ev["shape"], ev["colour"], size, y, x)
     return canvas
 
 
@@ -128,36 +180,41 @@ def describe(ev: Event) -> str:
 # --- timelines ---------------------------------------------------------------------------------
 
 
-def _kinds(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
-    """n distinct (colour, shape) pairs."""
-    pairs = [(c, s) for c in COLOURS for s in SHAPES]
-    return [pairs[i] for i in rng.choice(len(pairs), size=n, replace=False)]
+def _kinds(rng: np.random.Generator, n: int, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """n (colour, shape) pairs of distinct colours, none in `exclude`, with random shapes."""
+    colours = [c for c in COLOURS if c not in exclude]
+    return [
+        (colours[i], SHAPES[int(rng.integers(len(SHAPES)))]) for i in rng.choice(len(colours), size=n, replace=False)
+    ]
 
 
-def _timeline(rng: np.random.Generator, specs: Sequence[tuple[str, str, str]]) -> tuple[list[Event], float]:
+def _timeline(
+    rng: np.random.Generator, specs: Sequence[tuple[str, str, str]], spec: SyntheticSpec
+) -> tuple[list[Event], float]:
     """Place events (colour, shape, action) in the given order without overlap; returns (events, duration)."""
-    lengths = [int(rng.integers(lo, hi + 1)) for lo, hi in (_LENGTHS[a] for _, _, a in specs)]
-    total = max(int(rng.integers(20, 41)), sum(lengths) + len(specs) + 2)  # 10-20 s, longer if needed
+    lengths = [int(rng.integers(lo, hi + 1)) for lo, hi in (spec.event_ticks[a] for _, _, a in specs)]
+    needed = sum(lengths) + len(specs) + 2
+    lo, hi = spec.clip_ticks
+    total = int(rng.integers(max(lo, needed), max(hi, needed) + 1))
     # Random gaps summing to the free time, at least one tick between consecutive events.
     gaps = rng.multinomial(total - sum(lengths) - (len(specs) - 1), [1 / (len(specs) + 1)] * (len(specs) + 1))
     gaps[1:-1] += 1
     events, t = [], 0
     for (colour, shape, action), length, gap in zip(specs, lengths, gaps):
         t += int(gap)
-        size = _SIZES[action]
         events.append(
             {
                 "colour": colour,
                 "shape": shape,
                 "action": action,
-                "start": t * TICK,
-                "end": (t + length) * TICK,
-                "y": int(rng.integers(0, HEIGHT - size + 1)),
-                "x": int(rng.integers(0, WIDTH - size + 1)),
+                "start": t * spec.tick,
+                "end": (t + length) * spec.tick,
+                "y": float(rng.random()),
+                "x": float(rng.random()),
             }
         )
         t += length
-    return events, total * TICK
+    return events, total * spec.tick
 
 
 def _action(rng: np.random.Generator, choices: Sequence[str] = tuple(ACTIONS)) -> str:
@@ -171,16 +228,16 @@ def _seg(ev: Event) -> list[float]:
 # --- per-task samples (return the sample fields; events drive the video) -------------------------
 
 
-def _tg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+def _tg(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
     specs = [(c, s, _action(rng)) for c, s in _kinds(rng, int(rng.integers(2, 4)))]
-    events, duration = _timeline(rng, specs)
+    events, duration = _timeline(rng, specs, spec)
     target = events[int(rng.integers(len(events)))]
     return events, duration, {"query": describe(target), "segments": [_seg(target)]}
 
 
-def _dtg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+def _dtg(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
     specs = [(c, s, _action(rng)) for c, s in _kinds(rng, int(rng.integers(2, 5)))]
-    events, duration = _timeline(rng, specs)
+    events, duration = _timeline(rng, specs, spec)
     return (
         events,
         duration,
@@ -188,24 +245,26 @@ def _dtg(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
     )
 
 
-def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Sequence[str]):
+def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Sequence[str], spec: SyntheticSpec):
     """A timeline with n_target instances of one (colour, shape, action) among n_other distractors."""
     kinds = _kinds(rng, 1 + n_other)
     action = _action(rng, actions)
     specs = [(*kinds[0], action)] * n_target + [(c, s, _action(rng)) for c, s in kinds[1:]]
     specs = [specs[i] for i in rng.permutation(len(specs))]
-    events, duration = _timeline(rng, specs)
+    events, duration = _timeline(rng, specs, spec)
     targets = [e for e in events if (e["colour"], e["shape"], e["action"]) == (*kinds[0], action)]
     return events, duration, targets
 
 
-def _vhd(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
-    events, duration, targets = _repeated(rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes"))
+def _vhd(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
+    events, duration, targets = _repeated(
+        rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes"), spec
+    )
     return events, duration, {"query": describe(targets[0]), "segments": [_seg(e) for e in targets]}
 
 
-def _tal(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
-    events, duration, targets = _repeated(rng, int(rng.integers(1, 5)), 1, tuple(ACTIONS))
+def _tal(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
+    events, duration, targets = _repeated(rng, int(rng.integers(1, 5)), 1, tuple(ACTIONS), spec)
     t = targets[0]
     query = f"{t['colour']} {t['shape']} {ACTIONS[t['action']]}"
     return events, duration, {"query": query, "segments": [_seg(e) for e in targets]}
@@ -218,36 +277,26 @@ def _lettered(rng: np.random.Generator, right: str, wrong: Sequence[str]) -> tup
     return options, LETTERS[options.index(right)]
 
 
-def _other_descriptions(rng: np.random.Generator, exclude: Sequence[str], n: int) -> list[str]:
-    """n random event sentences, none of them in `exclude`."""
-    out: list[str] = []
-    while len(out) < n:
-        ((colour, shape),) = _kinds(rng, 1)
-        text = describe({"colour": colour, "shape": shape, "action": _action(rng)})
-        if text not in exclude and text not in out:
-            out.append(text)
-    return out
+def _other_descriptions(rng: np.random.Generator, exclude_colours: Sequence[str], n: int) -> list[str]:
+    """n distinct random event sentences in colours not in `exclude_colours`."""
+    return [describe({"colour": c, "shape": s, "action": _action(rng)}) for c, s in _kinds(rng, n, exclude_colours)]
 
 
-def _gvqa(rng: np.random.Generator) -> tuple[list[Event], float, dict]:
+def _gvqa(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
     n = int(rng.integers(2, 4))
-    colours = [list(COLOURS)[i] for i in rng.choice(len(COLOURS), size=n, replace=False)]
     shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=n, replace=False)]
-    events, duration = _timeline(rng, [(c, s, _action(rng)) for c, s in zip(colours, shapes)])
-    target = int(rng.integers(n))
-    ev = events[target]
-    if target < n - 1 and rng.random() < 0.5:
-        nxt = events[target + 1]
-        wrong = [describe(e) for e in events if e is not nxt]
-        wrong += _other_descriptions(rng, [describe(e) for e in events], 3 - len(wrong))
-        options, answer = _lettered(rng, describe(nxt), wrong)
-        question = f"What happens right after {describe(ev)}?"
-        segments = [_seg(ev), _seg(nxt)]
+    specs = [(c, s, _action(rng)) for (c, _), s in zip(_kinds(rng, n), shapes)]
+    events, duration = _timeline(rng, specs, spec)
+    target = int(rng.integers(n - 1))  # the earlier of two consecutive events
+    first, second = events[target], events[target + 1]
+    if rng.random() < 0.5:
+        question, right = f"What happens right after {describe(first)}?", second
     else:
-        wrong = [c for c in rng.permutation(list(COLOURS)) if c != ev["colour"]]
-        options, answer = _lettered(rng, ev["colour"], wrong)
-        question = f"What colour is the {ev['shape']} that {ACTIONS[ev['action']]}?"
-        segments = [_seg(ev)]
+        question, right = f"What happens right before {describe(second)}?", first
+    wrong = [describe(e) for e in events if e is not right]
+    wrong += _other_descriptions(rng, [e["colour"] for e in events], 3 - len(wrong))
+    options, answer = _lettered(rng, describe(right), wrong)
+    segments = [_seg(first), _seg(second)]
     return events, duration, {"query": question, "options": options, "answer": answer, "segments": segments}
 
 
@@ -311,11 +360,13 @@ def _rng(seed: int, split: str, task: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
-def _video_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.random.Generator) -> Sample:
-    events, duration, fields = _VIDEO_BUILDERS[task](rng)
+def _video_sample(
+    out_dir: pathlib.Path, sample_id: str, task: str, rng: np.random.Generator, spec: SyntheticSpec
+) -> Sample:
+    events, duration, fields = _VIDEO_BUILDERS[task](rng, spec)
     rel = f"videos/{sample_id}.mp4"
-    n = round(duration * NATIVE_FPS)
-    write_video(out_dir / rel, [render_frame(i / NATIVE_FPS, events) for i in range(n)])
+    n = round(duration * spec.fps)
+    write_video(out_dir / rel, [render_frame(i / spec.fps, events, *spec.frame_size) for i in range(n)], spec.fps)
     extra = {"events": [{k: e[k] for k in ("colour", "shape", "action", "start", "end")} for e in events]}
     return Sample(id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields)
 
@@ -338,30 +389,49 @@ def write_synthetic_dataset(
     tasks: Sequence[str] = VIDEO_TASKS,
     include_images: bool = True,
     split_names: Sequence[str] = ("train", "test"),
+    spec: SyntheticSpec | None = None,
+    progress: bool = False,
+    **spec_fields: Any,
 ) -> dict[str, pathlib.Path]:
     """Write videos, PNG images and one unified-sample JSONL per split; returns split -> JSONL path.
 
     `samples_per_task` is a count per (split, task), or a mapping split -> count. `tasks` are video
-    tasks (tg, dtg, vhd, gvqa, tal); `include_images` adds the TPRU-style order and mcq tasks. Media
-    paths in the JSONL are relative to `out_dir`. Existing files of the same names are overwritten.
+    tasks (tg, dtg, vhd, gvqa, tal); `include_images` adds the TPRU-style order and mcq tasks. The
+    clips follow `spec`, with any `SyntheticSpec` field given as a keyword (e.g. `frame_size=(28, 28),
+    fps=2`) replacing the spec's. Media paths in the JSONL are relative to `out_dir`. Existing files of
+    the same names are overwritten. `progress` shows a progress bar (clips written / all) on stderr.
     """
     unknown = set(tasks) - set(_VIDEO_BUILDERS) - set(_IMAGE_BUILDERS)
     if unknown:
         raise ValueError(f"unknown synthetic tasks {sorted(unknown)}; known: {VIDEO_TASKS + IMAGE_TASKS}")
+    spec = dataclasses.replace(spec or SyntheticSpec(), **spec_fields)
     all_tasks = list(dict.fromkeys([*tasks, *(IMAGE_TASKS if include_images else ())]))
     out = pathlib.Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    counts = {
+        s: samples_per_task[s] if isinstance(samples_per_task, Mapping) else samples_per_task for s in split_names
+    }
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(counts.values()) * len(all_tasks), desc="data", unit="sample", dynamic_ncols=True)
     paths = {}
     for split in split_names:
-        count = samples_per_task[split] if isinstance(samples_per_task, Mapping) else samples_per_task
         samples = []
         for task in all_tasks:
-            for i in range(count):
+            for i in range(counts[split]):
                 sample_id = f"syn-{split}-{task}-{i:04d}"
                 rng = _rng(seed, split, task, i)
-                make = _video_sample if task in _VIDEO_BUILDERS else _image_sample
-                samples.append(make(out, sample_id, task, rng))
+                if task in _VIDEO_BUILDERS:
+                    samples.append(_video_sample(out, sample_id, task, rng, spec))
+                else:
+                    samples.append(_image_sample(out, sample_id, task, rng))
+                if bar is not None:
+                    bar.update(1)
         paths[split] = out / f"{split}.jsonl"
         write_jsonl(paths[split], samples)
+    if bar is not None:
+        bar.close()
     return paths

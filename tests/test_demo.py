@@ -29,18 +29,32 @@ SHORT = [
     "--gin.RolloutConfig.num_generations=2",
     "--gin.RolloutConfig.max_new_tokens=6",
     "--gin.ModelSetup.tokenizer_vocab_size=300",
+    # The tiny tokenizer of so little text spends ~330 tokens on a gvqa prompt (four event sentences).
+    "--gin.LoaderConfig.token_buckets=(384,)",
     "--gin.CheckpointConfig.async_save=False",
 ]
 
 
 @pytest.mark.slow
-def test_short_demo(tmp_path):
+def test_short_demo(tmp_path, capsys):
     from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
     from tempr1_jax import cli
 
     work = tmp_path / "demo"
     assert cli.main(["demo", "--workdir", str(work), *SHORT]) == 0
     report = json.loads((work / "demo_report.json").read_text())
+    # Progress on stderr (phases, bars with step x / n), the summary on stdout.
+    out, err = capsys.readouterr()
+    assert "[1/7] data" in err and "[5/7] grpo" in err and "2/2" in err and "done in" in err
+    assert "tg    mIoU" in out and "localisation reward change" in out
+    # Baselines and paired changes on the same held-out samples.
+    for name in ("whole_video", "random", "best_constant"):
+        assert set(report["baselines"][name]) == {"tg", "gvqa"} and "Acc" in report["baselines"][name]["gvqa"]
+    for task, metric in (("tg", "mIoU"), ("gvqa", "Acc"), ("gvqa", "mIoU")):
+        change = report["changes"][task][metric]
+        assert change["delta"] == pytest.approx(report["after"][task][metric] - report["before"][task][metric])
+        assert change["stderr"] >= 0 or report["held_out_skipped"] > 0
+    assert set(report["loc_reward_change"]) == {"delta", "stderr", "num_samples"}
     for phase in ("before", "after"):
         assert set(report[phase]) == {"tg", "gvqa", "mean_reward"}
         assert "mIoU" in report[phase]["tg"] and "Acc" in report[phase]["gvqa"]

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "tempr1_jax.paper_results",
             "tempr1_jax.difficulty",
             "tempr1_jax.prediction_formats",
+            "tempr1_jax.baselines",
         ),
     ),
     ("training core", ("tempr1_jax.training",)),

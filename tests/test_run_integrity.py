@@ -12,6 +12,7 @@ import logging
 import pathlib
 import threading
 
+import av
 import gin
 import pytest
 from test_training_loop import SMALL, sft_run
@@ -130,9 +131,12 @@ def test_tiny_model_trains_its_tokenizer_on_an_arrayrecord_split(tmp_path):
 
 
 def test_synthetic_data_of_other_settings_is_rewritten(tmp_path):
-    def count(samples_per_task: int) -> int:
+    def count(samples_per_task: int, spec=None) -> int:
         cfg = data_setup.DataConfig(
-            synthetic=True, synthetic_tasks=("tg",), synthetic_samples_per_task=samples_per_task
+            synthetic=True,
+            synthetic_tasks=("tg",),
+            synthetic_samples_per_task=samples_per_task,
+            synthetic_spec=spec or {},
         )
         data_setup.write_synthetic(cfg, tmp_path)
         (source,) = data_setup.resolve_sources(cfg, tmp_path)
@@ -141,6 +145,11 @@ def test_synthetic_data_of_other_settings_is_rewritten(tmp_path):
     assert count(1) == 1
     assert count(2) == 2
     assert json.loads((tmp_path / "data" / data_setup.SYNTHETIC_SETTINGS).read_text())["samples_per_task"] == 2
+    # Other clips (SyntheticSpec fields) are other data too.
+    assert count(2, {"frame_size": (28, 28), "fps": 2}) == 2
+    assert json.loads((tmp_path / "data" / data_setup.SYNTHETIC_SETTINGS).read_text())["spec"]["fps"] == 2
+    with av.open(str(tmp_path / "data" / "videos" / "syn-train-tg-0000.mp4")) as clip:
+        assert clip.streams.video[0].width == 28
 
 
 def test_a_stop_request_ends_a_wait_for_the_loader(tmp_path, monkeypatch):

@@ -122,3 +122,65 @@ def test_timeline_invariants():
 def test_unknown_task(tmp_path):
     with pytest.raises(ValueError, match="unknown synthetic tasks"):
         synthetic.write_synthetic_dataset(tmp_path, tasks=("tg", "nope"))
+
+
+def test_small_frames_at_2_fps(tmp_path):
+    """28x28 clips at 2 FPS (one visual token per second): shapes scaled to the frame, every visible
+    event's colour on its frames, nothing on the others."""
+    paths = synthetic.write_synthetic_dataset(
+        tmp_path, seed=1, samples_per_task=1, include_images=False, split_names=("test",), frame_size=(28, 28), fps=2
+    )
+    for s in read_jsonl(paths["test"]):
+        validate_sample(s, where="small", videos_dir=tmp_path)
+        frames, info = read_video(tmp_path / s.video, min_pixels=784, max_pixels=784)
+        assert info["native_fps"] == 2 and frames.shape[1:3] == (28, 28)
+        for frame, t in zip(frames, info["timestamps"]):
+            visible = [e for e in s.extra["events"] if e["start"] <= t < e["end"]]
+            for e in visible:
+                assert _has_colour(frame, e["colour"], min_pixels=4), (s.id, t, e)
+            if not visible:
+                assert frame.max() < 40, (s.id, t)
+    assert synthetic.shape_size("appears", 28, 28) == 9 and synthetic.shape_size("appears") == 36
+
+
+def test_distinct_colours_and_gvqa_order():
+    """One colour per event kind in a clip; gvqa asks for the event right after / before another and
+    gives both events' spans as evidence."""
+    for task, build in synthetic._VIDEO_BUILDERS.items():
+        for i in range(100):
+            events, _, fields = build(np.random.default_rng(i))
+            kinds = {(e["colour"], e["shape"], e["action"]) for e in events}
+            assert len({c for c, _, _ in kinds}) == len(kinds), (task, i, kinds)
+            if task != "gvqa":
+                continue
+            right = fields["options"]["ABCD".index(fields["answer"])]
+            sentences = [synthetic.describe(e) for e in events]
+            k = sentences.index(right)
+            if fields["query"].startswith("What happens right after"):
+                assert fields["query"] == f"What happens right after {sentences[k - 1]}?" and k > 0
+                pair = events[k - 1 : k + 1]
+            else:
+                assert fields["query"] == f"What happens right before {sentences[k + 1]}?"
+                pair = events[k : k + 2]
+            assert fields["segments"] == [[e["start"], e["end"]] for e in pair]
+            assert len(set(fields["options"])) == 4
+
+
+def test_spec_knobs():
+    """Tick length, clip length range and event lengths come from the spec."""
+    spec = synthetic.SyntheticSpec(
+        tick=1.0, clip_ticks=(40, 40), event_ticks={"appears": (3, 3), "moves": (3, 3), "flashes": (2, 2)}
+    )
+    for build in synthetic._VIDEO_BUILDERS.values():
+        for i in range(50):
+            events, duration, _ = build(np.random.default_rng(i), spec)
+            assert duration == 40.0
+            for e in events:
+                assert e["start"] % 1 == 0 and e["end"] - e["start"] == (2 if e["action"] == "flashes" else 3)
+    # Events that need more room than clip_ticks allows make the clip as long as they need.
+    tight = synthetic.SyntheticSpec(clip_ticks=(4, 4))
+    events, duration, _ = synthetic._VIDEO_BUILDERS["dtg"](np.random.default_rng(0), tight)
+    assert duration >= events[-1]["end"] + tight.tick
+    for bad in ({"fps": 3}, {"clip_ticks": (5, 4)}, {"event_ticks": {"appears": (1, 2)}}, {"frame_size": (0, 28)}):
+        with pytest.raises(ValueError, match="SyntheticSpec"):
+            synthetic.SyntheticSpec(**bad)

@@ -56,6 +56,28 @@ class EvalResult:
     skipped: list[dict[str, Any]]
 
 
+def per_sample_reward_terms(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    think: bool = True,
+    **reward_options: Any,
+) -> dict[str, np.ndarray]:
+    """The reward terms (`compute_rewards`: `format`, `loc`, `total`, + `cls`) of each output, float32 [N]."""
+    if not predictions:
+        return {
+            "format": np.zeros((0,), np.float32),
+            "loc": np.zeros((0,), np.float32),
+            "total": np.zeros((0,), np.float32),
+        }
+    return compute_rewards(
+        [p["task"] for p in predictions],
+        [p["output"] for p in predictions],
+        list(targets),
+        think=think,
+        **reward_options,
+    )
+
+
 def per_sample_rewards(
     predictions: Sequence[Mapping[str, Any]],
     targets: Sequence[Mapping[str, Any]],
@@ -63,15 +85,7 @@ def per_sample_rewards(
     **reward_options: Any,
 ) -> np.ndarray:
     """Total reward (`compute_rewards`) of each output, float32 [N]."""
-    if not predictions:
-        return np.zeros((0,), np.float32)
-    return compute_rewards(
-        [p["task"] for p in predictions],
-        [p["output"] for p in predictions],
-        list(targets),
-        think=think,
-        **reward_options,
-    )["total"]
+    return per_sample_reward_terms(predictions, targets, think, **reward_options)["total"]
 
 
 def reward_summary(

@@ -1,18 +1,27 @@
 """`tempr1 demo [--workdir W]`: synthetic data, tiny tokenizer and model, SFT, eval, GRPO, eval, export.
 
-Writes `W/demo_report.json` ({"before": {task: metrics, ..., "mean_reward": x}, "after": {...}}),
-`W/learning_curve.png`, per-phase metrics and checkpoints, and an HF export in `W/hf`.
+Writes `W/demo_report.json` (held-out metrics and reward terms before and after GRPO, the baselines,
+every change with its paired standard error; see `apps.demo.build_report`), `W/learning_curve.png`,
+per-phase metrics, checkpoints and evaluation reports, and an HF export in `W/hf`. Progress (phase,
+step x / n, time left) goes to stderr, the summary to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from tempr1_jax.config import add_gin_arguments
 
 HELP = "End-to-end run on a built-in synthetic dataset (SFT, eval, GRPO, eval, export)."
 DEFAULT_GIN = "demo_e2e.gin"
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' advisory warnings (e.g. "PyTorch was not found", printed when it is imported
+    without torch, which the demo does not need) from the user; must run before transformers is imported."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_transformers()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tempr1_jax import configurables
     from tempr1_jax.apps import demo
@@ -31,5 +41,8 @@ def run(args: argparse.Namespace) -> int:
     configurables.parse_gin(args)
     report = demo.run_demo(args.workdir)
     print(demo.format_report(report))
-    print(f"wrote {args.workdir}/{demo.REPORT} and {args.workdir}/{demo.CURVE}")
+    print(
+        f"wrote {args.workdir}/{demo.REPORT}, {args.workdir}/{demo.CURVE} and "
+        f"{args.workdir}/eval_after/eval_timeline.png"
+    )
     return 0

@@ -34,7 +34,9 @@ class DataConfig:
     """Training sources: JSONL paths or dicts of `data_pipeline.loader.SourceConfig` fields.
 
     synthetic: write the synthetic dataset (`data_pipeline.synthetic`) into `workdir/data` and train on
-    its `train` split (the demo); `synthetic_tasks` / `synthetic_samples_per_task` shape it.
+    its `train` split (the demo); `synthetic_tasks` / `synthetic_samples_per_task` shape it, and
+    `synthetic_spec` (fields of `data_pipeline.synthetic.SyntheticSpec`, e.g. `{'frame_size': (28, 28),
+    'fps': 2, 'clip_ticks': (20, 60)}`) the clips.
     """
 
     sources: Sequence[Any] = ()
@@ -42,6 +44,7 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_tasks: Sequence[str] = ("tg", "dtg", "vhd", "gvqa", "tal")
     synthetic_samples_per_task: int = 8
+    synthetic_spec: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def prompt_builders(think: bool = True) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def write_synthetic(cfg: DataConfig, workdir: str | pathlib.Path) -> None:
         "seed": cfg.synthetic_seed,
         "samples_per_task": cfg.synthetic_samples_per_task,
         "tasks": list(cfg.synthetic_tasks),
+        "spec": json.loads(json.dumps(dict(cfg.synthetic_spec))),
     }
     record = out / SYNTHETIC_SETTINGS
     if (out / "train.jsonl").is_file() and record.is_file() and json.loads(record.read_text()) == settings:
@@ -90,6 +94,7 @@ def write_synthetic(cfg: DataConfig, workdir: str | pathlib.Path) -> None:
             tasks=tuple(cfg.synthetic_tasks),
             include_images=False,
             split_names=("train",),
+            **cfg.synthetic_spec,
         )
         (local / SYNTHETIC_SETTINGS).write_text(json.dumps(settings))
 
