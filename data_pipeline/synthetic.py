@@ -196,8 +196,12 @@ def _timeline(
     needed = sum(lengths) + len(specs) + 2
     lo, hi = spec.clip_ticks
     total = int(rng.integers(max(lo, needed), max(hi, needed) + 1))
-    # Random gaps summing to the free time, at least one tick between consecutive events.
-    gaps = rng.multinomial(total - sum(lengths) - (len(specs) - 1), [1 / (len(specs) + 1)] * (len(specs) + 1))
+    # Gaps summing to the free time, drawn uniformly among all ways to split it (so an event is as likely
+    # near the ends of a clip as in its middle: no constant answer fits most clips), then at least one
+    # tick between consecutive events.
+    free, n = total - sum(lengths) - (len(specs) - 1), len(specs)
+    cuts = np.sort(rng.choice(free + n, size=n, replace=False))
+    gaps = np.diff(np.concatenate([[-1], cuts, [free + n]])) - 1
     gaps[1:-1] += 1
     events, t = [], 0
     for (colour, shape, action), length, gap in zip(specs, lengths, gaps):
