@@ -40,9 +40,15 @@ from models.qwen2_5_vl.published import config_for
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossConfig
 from tempr1_jax.rl.rollout import RolloutConfig
-from tempr1_jax.rl.trainer import TrainConfig, make_policy_loss
+from tempr1_jax.rl.trainer import TrainConfig, make_policy_loss, reference_copy
 from tempr1_jax.training.batches import batch_sharding
-from tempr1_jax.training.model_setup import MeshConfig, ModelSetup, set_remat, trainable_filter
+from tempr1_jax.training.model_setup import (
+    MeshConfig,
+    ModelSetup,
+    set_remat,
+    set_text_attn_block,
+    trainable_filter,
+)
 from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer
 from tempr1_jax.training.train_step import Accumulator, TrainState, TrainStep
 
@@ -212,13 +218,26 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['shapes']['prompt_len']} + completion {report['shapes']['completion_len']} tokens, "
         f"{report['shapes']['patches']} patches/prompt, micro-batch {report['shapes']['micro_batch']}",
     ]
+    ch = report.get("choices")
+    if ch:
+        ref = ch["reference_dtype"] or "none (beta = 0)"
+        lines.append(
+            f"choices: layout {ch['layout']}, remat {'on' if ch['remat'] else 'off'}, {ch['micro_batches']} "
+            f"micro-batches of {ch['micro_batch_sequences']} sequences, reference stored as {ref}, AdamW moments "
+            f"{ch['moment_dtype']}, attention blocks text {ch['text_attn_block']} / vision {ch['vision_attn_block']}"
+        )
+    if report.get("resident"):
+        parts = ", ".join(f"{k} {format_gib(v)}" for k, v in report["resident"].items() if v)
+        lines.append(f"resident per device: {parts} (total {format_gib(report['resident_bytes'])})")
+    lines.append(
+        f"{'program':<18} {'peak/device':>12} {'temporaries':>12} {'arguments':>11} {'new outputs':>11}  compile  XLA flops, bytes"
+    )
     for name, prog in report["programs"].items():
         mem = prog["memory"]
         lines.append(
-            f"{name}: per-device peak {format_gib(mem['peak_bytes'])} (arguments {format_gib(mem['argument_bytes'])}, "
-            f"outputs {format_gib(mem['output_bytes'])}, temporaries {format_gib(mem['temp_bytes'])}, "
-            f"aliased {format_gib(mem['alias_bytes'])}); compiled in {prog['compile_seconds']:.1f} s; "
-            f"XLA per device: {prog['xla_flops']:.3g} flops, {prog['xla_bytes']:.3g} bytes"
+            f"{name:<18} {format_gib(mem['peak_bytes']):>12} {format_gib(mem['temp_bytes']):>12} "
+            f"{format_gib(mem['argument_bytes']):>11} {format_gib(mem['output_bytes'] - mem['alias_bytes']):>11} "
+            f"{prog['compile_seconds']:>6.1f}s  {prog['xla_flops']:.3g}, {prog['xla_bytes']:.3g}"
         )
     fl, sec = report["flops"], report["seconds"]
     lines += [
@@ -366,6 +385,8 @@ def plan(
     limit_gib: float | None = None,
     rollout: bool = True,
     model_name: str = "",
+    reference_dtype: str | None = None,
+    text_attn_block: int | None = None,
 ) -> dict[str, Any]:
     """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
 
@@ -383,6 +404,7 @@ def plan(
     replicated = NamedSharding(mesh, PartitionSpec())
     model = nnx.eval_shape(lambda: _new_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype)))
     set_remat(model, remat)
+    set_text_attn_block(model, text_attn_block)
     sharding_lib.set_activation_sharding(model, mesh, layout)  # as `shard_model` does in the trainer
     graphdef_full, state_full = nnx.split(model)
     graphdef, params, frozen = nnx.split(model, trainable_filter(freeze_vision), ...)
@@ -390,7 +412,9 @@ def plan(
         tree, sharding_lib.named(sharding_lib.param_specs(tree, mesh, layout)[0], mesh)
     )
     state_full, params, frozen = place(state_full), place(params), place(frozen)
-    ref_params = params if loss_cfg.beta > 0 else None
+    ref_params = None
+    if loss_cfg.beta > 0:  # as `trainer.reference_copy` stores it
+        ref_params = reference_copy(params, reference_dtype)
 
     optimizer = make_optimizer(opt_cfg, 1000)
     step, logprobs = _grpo_programs(graphdef, rollout_cfg, loss_cfg, optimizer)
@@ -440,12 +464,13 @@ def plan(
     )
 
     if ref_params is not None or shapes.num_iterations > 1:  # per micro-batch, as the trainer runs it
+        scored = ref_params if ref_params is not None else params  # the reference's, else the old policy's
         programs["logprobs"], _ = _compile(
             "logprobs",
             jax.jit(logprobs),
-            (params, frozen, prompt_mb, batch["completions"], batch["mask"]),
+            (scored, frozen, prompt_mb, batch["completions"], batch["mask"]),
             resident=resident,
-            resident_in_args=policy_args,
+            resident_in_args=per_device_bytes((scored, frozen)),
         )
     prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
     if rollout:
@@ -500,6 +525,22 @@ def plan(
         "param_dtype": param_dtype,
         "text_after_vision": config.text_after_vision,
         "shapes": dataclasses.asdict(shapes),
+        "choices": {
+            "layout": layout,
+            "remat": remat,
+            "micro_batches": shapes.micro_batches,
+            "micro_batch_sequences": shapes.micro_batch * shapes.group,
+            "reference_dtype": (reference_dtype or param_dtype) if ref_params is not None else None,
+            "moment_dtype": opt_cfg.moment_dtype,
+            "text_attn_block": model.model.language_model.attn_block,
+            "vision_attn_block": model.model.visual.attn_block,
+        },
+        "resident": {
+            "params": per_device_bytes(params),
+            "frozen": per_device_bytes(frozen),
+            "optimizer": per_device_bytes(state.opt_state),
+            "reference": per_device_bytes(ref_params) if ref_params is not None else 0,
+        },
         "programs": programs,
         "resident_bytes": resident,
         "flops": flops,
@@ -557,6 +598,8 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
         limit_gib=args.limit_gib,
         rollout=not args.skip_rollout,
         model_name=str(model_config),
+        reference_dtype=train_cfg.reference_dtype,
+        text_attn_block=model_setup.text_attn_block,
     )
 
 

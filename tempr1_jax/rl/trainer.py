@@ -36,6 +36,7 @@ from typing import Any
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -69,7 +70,11 @@ class TrainConfig:
     eval_every: every this many steps (and after the last), greedy evaluation of the policy on the first
       `eval_samples` samples of each of `eval_sources` (JSONL paths or dicts of SourceConfig fields, like
       DataConfig.sources; none may be a training sample), with at most `eval_max_new_tokens` new tokens
-      (None: RolloutConfig.max_new_tokens); None: no evaluation during training."""
+      (None: RolloutConfig.max_new_tokens); None: no evaluation during training.
+    reference_dtype: the dtype the frozen reference copy of the policy is stored in (None: the params'
+      dtype). "bfloat16" halves its memory; when `ModelSetup.dtype` is "bfloat16" every weight is cast to
+      bfloat16 before use anyway, so its log-probs differ only where XLA keeps a float32 weight in
+      float32 (excess precision): at the bfloat16 rounding level."""
 
     steps: int = 100
     seed: int = 0
@@ -84,8 +89,13 @@ class TrainConfig:
     eval_sources: Sequence[Any] = ()
     eval_samples: int = 64
     eval_max_new_tokens: int | None = None
+    reference_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.reference_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(
+                f"TrainConfig.reference_dtype must be None, 'float32' or 'bfloat16', got {self.reference_dtype!r}"
+            )
         if self.steps < 0 or self.num_iterations < 1 or self.micro_batches < 1:
             raise ValueError("TrainConfig: steps >= 0, num_iterations >= 1 and micro_batches >= 1 are required")
         if self.epoch_steps is not None and self.epoch_steps < 1:
@@ -112,6 +122,20 @@ def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, tempe
     return loss_fn
 
 
+def reference_copy(params: Any, dtype: str | None = None) -> Any:
+    """A copy of `params` on the same shardings, its floating-point leaves stored in `dtype` (None: as
+    they are). Abstract `params` (ShapeDtypeStructs, as the planner has) give the abstract copy."""
+
+    def one(x):
+        if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating):
+            return x.copy()
+        return x.astype(dtype)
+
+    copy = jax.jit(lambda p: jax.tree.map(one, p), out_shardings=jax.tree.map(lambda x: x.sharding, params))
+    abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    return copy.eval_shape(params) if abstract else copy(params)
+
+
 class GRPOTrainer(Trainer):
     """Builds every part of a run from the gin configuration, then `run()` trains in `workdir`."""
 
@@ -136,7 +160,7 @@ class GRPOTrainer(Trainer):
             self.held_out.check_disjoint(self.sources)
         params = self.build_policy(self.rollout_cfg.think)
         # A separate copy: the policy's buffers are donated to the update.
-        self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
+        self.ref_params = reference_copy(params, self.cfg.reference_dtype) if self.loss_cfg.beta > 0 else None
 
         self.loader_cfg = LoaderConfig(sources=self.sources)
         if self.loader_cfg.batch_size % self.cfg.micro_batches:
@@ -433,4 +457,4 @@ def train(workdir: str | pathlib.Path, allow_changed_config: bool = False) -> in
     return GRPOTrainer(workdir, allow_changed_config=allow_changed_config).run()
 
 
-__all__ = ["GRPOTrainer", "TrainConfig", "gather_rollout", "train"]
+__all__ = ["GRPOTrainer", "TrainConfig", "gather_rollout", "reference_copy", "train"]
