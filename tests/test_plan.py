@@ -74,6 +74,9 @@ def test_plan_compiles_a_small_config_on_a_mesh():
         remat=True,
         reference_dtype="bfloat16",
         text_attn_block=32,
+        cast_weights=True,
+        decoder_chunks=2,
+        prefill_chunks=2,
     )
     assert report["choices"] == {
         "layout": "fsdp_tensor_sequence",
@@ -82,6 +85,9 @@ def test_plan_compiles_a_small_config_on_a_mesh():
         "micro_batch_sequences": 4,
         "reference_dtype": "bfloat16",
         "moment_dtype": "float32",
+        "cast_weights": True,
+        "decoder_chunks": 2,
+        "prefill_chunks": 2,
         "text_attn_block": 32,
         "vision_attn_block": 256,
     }

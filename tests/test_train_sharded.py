@@ -73,13 +73,14 @@ def rows():
     }
 
 
-def one_step(mesh_shape, layout="fsdp_tensor", remat=False, micro_batches=1):
+def one_step(mesh_shape, layout="fsdp_tensor", remat=False, micro_batches=1, decoder_chunks=1):
     mesh = sharding_lib.make_mesh(*mesh_shape)
     model = init_model(CONFIG, seed=0)
     set_remat(model, remat)
     sharding_lib.shard_model(model, mesh, layout)
     graphdef, params, frozen = nnx.split(model, trainable_filter(False), ...)
-    step = TrainStep(make_policy_loss(graphdef, LossConfig(name="grpo", beta=0.04), G), optax.sgd(0.5))
+    loss = make_policy_loss(graphdef, LossConfig(name="grpo", beta=0.04), G, decoder_chunks=decoder_chunks)
+    step = TrainStep(loss, optax.sgd(0.5))
     state = step.init_state(params)
     per = 2 // micro_batches  # prompts per micro-batch, as the trainer splits them
     micro = []
@@ -109,13 +110,16 @@ def test_mesh_2x2x2_matches_single_device():
 
 
 @pytest.mark.slow
-def test_sequence_layout_remat_and_micro_batches_match_single_device():
-    """`fsdp_tensor_sequence` (residual streams split along the sequence over `tensor`), remat scans and
-    two accumulated micro-batches of one prompt: the update of one device and one micro-batch."""
+def test_sequence_layout_remat_micro_batches_and_decoder_chunks_match_single_device():
+    """`fsdp_tensor_sequence` (residual streams split along the sequence over `tensor`), remat scans, two
+    accumulated micro-batches of one prompt and the decoder in chunks of rows: the update of one device
+    and one micro-batch."""
     assert jax.device_count() == 8, f"needs 8 fake CPU devices (tests/conftest.py), have {jax.device_count()}"
     single = one_step((1, 1, 1))
     assert_same_update(single, one_step((2, 2, 2), "fsdp_tensor_sequence", remat=True, micro_batches=2))
     assert_same_update(single, one_step((1, 1, 1), micro_batches=2))
+    assert_same_update(single, one_step((1, 1, 1), decoder_chunks=2))
+    assert_same_update(single, one_step((2, 2, 2), "fsdp_tensor_sequence", remat=True, decoder_chunks=2))
     spec = sharding_lib.activation_spec("hidden", (4, 30, 64), sharding_lib.make_mesh(2, 2, 2), "fsdp_tensor_sequence")
     assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None)
 
@@ -155,3 +159,22 @@ def test_logprobs_match_generation():
     score = jax.jit(lambda s, p, c, m: completion_logprobs(nnx.merge(graphdef, s), p, c, m, G))
     logp = score(state, inputs, out.tokens, out.mask)
     np.testing.assert_allclose(np.asarray(logp), np.asarray(out.logprobs), atol=2e-5)
+
+
+@pytest.mark.slow
+def test_cast_weights_gives_the_loss_and_gradient_of_bfloat16_compute():
+    """`TrainConfig.cast_weights`: the weights cast to bfloat16 before the loss rather than in each layer;
+    the same loss and gradient up to bfloat16 rounding (XLA may keep a float32 weight unrounded)."""
+    model = init_model(CONFIG, seed=0, dtype=jnp.bfloat16)
+    graphdef, params, frozen = nnx.split(model, trainable_filter(False), ...)
+    batch = {**rows(), "old_logp": None, "prompt": prompts()}
+    out = {}
+    for dtype in (None, jnp.bfloat16):
+        loss = make_policy_loss(graphdef, LossConfig(name="grpo", beta=0.04), G, weight_dtype=dtype)
+        out[dtype] = jax.jit(jax.value_and_grad(lambda p, loss=loss: loss(p, frozen, batch)[0]))(params)
+    (l32, g32), (l16, g16) = out[None], out[jnp.bfloat16]
+    np.testing.assert_allclose(float(l16), float(l32), rtol=1e-2)
+    assert {x.dtype for x in jax.tree.leaves(g16)} == {jnp.dtype(jnp.float32)}  # gradients of the float32 params
+    for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16), strict=True):
+        scale = float(np.abs(np.asarray(a)).max()) + 1e-6
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.05 * scale, rtol=0)

@@ -74,7 +74,12 @@ class TrainConfig:
     reference_dtype: the dtype the frozen reference copy of the policy is stored in (None: the params'
       dtype). "bfloat16" halves its memory; when `ModelSetup.dtype` is "bfloat16" every weight is cast to
       bfloat16 before use anyway, so its log-probs differ only where XLA keeps a float32 weight in
-      float32 (excess precision): at the bfloat16 rounding level."""
+      float32 (excess precision): at the bfloat16 rounding level.
+    cast_weights: cast the trained weights to `ModelSetup.dtype` once at the start of the loss, on their
+      shards, so the FSDP all-gathers move compute-dtype weights (see `make_policy_loss`).
+    decoder_chunks: in the update, each micro-batch's sequences run through the decoder in this many
+      rematerialised chunks (the vision tower once): activation memory of 1 / decoder_chunks of the
+      sequences for one more decoder forward pass; the same gradient (see `rl.logprobs`)."""
 
     steps: int = 100
     seed: int = 0
@@ -90,8 +95,12 @@ class TrainConfig:
     eval_samples: int = 64
     eval_max_new_tokens: int | None = None
     reference_dtype: str | None = None
+    cast_weights: bool = False
+    decoder_chunks: int = 1
 
     def __post_init__(self) -> None:
+        if self.decoder_chunks < 1:
+            raise ValueError(f"TrainConfig.decoder_chunks must be >= 1, got {self.decoder_chunks}")
         if self.reference_dtype not in (None, "float32", "bfloat16"):
             raise ValueError(
                 f"TrainConfig.reference_dtype must be None, 'float32' or 'bfloat16', got {self.reference_dtype!r}"
@@ -104,22 +113,43 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.eval_every must be >= 1 or None, got {self.eval_every}")
 
 
-def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, temperature: float = 1.0):
+def make_policy_loss(
+    graphdef: Any,
+    loss_cfg: LossConfig,
+    group_size: int,
+    temperature: float = 1.0,
+    weight_dtype: Any = None,
+    decoder_chunks: int = 1,
+):
     """The `TrainStep` loss of a policy split as (graphdef, params, frozen) on RL micro-batches.
 
     A micro-batch is a dict: `prompt` (ModelInputs, P rows), `completions` / `mask` [P * G, T],
     `advantages` / `weights` [P * G], `old_logp` / `ref_logp` [P * G, T] or None.
+    `weight_dtype` (e.g. the compute dtype bfloat16): cast the trained weights to it once, on their
+    shards, before the model runs (`TrainConfig.cast_weights`); every layer casts them to the compute
+    dtype anyway, so only where the cast happens changes: the gathered weights are half the bytes.
+    `decoder_chunks`: the micro-batch's sequences go through the decoder this many at a time
+    (`completion_logprobs(row_chunks=...)`, `TrainConfig.decoder_chunks`).
     """
 
     def loss_fn(params, frozen, b):
+        if weight_dtype is not None:
+            params = cast_floating(params, weight_dtype)
         model = nnx.merge(graphdef, params, frozen)
-        logp = completion_logprobs(model, b["prompt"], b["completions"], b["mask"], group_size, temperature)
+        logp = completion_logprobs(
+            model, b["prompt"], b["completions"], b["mask"], group_size, temperature, row_chunks=decoder_chunks
+        )
         terms = compute_loss(
             LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"], b["weights"]), loss_cfg
         )
         return terms.total, terms.count, terms.aux
 
     return loss_fn
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """`tree` with its floating-point leaves cast to `dtype` (jittable)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def reference_copy(params: Any, dtype: str | None = None) -> Any:
@@ -201,7 +231,14 @@ class GRPOTrainer(Trainer):
 
     def _loss_fn(self, params, frozen, b):
         """The trainer's policy loss on one micro-batch (see `make_policy_loss`)."""
-        loss = make_policy_loss(self.graphdef, self.loss_cfg, self.rollout_cfg.num_generations, self._temperature)
+        loss = make_policy_loss(
+            self.graphdef,
+            self.loss_cfg,
+            self.rollout_cfg.num_generations,
+            self._temperature,
+            jnp.dtype(self.model_setup.dtype) if self.cfg.cast_weights else None,
+            self.cfg.decoder_chunks,
+        )
         return loss(params, frozen, b)
 
     def _logprobs_impl(self, params, frozen, prompt, completions, mask):
