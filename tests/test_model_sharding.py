@@ -128,3 +128,21 @@ def test_sharded_forward_and_generate_equal_unsharded(batch, tmp_path):
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref_sampled.logprobs), atol=1e-5)
     cache = model.init_cache(2, 16)
     assert cache_specs(cache, mesh)[0]["k"] == P("data", None, "tensor", None)
+
+
+@pytest.mark.slow
+def test_prefill_in_chunks_samples_what_one_prefill_does(batch):
+    """`model.prefill_chunks` (ModelSetup.prefill_chunks): the prompts prefilled one chunk at a time on the
+    mesh give the same cache, so the same samples and log-probs as one unsharded prefill."""
+    mesh = _mesh()
+    config, inputs = batch
+    model = Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(1))
+    sampled = dict(
+        max_new_tokens=4, temperature=1.0, num_return_sequences=2, rng=1, eos_token_id=(), return_logprobs=True
+    )
+    ref = generate(model, inputs, **sampled)
+    shard_model(model, mesh, "fsdp_tensor_sequence")
+    model.prefill_chunks = 2
+    out = generate(model, inputs, mesh=mesh, layout="fsdp_tensor_sequence", **sampled)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-5)

@@ -63,15 +63,36 @@ def test_published_config_when_the_checkpoint_is_absent(hf_configs_dir, tmp_path
 def test_plan_compiles_a_small_config_on_a_mesh():
     import jax
 
-    if len(jax.devices()) < 8:
-        pytest.skip("needs 8 devices")
+    assert len(jax.devices()) == 8, f"needs 8 fake CPU devices (tests/conftest.py), have {len(jax.devices())}"
     report = plan.plan(
         tiny_config(num_hidden_layers=1, vision_depth=2, vision_fullatt_block_indexes=(1,)),
         SHAPES,
         (2, 2, 2),
         plan.get_chip("v5e"),
         dtype="float32",
+        layout="fsdp_tensor_sequence",
+        remat=True,
+        reference_dtype="bfloat16",
+        text_attn_block=32,
+        cast_weights=True,
+        decoder_chunks=2,
+        prefill_chunks=2,
     )
+    assert report["choices"] == {
+        "layout": "fsdp_tensor_sequence",
+        "remat": True,
+        "micro_batches": 2,
+        "micro_batch_sequences": 4,
+        "reference_dtype": "bfloat16",
+        "moment_dtype": "float32",
+        "cast_weights": True,
+        "decoder_chunks": 2,
+        "prefill_chunks": 2,
+        "text_attn_block": 32,
+        "vision_attn_block": 256,
+    }
+    # The bfloat16 reference is half the float32 params.
+    assert 2 * report["resident"]["reference"] == report["resident"]["params"]
     assert set(report["programs"]) == {
         "update_accumulate",
         "update_apply",
@@ -84,7 +105,9 @@ def test_plan_compiles_a_small_config_on_a_mesh():
         assert mem["peak_bytes"] >= mem["resident_bytes"] > 0
         assert prog["compile_seconds"] > 0
     assert report["fits"] and 0 < report["mfu"] < 1
-    assert "FITS" in plan.format_report(report)
+    text = plan.format_report(report)
+    assert "FITS" in text and "choices: layout fsdp_tensor_sequence, remat on, 2 micro-batches of 4 sequences" in text
+    assert all(f"\n{name} " in text for name in report["programs"])
 
 
 @pytest.mark.slow
@@ -119,6 +142,25 @@ def test_plan_command_seven_b_on_64_devices(tmp_path):
     report = json.loads(out.read_text())
     assert report["devices"] == 64 and report["params"] > 8e9
     assert result.returncode == 0 and report["fits"], result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "chip", "devices"), [("tempr1_7b_v5e64.gin", "v5e", 64), ("tempr1_7b_v6e16.gin", "v6e", 16)]
+)
+def test_shipped_16_and_32_gib_configs_fit(tmp_path, config, chip, devices):
+    """The paper's 64 prompts x G = 8 step on v5e-64 (15 GiB budget) and v6e-16 (30 GiB), the mesh from
+    the config's MeshConfig. About 5 min each on 2 cores."""
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = ["plan", "--gin_file", f"configs/{config}", "--chip", chip, "--devices", str(devices), "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "tempr1_jax.cli", *cmd], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    report = json.loads(out.read_text())
+    assert report["devices"] == devices and report["shapes"]["prompts"] * report["shapes"]["group"] == 512
+    assert report["choices"]["layout"] == "fsdp_tensor_sequence"
+    assert result.returncode == 0 and report["fits"], result.stdout[-3000:]
 
 
 def test_use_cpu_devices_after_jax_started(monkeypatch):

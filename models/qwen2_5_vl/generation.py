@@ -170,12 +170,36 @@ def prefill(
     mesh: Mesh | None = None,
     layout: str = "fsdp_tensor",
 ):
-    """Vision tower + decoder over the prompts; logits of the last position and the filled cache."""
+    """Vision tower + decoder over the prompts; logits of the last position and the filled cache.
+
+    With `model.prefill_chunks` k > 1 (and k dividing the B prompts) the prompts run k chunks one after
+    the other (`lax.map`; chunk c holds rows c, c + k, ..., so every device keeps its own rows): the
+    activations of B / k prompts at a time, the same logits and cache.
+    """
     model = nnx.merge(graphdef, state)
-    cache = model.init_cache(inputs.input_ids.shape[0], cache_len)
-    if mesh is not None:
-        cache = constrain_cache(cache, mesh, layout)
-    return model.prefill(inputs, cache)
+    b, k = inputs.input_ids.shape[0], model.prefill_chunks
+
+    def run(model, inputs):
+        cache = model.init_cache(inputs.input_ids.shape[0], cache_len)
+        if mesh is not None:
+            cache = constrain_cache(cache, mesh, layout)
+        return model.prefill(inputs, cache)
+
+    if k == 1 or b % k:
+        return run(model, inputs)
+
+    def split(x, axis):  # [.., B, ..] -> [k, .., B / k, ..]
+        x = jnp.moveaxis(x, axis, 0)
+        return jnp.moveaxis(x.reshape(b // k, k, *x.shape[1:]).swapaxes(0, 1), 1, axis + 1)
+
+    def merge(x):  # [k, B / k, ..] -> [B, ..]
+        return x.swapaxes(0, 1).reshape(b, *x.shape[2:])
+
+    chunks = jax.tree_util.tree_map_with_path(
+        lambda path, x: split(x, 1 if jax.tree_util.keystr(path).endswith("position_ids") else 0), inputs
+    )
+    out = jax.lax.map(lambda c: run(nnx.merge(graphdef, state), c), chunks)
+    return jax.tree.map(merge, out)
 
 
 @functools.partial(

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .sharding import maybe_constrain
+
 
 class RMSNorm(nnx.Module):
     """RMSNorm computed in float32, scaled by `weight` (HF `Qwen2RMSNorm`)."""
@@ -22,16 +24,28 @@ class RMSNorm(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
-    """down(silu(gate(x)) * up(x)); with biases in the vision tower, without in the decoder."""
+    """down(silu(gate(x)) * up(x)); with biases in the vision tower, without in the decoder.
 
-    def __init__(self, dim: int, hidden: int, *, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+    On a mesh (`sharding.set_activation_sharding`) the intermediate of a multi-token input is
+    constrained to the `activation` spec (its features over `tensor`), so that XLA gathers the
+    sequence-split activations rather than the weights under the sequence-parallel layout.
+    """
+
+    def __init__(
+        self, dim: int, hidden: int, *, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs, activation: str = "mlp"
+    ):
         kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.gate_proj = nnx.Linear(dim, hidden, **kw)
         self.up_proj = nnx.Linear(dim, hidden, **kw)
         self.down_proj = nnx.Linear(hidden, dim, **kw)
+        self.activation = activation
+        self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        if x.ndim == 3 and x.shape[1] > 1:  # one-token decode steps are left to propagation (see text.py)
+            h = maybe_constrain(h, self.activation, self.activation_mesh, self.activation_layout)
+        return self.down_proj(h)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

@@ -32,7 +32,8 @@ Entry points (B batch, L tokens, V vocab, T cache length):
   `sharding.shard_model`) makes every submodule constrain its activations to the batch axes.
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
   (vision attention block size, see `vision.py`), `model.visual.remat` and
-  `model.language_model.remat` (recompute each block/layer in the backward pass).
+  `model.language_model.remat` (recompute each block/layer in the backward pass),
+  `model.prefill_chunks` (`generation.prefill` runs the prompts this many at a time).
 * `from_pretrained(dir, dtype=jnp.float32, param_dtype=None, sharding=None)` (classmethod) and
   `save_pretrained(dir, max_shard_bytes=...)`: HF safetensors checkpoints (see `checkpoint.py`).
 * `generate(...)`: delegates to `generation.generate`.
@@ -74,6 +75,7 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
+        self.prefill_chunks = 1  # see generation.prefill
         self.model = Qwen2_5_VLModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.lm_head = (
             None

@@ -7,6 +7,11 @@ Two layouts:
   vision qkv, merger fc1 and lm_head split their output features; row-parallel o_proj, down_proj,
   vision proj and merger fc2 split their input features) with the other weight dimension sharded
   over ``fsdp``; batch-like activation and cache dimensions over ``("data", "fsdp")``.
+- ``"fsdp_tensor_sequence"``: the weights of ``fsdp_tensor``; between the tensor-parallel matmuls the
+  residual streams of both towers (and their rotary tables and the text mask) are also split along the
+  sequence over ``tensor`` (sequence parallelism: ``SEQUENCE_SPECS``), so the per-layer activations the
+  rematerialised scans keep are a quarter on a 4-way tensor axis. The same math, other collectives
+  (all-gather before the column-parallel matmuls, reduce-scatter after the row-parallel ones).
 
 Weight specs come from rules on the parameter path (``model.language_model.layers.3.self_attn.q_proj.kernel``);
 Linear kernels are ``[in, out]``. A rule's spec names the trailing dimensions, so stacked (scanned)
@@ -31,8 +36,8 @@ from jax.sharding import PartitionSpec as P
 
 logger = logging.getLogger(__name__)
 
-Layout = Literal["replicated", "fsdp_tensor"]
-LAYOUTS: tuple[str, ...] = ("replicated", "fsdp_tensor")
+Layout = Literal["replicated", "fsdp_tensor", "fsdp_tensor_sequence"]
+LAYOUTS: tuple[str, ...] = ("replicated", "fsdp_tensor", "fsdp_tensor_sequence")
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
 
@@ -72,6 +77,14 @@ ACTIVATION_SPECS: dict[str, tuple[Any, ...]] = {
     "vision_hidden": (BATCH, None, None),  # [B, P, Dv]
     "vision_heads": (BATCH, None, "tensor", None),  # [B, P, Hv, Dh]
     "vision_mlp": (BATCH, None, "tensor"),  # [B, P, Fv]
+}
+
+# The `fsdp_tensor_sequence` layout: ACTIVATION_SPECS with these sequence-split entries.
+SEQUENCE_SPECS: dict[str, tuple[Any, ...]] = {
+    "hidden": (BATCH, "tensor", None),
+    "rope": (BATCH, "tensor", None),
+    "mask": (BATCH, "tensor", None),
+    "vision_hidden": (BATCH, "tensor", None),
 }
 
 
@@ -194,7 +207,7 @@ def activation_spec(name: str, shape: Sequence[int], mesh: Mesh, layout: Layout 
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATION_SPECS)}")
     if layout == "replicated":
         return P()
-    trailing = ACTIVATION_SPECS[name]
+    trailing = (SEQUENCE_SPECS if layout == "fsdp_tensor_sequence" else {}).get(name, ACTIVATION_SPECS[name])
     if len(trailing) != len(shape):
         raise ValueError(f"activation {name!r} has rank {len(trailing)}, got shape {tuple(shape)}")
     spec, notes = fit_spec(trailing, shape, mesh, name)

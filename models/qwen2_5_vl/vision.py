@@ -86,7 +86,9 @@ class VisionBlock(nnx.Module):
         self.norm1 = RMSNorm(cfg.hidden_size, VISION_RMS_EPS, **kw)
         self.norm2 = RMSNorm(cfg.hidden_size, VISION_RMS_EPS, **kw)
         self.attn = VisionAttention(cfg, rngs=rngs, **kw)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=True, rngs=rngs, **kw)
+        self.mlp = SwiGLU(
+            cfg.hidden_size, cfg.intermediate_size, use_bias=True, rngs=rngs, activation="vision_mlp", **kw
+        )
 
     def __call__(self, x, cos, sin, layout, block):
         x = x + self.attn(self.norm1(x), cos, sin, layout, block)

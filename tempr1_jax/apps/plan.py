@@ -40,9 +40,15 @@ from models.qwen2_5_vl.published import config_for
 from tempr1_jax.rl.logprobs import completion_logprobs
 from tempr1_jax.rl.losses import LossConfig
 from tempr1_jax.rl.rollout import RolloutConfig
-from tempr1_jax.rl.trainer import TrainConfig, make_policy_loss
+from tempr1_jax.rl.trainer import TrainConfig, make_policy_loss, reference_copy
 from tempr1_jax.training.batches import batch_sharding
-from tempr1_jax.training.model_setup import MeshConfig, ModelSetup, set_remat, trainable_filter
+from tempr1_jax.training.model_setup import (
+    MeshConfig,
+    ModelSetup,
+    set_remat,
+    set_text_attn_block,
+    trainable_filter,
+)
 from tempr1_jax.training.optimizer import OptimizerConfig, make_optimizer
 from tempr1_jax.training.train_step import Accumulator, TrainState, TrainStep
 
@@ -155,6 +161,7 @@ def step_seconds(
     chip: Chip,
     weight_bytes: int = 2,
     remat: bool = False,
+    decoder_chunks: int = 1,
 ) -> dict[str, float]:
     """Roofline seconds per phase of one step on `chip`.
 
@@ -162,7 +169,7 @@ def step_seconds(
     the estimate charges the implementation's real work (recomputed vision features, dense masks)
     rather than the model's ideal FLOPs. XLA counts a while-loop body once, so a program whose layers
     run as a scan (`remat`) is charged at least its share of the analytic FLOPs (the update's with the
-    forward recomputed: 4 forward passes, not 3), which makes the estimate an upper bound. Training
+    forward recomputed: 4 forward passes, not 3, and 5 with `decoder_chunks` > 1), which makes the estimate an upper bound. Training
     runs `update_accumulate` once per micro-batch and iteration, `update_apply` once per iteration,
     `logprobs` once per micro-batch for the reference and the old policy. The decode loop is
     estimated analytically (XLA counts a while-loop body once): each new token streams
@@ -189,7 +196,9 @@ def step_seconds(
         else flops["prefill"] / (peak * devices),
         "decode": max(flops["decode"] / (peak * devices), shapes.completion_len * bytes_per_token / bw),
         "train": (
-            shapes.micro_batches * shapes.num_iterations * run("update_accumulate", (4.0 if remat else 3.0) * forward)
+            shapes.micro_batches
+            * shapes.num_iterations
+            * run("update_accumulate", (3.0 + remat + (decoder_chunks > 1)) * forward)
             + shapes.num_iterations * run("update_apply")
             + (shapes.micro_batches * logprob_passes * run("logprobs", forward) if logprob_passes else 0.0)
         ),
@@ -212,13 +221,27 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['shapes']['prompt_len']} + completion {report['shapes']['completion_len']} tokens, "
         f"{report['shapes']['patches']} patches/prompt, micro-batch {report['shapes']['micro_batch']}",
     ]
+    ch = report.get("choices")
+    if ch:
+        ref = ch["reference_dtype"] or "none (beta = 0)"
+        lines.append(
+            f"choices: layout {ch['layout']}, remat {'on' if ch['remat'] else 'off'}, {ch['micro_batches']} "
+            f"micro-batches of {ch['micro_batch_sequences']} sequences (decoder in {ch['decoder_chunks']} chunks), reference stored as {ref}, AdamW moments "
+            f"{ch['moment_dtype']}, weights cast before the loss {'on' if ch['cast_weights'] else 'off'}, attention blocks text {ch['text_attn_block']} / vision {ch['vision_attn_block']}, "
+            f"rollout prefill in {ch['prefill_chunks']} chunks"
+        )
+    if report.get("resident"):
+        parts = ", ".join(f"{k} {format_gib(v)}" for k, v in report["resident"].items() if v)
+        lines.append(f"resident per device: {parts} (total {format_gib(report['resident_bytes'])})")
+    lines.append(
+        f"{'program':<18} {'peak/device':>12} {'temporaries':>12} {'arguments':>11} {'new outputs':>11}  compile  XLA flops, bytes"
+    )
     for name, prog in report["programs"].items():
         mem = prog["memory"]
         lines.append(
-            f"{name}: per-device peak {format_gib(mem['peak_bytes'])} (arguments {format_gib(mem['argument_bytes'])}, "
-            f"outputs {format_gib(mem['output_bytes'])}, temporaries {format_gib(mem['temp_bytes'])}, "
-            f"aliased {format_gib(mem['alias_bytes'])}); compiled in {prog['compile_seconds']:.1f} s; "
-            f"XLA per device: {prog['xla_flops']:.3g} flops, {prog['xla_bytes']:.3g} bytes"
+            f"{name:<18} {format_gib(mem['peak_bytes']):>12} {format_gib(mem['temp_bytes']):>12} "
+            f"{format_gib(mem['argument_bytes']):>11} {format_gib(mem['output_bytes'] - mem['alias_bytes']):>11} "
+            f"{prog['compile_seconds']:>6.1f}s  {prog['xla_flops']:.3g}, {prog['xla_bytes']:.3g}"
         )
     fl, sec = report["flops"], report["seconds"]
     lines += [
@@ -328,7 +351,9 @@ def _compile(
     }, compiled
 
 
-def _grpo_programs(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any) -> tuple[Any, Any]:
+def _grpo_programs(
+    graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: Any, weight_dtype: Any = None, decoder_chunks: int = 1
+) -> tuple[Any, Any]:
     """(TrainStep with the trainer's policy loss, log-prob function as the trainer jits it)."""
 
     g = rollout_cfg.num_generations
@@ -337,7 +362,9 @@ def _grpo_programs(graphdef: Any, rollout_cfg: Any, loss_cfg: Any, optimizer: An
     def logprobs(params, frozen, prompt, completions, mask):
         return completion_logprobs(nnx.merge(graphdef, params, frozen), prompt, completions, mask, g, temperature)
 
-    return TrainStep(make_policy_loss(graphdef, loss_cfg, g, temperature), optimizer), logprobs
+    return TrainStep(
+        make_policy_loss(graphdef, loss_cfg, g, temperature, weight_dtype, decoder_chunks), optimizer
+    ), logprobs
 
 
 def _opt_state(optimizer: Any, params: Any, mesh: Any, layout: str) -> Any:
@@ -366,6 +393,11 @@ def plan(
     limit_gib: float | None = None,
     rollout: bool = True,
     model_name: str = "",
+    reference_dtype: str | None = None,
+    text_attn_block: int | None = None,
+    cast_weights: bool = False,
+    decoder_chunks: int = 1,
+    prefill_chunks: int = 1,
 ) -> dict[str, Any]:
     """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
 
@@ -383,6 +415,8 @@ def plan(
     replicated = NamedSharding(mesh, PartitionSpec())
     model = nnx.eval_shape(lambda: _new_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype)))
     set_remat(model, remat)
+    set_text_attn_block(model, text_attn_block)
+    model.prefill_chunks = prefill_chunks
     sharding_lib.set_activation_sharding(model, mesh, layout)  # as `shard_model` does in the trainer
     graphdef_full, state_full = nnx.split(model)
     graphdef, params, frozen = nnx.split(model, trainable_filter(freeze_vision), ...)
@@ -390,10 +424,14 @@ def plan(
         tree, sharding_lib.named(sharding_lib.param_specs(tree, mesh, layout)[0], mesh)
     )
     state_full, params, frozen = place(state_full), place(params), place(frozen)
-    ref_params = params if loss_cfg.beta > 0 else None
+    ref_params = None
+    if loss_cfg.beta > 0:  # as `trainer.reference_copy` stores it
+        ref_params = reference_copy(params, reference_dtype)
 
     optimizer = make_optimizer(opt_cfg, 1000)
-    step, logprobs = _grpo_programs(graphdef, rollout_cfg, loss_cfg, optimizer)
+    step, logprobs = _grpo_programs(
+        graphdef, rollout_cfg, loss_cfg, optimizer, jnp.dtype(dtype) if cast_weights else None, decoder_chunks
+    )
     counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     state = TrainState(
         step=counter, skipped=counter, params=params, opt_state=_opt_state(optimizer, params, mesh, layout)
@@ -440,12 +478,13 @@ def plan(
     )
 
     if ref_params is not None or shapes.num_iterations > 1:  # per micro-batch, as the trainer runs it
+        scored = ref_params if ref_params is not None else params  # the reference's, else the old policy's
         programs["logprobs"], _ = _compile(
             "logprobs",
             jax.jit(logprobs),
-            (params, frozen, prompt_mb, batch["completions"], batch["mask"]),
+            (scored, frozen, prompt_mb, batch["completions"], batch["mask"]),
             resident=resident,
-            resident_in_args=policy_args,
+            resident_in_args=per_device_bytes((scored, frozen)),
         )
     prompt_all = abstract_inputs(config, shapes.prompts, shapes.prompt_len, shapes.patches, mesh)
     if rollout:
@@ -485,7 +524,9 @@ def plan(
         )
 
     flops = analytic_flops(config, shapes)
-    seconds = step_seconds(config, shapes, programs, flops, devices, mesh_shape[2], chip, remat=remat)
+    seconds = step_seconds(
+        config, shapes, programs, flops, devices, mesh_shape[2], chip, remat=remat, decoder_chunks=decoder_chunks
+    )
     peak = max(p["memory"]["peak_bytes"] for p in programs.values())
     budget = chip.budget_gib if limit_gib is None else limit_gib
     return {
@@ -500,6 +541,25 @@ def plan(
         "param_dtype": param_dtype,
         "text_after_vision": config.text_after_vision,
         "shapes": dataclasses.asdict(shapes),
+        "choices": {
+            "layout": layout,
+            "remat": remat,
+            "micro_batches": shapes.micro_batches,
+            "micro_batch_sequences": shapes.micro_batch * shapes.group,
+            "reference_dtype": (reference_dtype or param_dtype) if ref_params is not None else None,
+            "moment_dtype": opt_cfg.moment_dtype,
+            "cast_weights": cast_weights,
+            "decoder_chunks": decoder_chunks,
+            "prefill_chunks": prefill_chunks,
+            "text_attn_block": model.model.language_model.attn_block,
+            "vision_attn_block": model.model.visual.attn_block,
+        },
+        "resident": {
+            "params": per_device_bytes(params),
+            "frozen": per_device_bytes(frozen),
+            "optimizer": per_device_bytes(state.opt_state),
+            "reference": per_device_bytes(ref_params) if ref_params is not None else 0,
+        },
         "programs": programs,
         "resident_bytes": resident,
         "flops": flops,
@@ -557,6 +617,11 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
         limit_gib=args.limit_gib,
         rollout=not args.skip_rollout,
         model_name=str(model_config),
+        reference_dtype=train_cfg.reference_dtype,
+        text_attn_block=model_setup.text_attn_block,
+        cast_weights=train_cfg.cast_weights,
+        decoder_chunks=train_cfg.decoder_chunks,
+        prefill_chunks=model_setup.prefill_chunks,
     )
 
 

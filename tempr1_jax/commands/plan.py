@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The plan's options plus the gin options (`--gin_file`, `--gin.NAME=VALUE`)."""
     add_gin_arguments(parser)
     parser.add_argument(
-        "--mesh", default="data=1,fsdp=1,tensor=1", help="mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 (default 1,1,1)"
+        "--mesh",
+        default=None,
+        help="mesh axis sizes, e.g. data=1,fsdp=64,tensor=1 (default: the gin config's MeshConfig)",
     )
     parser.add_argument(
         "--devices", type=int, default=None, help="number of virtual CPU devices (default: the mesh size)"
@@ -84,15 +86,23 @@ def use_cpu_devices(n: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Set up the virtual devices (before JAX's backend starts), then plan."""
-    sizes = parse_mesh(args.mesh)
-    mesh_shape = (sizes.get("data", 1), sizes.get("fsdp", 1), sizes.get("tensor", 1))
-    n = args.devices or mesh_shape[0] * mesh_shape[1] * mesh_shape[2]
-    use_cpu_devices(n)
+    """Parse gin (the mesh defaults to its `MeshConfig`), set up the virtual devices (before JAX's
+    backend starts), then plan."""
     from tempr1_jax import configurables
-    from tempr1_jax.apps import plan
 
     configurables.parse_gin(args)
+    if args.mesh is None:
+        from tempr1_jax.training.model_setup import MeshConfig
+
+        cfg = MeshConfig()
+        mesh_shape = (cfg.data, cfg.fsdp, cfg.tensor)
+    else:
+        sizes = parse_mesh(args.mesh)
+        mesh_shape = (sizes.get("data", 1), sizes.get("fsdp", 1), sizes.get("tensor", 1))
+    n = args.devices or mesh_shape[0] * mesh_shape[1] * mesh_shape[2]
+    use_cpu_devices(n)
+    from tempr1_jax.apps import plan
+
     report = plan.plan_from_args(args, mesh_shape, n)
     print(plan.format_report(report))
     if args.json:

@@ -36,6 +36,7 @@ from typing import Any
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -69,7 +70,16 @@ class TrainConfig:
     eval_every: every this many steps (and after the last), greedy evaluation of the policy on the first
       `eval_samples` samples of each of `eval_sources` (JSONL paths or dicts of SourceConfig fields, like
       DataConfig.sources; none may be a training sample), with at most `eval_max_new_tokens` new tokens
-      (None: RolloutConfig.max_new_tokens); None: no evaluation during training."""
+      (None: RolloutConfig.max_new_tokens); None: no evaluation during training.
+    reference_dtype: the dtype the frozen reference copy of the policy is stored in (None: the params'
+      dtype). "bfloat16" halves its memory; when `ModelSetup.dtype` is "bfloat16" every weight is cast to
+      bfloat16 before use anyway, so its log-probs differ only where XLA keeps a float32 weight in
+      float32 (excess precision): at the bfloat16 rounding level.
+    cast_weights: cast the trained weights to `ModelSetup.dtype` once at the start of the loss, on their
+      shards, so the FSDP all-gathers move compute-dtype weights (see `make_policy_loss`).
+    decoder_chunks: in the update, each micro-batch's sequences run through the decoder in this many
+      rematerialised chunks (the vision tower once): activation memory of 1 / decoder_chunks of the
+      sequences for one more decoder forward pass; the same gradient (see `rl.logprobs`)."""
 
     steps: int = 100
     seed: int = 0
@@ -84,8 +94,17 @@ class TrainConfig:
     eval_sources: Sequence[Any] = ()
     eval_samples: int = 64
     eval_max_new_tokens: int | None = None
+    reference_dtype: str | None = None
+    cast_weights: bool = False
+    decoder_chunks: int = 1
 
     def __post_init__(self) -> None:
+        if self.decoder_chunks < 1:
+            raise ValueError(f"TrainConfig.decoder_chunks must be >= 1, got {self.decoder_chunks}")
+        if self.reference_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(
+                f"TrainConfig.reference_dtype must be None, 'float32' or 'bfloat16', got {self.reference_dtype!r}"
+            )
         if self.steps < 0 or self.num_iterations < 1 or self.micro_batches < 1:
             raise ValueError("TrainConfig: steps >= 0, num_iterations >= 1 and micro_batches >= 1 are required")
         if self.epoch_steps is not None and self.epoch_steps < 1:
@@ -94,22 +113,57 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.eval_every must be >= 1 or None, got {self.eval_every}")
 
 
-def make_policy_loss(graphdef: Any, loss_cfg: LossConfig, group_size: int, temperature: float = 1.0):
+def make_policy_loss(
+    graphdef: Any,
+    loss_cfg: LossConfig,
+    group_size: int,
+    temperature: float = 1.0,
+    weight_dtype: Any = None,
+    decoder_chunks: int = 1,
+):
     """The `TrainStep` loss of a policy split as (graphdef, params, frozen) on RL micro-batches.
 
     A micro-batch is a dict: `prompt` (ModelInputs, P rows), `completions` / `mask` [P * G, T],
     `advantages` / `weights` [P * G], `old_logp` / `ref_logp` [P * G, T] or None.
+    `weight_dtype` (e.g. the compute dtype bfloat16): cast the trained weights to it once, on their
+    shards, before the model runs (`TrainConfig.cast_weights`); every layer casts them to the compute
+    dtype anyway, so only where the cast happens changes: the gathered weights are half the bytes.
+    `decoder_chunks`: the micro-batch's sequences go through the decoder this many at a time
+    (`completion_logprobs(row_chunks=...)`, `TrainConfig.decoder_chunks`).
     """
 
     def loss_fn(params, frozen, b):
+        if weight_dtype is not None:
+            params = cast_floating(params, weight_dtype)
         model = nnx.merge(graphdef, params, frozen)
-        logp = completion_logprobs(model, b["prompt"], b["completions"], b["mask"], group_size, temperature)
+        logp = completion_logprobs(
+            model, b["prompt"], b["completions"], b["mask"], group_size, temperature, row_chunks=decoder_chunks
+        )
         terms = compute_loss(
             LossBatch(logp, b["old_logp"], b["ref_logp"], b["mask"], b["advantages"], b["weights"]), loss_cfg
         )
         return terms.total, terms.count, terms.aux
 
     return loss_fn
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """`tree` with its floating-point leaves cast to `dtype` (jittable)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def reference_copy(params: Any, dtype: str | None = None) -> Any:
+    """A copy of `params` on the same shardings, its floating-point leaves stored in `dtype` (None: as
+    they are). Abstract `params` (ShapeDtypeStructs, as the planner has) give the abstract copy."""
+
+    def one(x):
+        if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating):
+            return x.copy()
+        return x.astype(dtype)
+
+    copy = jax.jit(lambda p: jax.tree.map(one, p), out_shardings=jax.tree.map(lambda x: x.sharding, params))
+    abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    return copy.eval_shape(params) if abstract else copy(params)
 
 
 class GRPOTrainer(Trainer):
@@ -136,7 +190,7 @@ class GRPOTrainer(Trainer):
             self.held_out.check_disjoint(self.sources)
         params = self.build_policy(self.rollout_cfg.think)
         # A separate copy: the policy's buffers are donated to the update.
-        self.ref_params = jax.tree.map(lambda x: x.copy(), params) if self.loss_cfg.beta > 0 else None
+        self.ref_params = reference_copy(params, self.cfg.reference_dtype) if self.loss_cfg.beta > 0 else None
 
         self.loader_cfg = LoaderConfig(sources=self.sources)
         if self.loader_cfg.batch_size % self.cfg.micro_batches:
@@ -177,7 +231,14 @@ class GRPOTrainer(Trainer):
 
     def _loss_fn(self, params, frozen, b):
         """The trainer's policy loss on one micro-batch (see `make_policy_loss`)."""
-        loss = make_policy_loss(self.graphdef, self.loss_cfg, self.rollout_cfg.num_generations, self._temperature)
+        loss = make_policy_loss(
+            self.graphdef,
+            self.loss_cfg,
+            self.rollout_cfg.num_generations,
+            self._temperature,
+            jnp.dtype(self.model_setup.dtype) if self.cfg.cast_weights else None,
+            self.cfg.decoder_chunks,
+        )
         return loss(params, frozen, b)
 
     def _logprobs_impl(self, params, frozen, prompt, completions, mask):
@@ -433,4 +494,4 @@ def train(workdir: str | pathlib.Path, allow_changed_config: bool = False) -> in
     return GRPOTrainer(workdir, allow_changed_config=allow_changed_config).run()
 
 
-__all__ = ["GRPOTrainer", "TrainConfig", "gather_rollout", "train"]
+__all__ = ["GRPOTrainer", "TrainConfig", "gather_rollout", "reference_copy", "train"]

@@ -55,6 +55,10 @@ class ModelSetup:
     freeze_vision: keep the vision tower's weights fixed (no gradients, no optimizer state).
     remat: recompute each decoder layer and vision block in the backward pass (activation memory of
       one layer instead of all; the 7B config needs it).
+    text_attn_block: queries per block of the text decoder's attention over long inputs (score memory
+      [B, H, text_attn_block, L]); None keeps the model's default (`TextModel.attn_block`, 1024).
+    prefill_chunks: the rollout's prefill runs the prompts in this many chunks one after the other (the
+      activations of a chunk at a time; the same cache and samples; see `generation.prefill`).
     text_after_vision: the M-RoPE rule for text after an image/video ("max_plus_one", the rule the
       published checkpoints were trained with, or "transformers5"; see `models.qwen2_5_vl.rope_index`);
       None keeps the model config's: the checkpoint's config.json (the original rule when it names
@@ -70,6 +74,8 @@ class ModelSetup:
     param_dtype: str = "float32"
     freeze_vision: bool = False
     remat: bool = False
+    text_attn_block: int | None = None
+    prefill_chunks: int = 1
     text_after_vision: str | None = None
 
     def configure(self, config: Qwen2_5_VLConfig) -> Qwen2_5_VLConfig:
@@ -134,7 +140,17 @@ def base_model(
     else:
         model = init_model(setup.configure(config), setup.seed, dtype, param_dtype)
     set_remat(model, setup.remat)
+    set_text_attn_block(model, setup.text_attn_block)
+    model.prefill_chunks = setup.prefill_chunks
     return model
+
+
+def set_text_attn_block(model: Qwen2_5_VLForConditionalGeneration, block: int | None) -> None:
+    """Queries per text attention block (a static graph attribute); None leaves the model's."""
+    if block is not None:
+        if block < 1:
+            raise ValueError(f"ModelSetup.text_attn_block must be >= 1, got {block}")
+        model.model.language_model.attn_block = block
 
 
 def set_remat(model: Qwen2_5_VLForConditionalGeneration, remat: bool) -> None:

@@ -1,13 +1,20 @@
-"""optax AdamW with linear warm-up, then cosine / linear / constant decay, and global-norm clipping."""
+"""optax AdamW with linear warm-up, then cosine / linear / constant decay, and global-norm clipping.
+
+`OptimizerConfig.moment_dtype = "bfloat16"` stores AdamW's moments in bfloat16 (half their memory):
+each update reads them as float32, runs AdamW in float32 and rounds the new moments back.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import gin
+import jax
+import jax.numpy as jnp
 import optax
 
 DECAYS: tuple[str, ...] = ("cosine", "linear", "constant")
+MOMENT_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 
 @gin.configurable
@@ -25,8 +32,11 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    moment_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.moment_dtype not in MOMENT_DTYPES:
+            raise ValueError(f"OptimizerConfig.moment_dtype must be one of {MOMENT_DTYPES}, got {self.moment_dtype!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"OptimizerConfig.decay must be one of {DECAYS}, got {self.decay!r}")
         if self.learning_rate < 0 or self.warmup_steps < 0:
@@ -50,10 +60,29 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm (if `max_grad_norm`), then AdamW on the schedule of `make_schedule`."""
+    """Clip by global norm (if `max_grad_norm`), then AdamW on the schedule of `make_schedule`, its
+    moments stored in `moment_dtype`."""
     adamw = optax.adamw(
         make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
     )
+    if cfg.moment_dtype != "float32":
+        adamw = stored_as(adamw, jnp.dtype(cfg.moment_dtype))
     if cfg.max_grad_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+
+
+def stored_as(inner: optax.GradientTransformation, dtype: jnp.dtype) -> optax.GradientTransformation:
+    """`inner` with its floating-point state kept in `dtype` between updates, computed in float32."""
+
+    def cast(state, to):
+        return jax.tree.map(lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+
+    def init(params):
+        return cast(inner.init(params), dtype)
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, cast(state, jnp.float32), params)
+        return updates, cast(state, dtype)
+
+    return optax.GradientTransformation(init, update)
