@@ -249,7 +249,8 @@ def bench_prefill(config, hf, ours, repeats: int) -> dict:
     inputs = jax.tree.map(jax.numpy.asarray, build_model_inputs(config, **prompt))
     graphdef, state = nnx.split(ours)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s).forward(x))
-    t_inputs = _torch_inputs(config, prompt)
+    # The published checkpoints' M-RoPE rule (our default) for both: transformers 5 gets our position ids.
+    t_inputs = {**_torch_inputs(config, prompt), "position_ids": torch.tensor(np.asarray(inputs.position_ids))}
     with torch.no_grad():
         jax_sec, torch_sec = _interleaved_medians(
             [lambda: forward(state, inputs).block_until_ready(), lambda: hf(**t_inputs)], repeats

@@ -144,13 +144,13 @@ def test_plan_command_seven_b_on_64_devices(tmp_path):
     assert result.returncode == 0 and report["fits"], result.stdout[-2000:]
 
 
-@pytest.mark.slow
+@pytest.mark.full_plan
 @pytest.mark.parametrize(
     ("config", "chip", "devices"), [("tempr1_7b_v5e64.gin", "v5e", 64), ("tempr1_7b_v6e16.gin", "v6e", 16)]
 )
 def test_shipped_16_and_32_gib_configs_fit(tmp_path, config, chip, devices):
     """The paper's 64 prompts x G = 8 step on v5e-64 (15 GiB budget) and v6e-16 (30 GiB), the mesh from
-    the config's MeshConfig. About 5 min each on 2 cores."""
+    the config's MeshConfig. About 5 min each on 2 cores: outside the default run (`pytest -m full_plan`)."""
     out = tmp_path / "plan.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     cmd = ["plan", "--gin_file", f"configs/{config}", "--chip", chip, "--devices", str(devices), "--json", str(out)]
