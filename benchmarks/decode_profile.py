@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--no-transpose", dest="transpose", action="store_false", help="decode with [in, out] kernels")
     args = parser.parse_args(argv)
     _pin_threads(args.threads)
     import jax
@@ -78,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         jnp.full((4,), -1, jnp.int32),
         jnp.int32(0),
     )
-    static = dict(params=SamplingParams(1.0), max_new_tokens=args.steps, num_return_sequences=args.group)
+    static = dict(
+        params=SamplingParams(1.0),
+        max_new_tokens=args.steps,
+        num_return_sequences=args.group,
+        transpose_weights=args.transpose,
+    )
     hlo = decode.lower(*call, **static).compile().as_text()
     op_names = dict(re.findall(r"^\s+%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo, re.M))
     decode(*call, **static)[0].block_until_ready()

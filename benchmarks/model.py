@@ -324,6 +324,7 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
         params=SamplingParams(1.0),
         max_new_tokens=new_tokens,
         num_return_sequences=g,
+        transpose_weights=jax.default_backend() == "cpu",  # as `generate` does
     )[0].block_until_ready()
     decode_sec = _median_time(decode_only, repeats)
     return {
