@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--group", type=int, default=8)
+    parser.add_argument(
+        "--no-transpose",
+        dest="transpose",
+        action="store_false",
+        help="decode with [in, out] kernels (`generate` transposes them on CPU)",
+    )
     args = parser.parse_args(argv)
     _pin_threads(args.threads)
     import jax
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from flax import nnx
 
     from models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, build_model_inputs, tiny_config
-    from models.qwen2_5_vl.generation import SamplingParams, decode, prefill
+    from models.qwen2_5_vl.generation import SamplingParams, decode, decode_weights, prefill
 
     config = tiny_config(**SMALL)
     graphdef, state = nnx.split(Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(0)))
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     last_logits, cache = prefill(graphdef, state, inputs, inputs.input_ids.shape[1])
     call = (
         graphdef,
-        state,
+        decode_weights(state) if args.transpose else state,
         cache,
         last_logits,
         inputs.attention_mask,
@@ -78,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         jnp.full((4,), -1, jnp.int32),
         jnp.int32(0),
     )
-    static = dict(params=SamplingParams(1.0), max_new_tokens=args.steps, num_return_sequences=args.group)
+    static = dict(
+        params=SamplingParams(1.0),
+        max_new_tokens=args.steps,
+        num_return_sequences=args.group,
+        transposed_weights=args.transpose,
+    )
     hlo = decode.lower(*call, **static).compile().as_text()
     op_names = dict(re.findall(r"^\s+%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo, re.M))
     decode(*call, **static)[0].block_until_ready()

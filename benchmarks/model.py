@@ -274,7 +274,7 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
     from flax import nnx
 
     from models.qwen2_5_vl import build_model_inputs
-    from models.qwen2_5_vl.generation import SamplingParams, decode, generate, prefill
+    from models.qwen2_5_vl.generation import SamplingParams, decode, decode_weights, generate, prefill
 
     prompt = video_prompt(config, seed=1)
     inputs = build_model_inputs(config, **prompt)
@@ -311,9 +311,11 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
     device_inputs = jax.tree.map(jnp.asarray, inputs)
     prompt_len = device_inputs.input_ids.shape[1]
     last_logits, cache = prefill(graphdef, state, device_inputs, prompt_len)
+    transposed = jax.default_backend() == "cpu"  # as `generate` does
+    decode_state = decode_weights(state) if transposed else state
     decode_only = lambda: decode(
         graphdef,
-        state,
+        decode_state,
         cache,
         last_logits,
         device_inputs.attention_mask,
@@ -324,6 +326,7 @@ def bench_rollout(config, hf, ours, repeats: int, g: int = 8, new_tokens: int = 
         params=SamplingParams(1.0),
         max_new_tokens=new_tokens,
         num_return_sequences=g,
+        transposed_weights=transposed,
     )[0].block_until_ready()
     decode_sec = _median_time(decode_only, repeats)
     return {

@@ -293,3 +293,46 @@ def test_bad_arguments(setup):
         generate(model, max_new_tokens=2, use_cache=True, **hf_args)
     with pytest.raises(ValueError, match="left padded"):
         generate(model, inputs.replace(attention_mask=np.asarray(inputs.attention_mask)[:, ::-1]), max_new_tokens=2)
+
+
+def test_sample_tokens_equal_jax_categorical():
+    """Our Gumbel-max draw (max, then the first index reaching it) is `jax.random.categorical`'s, ties included."""
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.standard_normal((6, 300)) * 4, jnp.float32)
+    logits = logits.at[0].set(0.0).at[1, 7:].set(-jnp.inf)  # a uniform row and a row with filtered tokens
+    params = SamplingParams(1.0)
+    for seed in range(50):
+        key = jax.random.key(seed)
+        tokens, _ = generation.sample_tokens(key, logits, params)
+        want = jax.random.categorical(key, sampling_log_probs(logits, params), axis=-1)
+        np.testing.assert_array_equal(np.asarray(tokens), np.asarray(want))
+
+
+def test_decode_with_transposed_weights_equals_plain(setup):
+    """`decode_weights` + `transposed_weights=True` (the CPU path of `generate`): the same samples."""
+    _, _, model, _, inputs = setup
+    graphdef, state = nnx.split(model)
+    inputs = jax.tree.map(jnp.asarray, inputs)
+    last, cache = generation.prefill(graphdef, state, inputs, inputs.input_ids.shape[1])
+    transposed = generation.decode_weights(state)
+    assert transposed["lm_head"]["kernel"].shape == state["lm_head"]["kernel"].shape[::-1]
+    outs = [
+        generation.decode(
+            graphdef,
+            s,
+            cache,
+            last,
+            inputs.attention_mask,
+            inputs.position_ids,
+            jax.random.key(3),
+            jnp.full((4,), -1, jnp.int32),
+            jnp.int32(0),
+            params=SAMPLING,
+            max_new_tokens=SAMPLE_STEPS,
+            num_return_sequences=2,
+            transposed_weights=t,
+        )
+        for s, t in ((state, False), (transposed, True))
+    ]
+    np.testing.assert_array_equal(np.asarray(outs[0][0]), np.asarray(outs[1][0]))
+    np.testing.assert_allclose(np.asarray(outs[0][1]), np.asarray(outs[1][1]), atol=1e-5)

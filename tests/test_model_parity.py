@@ -22,7 +22,7 @@ from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from models.qwen2_5_vl.rope_index import token_types
 from models.qwen2_5_vl.text import causal_mask, mrope_cos_sin
-from models.qwen2_5_vl.vision import BlockLayout
+from models.qwen2_5_vl.vision import BlockLayout, vision_rotary
 
 TOL = 1e-4
 
@@ -86,6 +86,19 @@ def test_vision_tower(pair, attn_block):
     tower.attn_block = attn_block
     got = np.asarray(visual(tower, jax.tree.map(jnp.asarray, inputs)))[0, : expected.shape[0]]
     assert rel_err(got, expected.numpy()) < TOL
+
+
+def test_vision_rotary_table_equals_angles(pair):
+    """cos / sin looked up in a table over the ids equal cos / sin of each (row, col) id's angles."""
+    v = pair[0].vision
+    ids = np.random.default_rng(0).integers(0, 40, (2, 40, 2))
+    quarter = v.head_dim // 4
+    inv_freq = 1.0 / (v.rope_theta ** (np.arange(0, 2 * quarter, 2) / (2 * quarter)))
+    angles = (ids[..., None] * inv_freq).reshape(2, 40, 2 * quarter)
+    angles = np.concatenate([angles, angles], axis=-1)
+    cos, sin = vision_rotary(v, jnp.asarray(ids))
+    np.testing.assert_allclose(cos, np.cos(angles), atol=2e-6)
+    np.testing.assert_allclose(sin, np.sin(angles), atol=2e-6)
 
 
 def test_mrope_cos_sin(pair):

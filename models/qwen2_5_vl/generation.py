@@ -101,9 +101,18 @@ def sample_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams) -> 
     if params.greedy:
         tokens = jnp.argmax(logits, axis=-1)
     else:
-        tokens = jax.random.categorical(key, logprobs, axis=-1)
+        # `jax.random.categorical` (Gumbel-max) with the same noise and the same first-maximum rule:
+        # a max then a min over matching indices, which XLA:CPU runs ~3x faster than the fused
+        # variadic argmax over the Gumbel logs.
+        tokens = _first_argmax(logprobs + jax.random.gumbel(key, logprobs.shape, logprobs.dtype))
     tokens = tokens.astype(jnp.int32)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+
+
+def _first_argmax(x: jax.Array) -> jax.Array:
+    """Index of the first maximum along the last axis of `x` (no NaN), as `jnp.argmax`."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1]), x.shape[-1]), axis=-1)
 
 
 def _eos_tuple(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -202,8 +211,49 @@ def prefill(
     return jax.tree.map(merge, out)
 
 
+def _transpose_decoder_kernels(state: nnx.State) -> nnx.State:
+    """`state` with the 2-D kernels of the decoder layers and the LM head transposed."""
+
+    def swap(path, x):
+        name = jax.tree_util.keystr(path)
+        decoder = "language_model" in name or "lm_head" in name
+        return x.T if decoder and "['kernel']" in name and x.ndim == 2 else x
+
+    return jax.tree_util.tree_map_with_path(swap, state)
+
+
+@jax.jit
+def decode_weights(state: nnx.State) -> nnx.State:
+    """The ``state`` argument of :func:`decode` with ``transposed_weights=True``: a copy of ``state``
+    whose decoder and LM head kernels are transposed to [out, in]."""
+    return _transpose_decoder_kernels(state)
+
+
+def _dot_out_in(x: jax.Array, kernel: jax.Array, dimension_numbers, **kwargs) -> jax.Array:
+    """`nnx.Linear.dot_general` for a kernel stored [out, in] (contracted on its axis 1)."""
+    (x_axes, _), batch = dimension_numbers
+    return jax.lax.dot_general(x, kernel, ((x_axes, (1,)), batch), **kwargs)
+
+
+def _read_kernels_out_in(model: nnx.Module) -> None:
+    """Make the decoder's and the LM head's `nnx.Linear`s contract [out, in] kernels (`decode_weights`)."""
+    for root in (model.model.language_model, model.lm_head):
+        for _, module in nnx.iter_graph(root) if root is not None else ():
+            if isinstance(module, nnx.Linear):
+                module.dot_general = _dot_out_in
+
+
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "params", "max_new_tokens", "num_return_sequences", "mesh", "layout")
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "params",
+        "max_new_tokens",
+        "num_return_sequences",
+        "mesh",
+        "layout",
+        "transposed_weights",
+    ),
 )
 def decode(
     graphdef: nnx.GraphDef,
@@ -221,11 +271,20 @@ def decode(
     num_return_sequences: int,
     mesh: Mesh | None = None,
     layout: str = "fsdp_tensor",
+    transposed_weights: bool = False,
 ):
     """Run :func:`decode_loop` with the model's decode step on a :class:`text.SharedPromptCache`: the
     G samples of a prompt share its cache (``cache`` from :func:`prefill`, slots past the prompt
-    unused), each sample writes its tokens to its own cache of ``max_new_tokens`` slots."""
+    unused), each sample writes its tokens to its own cache of ``max_new_tokens`` slots.
+
+    ``transposed_weights``: ``state`` holds the decoder's and the LM head's kernels transposed to
+    [out, in] (:func:`decode_weights`). The steps' matrix products of a few rows then contract each
+    kernel along its rows, which XLA:CPU does ~1.3x faster than with [in, out] kernels. (Transposing
+    inside this program would not do: XLA picks the layouts that cancel the transposes.)
+    """
     model = nnx.merge(graphdef, state)
+    if transposed_weights:
+        _read_kernels_out_in(model)
     g = num_return_sequences
     prompt_len = attention_mask.shape[1]
     last_logits, position_ids = jnp.repeat(last_logits, g, axis=0), jnp.repeat(position_ids, g, axis=1)
@@ -333,9 +392,11 @@ def generate(
     # Stop ids are data, padded to a multiple of 4 with -1, so changing them rarely recompiles.
     eos_arr = np.full(max(4, -(-len(eos_ids) // 4) * 4), -1, np.int32)
     eos_arr[: len(eos_ids)] = eos_ids
+    # On CPU the decode steps read a transposed copy of the decoder's weights (see `decode`).
+    transposed = jax.default_backend() == "cpu"
     tokens, logprobs, mask = decode(
         graphdef,
-        state,
+        decode_weights(state) if transposed else state,
         cache,
         last_logits,
         inputs.attention_mask,
@@ -348,6 +409,7 @@ def generate(
         num_return_sequences=int(num_return_sequences),
         mesh=mesh,
         layout=layout,
+        transposed_weights=transposed,
     )
     if not (return_dict or return_logprobs):
         return tokens
