@@ -17,7 +17,6 @@ O(attn_block * S) per row).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -51,14 +50,14 @@ class PatchEmbed(nnx.Module):
 def vision_rotary(cfg: VisionConfig, pos_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos, sin [..., head_dim] of the 2-D rotary from (row, col) ids [..., 2] (float32).
 
-    cos / sin are taken from a table over the ids 0 .. N - 1 (N = number of id pairs, a bound on
-    any row or column id): XLA does not fuse an expensive op into a gather that reuses its elements,
+    cos / sin are taken from a table over the ids 0 .. N - 1 (N = id pairs per sample: a sample's
+    row and column ids stay below its number of patches, whatever the batch size): XLA does not fuse an expensive op into a gather that reuses its elements,
     so the transcendentals run once per table entry instead of once per element of every layer's
     q and k (into which XLA fuses them otherwise). Same values as cos / sin of the ids' angles.
     """
     quarter = cfg.head_dim // 4
     inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, 2 * quarter, 2, dtype=jnp.float32) / (2 * quarter)))
-    size = max(1, math.prod(pos_ids.shape[:-1]))
+    size = max(1, pos_ids.shape[-2]) if pos_ids.ndim >= 2 else 1
     angles = jnp.arange(size, dtype=jnp.float32)[:, None] * inv_freq  # [N, quarter]
 
     def lookup(table):
