@@ -112,8 +112,13 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
 
     def hidden_states(self, inputs: ModelInputs) -> jax.Array:
         """Final-norm hidden states [B, L, H]."""
-        mask = causal_mask(jnp.asarray(inputs.attention_mask))
-        hidden, _ = self.model.language_model(self.embed(inputs), jnp.asarray(inputs.position_ids), mask)
+        attention_mask = jnp.asarray(inputs.attention_mask)
+        hidden, _ = self.model.language_model(
+            self.embed(inputs),
+            jnp.asarray(inputs.position_ids),
+            causal_mask(attention_mask),
+            attention_mask=attention_mask,
+        )
         return hidden
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
@@ -183,7 +188,9 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         key_valid = jnp.zeros((b, total), bool).at[:, :length].set(attention_mask.astype(bool))
         causal = jnp.arange(total)[None, :] <= jnp.arange(length)[:, None]
         mask = causal[None] & key_valid[:, None, :]
-        hidden, cache = self.model.language_model(self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0)
+        hidden, cache = self.model.language_model(
+            self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0, attention_mask=attention_mask
+        )
         return self.logits_from_hidden(hidden[:, -1]), cache
 
     def decode_step(
