@@ -33,7 +33,9 @@ Entry points (B batch, L tokens, V vocab, T cache length):
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
   (vision attention block size, see `vision.py`), `model.visual.remat` and
   `model.language_model.remat` (recompute each block/layer in the backward pass),
-  `model.prefill_chunks` (`generation.prefill` runs the prompts this many at a time).
+  `model.prefill_chunks` (`generation.prefill` runs the prompts this many at a time),
+  `model.model.language_model.attention_impl` / `model.model.visual.attention_impl` ("xla" or
+  "splash": the Pallas kernel for multi-token attention, see `splash.py`).
 * `from_pretrained(dir, dtype=jnp.float32, param_dtype=None, sharding=None)` (classmethod) and
   `save_pretrained(dir, max_shard_bytes=...)`: HF safetensors checkpoints (see `checkpoint.py`).
 * `generate(...)`: delegates to `generation.generate`.
