@@ -91,6 +91,11 @@ def test_plan_compiles_a_small_config_on_a_mesh():
         "text_attn_block": 32,
         "vision_attn_block": 256,
     }
+    # "auto" resolves for the TPU chip: the splash kernel, compiled here in Pallas interpret mode.
+    assert report["attention"]["impl"] == "splash"
+    # Per device (batch over 4, heads over 2): 1 of 4 sequences x 2 of 4 heads x 32 of 72 queries x 72 keys,
+    # 1 of 2 prompts x 1 of 2 vision heads x 16 x 16 patches; float32.
+    assert report["attention"]["score_bytes"] == {"text": 1 * 2 * 32 * 72 * 4, "vision": 1 * 1 * 16 * 16 * 4}
     # The bfloat16 reference is half the float32 params.
     assert 2 * report["resident"]["reference"] == report["resident"]["params"]
     assert set(report["programs"]) == {
@@ -108,6 +113,7 @@ def test_plan_compiles_a_small_config_on_a_mesh():
     text = plan.format_report(report)
     assert "FITS" in text and "choices: layout fsdp_tensor_sequence, remat on, 2 micro-batches of 4 sequences" in text
     assert all(f"\n{name} " in text for name in report["programs"])
+    assert "attention: splash (Pallas kernel, for v5e; compiled here in interpret mode): no score arrays" in text
 
 
 @pytest.mark.slow

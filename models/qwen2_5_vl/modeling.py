@@ -33,7 +33,9 @@ Entry points (B batch, L tokens, V vocab, T cache length):
 * Memory knobs (plain attributes, settable after construction): `model.visual.attn_block`
   (vision attention block size, see `vision.py`), `model.visual.remat` and
   `model.language_model.remat` (recompute each block/layer in the backward pass),
-  `model.prefill_chunks` (`generation.prefill` runs the prompts this many at a time).
+  `model.prefill_chunks` (`generation.prefill` runs the prompts this many at a time),
+  `model.model.language_model.attention_impl` / `model.model.visual.attention_impl` ("xla" or
+  "splash": the Pallas kernel for multi-token attention, see `splash.py`).
 * `from_pretrained(dir, dtype=jnp.float32, param_dtype=None, sharding=None)` (classmethod) and
   `save_pretrained(dir, max_shard_bytes=...)`: HF safetensors checkpoints (see `checkpoint.py`).
 * `generate(...)`: delegates to `generation.generate`.
@@ -112,8 +114,13 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
 
     def hidden_states(self, inputs: ModelInputs) -> jax.Array:
         """Final-norm hidden states [B, L, H]."""
-        mask = causal_mask(jnp.asarray(inputs.attention_mask))
-        hidden, _ = self.model.language_model(self.embed(inputs), jnp.asarray(inputs.position_ids), mask)
+        attention_mask = jnp.asarray(inputs.attention_mask)
+        hidden, _ = self.model.language_model(
+            self.embed(inputs),
+            jnp.asarray(inputs.position_ids),
+            causal_mask(attention_mask),
+            attention_mask=attention_mask,
+        )
         return hidden
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
@@ -183,7 +190,9 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         key_valid = jnp.zeros((b, total), bool).at[:, :length].set(attention_mask.astype(bool))
         causal = jnp.arange(total)[None, :] <= jnp.arange(length)[:, None]
         mask = causal[None] & key_valid[:, None, :]
-        hidden, cache = self.model.language_model(self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0)
+        hidden, cache = self.model.language_model(
+            self.embed(inputs), jnp.asarray(inputs.position_ids), mask, cache, 0, attention_mask=attention_mask
+        )
         return self.logits_from_hidden(hidden[:, -1]), cache
 
     def decode_step(

@@ -6,6 +6,9 @@ row and column id respectively (chunked, not interleaved), as in transformers' Q
 
 Attention over more than `TextModel.attn_block` queries runs one block of queries at a time
 (`layers.query_blocked`), so score memory is [B, H, attn_block, S] instead of [B, H, L, S].
+With `TextModel.attention_impl = "splash"`, a multi-token call given its `attention_mask` [B, L]
+(causal self-attention over its own tokens: forward, training, prefill) runs the Pallas splash
+kernel instead (`splash.splash_attention`; no score array at all); one-token decoding stays on XLA.
 
 KV cache: a list with one `{"k": [B, T, KV, D], "v": [B, T, KV, D]}` per layer. A call with
 `cache` and `cache_index` writes its keys/values at [cache_index, cache_index + L) and attends over
@@ -27,6 +30,7 @@ from flax import nnx
 from .config import TextConfig
 from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked, shared_prompt_attention
 from .sharding import maybe_constrain
+from .splash import splash_attention
 
 KVCache = list  # list[dict[str, jax.Array]], one {"k", "v"} per layer
 
@@ -61,9 +65,13 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None):
+    def __call__(
+        self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None, segments=None
+    ):
         """`prompt`: (the layer's prompt cache {"k", "v"} [B, Lp, ...], prompt mask [B, Lp]) shared by
-        the rows of one-token decoding, which then attend to it and to their own `layer_cache`."""
+        the rows of one-token decoding, which then attend to it and to their own `layer_cache`.
+        `segments` [B, L] (the attention mask of a causal call over its own keys): the splash kernel
+        attends this call's keys instead of applying `mask`."""
         b, length, _ = x.shape
         mesh = self.activation_mesh if layer_cache is None or length > 1 else None  # see TextModel
 
@@ -73,6 +81,7 @@ class Attention(nnx.Module):
         q = apply_rotary(heads(self.q_proj(x), self.num_heads), cos, sin)
         k = apply_rotary(heads(self.k_proj(x), self.num_kv), cos, sin)
         v = heads(self.v_proj(x), self.num_kv)
+        own_k, own_v = k, v
         if layer_cache is not None:
             start = (0, cache_index, 0, 0)
             layer_cache = {
@@ -86,6 +95,8 @@ class Attention(nnx.Module):
             out = shared_prompt_attention(
                 q, layer_prompt["k"].astype(q.dtype), layer_prompt["v"].astype(q.dtype), prompt_mask, k, v, mask, scale
             )
+        elif segments is not None:
+            out = splash_attention(q, own_k, own_v, segments, scale, causal=True, mesh=mesh)
         elif attn_block is None or length <= attn_block:
             out = masked_attention(q, k, v, mask, scale)
         else:
@@ -102,9 +113,11 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None):
+    def __call__(
+        self, x, cos, sin, mask, layer_cache=None, cache_index=None, attn_block=None, prompt=None, segments=None
+    ):
         h, layer_cache = self.self_attn(
-            self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index, attn_block, prompt
+            self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index, attn_block, prompt, segments
         )
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), layer_cache
@@ -122,6 +135,7 @@ class TextModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.remat = False  # True: scan over rematerialised layers without a cache (training memory)
         self.attn_block = 1024  # queries per attention block for long inputs (bounds score memory)
+        self.attention_impl = "xla"  # "splash": the Pallas kernel on calls given their attention_mask
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
     def __call__(
@@ -131,22 +145,29 @@ class TextModel(nnx.Module):
         mask: jax.Array,
         cache: KVCache | SharedPromptCache | None = None,
         cache_index: jax.Array | int | None = None,
+        attention_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | SharedPromptCache | None]:
         """Final hidden states [B, L, H] (after the norm) and the updated cache (None without cache).
 
         mask [B, L, S] is True where query l may attend key s (S = L without cache, T with cache).
         With a `SharedPromptCache` (one-token decoding, B = N rows), mask covers the rows' own
         keys [N, 1, T] and each row also attends to its prompt's unmasked keys.
+        `attention_mask` [B, L] (optional) states that `mask` is `causal_mask(attention_mask)` over
+        this call's own keys (other cache slots masked, as in a prefill at slot 0); with
+        `attention_impl = "splash"` and L > 1 the splash kernel then runs instead of `mask`.
         """
         if isinstance(cache, SharedPromptCache):
             hidden, own = self._run(
                 inputs_embeds, position_ids, mask, cache.own, cache_index, (cache.prompt, cache.prompt_mask)
             )
             return hidden, cache._replace(own=own)
-        return self._run(inputs_embeds, position_ids, mask, cache, cache_index)
+        splash = self.attention_impl == "splash" and attention_mask is not None and inputs_embeds.shape[1] > 1
+        segments = attention_mask.astype(jnp.int32) if splash else None
+        return self._run(inputs_embeds, position_ids, mask, cache, cache_index, segments=segments)
 
-    def _run(self, inputs_embeds, position_ids, mask, cache, cache_index, shared=None):
-        """`__call__` on a plain cache; `shared` = (prompt cache, prompt mask) of a `SharedPromptCache`."""
+    def _run(self, inputs_embeds, position_ids, mask, cache, cache_index, shared=None, segments=None):
+        """`__call__` on a plain cache; `shared` = (prompt cache, prompt mask) of a `SharedPromptCache`;
+        `segments` [B, L]: run the splash kernel with these segment ids."""
         # One-token decode steps are left to XLA's propagation from the sharded cache: constraining
         # them made the compiled decode loop hold ~4x more temporaries (measured by `tempr1 plan`).
         mesh = self.activation_mesh if cache is None or inputs_embeds.shape[1] > 1 else None
@@ -157,19 +178,22 @@ class TextModel(nnx.Module):
         cos, sin = (shard(c, "rope") for c in mrope_cos_sin(self.cfg, position_ids, self.dtype))
         x = shard(inputs_embeds.astype(self.dtype), "hidden")
         mask = shard(mask, "mask") if mask.ndim == 3 and mask.shape[0] == x.shape[0] else mask
+        if segments is not None:
+            segments = shard(segments, "tokens")
         if self.remat and cache is None:
-            return self.norm(self._scan_layers(x, cos, sin, mask, shard)), None
+            return self.norm(self._scan_layers(x, cos, sin, mask, shard, segments)), None
         new_cache = [] if cache is not None else None
         call = _layer_caller(self.attn_block)
         for i, layer in enumerate(self.layers):
             prompt = None if shared is None else (shared[0][i], shared[1])
-            x, layer_cache = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index, prompt)
+            layer_cache = None if cache is None else cache[i]
+            x, layer_cache = call(layer, x, cos, sin, mask, layer_cache, cache_index, prompt, segments)
             x = shard(x, "hidden")
             if cache is not None:
                 new_cache.append(layer_cache)
         return self.norm(x), new_cache
 
-    def _scan_layers(self, x, cos, sin, mask, shard):
+    def _scan_layers(self, x, cos, sin, mask, shard, segments=None):
         """The decoder layers as a `lax.scan` of a rematerialised layer over their stacked weights.
 
         A scan forces one layer's recomputation and backward at a time, whatever the compiler's
@@ -181,17 +205,20 @@ class TextModel(nnx.Module):
         call = _layer_caller(self.attn_block)
 
         def body(h, weights):
-            h, _ = call(nnx.merge(graphdef, weights), h, cos, sin, mask, None, None, None)
+            h, _ = call(nnx.merge(graphdef, weights), h, cos, sin, mask, None, None, None, segments)
             return shard(h, "hidden"), None
 
         return jax.lax.scan(jax.checkpoint(body), x, stacked)[0]
 
 
 def _layer_caller(attn_block: int | None):
-    """`call(layer, x, cos, sin, mask, layer_cache, cache_index, prompt)` with the static block size bound."""
+    """`call(layer, x, cos, sin, mask, layer_cache, cache_index, prompt, segments)` with the static block size
+    bound."""
 
-    def call(layer: DecoderLayer, x, cos, sin, mask, layer_cache, cache_index, prompt):
-        return layer(x, cos, sin, mask, layer_cache, cache_index, attn_block=attn_block, prompt=prompt)
+    def call(layer: DecoderLayer, x, cos, sin, mask, layer_cache, cache_index, prompt, segments):
+        return layer(
+            x, cos, sin, mask, layer_cache, cache_index, attn_block=attn_block, prompt=prompt, segments=segments
+        )
 
     return call
 

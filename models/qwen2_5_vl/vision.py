@@ -12,7 +12,8 @@ padded with empty slots, attention runs within each row (empty slots masked as k
 results are gathered back to the patches. No score is computed between two windows (or temporal
 groups); the only waste is the padding of each row to the static length S. Rows longer than
 `attn_block` run one block of queries at a time, rematerialised under autodiff (memory
-O(attn_block * S) per row).
+O(attn_block * S) per row). With `VisionTransformer.attention_impl = "splash"` the blocks run
+through the Pallas splash kernel instead (`splash.splash_attention`, rows packed as segments).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from .config import VISION_RMS_EPS, VisionConfig
 from .layers import RMSNorm, SwiGLU, apply_rotary, masked_attention, query_blocked
 from .sharding import maybe_constrain
+from .splash import LANES, splash_attention
 
 
 class BlockLayout(NamedTuple):
@@ -77,7 +80,9 @@ class VisionAttention(nnx.Module):
         self.head_dim = cfg.head_dim
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: BlockLayout, block: int) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: BlockLayout, block: int, splash: bool = False
+    ) -> jax.Array:
         b, p, _ = x.shape
         qkv = self.qkv(x).reshape(b, p, 3, self.num_heads, self.head_dim)
         q, k, v = (
@@ -87,7 +92,9 @@ class VisionAttention(nnx.Module):
         # Rotary in float32, as in the reference.
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
-        out = block_attention(q, k, v, layout, self.head_dim**-0.5, block=block)
+        out = block_attention(
+            q, k, v, layout, self.head_dim**-0.5, block=block, splash=splash, mesh=self.activation_mesh
+        )
         return self.proj(out.reshape(b, p, -1))
 
 
@@ -101,8 +108,8 @@ class VisionBlock(nnx.Module):
             cfg.hidden_size, cfg.intermediate_size, use_bias=True, rngs=rngs, activation="vision_mlp", **kw
         )
 
-    def __call__(self, x, cos, sin, layout, block):
-        x = x + self.attn(self.norm1(x), cos, sin, layout, block)
+    def __call__(self, x, cos, sin, layout, block, splash=False):
+        x = x + self.attn(self.norm1(x), cos, sin, layout, block, splash)
         return x + self.mlp(self.norm2(x))
 
 
@@ -124,16 +131,27 @@ class PatchMerger(nnx.Module):
 
 
 def block_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayout, scale: float, *, block: int
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    layout: BlockLayout,
+    scale: float,
+    *,
+    block: int,
+    splash: bool = False,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """Attention within the blocks of `layout`: q/k/v [B, P, H, D] -> [B, P, H, D] (zero on patches
-    in no block). Rows longer than `block` slots run `block` queries at a time."""
+    in no block). Rows longer than `block` slots run `block` queries at a time. `splash`: the rows
+    run through the splash kernel (`_splash_rows`; `mesh` for its shard_map) instead."""
     b, _, h, d = q.shape
     _, rows, width = layout.blocks.shape
     index = jnp.maximum(layout.blocks, 0).reshape(b, rows * width)
     qb, kb, vb = (_take(a, index).reshape(b * rows, width, h, d) for a in (q, k, v))
     keys = (layout.blocks >= 0).reshape(b * rows, 1, width)
-    if width <= block:
+    if splash:
+        out = _splash_rows(qb, kb, vb, keys[:, 0], b, scale, mesh)
+    elif width <= block:
         out = masked_attention(qb, kb, vb, keys, scale)
     else:
         out = query_blocked(lambda x, _: masked_attention(x, kb, vb, keys, scale), qb, None, block)
@@ -141,11 +159,32 @@ def block_attention(
     return jnp.where((layout.slot >= 0)[..., None, None], out, 0)
 
 
-def _block_caller(attn_block: int):
-    """`call(block, x, cos, sin, layout)` with the static attention block size bound (remat-friendly)."""
+def _splash_rows(qb, kb, vb, filled, batch: int, scale: float, mesh: Mesh | None) -> jax.Array:
+    """Attention within each row of qb/kb/vb [B * R, S, H, D] over its `filled` [B * R, S] slots, by
+    the splash kernel: `LANES // S` rows (at least one) per kernel row, each its own segment (empty
+    slots segment 0), so short windows share a kernel tile instead of each being padded to one."""
+    n, width, h, d = qb.shape
+    group = max(1, LANES // width)
+    rows = n // batch
+    per_sample = -(-rows // group) * group
+    ids = ((jnp.arange(rows) % group + 1)[None, :, None] * filled.reshape(batch, rows, width)).reshape(n, width)
+
+    def pack(x):
+        x = x.reshape(batch, rows, *x.shape[1:])
+        x = jnp.pad(x, [(0, 0), (0, per_sample - rows)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(batch * per_sample // group, group * width, *x.shape[3:])
+
+    out = splash_attention(pack(qb), pack(kb), pack(vb), pack(ids), scale, causal=False, mesh=mesh)
+    out = out.reshape(batch, per_sample, width, h, d)[:, :rows]
+    return out.reshape(n, width, h, d)
+
+
+def _block_caller(attn_block: int, splash: bool = False):
+    """`call(block, x, cos, sin, layout)` with the static attention block size (and kernel choice) bound
+    (remat-friendly)."""
 
     def call(block: VisionBlock, x, cos, sin, layout):
-        return block(x, cos, sin, layout, attn_block)
+        return block(x, cos, sin, layout, attn_block, splash)
 
     return call
 
@@ -176,6 +215,7 @@ class VisionTransformer(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cfg = cfg
         self.attn_block = attn_block
+        self.attention_impl = "xla"  # "splash": block attention by the Pallas kernel (see block_attention)
         self.remat = False  # True: scan over rematerialised blocks (recomputed in the backward pass)
         self.activation_mesh, self.activation_layout = None, "fsdp_tensor"  # see sharding.set_activation_sharding
         self.dtype = dtype
@@ -207,7 +247,7 @@ class VisionTransformer(nnx.Module):
             while stop < len(self.blocks) and full[stop] == full[start]:
                 stop += 1
             # The block size is static: bind it outside the (optional) remat.
-            call = _block_caller(self.attn_block)
+            call = _block_caller(self.attn_block, self.attention_impl == "splash")
             layout = frames if full[start] else windows
             if self.remat:
                 x = _scan_blocks(call, self.blocks[start:stop], x, cos, sin, layout, shard)

@@ -12,6 +12,13 @@ per token forward, backward twice the forward) and cross-checked with XLA's cost
 a roofline estimate: each compiled program takes max(its XLA flops / peak, its XLA bytes / HBM
 bandwidth) per device, decode steps are bounded by reading the weights and KV cache from HBM, and
 MFU = model FLOPs / (devices * peak * estimated step time).
+
+Attention: `ModelSetup.attention_impl` is resolved for the chip ("auto": the Pallas splash kernel on
+TPU). The programs are compiled on CPU, where the kernel runs in Pallas interpret mode: a loop over
+the kernel's tiles whose buffers are its inputs, outputs and per-tile scratch, so the memory analysis
+holds no score array, as on TPU (its time is not modelled: the roofline charges XLA's count of the
+interpreted loop). The report gives the score array one layer of the XLA path holds per device
+(`attention_score_bytes`): what splash saves, or what xla spends.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from tempr1_jax.training.batches import batch_sharding
 from tempr1_jax.training.model_setup import (
     MeshConfig,
     ModelSetup,
+    set_attention_impl,
     set_remat,
     set_text_attn_block,
     trainable_filter,
@@ -207,6 +215,30 @@ def step_seconds(
     return out
 
 
+def attention_score_bytes(
+    config: Any, shapes: StepShapes, mesh_shape: tuple[int, int, int], text_block: int, vision_block: int
+) -> dict[str, int]:
+    """Per device, the float32 score array of one layer of the XLA attention path in the update's
+    micro-batch: text [sequences, heads, min(text_block, L), L] and the vision full-attention layer
+    [prompts, heads, min(vision_block, S), S] (S: a prompt's patches in one temporal group)."""
+    from models.qwen2_5_vl.inputs import block_layout_shapes
+
+    batch_shards, tensor = mesh_shape[0] * mesh_shape[1], mesh_shape[2]
+
+    def per_device(rows: int, heads: int, queries: int, keys: int) -> int:
+        heads = heads // tensor if heads % tensor == 0 else heads
+        return math.ceil(rows / batch_shards) * heads * queries * keys * 4
+
+    length = shapes.seq_len
+    width = block_layout_shapes(config, shapes.patches)["frame_blocks"][1]
+    return {
+        "text": per_device(
+            shapes.micro_batch * shapes.group, config.text.num_attention_heads, min(text_block, length), length
+        ),
+        "vision": per_device(shapes.micro_batch, config.vision.num_heads, min(vision_block, width), width),
+    }
+
+
 def format_gib(n: float) -> str:
     """Bytes as GiB (or MiB below 1 GiB)."""
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
@@ -230,6 +262,18 @@ def format_report(report: dict[str, Any]) -> str:
             f"{ch['moment_dtype']}, weights cast before the loss {'on' if ch['cast_weights'] else 'off'}, attention blocks text {ch['text_attn_block']} / vision {ch['vision_attn_block']}, "
             f"rollout prefill in {ch['prefill_chunks']} chunks"
         )
+    att = report.get("attention")
+    if att:
+        scores = (
+            f"{format_gib(att['score_bytes']['text'])} (text) / {format_gib(att['score_bytes']['vision'])} (vision)"
+        )
+        if att["impl"] == "splash":
+            lines.append(
+                f"attention: splash (Pallas kernel, for {report['chip']}; compiled here in interpret mode): no score "
+                f"arrays; the xla path would hold {scores} per layer per device"
+            )
+        else:
+            lines.append(f"attention: xla, score arrays of {scores} per layer per device (in the temporaries)")
     if report.get("resident"):
         parts = ", ".join(f"{k} {format_gib(v)}" for k, v in report["resident"].items() if v)
         lines.append(f"resident per device: {parts} (total {format_gib(report['resident_bytes'])})")
@@ -398,8 +442,11 @@ def plan(
     cast_weights: bool = False,
     decoder_chunks: int = 1,
     prefill_chunks: int = 1,
+    attention_impl: str = "auto",
 ) -> dict[str, Any]:
-    """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report."""
+    """Compile the rollout and the GRPO update for `shapes` on a `mesh_shape` mesh; return the report.
+
+    `attention_impl` is resolved as on a TPU ("auto" -> splash; see the module docstring)."""
 
     rollout_cfg = dataclasses.replace(
         rollout_cfg or RolloutConfig(), num_generations=shapes.group, max_new_tokens=shapes.completion_len
@@ -416,6 +463,7 @@ def plan(
     model = nnx.eval_shape(lambda: _new_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype)))
     set_remat(model, remat)
     set_text_attn_block(model, text_attn_block)
+    set_attention_impl(model, attention_impl, backend="tpu")  # as the chip would resolve "auto"
     model.prefill_chunks = prefill_chunks
     sharding_lib.set_activation_sharding(model, mesh, layout)  # as `shard_model` does in the trainer
     graphdef_full, state_full = nnx.split(model)
@@ -541,6 +589,12 @@ def plan(
         "param_dtype": param_dtype,
         "text_after_vision": config.text_after_vision,
         "shapes": dataclasses.asdict(shapes),
+        "attention": {
+            "impl": model.model.language_model.attention_impl,
+            "score_bytes": attention_score_bytes(
+                config, shapes, mesh_shape, model.model.language_model.attn_block, model.model.visual.attn_block
+            ),
+        },
         "choices": {
             "layout": layout,
             "remat": remat,
@@ -622,6 +676,7 @@ def plan_from_args(args: Any, mesh_shape: tuple[int, int, int], devices: int) ->
         cast_weights=train_cfg.cast_weights,
         decoder_chunks=train_cfg.decoder_chunks,
         prefill_chunks=model_setup.prefill_chunks,
+        attention_impl=model_setup.attention_impl,
     )
 
 

@@ -96,7 +96,9 @@ def _score_rows(model, embeds, attention_mask, positions, targets, lp: int, scal
     def shard(y, name):
         return maybe_constrain(y, name, model.activation_mesh, model.activation_layout)
 
-    hidden, _ = model.model.language_model(shard(embeds, "hidden"), positions, causal_mask(attention_mask))
+    hidden, _ = model.model.language_model(
+        shard(embeds, "hidden"), positions, causal_mask(attention_mask), attention_mask=attention_mask
+    )
     t = targets.shape[1]
     # Position i predicts token i + 1: the last prompt position predicts completion token 0.
     hidden = shard(hidden[:, lp - 1 : lp + t - 1], "hidden")

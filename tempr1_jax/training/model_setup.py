@@ -25,6 +25,7 @@ from data_pipeline.tokenizer import special_token_ids, train_tiny_tokenizer
 from models.qwen2_5_vl import sharding as sharding_lib
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig, tiny_config
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
+from models.qwen2_5_vl.splash import resolve_attention_impl
 from tempr1_jax.training.data_setup import training_text
 
 
@@ -57,6 +58,9 @@ class ModelSetup:
       one layer instead of all; the 7B config needs it).
     text_attn_block: queries per block of the text decoder's attention over long inputs (score memory
       [B, H, text_attn_block, L]); None keeps the model's default (`TextModel.attn_block`, 1024).
+    attention_impl: the attention of prefill, training and the vision tower: "xla" (einsums and a
+      boolean mask), "splash" (the Pallas splash kernel, `models.qwen2_5_vl.splash`; interpret mode
+      off TPU, for tests) or "auto" (splash on a TPU backend, xla elsewhere). Decoding is always xla.
     prefill_chunks: the rollout's prefill runs the prompts in this many chunks one after the other (the
       activations of a chunk at a time; the same cache and samples; see `generation.prefill`).
     text_after_vision: the M-RoPE rule for text after an image/video ("max_plus_one", the rule the
@@ -75,6 +79,7 @@ class ModelSetup:
     freeze_vision: bool = False
     remat: bool = False
     text_attn_block: int | None = None
+    attention_impl: str = "auto"
     prefill_chunks: int = 1
     text_after_vision: str | None = None
 
@@ -141,6 +146,7 @@ def base_model(
         model = init_model(setup.configure(config), setup.seed, dtype, param_dtype)
     set_remat(model, setup.remat)
     set_text_attn_block(model, setup.text_attn_block)
+    set_attention_impl(model, setup.attention_impl)
     model.prefill_chunks = setup.prefill_chunks
     return model
 
@@ -151,6 +157,14 @@ def set_text_attn_block(model: Qwen2_5_VLForConditionalGeneration, block: int | 
         if block < 1:
             raise ValueError(f"ModelSetup.text_attn_block must be >= 1, got {block}")
         model.model.language_model.attn_block = block
+
+
+def set_attention_impl(model: Qwen2_5_VLForConditionalGeneration, impl: str, backend: str | None = None) -> None:
+    """Both towers' attention implementation (a static graph attribute): `impl` resolved for `backend`
+    (default: jax's; see `splash.resolve_attention_impl`)."""
+    resolved = resolve_attention_impl(impl, backend)
+    model.model.language_model.attention_impl = resolved
+    model.model.visual.attention_impl = resolved
 
 
 def set_remat(model: Qwen2_5_VLForConditionalGeneration, remat: bool) -> None:
