@@ -78,7 +78,8 @@ class SyntheticSpec:
     number, so that a frame falls on every event boundary). tick: seconds of the grid event times lie
     on. clip_ticks: (min, max) clip length in ticks, drawn uniformly; a clip whose events (with a tick
     between them and around them) need more is as long as they need. event_ticks: action ->
-    (min, max) event length in ticks, inclusive.
+    (min, max) event length in ticks, inclusive. shape_scale: shapes are this many times their default
+    size (a fraction of the frame; at most the frame), e.g. larger in tiny frames.
     """
 
     frame_size: tuple[int, int] = (HEIGHT, WIDTH)
@@ -86,6 +87,7 @@ class SyntheticSpec:
     tick: float = TICK
     clip_ticks: tuple[int, int] = (20, 40)
     event_ticks: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=lambda: dict(EVENT_TICKS))
+    shape_scale: float = 1.0
 
     def __post_init__(self) -> None:
         height, width = self.frame_size
@@ -96,8 +98,11 @@ class SyntheticSpec:
             or self.fps < 1
             or self.tick <= 0
             or abs(frames_per_tick - round(frames_per_tick)) > 1e-9
+            or not self.shape_scale > 0
         ):
-            raise ValueError(f"SyntheticSpec: frame_size, fps > 0 and fps * tick a whole number required, got {self}")
+            raise ValueError(
+                f"SyntheticSpec: frame_size, fps > 0 and fps * tick a whole number required, and shape_scale > 0, got {self}"
+            )
         if not 1 <= lo <= hi:
             raise ValueError(f"SyntheticSpec.clip_ticks must be (min, max) with 1 <= min <= max, got {self.clip_ticks}")
         bad = {a: r for a, r in self.event_ticks.items() if a not in ACTIONS or not 1 <= r[0] <= r[1]}
@@ -133,18 +138,23 @@ def _paint(canvas: np.ndarray, shape: str, colour: str, size: int, y: int, x: in
         canvas[y0:y1, x0:x1][mask[y0 - y : y1 - y, x0 - x : x1 - x]] = COLOURS[colour]
 
 
-def shape_size(action: str, height: int = HEIGHT, width: int = WIDTH) -> int:
-    """Side in pixels of an event's shape in a height x width frame (the default sizes scaled to it)."""
-    return max(2, round(_SIZES[action] * min(height, width) / HEIGHT))
+def shape_size(action: str, height: int = HEIGHT, width: int = WIDTH, scale: float = 1.0) -> int:
+    """Side in pixels of an event's shape in a height x width frame (the default sizes scaled to it,
+    times `scale`, at most the frame's shorter side)."""
+    side = min(height, width)
+    return min(side, max(2, round(_SIZES[action] * scale * side / HEIGHT)))
 
 
-def render_frame(t: float, events: Sequence[Event], height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """The RGB uint8 frame at time t: every event with start <= t < end drawn on black."""
+def render_frame(
+    t: float, events: Sequence[Event], height: int = HEIGHT, width: int = WIDTH, shape_scale: float = 1.0
+) -> np.ndarray:
+    """The RGB uint8 frame at time t: every event with start <= t < end drawn on black (shapes
+    `shape_scale` times their default size)."""
     canvas = np.zeros((height, width, 3), np.uint8)
     for ev in events:
         if not ev["start"] <= t < ev["end"]:
             continue
-        size = shape_size(ev["action"], height, width)
+        size = shape_size(ev["action"], height, width, shape_scale)
         y, x = round(ev["y"] * (height - size)), round(ev["x"] * (width - size))
         if ev["action"] == "moves":
             x = round(-size / 2 + (t - ev["start"]) / (ev["end"] - ev["start"]) * width)
@@ -370,7 +380,11 @@ def _video_sample(
     events, duration, fields = _VIDEO_BUILDERS[task](rng, spec)
     rel = f"videos/{sample_id}.mp4"
     n = round(duration * spec.fps)
-    write_video(out_dir / rel, [render_frame(i / spec.fps, events, *spec.frame_size) for i in range(n)], spec.fps)
+    write_video(
+        out_dir / rel,
+        [render_frame(i / spec.fps, events, *spec.frame_size, spec.shape_scale) for i in range(n)],
+        spec.fps,
+    )
     extra = {"events": [{k: e[k] for k in ("colour", "shape", "action", "start", "end")} for e in events]}
     return Sample(id=sample_id, task=task, source="synthetic", video=rel, duration=duration, extra=extra, **fields)
 

@@ -170,11 +170,19 @@ def best_constant_answer(
     return _answer(task, targets[0], chosen, letter, think)
 
 
-def fit_constants(targets: Sequence[Mapping[str, Any]], grid: float = 1.0, think: bool = False) -> dict[str, str]:
-    """{task: best constant answer} fitted on `targets` (e.g. the training split), per task present."""
+def fit_constants(
+    targets: Sequence[Mapping[str, Any]], grid: float = 1.0, think: bool = False, max_per_task: int = 256
+) -> dict[str, str]:
+    """{task: best constant answer} fitted on `targets` (e.g. the training split), per task present.
+
+    Each task's answer is fitted on its first `max_per_task` targets: the search scores every candidate
+    interval on every target, and a few hundred samples pin the best constant down.
+    """
     by_task: dict[str, list[Mapping[str, Any]]] = {}
     for t in targets:
-        by_task.setdefault(t["task"], []).append(t)
+        rows = by_task.setdefault(t["task"], [])
+        if len(rows) < max_per_task:
+            rows.append(t)
     return {task: best_constant_answer(task, rows, grid=grid, think=think) for task, rows in by_task.items()}
 
 

@@ -150,6 +150,10 @@ def test_fit_constants_and_baseline_scores():
     train = [_tg("a", [0, 2]), _tg("b", [0, 2]), {**_tg("c", [4, 6]), "task": "vhd"}]
     constants = baselines.fit_constants(train, grid=1.0)
     assert constants == {"tg": "<answer>0 to 2</answer>", "vhd": "<answer>4 to 6</answer>"}
+    # Each task's answer is fitted on its first max_per_task targets.
+    later = [_tg(f"d{i}", [6, 9]) for i in range(3)]
+    assert baselines.fit_constants([*train, *later], grid=1.0, max_per_task=2)["tg"] == "<answer>0 to 2</answer>"
+    assert baselines.fit_constants([*train, *later], grid=1.0)["tg"] == "<answer>6 to 9</answer>"
     held_out = [_tg("x", [0, 2]), _tg("y", [4, 6])]
     scores = baselines.baseline_scores(held_out, constants, draws=3)
     assert set(scores) == set(baselines.BASELINES) and set(scores["random"]) == {"tg"}

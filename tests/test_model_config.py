@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import transformers
 
@@ -106,3 +107,24 @@ def test_position_rule_survives_save_and_reload(tmp_path, rule):
     init_model(config, 0).save_pretrained(tmp_path)
     loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path).config
     assert loaded.text_after_vision == rule and dataclasses.replace(loaded, torch_dtype=None) == config
+
+
+def test_init_model_fan_in_scale():
+    """std=None draws each kernel with standard deviation 1 / sqrt(fan_in) (an embedding: 1 / sqrt(width));
+    the default keeps HF's N(0, 0.02**2); biases 0 and norm weights 1 either way."""
+    config = tiny_config(hidden_size=64, intermediate_size=256, vocab_size=2048)
+    for std in (None, 0.02):
+        model = init_model(config, 0, std=std)
+        lm = model.model.language_model
+        cases = {
+            "embedding": (lm.embed_tokens.embedding[...], 64),
+            "down_proj": (lm.layers[0].mlp.down_proj.kernel[...], 256),
+            "q_proj": (lm.layers[0].self_attn.q_proj.kernel[...], 64),
+            "patch_embed": (model.model.visual.patch_embed.proj.kernel[...], config.vision.patch_dim),
+        }
+        for name, (value, fan_in) in cases.items():
+            value = np.asarray(value)
+            want = 0.02 if std is not None else 1 / np.sqrt(fan_in)
+            assert abs(value.std() / want - 1) < 0.1, (std, name, value.std(), want)
+        assert np.all(np.asarray(lm.layers[0].self_attn.q_proj.bias[...]) == 0)
+        assert np.all(np.asarray(lm.norm.weight[...]) == 1)

@@ -181,6 +181,18 @@ def test_spec_knobs():
     tight = synthetic.SyntheticSpec(clip_ticks=(4, 4))
     events, duration, _ = synthetic._VIDEO_BUILDERS["dtg"](np.random.default_rng(0), tight)
     assert duration >= events[-1]["end"] + tight.tick
-    for bad in ({"fps": 3}, {"clip_ticks": (5, 4)}, {"event_ticks": {"appears": (1, 2)}}, {"frame_size": (0, 28)}):
+    # shape_scale sizes the shapes (at most the frame).
+    assert synthetic.shape_size("appears", 28, 28, 1.75) == 16 and synthetic.shape_size("flashes", 28, 28, 3.0) == 28
+    frame = synthetic.render_frame(
+        0.0, [{**events[0], "start": 0.0, "end": 1.0, "action": "appears", "shape": "square"}], 28, 28, 1.75
+    )
+    assert (frame.max(-1) > 0).sum() == 16 * 16
+    for bad in (
+        {"fps": 3},
+        {"clip_ticks": (5, 4)},
+        {"event_ticks": {"appears": (1, 2)}},
+        {"frame_size": (0, 28)},
+        {"shape_scale": 0.0},
+    ):
         with pytest.raises(ValueError, match="SyntheticSpec"):
             synthetic.SyntheticSpec(**bad)

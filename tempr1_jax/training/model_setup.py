@@ -8,6 +8,7 @@ reused on resume) and initialises a tiny Qwen2.5-VL from `ModelSetup.seed`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -51,6 +52,9 @@ class ModelSetup:
 
     checkpoint: an HF checkpoint directory; None builds a tiny model from `seed` with `tiny` overrides
       (see `models.qwen2_5_vl.config.tiny_config`) sized to a tiny tokenizer trained on the data.
+    init_std: the tiny model's initial weights: N(0, init_std**2), or None for a standard deviation of
+      1 / sqrt(fan_in) per weight (see `init_model`; HF's 0.02 is about 1 / sqrt(width) of a 7B model and starves a model
+      64 wide of signal).
     tokenizer: an HF tokenizer directory (default: `checkpoint`, or the trained tiny one).
     dtype / param_dtype: compute and storage dtypes ("float32", "bfloat16").
     freeze_vision: keep the vision tower's weights fixed (no gradients, no optimizer state).
@@ -74,6 +78,7 @@ class ModelSetup:
     tiny: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tokenizer_vocab_size: int = 512
     seed: int = 0
+    init_std: float | None = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
     freeze_vision: bool = False
@@ -143,7 +148,7 @@ def base_model(
     elif config is None:
         raise ValueError("base_model: ModelSetup.checkpoint is None, so a model config is required")
     else:
-        model = init_model(setup.configure(config), setup.seed, dtype, param_dtype)
+        model = init_model(setup.configure(config), setup.seed, dtype, param_dtype, std=setup.init_std)
     set_remat(model, setup.remat)
     set_text_attn_block(model, setup.text_attn_block)
     set_attention_impl(model, setup.attention_impl)
@@ -174,12 +179,15 @@ def set_remat(model: Qwen2_5_VLForConditionalGeneration, remat: bool) -> None:
 
 
 def init_model(
-    config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, std: float = 0.02
+    config: Any, seed: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, std: float | None = 0.02
 ) -> Qwen2_5_VLForConditionalGeneration:
     """A freshly initialised model, drawn on the host with numpy from `seed` (no XLA compilation).
 
-    Kernels and embeddings ~ N(0, std) (the HF initialiser), biases 0, norm weights 1. Eager NNX
-    initialisation compiles one XLA program per parameter shape, which dominates a tiny CPU run.
+    Kernels and embeddings ~ N(0, std**2) (the HF initialiser), or with `std=None` a standard deviation
+    of 1 / sqrt(fan_in):
+    fan_in is a kernel's input size (all axes but the last) and an embedding's width. Biases 0, norm
+    weights 1. Eager NNX initialisation compiles one XLA program per parameter shape, which dominates
+    a tiny CPU run.
     """
     abstract = nnx.eval_shape(
         lambda: Qwen2_5_VLForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
@@ -197,7 +205,8 @@ def init_model(
         elif last in ("weight", "scale") and any("norm" in n or n == "ln_q" for n in names[-2:]):
             value = np.ones(leaf.shape)
         else:
-            value = rng.normal(0.0, std, leaf.shape)
+            fan_in = leaf.shape[-1] if last == "embedding" else math.prod(leaf.shape[:-1])
+            value = rng.normal(0.0, std if std is not None else 1.0 / math.sqrt(max(fan_in, 1)), leaf.shape)
         return jnp.asarray(value, leaf.dtype)
 
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, params), rest)
