@@ -231,6 +231,22 @@ def _timeline(
     return events, total * spec.tick
 
 
+def random_events(
+    rng: np.random.Generator,
+    n: int,
+    spec: SyntheticSpec = DEFAULT_SPEC,
+    actions: Sequence[str] = tuple(ACTIONS),
+    shapes: Sequence[str] = SHAPES,
+) -> tuple[list[Event], float]:
+    """n events of distinct colours (shapes and actions drawn from the given ones) on one timeline,
+    as the tasks place them; returns (events, duration). For probes that render frames in memory."""
+    colours = [list(COLOURS)[int(i)] for i in rng.choice(len(COLOURS), size=n, replace=False)]
+    specs = [
+        (c, str(shapes[int(rng.integers(len(shapes)))]), str(actions[int(rng.integers(len(actions)))])) for c in colours
+    ]
+    return _timeline(rng, specs, spec)
+
+
 def _action(rng: np.random.Generator, choices: Sequence[str] = tuple(ACTIONS)) -> str:
     return str(choices[int(rng.integers(len(choices)))])
 

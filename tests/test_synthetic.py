@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -196,3 +197,14 @@ def test_spec_knobs():
     ):
         with pytest.raises(ValueError, match="SyntheticSpec"):
             synthetic.SyntheticSpec(**bad)
+
+
+def test_random_events():
+    """random_events: distinct colours, only the given shapes and actions, one timeline without overlap."""
+    spec = synthetic.SyntheticSpec(frame_size=(28, 28), fps=4, tick=0.5, clip_ticks=(10, 19))
+    for i in range(30):
+        events, duration = synthetic.random_events(np.random.default_rng(i), 3, spec, ("moves",), ("circle",))
+        assert len({e["colour"] for e in events}) == 3
+        assert {(e["shape"], e["action"]) for e in events} == {("circle", "moves")}
+        spans = sorted((e["start"], e["end"]) for e in events)
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(spans)) and spans[-1][1] <= duration
