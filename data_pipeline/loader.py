@@ -67,7 +67,7 @@ from data_pipeline.prompts import PromptBuilder, build_prompt_ids, build_sft_ids
 from data_pipeline.samples import duration_mismatch, resolve_path
 from data_pipeline.vision_inputs import PreprocessorValues, merged_token_count, patchify_images, patchify_video
 from models.qwen2_5_vl.config import Qwen2_5_VLConfig
-from models.qwen2_5_vl.inputs import ModelInputs, build_model_inputs, collate_model_inputs
+from models.qwen2_5_vl.inputs import ModelInputs, batch_layout_sizes, build_model_inputs, collate_model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -575,6 +575,7 @@ class _Collate:
                 patches,
                 padding_side=self.config.padding_side,
                 pad_token_id=self.prepare.tokenizer.pad_token_id,
+                pad_layout_to=batch_layout_sizes(self.prepare.model_config, inputs, patches),
             ),
             "samples": [r["sample"] for r in items],
             "valid": np.arange(n_rows) < len(items),

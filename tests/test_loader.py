@@ -161,6 +161,8 @@ def test_tokens_match_grids_and_buckets(data):
         x = batch["inputs"]
         seen_shapes.add((x.seq_len, x.num_patches))
         assert x.seq_len in TOKEN_BUCKETS and x.num_patches in PATCH_BUCKETS
+        for blocks in x.layout_sizes[:2]:  # a power of two, or all the blocks the patches can fill
+            assert blocks & (blocks - 1) == 0 or blocks == x.num_patches // 4
         for row, sample in enumerate(batch["samples"]):
             ids, mask = x.input_ids[row], x.attention_mask[row]
             n = int(mask.sum())

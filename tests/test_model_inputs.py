@@ -9,7 +9,7 @@ from model_oracle import IMAGE_GRID, VIDEO_GRID, pixels, vision_prompt
 from transformers import vision_utils
 
 from models.qwen2_5_vl.config import tiny_config
-from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs, layout_size, window_len
+from models.qwen2_5_vl.inputs import block_count, build_model_inputs, collate_model_inputs, layout_size, window_len
 
 CONFIG = tiny_config()
 GRIDS = [IMAGE_GRID, VIDEO_GRID, (2, 4, 8)]  # one sample: an image then two videos
@@ -72,9 +72,10 @@ def test_vision_metadata_matches_transformers():
     sizes = np.bincount(window_segment_ids)[1:] // unit
     assert sizes.min() < v.window_merged**2 == sizes.max()
     # one block per window / temporal group, padded to the static sizes
-    assert inputs.window_blocks.shape == (1, layout_size(len(cu_window) - 1), window_len(CONFIG))
+    rows = block_count(len(cu_window) - 1, inputs.num_patches, unit)
+    assert inputs.window_blocks.shape == (1, rows, window_len(CONFIG))
     frame_len = layout_size(int(np.diff(cu_full).max()), 8)
-    assert inputs.frame_blocks.shape == (1, layout_size(len(cu_full) - 1), frame_len)
+    assert inputs.frame_blocks.shape == (1, block_count(len(cu_full) - 1, inputs.num_patches, unit), frame_len)
 
 
 def test_layout_size_rounds_up_with_bounded_waste():
@@ -83,6 +84,14 @@ def test_layout_size_rounds_up_with_bounded_waste():
     assert all(n <= s < max(n, 1) * 1.25 + 1 for n, s in enumerate(sizes))
     assert all(layout_size(s) == s for s in sizes) and len(set(sizes[65:129])) == 4
     assert layout_size(280, 8) == 288 and len({layout_size(n, 8) for n in range(257, 513)}) == 8
+
+
+def test_block_count_is_a_power_of_two_within_the_patches():
+    # 10-32 windows of one merged token (4 patches) each in 128 patches: 16 or 32 blocks, two layouts.
+    assert {block_count(n, 128, 4) for n in range(10, 33)} == {16, 32}
+    # capped at the blocks the patches can fill; never below the blocks needed
+    assert block_count(20, 96, 4) == 24 and block_count(24, 96, 4) == 24 and block_count(3, 1024, 4) == 4
+    assert all(n <= block_count(n, 4 * n, 4) < 2 * n for n in range(1, 300))
 
 
 def test_token_index_points_at_images_then_videos():

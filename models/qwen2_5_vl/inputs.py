@@ -20,7 +20,10 @@ layout of static shape: `*_blocks [B, R, S]` holds the permuted patch index of e
 blocks of S slots (one window or temporal group per block, padded with -1), `*_slot [B, P]` the
 flat slot (block * S + offset) of every permuted patch (-1 for padding patches, which attend to
 nothing). S is `window_merged**2 * merge_unit` for windows; R and the temporal-group S depend on
-the data and are rounded up (`layout_size`) so that similar batches share one compiled program.
+the data and are rounded up so that similar batches share one compiled program: R to a power of two,
+at most the P / merge_unit blocks that P patches can fill (`block_count`; every new shape is a
+compile, minutes for a large model on TPU), the temporal-group S to one of 8 sizes per octave
+(`layout_size`; it follows the frame size, not the clip length).
 """
 
 from __future__ import annotations
@@ -173,6 +176,24 @@ def layout_size(n: int, steps_per_octave: int = 4) -> int:
     return -(-n // step) * step
 
 
+def block_count(n: int, n_patches: int, merge_unit: int) -> int:
+    """Static number of blocks for `n` windows or temporal groups in `n_patches` (padded) patches: `n`
+    rounded up to a power of two, capped at the n_patches // merge_unit blocks the patches can fill
+    (each window or group holds at least one merged token), so a patch bucket takes few layouts."""
+    return max(n, min(layout_size(n, 1), n_patches // merge_unit))
+
+
+def batch_layout_sizes(
+    config: Qwen2_5_VLConfig, samples: Sequence[ModelInputs], n_patches: int
+) -> tuple[int, int, int]:
+    """`ModelInputs.layout_sizes` for `samples` collated into `n_patches` patches: the samples'
+    largest, block counts rounded up by `block_count` (pass as `collate_model_inputs`'s
+    `pad_layout_to`, so that batches of one patch bucket take few shapes)."""
+    windows, groups, group_len = (max(s.layout_sizes[i] for s in samples) for i in range(3))
+    unit = config.vision.merge_unit
+    return block_count(windows, n_patches, unit), block_count(groups, n_patches, unit), group_len
+
+
 def window_len(config: Qwen2_5_VLConfig) -> int:
     """Slots of a window block: the patches of a full window."""
     return config.vision.window_merged**2 * config.vision.merge_unit
@@ -183,7 +204,7 @@ def block_layout_shapes(config: Qwen2_5_VLConfig, n_patches: int) -> dict[str, t
     `n_patches` patches in full windows (one temporal group: the costliest full-attention layer)."""
     width = window_len(config)
     return {
-        "window_blocks": (layout_size(-(-n_patches // width)), width),
+        "window_blocks": (block_count(-(-n_patches // width), n_patches, config.vision.merge_unit), width),
         "window_slot": (n_patches,),
         "frame_blocks": (1, layout_size(n_patches, 8)),
         "frame_slot": (n_patches,),
@@ -344,7 +365,7 @@ def _block_layouts(
     frame_len = layout_size(max((int(r.max()) for r in frame_runs if len(r)), default=1), 8)
     out = {}
     for name, runs, width in (("window", window_runs, window_len(config)), ("frame", frame_runs, frame_len)):
-        rows = layout_size(max(len(r) for r in runs))
+        rows = block_count(max(len(r) for r in runs), n_patches, config.vision.merge_unit)
         pairs = [_blocks(r, rows, width, n_patches) for r in runs]
         out[f"{name}_blocks"] = np.stack([p[0] for p in pairs])
         out[f"{name}_slot"] = np.stack([p[1] for p in pairs])
