@@ -55,6 +55,7 @@ COLOURS = {
     "white": (240, 240, 240),
     "magenta": (220, 40, 220),
 }
+CLOCK_COLOUR = (128, 128, 128)
 SHAPES = ("square", "circle", "triangle")
 ACTIONS = {"appears": "appears", "moves": "moves across the screen", "flashes": "flashes"}
 # Default event length range per action, in ticks (inclusive). At most 5 events of <= 10 ticks with
@@ -145,20 +146,36 @@ def shape_size(action: str, height: int = HEIGHT, width: int = WIDTH, scale: flo
     return min(side, max(2, round(_SIZES[action] * scale * side / HEIGHT)))
 
 
+def clock_rows(height: int) -> int:
+    """Rows at the bottom of a frame `height` pixels high that a clock bar takes."""
+    return max(1, height // 14)
+
+
 def render_frame(
-    t: float, events: Sequence[Event], height: int = HEIGHT, width: int = WIDTH, shape_scale: float = 1.0
+    t: float,
+    events: Sequence[Event],
+    height: int = HEIGHT,
+    width: int = WIDTH,
+    shape_scale: float = 1.0,
+    clock_seconds: float | None = None,
 ) -> np.ndarray:
     """The RGB uint8 frame at time t: every event with start <= t < end drawn on black (shapes
-    `shape_scale` times their default size)."""
+    `shape_scale` times their default size). With `clock_seconds`, a grey bar along the bottom rows
+    grows from the left edge and spans the width at `clock_seconds` (time written into the pixels, as
+    a player's progress bar or frame-numbering methods for video LLMs do; shapes keep out of those rows)."""
     canvas = np.zeros((height, width, 3), np.uint8)
+    room = height
+    if clock_seconds is not None:
+        room = height - clock_rows(height)
+        canvas[room:, : min(width, round(t / clock_seconds * width))] = CLOCK_COLOUR
     for ev in events:
         if not ev["start"] <= t < ev["end"]:
             continue
-        size = shape_size(ev["action"], height, width, shape_scale)
-        y, x = round(ev["y"] * (height - size)), round(ev["x"] * (width - size))
+        size = min(shape_size(ev["action"], height, width, shape_scale), room)
+        y, x = round(ev["y"] * (room - size)), round(ev["x"] * (width - size))
         if ev["action"] == "moves":
             x = round(-size / 2 + (t - ev["start"]) / (ev["end"] - ev["start"]) * width)
-        _paint(canvas, ev["shape"], ev["colour"], size, y, x)
+        _paint(canvas[:room], ev["shape"], ev["colour"], size, y, x)
     return canvas
 
 

@@ -72,10 +72,9 @@ def test_vision_metadata_matches_transformers():
     sizes = np.bincount(window_segment_ids)[1:] // unit
     assert sizes.min() < v.window_merged**2 == sizes.max()
     # one block per window / temporal group, padded to the static sizes
-    rows = block_count(len(cu_window) - 1, inputs.num_patches, unit)
-    assert inputs.window_blocks.shape == (1, rows, window_len(CONFIG))
+    assert inputs.window_blocks.shape == (1, layout_size(len(cu_window) - 1), window_len(CONFIG))
     frame_len = layout_size(int(np.diff(cu_full).max()), 8)
-    assert inputs.frame_blocks.shape == (1, block_count(len(cu_full) - 1, inputs.num_patches, unit), frame_len)
+    assert inputs.frame_blocks.shape == (1, layout_size(len(cu_full) - 1), frame_len)
 
 
 def test_layout_size_rounds_up_with_bounded_waste():

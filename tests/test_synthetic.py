@@ -208,3 +208,20 @@ def test_random_events():
         assert {(e["shape"], e["action"]) for e in events} == {("circle", "moves")}
         spans = sorted((e["start"], e["end"]) for e in events)
         assert all(a[1] < b[0] for a, b in itertools.pairwise(spans)) and spans[-1][1] <= duration
+
+
+def test_clock_bar():
+    events = [{"colour": "red", "shape": "square", "action": "appears", "start": 0.0, "end": 10.0, "y": 1.0, "x": 0.0}]
+    rows = synthetic.clock_rows(28)
+    lengths = []
+    for t in (0.0, 2.5, 5.0, 10.0, 12.0):
+        frame = synthetic.render_frame(t, events, 28, 28, 1.75, clock_seconds=10.0)
+        bar = (frame[28 - rows :] == synthetic.CLOCK_COLOUR).all(-1)
+        assert (bar == bar[0]).all()  # every bar row alike
+        lengths.append(int(bar[0].sum()))
+        if t < 10.0:  # the shape sits right above the bar (y = 1: the lowest place it may take)
+            assert (frame[28 - rows - 1, 0] == synthetic.COLOURS["red"]).all()
+    assert lengths == [0, 7, 14, 28, 28]
+    # without a clock the frame is as before: the shape reaches the bottom row
+    plain = synthetic.render_frame(5.0, events, 28, 28, 1.75)
+    assert (plain[27, 0] == synthetic.COLOURS["red"]).all()

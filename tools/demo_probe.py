@@ -11,6 +11,8 @@ step) and asks one question per clip as a classification at the last position:
 
 The prompt is 12 fixed tokens, the clip, then 10-20 filler tokens with the colour word among them.
 `--naming F` asks the `colour` question of a fraction F of the training clips besides the main one.
+`--clock` draws a progress bar into every frame (`synthetic.render_frame`'s `clock_seconds`), so that
+the time can be read from the pixels as well as from the positions.
 Prints one JSON line per evaluation (held-out clips): step, training loss, accuracy, and for `start`
 the share within one tick and the correlation of predicted and true ticks.
 """
@@ -51,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--question", choices=("start", "order", "colour"), default="start")
     p.add_argument("--distractors", type=int, default=1, help="events besides the named one")
     p.add_argument("--naming", type=float, default=0.0, help="share of training clips asked for a colour")
+    p.add_argument("--clock", action="store_true", help="a progress bar in the frames (`render_frame`'s clock)")
     p.add_argument("--tie", action="store_true", help="tie input and output embeddings")
     p.add_argument("--init", choices=("fan_in", "hf"), default="fan_in", help="1/sqrt(fan-in) or N(0, 0.02^2)")
     p.add_argument("--actions", default="appears", help="comma-separated: appears, moves, flashes")
@@ -86,9 +89,10 @@ def make_sample(rng: np.random.Generator, args: argparse.Namespace, config, nami
     actions, shapes = args.actions.split(","), args.shapes.split(",")
     events, duration = synthetic.random_events(rng, 1 + args.distractors, SPEC, actions, shapes)
     asked = events[int(rng.integers(len(events)))]
+    clock = SPEC.clip_ticks[1] * SPEC.tick if args.clock else None
     frames = np.stack(
         [
-            synthetic.render_frame(i / SPEC.fps, events, *SPEC.frame_size, SPEC.shape_scale)
+            synthetic.render_frame(i / SPEC.fps, events, *SPEC.frame_size, SPEC.shape_scale, clock)
             for i in range(round(duration * SPEC.fps))
         ]
     )

@@ -20,10 +20,10 @@ layout of static shape: `*_blocks [B, R, S]` holds the permuted patch index of e
 blocks of S slots (one window or temporal group per block, padded with -1), `*_slot [B, P]` the
 flat slot (block * S + offset) of every permuted patch (-1 for padding patches, which attend to
 nothing). S is `window_merged**2 * merge_unit` for windows; R and the temporal-group S depend on
-the data and are rounded up so that similar batches share one compiled program: R to a power of two,
-at most the P / merge_unit blocks that P patches can fill (`block_count`; every new shape is a
-compile, minutes for a large model on TPU), the temporal-group S to one of 8 sizes per octave
-(`layout_size`; it follows the frame size, not the clip length).
+the data and are rounded up (`layout_size`: R to one of 4 sizes per octave, the temporal-group S to
+one of 8). Batches of the data loader round R further, to a power of two at most the P / merge_unit
+blocks that P patches can fill (`batch_layout_sizes`): every new shape is a compile (minutes for a
+large model on TPU), and R follows the clip lengths within a patch bucket.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def _block_layouts(
     frame_len = layout_size(max((int(r.max()) for r in frame_runs if len(r)), default=1), 8)
     out = {}
     for name, runs, width in (("window", window_runs, window_len(config)), ("frame", frame_runs, frame_len)):
-        rows = block_count(max(len(r) for r in runs), n_patches, config.vision.merge_unit)
+        rows = layout_size(max(len(r) for r in runs))
         pairs = [_blocks(r, rows, width, n_patches) for r in runs]
         out[f"{name}_blocks"] = np.stack([p[0] for p in pairs])
         out[f"{name}_slot"] = np.stack([p[1] for p in pairs])
