@@ -88,3 +88,26 @@ def test_short_demo(tmp_path, capsys):
                 )
             )
             assert ModelSetup().tokenizer_vocab_size == 300
+
+
+def test_sigterm_stops_the_demo(tmp_path, monkeypatch, capsys):
+    """A SIGTERM during SFT ends the demo with a clear message; it does not go on to GRPO."""
+    import os
+    import signal
+
+    from tempr1_jax import cli
+    from tempr1_jax.apps.sft import SFTTrainer
+
+    restore = SFTTrainer.restore
+
+    def restore_then_sigterm(self):
+        start = restore(self)
+        os.kill(os.getpid(), signal.SIGTERM)  # caught by the trainer's stop flag, as a scheduler's would be
+        return start
+
+    monkeypatch.setattr(SFTTrainer, "restore", restore_then_sigterm)
+    work = tmp_path / "demo"
+    assert cli.main(["demo", "--workdir", str(work), *SHORT]) == 1
+    err = capsys.readouterr().err
+    assert "stopped on request (SIGTERM) during sft" in err and "[5/7] grpo" not in err
+    assert not (work / "grpo").exists() and not (work / "demo_report.json").exists()

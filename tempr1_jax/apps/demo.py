@@ -84,6 +84,15 @@ class DemoConfig:
     constant_grid: float = 1.0
 
 
+class DemoStopped(RuntimeError):
+    """A stop request (SIGTERM) ended a training phase early; the demo does not go on to the next."""
+
+
+def _check_stopped(trainer: SFTTrainer | GRPOTrainer, phase: str) -> None:
+    if trainer.stopped:
+        raise DemoStopped(f"stopped on request (SIGTERM) during {phase}; its checkpoint, if any, is in {trainer.workdir}")
+
+
 class _Phases:
     """Announces each phase on stderr ("[3/7] sft: ...") and records its wall and CPU time (`<phase>_s`,
     `<phase>_cpu_s`: this process's CPU seconds, all threads; on a busy machine the wall time grows, the
@@ -290,7 +299,9 @@ def plot_learning_curve(metrics: Sequence[dict[str, Any]], tasks: Sequence[str],
 
 
 def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
-    """Run every phase in `workdir` (gin must be parsed) and return the report written to demo_report.json."""
+    """Run every phase in `workdir` (gin must be parsed) and return the report written to demo_report.json.
+
+    Raises `DemoStopped` when a stop request (SIGTERM) ends SFT or GRPO early."""
     cfg = cfg or DemoConfig()
     if paths.is_remote(workdir):  # is_remote also refuses a mangled URL such as gs:/bucket
         raise ValueError(f"tempr1 demo runs in a local workdir, got {workdir}")
@@ -330,6 +341,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     phases.start("sft", f"supervised cold start, {sft_cfg.steps} steps")
     sft = SFTTrainer(work / "sft", sft_cfg)
     sft.run()
+    _check_stopped(sft, "sft")
     sft_export = sft.export()
 
     n_test = len(cfg.tasks) * cfg.test_samples_per_task
@@ -351,6 +363,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     phases.start("grpo", f"{grpo_cfg.steps} steps of {rollout_cfg.num_generations} sampled answers per prompt")
     grpo = GRPOTrainer(work / "grpo", grpo_cfg)
     grpo.run()
+    _check_stopped(grpo, "grpo")
 
     phases.start("eval_after", f"greedy answers on {n_test} held-out samples")
     after = _eval(

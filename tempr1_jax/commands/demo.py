@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from tempr1_jax.config import add_gin_arguments
 
@@ -39,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
     # The demo's own settings first, then any --gin_file / --gin.NAME=VALUE of the command line.
     args.gin_file = [DEFAULT_GIN, *args.gin_file]
     configurables.parse_gin(args)
-    report = demo.run_demo(args.workdir)
+    try:
+        report = demo.run_demo(args.workdir)
+    except demo.DemoStopped as stop:
+        print(f"tempr1 demo: {stop}", file=sys.stderr)
+        return 1
     print(demo.format_report(report))
     print(
         f"wrote {args.workdir}/{demo.REPORT}, {args.workdir}/{demo.CURVE} and "

@@ -99,6 +99,7 @@ class Trainer:
             write_synthetic(data_cfg, self.workdir)
         self.checkpoints = CheckpointManager(self.workdir / CHECKPOINTS_DIR, CheckpointConfig())
         self.stop = StopFlag()
+        self.stopped = False  # whether the last `run` ended on a stop request (SIGTERM)
         self.loader: Any = None
         self.train_step: Any = None
         self.state: Any = None
@@ -318,6 +319,7 @@ class Trainer:
                 self.checkpoints.close()
                 if logger:
                     logger.close()
+        self.stopped = bool(stopped)
         if stopped:
             log.warning("stopped on request after step %d%s", last, "; its checkpoint is saved" if last else "")
         if multihost.is_main() and stopped is not None:
