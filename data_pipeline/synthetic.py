@@ -80,7 +80,10 @@ class SyntheticSpec:
     on. clip_ticks: (min, max) clip length in ticks, drawn uniformly; a clip whose events (with a tick
     between them and around them) need more is as long as they need. event_ticks: action ->
     (min, max) event length in ticks, inclusive. shape_scale: shapes are this many times their default
-    size (a fraction of the frame; at most the frame), e.g. larger in tiny frames.
+    size (a fraction of the frame; at most the frame), e.g. larger in tiny frames. distractors: False
+    leaves out the events a query does not ask for (a tg clip holds its target alone, vhd and tal clips
+    the target's instances alone; dtg and gvqa are unchanged). clock: a progress bar along the bottom of
+    every frame, spanning the width at the longest drawn clip length (`render_frame`'s `clock_seconds`).
     """
 
     frame_size: tuple[int, int] = (HEIGHT, WIDTH)
@@ -89,6 +92,8 @@ class SyntheticSpec:
     clip_ticks: tuple[int, int] = (20, 40)
     event_ticks: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=lambda: dict(EVENT_TICKS))
     shape_scale: float = 1.0
+    distractors: bool = True
+    clock: bool = False
 
     def __post_init__(self) -> None:
         height, width = self.frame_size
@@ -276,7 +281,8 @@ def _seg(ev: Event) -> list[float]:
 
 
 def _tg(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
-    specs = [(c, s, _action(rng)) for c, s in _kinds(rng, int(rng.integers(2, 4)))]
+    n = int(rng.integers(2, 4)) if spec.distractors else 1
+    specs = [(c, s, _action(rng)) for c, s in _kinds(rng, n)]
     events, duration = _timeline(rng, specs, spec)
     target = events[int(rng.integers(len(events)))]
     return events, duration, {"query": describe(target), "segments": [_seg(target)]}
@@ -304,14 +310,13 @@ def _repeated(rng: np.random.Generator, n_target: int, n_other: int, actions: Se
 
 
 def _vhd(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
-    events, duration, targets = _repeated(
-        rng, int(rng.integers(2, 4)), int(rng.integers(0, 2)), ("appears", "flashes"), spec
-    )
+    n_other = int(rng.integers(0, 2)) if spec.distractors else 0
+    events, duration, targets = _repeated(rng, int(rng.integers(2, 4)), n_other, ("appears", "flashes"), spec)
     return events, duration, {"query": describe(targets[0]), "segments": [_seg(e) for e in targets]}
 
 
 def _tal(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
-    events, duration, targets = _repeated(rng, int(rng.integers(1, 5)), 1, tuple(ACTIONS), spec)
+    events, duration, targets = _repeated(rng, int(rng.integers(1, 5)), int(spec.distractors), tuple(ACTIONS), spec)
     t = targets[0]
     query = f"{t['colour']} {t['shape']} {ACTIONS[t['action']]}"
     return events, duration, {"query": query, "segments": [_seg(e) for e in targets]}
@@ -413,9 +418,10 @@ def _video_sample(
     events, duration, fields = _VIDEO_BUILDERS[task](rng, spec)
     rel = f"videos/{sample_id}.mp4"
     n = round(duration * spec.fps)
+    clock = spec.clip_ticks[1] * spec.tick if spec.clock else None
     write_video(
         out_dir / rel,
-        [render_frame(i / spec.fps, events, *spec.frame_size, spec.shape_scale) for i in range(n)],
+        [render_frame(i / spec.fps, events, *spec.frame_size, spec.shape_scale, clock) for i in range(n)],
         spec.fps,
     )
     extra = {"events": [{k: e[k] for k in ("colour", "shape", "action", "start", "end")} for e in events]}

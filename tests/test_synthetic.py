@@ -225,3 +225,23 @@ def test_clock_bar():
     # without a clock the frame is as before: the shape reaches the bottom row
     plain = synthetic.render_frame(5.0, events, 28, 28, 1.75)
     assert (plain[27, 0] == synthetic.COLOURS["red"]).all()
+
+
+def test_without_distractors_and_with_a_clock(tmp_path):
+    """distractors=False: tg, vhd and tal clips hold only the asked-for events; clock=True: the bar is in the mp4."""
+    spec = synthetic.SyntheticSpec(distractors=False)
+    for i in range(30):
+        events, _, fields = synthetic._tg(np.random.default_rng(i), spec)
+        assert len(events) == 1 and fields["segments"] == [[events[0]["start"], events[0]["end"]]]
+        for build in (synthetic._vhd, synthetic._tal):
+            events, _, fields = build(np.random.default_rng(i), spec)
+            assert fields["segments"] == [[e["start"], e["end"]] for e in events]
+    paths = synthetic.write_synthetic_dataset(
+        tmp_path, samples_per_task=1, tasks=("tg",), include_images=False, split_names=("test",),
+        frame_size=(28, 28), fps=4, clip_ticks=(10, 19), clock=True,
+    )
+    (sample,) = read_jsonl(paths["test"])
+    frames, _ = read_video(tmp_path / sample.video, fps=4.0, min_pixels=784, max_pixels=784)
+    bar = frames[:, 28 - synthetic.clock_rows(28) :, :, :].mean(axis=(1, 3))  # [frames, width] grey level
+    filled = (bar > 64).sum(-1)
+    assert filled[0] <= 1 and filled[-1] >= 10 and (np.diff(filled) >= -1).all()  # grows with time

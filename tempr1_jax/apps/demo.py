@@ -56,9 +56,10 @@ PHASES = ("data", "baselines", "sft", "eval_before", "grpo", "eval_after", "expo
 class DemoConfig:
     """Sizes of the demo run (the model, loader and optimizers are the trainer's configurables).
 
-    frame_size, fps, tick, clip_ticks, event_ticks, shape_scale: the synthetic clips (`data_pipeline.synthetic.
-    SyntheticSpec`: (height, width) pixels, frames per second, seconds per tick of the event grid,
-    (min, max) clip length in ticks, action -> (min, max) event length in ticks, shape size relative to the default).
+    frame_size, fps, tick, clip_ticks, event_ticks, shape_scale, distractors, clock: the synthetic clips
+    (`data_pipeline.synthetic.SyntheticSpec`: (height, width) pixels, frames per second, seconds per tick
+    of the event grid, (min, max) clip length in ticks, action -> (min, max) event length in ticks, shape size relative to the
+    default, whether clips hold events the query does not ask for, whether frames show a progress bar).
     baseline_draws: random answers drawn per held-out sample; constant_grid: seconds between the
     interval ends the best constant answer is chosen from.
     """
@@ -75,6 +76,8 @@ class DemoConfig:
         default_factory=lambda: dict(DEFAULT_SPEC.event_ticks)
     )
     shape_scale: float = DEFAULT_SPEC.shape_scale
+    distractors: bool = DEFAULT_SPEC.distractors
+    clock: bool = DEFAULT_SPEC.clock
     sft_steps: int = 150
     grpo_steps: int = 40
     eval_batch_size: int = 8
@@ -328,6 +331,8 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
         clip_ticks=tuple(cfg.clip_ticks),
         event_ticks=dict(cfg.event_ticks),
         shape_scale=cfg.shape_scale,
+        distractors=cfg.distractors,
+        clock=cfg.clock,
         progress=True,
     )
     gin.bind_parameter("DataConfig.synthetic", False)
