@@ -237,8 +237,15 @@ def test_without_distractors_and_with_a_clock(tmp_path):
             events, _, fields = build(np.random.default_rng(i), spec)
             assert fields["segments"] == [[e["start"], e["end"]] for e in events]
     paths = synthetic.write_synthetic_dataset(
-        tmp_path, samples_per_task=1, tasks=("tg",), include_images=False, split_names=("test",),
-        frame_size=(28, 28), fps=4, clip_ticks=(10, 19), clock=True,
+        tmp_path,
+        samples_per_task=1,
+        tasks=("tg",),
+        include_images=False,
+        split_names=("test",),
+        frame_size=(28, 28),
+        fps=4,
+        clip_ticks=(10, 19),
+        clock=True,
     )
     (sample,) = read_jsonl(paths["test"])
     frames, _ = read_video(tmp_path / sample.video, fps=4.0, min_pixels=784, max_pixels=784)

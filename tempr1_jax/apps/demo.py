@@ -93,7 +93,9 @@ class DemoStopped(RuntimeError):
 
 def _check_stopped(trainer: SFTTrainer | GRPOTrainer, phase: str) -> None:
     if trainer.stopped:
-        raise DemoStopped(f"stopped on request (SIGTERM) during {phase}; its checkpoint, if any, is in {trainer.workdir}")
+        raise DemoStopped(
+            f"stopped on request (SIGTERM) during {phase}; its checkpoint, if any, is in {trainer.workdir}"
+        )
 
 
 class _Phases:
