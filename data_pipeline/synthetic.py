@@ -95,6 +95,11 @@ class SyntheticSpec:
     distractors: bool = True
     clock: bool = False
 
+    @property
+    def clock_seconds(self) -> float | None:
+        """Seconds at which the clock bar spans the frame (the longest drawn clip), or None without a clock."""
+        return self.clip_ticks[1] * self.tick if self.clock else None
+
     def __post_init__(self) -> None:
         height, width = self.frame_size
         lo, hi = self.clip_ticks
@@ -418,7 +423,7 @@ def _video_sample(
     events, duration, fields = _VIDEO_BUILDERS[task](rng, spec)
     rel = f"videos/{sample_id}.mp4"
     n = round(duration * spec.fps)
-    clock = spec.clip_ticks[1] * spec.tick if spec.clock else None
+    clock = spec.clock_seconds
     write_video(
         out_dir / rel,
         [render_frame(i / spec.fps, events, *spec.frame_size, spec.shape_scale, clock) for i in range(n)],

@@ -20,6 +20,7 @@ the share within one tick and the correlation of predicted and true ticks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -89,7 +90,7 @@ def make_sample(rng: np.random.Generator, args: argparse.Namespace, config, nami
     actions, shapes = args.actions.split(","), args.shapes.split(",")
     events, duration = synthetic.random_events(rng, 1 + args.distractors, SPEC, actions, shapes)
     asked = events[int(rng.integers(len(events)))]
-    clock = SPEC.clip_ticks[1] * SPEC.tick if args.clock else None
+    clock = dataclasses.replace(SPEC, clock=args.clock).clock_seconds
     frames = np.stack(
         [
             synthetic.render_frame(i / SPEC.fps, events, *SPEC.frame_size, SPEC.shape_scale, clock)

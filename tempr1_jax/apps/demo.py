@@ -58,8 +58,9 @@ class DemoConfig:
 
     frame_size, fps, tick, clip_ticks, event_ticks, shape_scale, distractors, clock: the synthetic clips
     (`data_pipeline.synthetic.SyntheticSpec`: (height, width) pixels, frames per second, seconds per tick
-    of the event grid, (min, max) clip length in ticks, action -> (min, max) event length in ticks, shape size relative to the
-    default, whether clips hold events the query does not ask for, whether frames show a progress bar).
+    of the event grid, (min, max) clip length in ticks, action -> (min, max) event length in ticks, shape
+    size relative to the default, whether clips hold events the query does not ask for, whether frames
+    show a progress bar).
     baseline_draws: random answers drawn per held-out sample; constant_grid: seconds between the
     interval ends the best constant answer is chosen from.
     """
