@@ -1,4 +1,4 @@
-"""Test session setup: 8 fake CPU devices for the sharding tests, set before JAX starts."""
+"""Test session setup: 8 fake CPU devices for the sharding tests, set before JAX starts; one compilation cache."""
 
 import os
 
@@ -8,12 +8,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 ANNOTATIONS = SHARED / "data" / "annotations"
 HF_CONFIGS = SHARED / "data" / "configs"
+_CACHE_KEY = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +35,27 @@ def hf_configs_dir() -> pathlib.Path:
     return HF_CONFIGS
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for one test module (restored afterwards); its path can be
-    given to subprocesses. Modules of one `xdist_group` share a worker, so later tests reuse programs."""
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent XLA compilation cache for the whole session, shared by the xdist workers (started
+    after this hook, they inherit the environment) and the subprocesses tests start: a program compiled
+    by one test is loaded, not compiled again, by the next. A cache the caller set is used as it is."""
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="tempr1-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    config.stash[_CACHE_KEY] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = config.stash.get(_CACHE_KEY, None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def compile_cache() -> str:
+    """The session's persistent XLA compilation cache directory, to hand to subprocesses."""
     import jax
 
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    return jax.config.jax_compilation_cache_dir or os.environ["JAX_COMPILATION_CACHE_DIR"]
