@@ -82,7 +82,7 @@ class SyntheticSpec:
     (min, max) event length in ticks, inclusive. shape_scale: shapes are this many times their default
     size (a fraction of the frame; at most the frame), e.g. larger in tiny frames. distractors: False
     leaves out the events a query does not ask for (a tg clip holds its target alone, vhd and tal clips
-    the target's instances alone; dtg and gvqa are unchanged). clock: a progress bar along the bottom of
+    the target's instances alone, a gvqa clip the two events of its question; dtg is unchanged). clock: a progress bar along the bottom of
     every frame, spanning the width at the longest drawn clip length (`render_frame`'s `clock_seconds`).
     """
 
@@ -340,7 +340,7 @@ def _other_descriptions(rng: np.random.Generator, exclude_colours: Sequence[str]
 
 
 def _gvqa(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
-    n = int(rng.integers(2, 4))
+    n = int(rng.integers(2, 4)) if spec.distractors else 2
     shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=n, replace=False)]
     specs = [(c, s, _action(rng)) for (c, _), s in zip(_kinds(rng, n), shapes)]
     events, duration = _timeline(rng, specs, spec)

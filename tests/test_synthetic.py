@@ -228,7 +228,7 @@ def test_clock_bar():
 
 
 def test_without_distractors_and_with_a_clock(tmp_path):
-    """distractors=False: tg, vhd and tal clips hold only the asked-for events; clock=True: the bar is in the mp4."""
+    """distractors=False: tg, vhd, tal and gvqa clips hold only the asked-for events; clock=True: the bar is in the mp4."""
     spec = synthetic.SyntheticSpec(distractors=False)
     for i in range(30):
         events, _, fields = synthetic._tg(np.random.default_rng(i), spec)
@@ -236,6 +236,8 @@ def test_without_distractors_and_with_a_clock(tmp_path):
         for build in (synthetic._vhd, synthetic._tal):
             events, _, fields = build(np.random.default_rng(i), spec)
             assert fields["segments"] == [[e["start"], e["end"]] for e in events]
+        events, _, fields = synthetic._gvqa(np.random.default_rng(i), spec)
+        assert fields["segments"] == [[e["start"], e["end"]] for e in events]  # the question's two events
     paths = synthetic.write_synthetic_dataset(
         tmp_path,
         samples_per_task=1,

@@ -7,7 +7,9 @@ step) and asks one question per clip as a classification at the last position:
 
 * `start`: the tick (0.5 s) at which the event of the named colour starts (binding + time readout);
 * `order`: whether the event of the named colour is the first (0) or the second (1) (binding alone);
-* `colour`: the colour of the first event (pixels to words).
+* `colour`: the colour of the first event (pixels to words);
+* `kth`: the tick at which the k-th event starts, k named by an ordinal token instead of the colour
+  (the readout a list answer needs: no binding of words to pixels, but counting events in time).
 
 The prompt is 12 fixed tokens, the clip, then 10-20 filler tokens with the colour word among them.
 `--naming F` asks the `colour` question of a fraction F of the training clips besides the main one.
@@ -44,14 +46,14 @@ SPEC = synthetic.SyntheticSpec(
     shape_scale=1.75,
 )
 COLOURS = list(synthetic.COLOURS)
-PREFIX, COLOUR0, ASK, ASK_COLOUR, FILLER = 200, 100, 110, 111, 120  # token ids of the tiny vocabulary
+PREFIX, COLOUR0, ASK, ASK_COLOUR, FILLER, ORDINAL0 = 200, 100, 110, 111, 120, 90  # token ids of the tiny vocabulary
 CLASSES = COLOUR0 + len(COLOURS)  # logits read: answer classes 0.. and the colour words
 MAX_GROUPS, MAX_FILLER = 40, 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--question", choices=("start", "order", "colour"), default="start")
+    p.add_argument("--question", choices=("start", "order", "colour", "kth"), default="start")
     p.add_argument("--distractors", type=int, default=1, help="events besides the named one")
     p.add_argument("--naming", type=float, default=0.0, help="share of training clips asked for a colour")
     p.add_argument("--clock", action="store_true", help="a progress bar in the frames (`render_frame`'s clock)")
@@ -102,7 +104,9 @@ def make_sample(rng: np.random.Generator, args: argparse.Namespace, config, nami
     if groups > MAX_GROUPS:
         raise ValueError(f"a clip of {groups} groups exceeds MAX_GROUPS={MAX_GROUPS}")
     filler = list(FILLER + rng.integers(0, 60, int(rng.integers(MAX_FILLER // 2, MAX_FILLER + 1))))
-    filler.insert(int(rng.integers(len(filler) + 1)), COLOUR0 + COLOURS.index(asked["colour"]))
+    k = int(rng.integers(len(events)))
+    named = ORDINAL0 + k if args.question == "kth" and not naming else COLOUR0 + COLOURS.index(asked["colour"])
+    filler.insert(int(rng.integers(len(filler) + 1)), named)
     video = [config.vision_start_token_id, *[config.video_token_id] * groups, config.vision_end_token_id]
     question = "colour" if naming else args.question
     ids = [*range(PREFIX, PREFIX + 12), *video, *filler, ASK_COLOUR if naming else ASK]
@@ -111,6 +115,7 @@ def make_sample(rng: np.random.Generator, args: argparse.Namespace, config, nami
         "start": round(asked["start"] / SPEC.tick),
         "order": sorted(e["start"] for e in events).index(asked["start"]),
         "colour": COLOUR0 + COLOURS.index(first["colour"]),
+        "kth": round(sorted(e["start"] for e in events)[k] / SPEC.tick),
     }[question]
     return ids, pixels, grid, seconds, label
 
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         predicted = np.concatenate([np.asarray(predict(model, inputs)) for inputs, _ in held_out])
         true = np.concatenate([labels for _, labels in held_out])
         row = {"step": step, "loss": round(float(loss), 4), "accuracy": round(float(np.mean(predicted == true)), 3)}
-        if args.question == "start":
+        if args.question in ("start", "kth"):
             row["within_one"] = round(float(np.mean(np.abs(predicted - true) <= 1)), 3)
             row["corr"] = round(float(np.corrcoef(predicted, true)[0, 1]), 3) if predicted.std() > 0 else 0.0
         row["seconds"] = round(time.perf_counter() - start, 1)
