@@ -82,8 +82,9 @@ class SyntheticSpec:
     (min, max) event length in ticks, inclusive. shape_scale: shapes are this many times their default
     size (a fraction of the frame; at most the frame), e.g. larger in tiny frames. distractors: False
     leaves out the events a query does not ask for (a tg clip holds its target alone, vhd and tal clips
-    the target's instances alone, a gvqa clip the two events of its question; dtg is unchanged). clock: a progress bar along the bottom of
-    every frame, spanning the width at the longest drawn clip length (`render_frame`'s `clock_seconds`).
+    the target's instances alone, a gvqa clip the two events of its question; dtg is unchanged). clock:
+    a progress bar along the bottom of every frame, spanning the width at the longest drawn clip length
+    (`render_frame`'s `clock_seconds`).
     """
 
     frame_size: tuple[int, int] = (HEIGHT, WIDTH)

@@ -104,18 +104,20 @@ def make_sample(rng: np.random.Generator, args: argparse.Namespace, config, nami
     if groups > MAX_GROUPS:
         raise ValueError(f"a clip of {groups} groups exceeds MAX_GROUPS={MAX_GROUPS}")
     filler = list(FILLER + rng.integers(0, 60, int(rng.integers(MAX_FILLER // 2, MAX_FILLER + 1))))
-    k = int(rng.integers(len(events)))
-    named = ORDINAL0 + k if args.question == "kth" and not naming else COLOUR0 + COLOURS.index(asked["colour"])
+    question = "colour" if naming else args.question
+    # k is drawn only for `kth`, so the other questions keep the random stream (and results) they had.
+    k = int(rng.integers(len(events))) if question == "kth" else None
+    named = ORDINAL0 + k if k is not None else COLOUR0 + COLOURS.index(asked["colour"])
     filler.insert(int(rng.integers(len(filler) + 1)), named)
     video = [config.vision_start_token_id, *[config.video_token_id] * groups, config.vision_end_token_id]
-    question = "colour" if naming else args.question
     ids = [*range(PREFIX, PREFIX + 12), *video, *filler, ASK_COLOUR if naming else ASK]
     first = min(events, key=lambda e: e["start"])
+    starts = sorted(e["start"] for e in events)
     label = {
         "start": round(asked["start"] / SPEC.tick),
-        "order": sorted(e["start"] for e in events).index(asked["start"]),
+        "order": starts.index(asked["start"]),
         "colour": COLOUR0 + COLOURS.index(first["colour"]),
-        "kth": round(sorted(e["start"] for e in events)[k] / SPEC.tick),
+        "kth": None if k is None else round(starts[k] / SPEC.tick),
     }[question]
     return ids, pixels, grid, seconds, label
 
