@@ -29,7 +29,8 @@ are identified by pts: the demuxer seeks to the key frame before the first wante
 decoder skips non-reference frames that are not wanted (`skip_frame=NONREF`, which changes no
 other frame) and only kept frames are converted to RGB and resized. Otherwise (or if a seek
 overshoots) frames are identified by counting from the start, exactly as a decode-everything
-reference would. FFmpeg decodes with frame and slice threads. If fewer frames decode than the
+reference would. FFmpeg decodes with frame and slice threads, except videos of at most
+`SMALL_VIDEO_PIXELS` per frame, which one thread decodes. If fewer frames decode than the
 file has packets, the indices are planned again with the decoded count (a file whose packets or decoded
 frames fall short of 90% of the announced count is truncated). Timestamps are frame index / native_fps.
 """
@@ -58,6 +59,10 @@ IMAGE_FACTOR = 28  # patch 14 x spatial merge 2
 MIN_PIXELS = 16 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = 3584 * 28 * 28
+# FFmpeg starts its decoder threads for every video opened; up to 448x256 frames they saved no wall
+# time and cost 10-20 % more CPU (2026-12-03, 40-frame clips), and a loader of tiny clips started ~8
+# threads per batch. `read_video` decodes frames of at most this many pixels with one thread.
+SMALL_VIDEO_PIXELS = 256 * 256
 # Images (TPRU sequences of several frames): the checkpoint's min_pixels and a per-image cap of 256
 # visual tokens, so that a sequence of 4-8 images stays within the video token budget.
 IMAGE_MIN_PIXELS = 4 * 28 * 28
@@ -222,6 +227,8 @@ class _FrameConverter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        if rgb.shape[:2] == tuple(self.size_hw):  # already the planned size: resizing is the identity
+            return np.ascontiguousarray(rgb)  # rows of the frame's buffer are padded (strided view)
         return resize_rgb(Image.fromarray(rgb), *self.size_hw)
 
 
@@ -272,8 +279,9 @@ class _Timeline:
     total_frames: int
     origin_pts: int | None  # None: irregular or missing pts, frames are identified by counting
 
-    def index(self, pts: int, stream: av.video.stream.VideoStream, native_fps: float) -> int:
-        return round((pts - self.origin_pts) * float(stream.time_base) * native_fps)
+    def index(self, pts: int, time_base: float, native_fps: float) -> int:
+        """The frame index of `pts` (`time_base`: the stream's, as a float)."""
+        return round((pts - self.origin_pts) * time_base * native_fps)
 
 
 def _scan(container: av.container.InputContainer, stream: av.video.stream.VideoStream, native_fps: float) -> _Timeline:
@@ -313,12 +321,13 @@ def _decode_by_pts(
         target = timeline.origin_pts + (indices[0] - 0.5) / native_fps / float(stream.time_base)
         container.seek(max(0, int(target)), stream=stream, backward=True, any_frame=False)
     codec = stream.codec_context
+    time_base = float(stream.time_base)  # a new Fraction on every attribute read
     missing = len(indices)
     for packet in container.demux(stream):
-        keep = packet.pts is None or timeline.index(packet.pts, stream, native_fps) in wanted
+        keep = packet.pts is None or timeline.index(packet.pts, time_base, native_fps) in wanted
         codec.skip_frame = "DEFAULT" if keep else "NONREF"
         for frame in packet.decode():
-            slot = None if frame.pts is None else wanted.get(timeline.index(frame.pts, stream, native_fps))
+            slot = None if frame.pts is None else wanted.get(timeline.index(frame.pts, time_base, native_fps))
             if slot is not None and out[slot] is None:
                 out[slot] = convert(frame)
                 missing -= 1
@@ -394,7 +403,8 @@ def read_video(
 
     info: `indices` (frame numbers, list of int), `timestamps` (index / native_fps, seconds),
     `sample_fps`, `native_fps`, `duration` (total_frames / native_fps), `total_frames`,
-    `resized_hw` ((H, W)). `num_threads` is FFmpeg's decoder thread count (0 = automatic).
+    `resized_hw` ((H, W)). `num_threads` is FFmpeg's decoder thread count (0 = automatic: one
+    thread for frames of at most `SMALL_VIDEO_PIXELS`, FFmpeg's choice above).
     Raises VideoDecodeError (a ValueError) naming the path for a missing file, a directory, a corrupt
     or truncated file, a file without a video stream, or a window with too few frames.
     """
@@ -404,10 +414,12 @@ def read_video(
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
+            height, width = stream.codec_context.height, stream.codec_context.width
+            if num_threads == 0 and height * width <= SMALL_VIDEO_PIXELS:
+                num_threads = 1
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = num_threads
             native_fps = _native_fps(stream)
-            height, width = stream.codec_context.height, stream.codec_context.width
 
             def plan_for(total: int) -> FramePlan:
                 return plan_frames(

@@ -96,10 +96,12 @@ def clips(tmp_path_factory):
         "mpeg4": write_clip(d / "mpeg4.mp4", 60, 151, 97, 12, codec="mpeg4", options={"g": "10"}),
         # Matroska stores no frame count: counted by demuxing.
         "mkv": write_clip(d / "clip.mkv", 70, 128, 72, 10),
+        # Already the planned size (112 x 112 = min_pixels): frames are used as decoded, no resize.
+        "exact": write_clip(d / "exact.mp4", 40, 112, 112, 10),
     }
 
 
-@pytest.mark.parametrize("name", ["ntsc", "portrait", "long", "short", "mpeg4", "mkv"])
+@pytest.mark.parametrize("name", ["ntsc", "portrait", "long", "short", "mpeg4", "mkv", "exact"])
 def test_matches_reference(clips, name):
     frames, info = check_against_reference(clips[name])
     assert (frames.shape[0] % 2 == 0 and 4 <= frames.shape[0] <= 448) or info["total_frames"] < 4
