@@ -316,12 +316,12 @@ def _decode_by_pts(
     indices, convert = plan.indices, _FrameConverter(plan.size_hw)
     wanted = {int(i): k for k, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
+    time_base = float(stream.time_base)  # read once: the attribute builds a new Fraction every time
     if indices[0] > 0:
         # Aim half a frame early so that rounding of the target pts cannot skip the wanted frame.
-        target = timeline.origin_pts + (indices[0] - 0.5) / native_fps / float(stream.time_base)
+        target = timeline.origin_pts + (indices[0] - 0.5) / native_fps / time_base
         container.seek(max(0, int(target)), stream=stream, backward=True, any_frame=False)
     codec = stream.codec_context
-    time_base = float(stream.time_base)  # a new Fraction on every attribute read
     missing = len(indices)
     for packet in container.demux(stream):
         keep = packet.pts is None or timeline.index(packet.pts, time_base, native_fps) in wanted
