@@ -14,8 +14,11 @@ these the generator builds unified samples (`data_pipeline.samples.Sample`):
 * dtg: 2-4 events, one query line per event in chronological order;
 * vhd: 2-3 windows of one event (and maybe a distractor), all windows are the answer;
 * gvqa: a lettered question about the order of two consecutive events ("what happens right after
-  ...?" or "... right before ...?"; the wrong options are the clip's other events and event sentences
-  in colours of their own) with the spans of both events as evidence;
+  ...?" or "... right before ...?") with the spans of both events as evidence. The clip's events take
+  distinct colours of `GVQA_COLOURS`, and the four options are one event sentence per colour, always in
+  that order (A red, B green, C blue, D yellow): the clip's event of that colour or, for a colour the
+  clip lacks, an event it does not hold. The letter names the colour of the asked-for event, which
+  only the frames tell;
 * tal: every instance of one action class (e.g. "red square flashes") among distractors;
 * order / mcq (TPRU style, PNG images): four steps of a shape's motion, shuffled (answer e.g.
   "CABD", the labels in chronological order), or steps 1, 2, 4 plus three candidates for step 3
@@ -27,8 +30,10 @@ seeded from (seed, split, task, index), so the same seed gives the same JSONL by
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import multiprocessing
 import os
 import pathlib
 import zlib
@@ -55,6 +60,7 @@ COLOURS = {
     "white": (240, 240, 240),
     "magenta": (220, 40, 220),
 }
+GVQA_COLOURS = ("red", "green", "blue", "yellow")  # the colours of gvqa's four options, in their order
 CLOCK_COLOUR = (128, 128, 128)
 SHAPES = ("square", "circle", "triangle")
 ACTIONS = {"appears": "appears", "moves": "moves across the screen", "flashes": "flashes"}
@@ -328,22 +334,11 @@ def _tal(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[
     return events, duration, {"query": query, "segments": [_seg(e) for e in targets]}
 
 
-def _lettered(rng: np.random.Generator, right: str, wrong: Sequence[str]) -> tuple[list[str], str]:
-    """Four shuffled options (the right one and the first three wrong ones) and the right option's letter."""
-    options = [right, *wrong[:3]]
-    options = [options[i] for i in rng.permutation(len(options))]
-    return options, LETTERS[options.index(right)]
-
-
-def _other_descriptions(rng: np.random.Generator, exclude_colours: Sequence[str], n: int) -> list[str]:
-    """n distinct random event sentences in colours not in `exclude_colours`."""
-    return [describe({"colour": c, "shape": s, "action": _action(rng)}) for c, s in _kinds(rng, n, exclude_colours)]
-
-
 def _gvqa(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple[list[Event], float, dict]:
     n = int(rng.integers(2, 4)) if spec.distractors else 2
+    colours = [GVQA_COLOURS[i] for i in rng.choice(len(GVQA_COLOURS), size=n, replace=False)]
     shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=n, replace=False)]
-    specs = [(c, s, _action(rng)) for (c, _), s in zip(_kinds(rng, n), shapes)]
+    specs = [(c, s, _action(rng)) for c, s in zip(colours, shapes)]
     events, duration = _timeline(rng, specs, spec)
     target = int(rng.integers(n - 1))  # the earlier of two consecutive events
     first, second = events[target], events[target + 1]
@@ -351,9 +346,14 @@ def _gvqa(rng: np.random.Generator, spec: SyntheticSpec = DEFAULT_SPEC) -> tuple
         question, right = f"What happens right after {describe(first)}?", second
     else:
         question, right = f"What happens right before {describe(second)}?", first
-    wrong = [describe(e) for e in events if e is not right]
-    wrong += _other_descriptions(rng, [e["colour"] for e in events], 3 - len(wrong))
-    options, answer = _lettered(rng, describe(right), wrong)
+    # One option per colour of GVQA_COLOURS, in that order: the clip's event of that colour, or an event
+    # the clip does not hold.
+    shown = {e["colour"]: e for e in events}
+    options = [
+        describe(shown.get(c) or {"colour": c, "shape": SHAPES[int(rng.integers(len(SHAPES)))], "action": _action(rng)})
+        for c in GVQA_COLOURS
+    ]
+    answer = LETTERS[GVQA_COLOURS.index(right["colour"])]
     segments = [_seg(first), _seg(second)]
     return events, duration, {"query": question, "options": options, "answer": answer, "segments": segments}
 
@@ -444,6 +444,16 @@ def _image_sample(out_dir: pathlib.Path, sample_id: str, task: str, rng: np.rand
     return Sample(id=sample_id, task=task, source="synthetic", images=paths, **fields)
 
 
+def _write_sample(job: tuple[pathlib.Path, str, str, int, int, SyntheticSpec]) -> Sample:
+    """Write one sample's media and return the sample: job = (out_dir, split, task, index, seed, spec)."""
+    out, split, task, index, seed, spec = job
+    sample_id = f"syn-{split}-{task}-{index:04d}"
+    rng = _rng(seed, split, task, index)
+    if task in _VIDEO_BUILDERS:
+        return _video_sample(out, sample_id, task, rng, spec)
+    return _image_sample(out, sample_id, task, rng)
+
+
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     *,
@@ -454,6 +464,7 @@ def write_synthetic_dataset(
     split_names: Sequence[str] = ("train", "test"),
     spec: SyntheticSpec | None = None,
     progress: bool = False,
+    workers: int = 1,
     **spec_fields: Any,
 ) -> dict[str, pathlib.Path]:
     """Write videos, PNG images and one unified-sample JSONL per split; returns split -> JSONL path.
@@ -463,6 +474,8 @@ def write_synthetic_dataset(
     clips follow `spec`, with any `SyntheticSpec` field given as a keyword (e.g. `frame_size=(28, 28),
     fps=2`) replacing the spec's. Media paths in the JSONL are relative to `out_dir`. Existing files of
     the same names are overwritten. `progress` shows a progress bar (clips written / all) on stderr.
+    `workers` > 1 writes the samples in that many processes (each sample has its own random generator:
+    the same files as one process writes).
     """
     unknown = set(tasks) - set(_VIDEO_BUILDERS) - set(_IMAGE_BUILDERS)
     if unknown:
@@ -481,20 +494,22 @@ def write_synthetic_dataset(
 
         bar = tqdm(total=sum(counts.values()) * len(all_tasks), desc="data", unit="sample", dynamic_ncols=True)
     paths = {}
-    for split in split_names:
-        samples = []
-        for task in all_tasks:
-            for i in range(counts[split]):
-                sample_id = f"syn-{split}-{task}-{i:04d}"
-                rng = _rng(seed, split, task, i)
-                if task in _VIDEO_BUILDERS:
-                    samples.append(_video_sample(out, sample_id, task, rng, spec))
-                else:
-                    samples.append(_image_sample(out, sample_id, task, rng))
+    pool = None
+    if workers > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for split in split_names:
+            jobs = [(out, split, task, i, seed, spec) for task in all_tasks for i in range(counts[split])]
+            samples = []
+            for sample in pool.map(_write_sample, jobs, chunksize=16) if pool else map(_write_sample, jobs):
+                samples.append(sample)
                 if bar is not None:
                     bar.update(1)
-        paths[split] = out / f"{split}.jsonl"
-        write_jsonl(paths[split], samples)
+            paths[split] = out / f"{split}.jsonl"
+            write_jsonl(paths[split], samples)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if bar is not None:
         bar.close()
     return paths

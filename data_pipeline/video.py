@@ -29,8 +29,8 @@ are identified by pts: the demuxer seeks to the key frame before the first wante
 decoder skips non-reference frames that are not wanted (`skip_frame=NONREF`, which changes no
 other frame) and only kept frames are converted to RGB and resized. Otherwise (or if a seek
 overshoots) frames are identified by counting from the start, exactly as a decode-everything
-reference would. FFmpeg decodes with frame and slice threads, except videos of at most
-`SMALL_VIDEO_PIXELS` per frame, which one thread decodes. If fewer frames decode than the
+reference would. FFmpeg decodes and converts to RGB with frame and slice threads, except videos of
+at most `SMALL_VIDEO_PIXELS` per frame, which one thread decodes and converts. If fewer frames decode than the
 file has packets, the indices are planned again with the decoded count (a file whose packets or decoded
 frames fall short of 90% of the announced count is truncated). Timestamps are frame index / native_fps.
 """
@@ -61,7 +61,8 @@ VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = 3584 * 28 * 28
 # FFmpeg starts its decoder threads for every video opened; up to 448x256 frames they saved no wall
 # time and cost 10-20 % more CPU (2026-12-03, 40-frame clips), and a loader of tiny clips started ~8
-# threads per batch. `read_video` decodes frames of at most this many pixels with one thread.
+# threads per batch, and its RGB scaler two more per video (a 28x28 clip: 4.3 -> 2.4 ms with one
+# thread). `read_video` decodes and converts frames of at most this many pixels with one thread.
 SMALL_VIDEO_PIXELS = 256 * 256
 # Images (TPRU sequences of several frames): the checkpoint's min_pixels and a per-image cap of 256
 # visual tokens, so that a sequence of 4-8 images stays within the video token budget.
@@ -219,14 +220,16 @@ class _FrameConverter:
 
     `VideoFrame.to_image` builds a new scaler per frame, which costs ~1 ms even for a 28x28 frame (far
     more than decoding it); a reused `VideoReformatter` keeps its scaler while the frame format stays.
+    The scaler runs `threads` threads (0: one per CPU, started for every video), as many as the decoder.
     """
 
-    def __init__(self, size_hw: tuple[int, int]) -> None:
+    def __init__(self, size_hw: tuple[int, int], threads: int) -> None:
         self.size_hw = size_hw
+        self.threads = threads
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        rgb = self.reformatter.reformat(frame, format="rgb24", threads=self.threads).to_ndarray()
         if rgb.shape[:2] == tuple(self.size_hw):  # already the planned size: resizing is the identity
             return np.ascontiguousarray(rgb)  # rows of the frame's buffer are padded (strided view)
         return resize_rgb(Image.fromarray(rgb), *self.size_hw)
@@ -313,7 +316,7 @@ def _decode_by_pts(
 ) -> list[np.ndarray | None]:
     """Frames at `indices` found by pts: seek to the key frame before the first, and let the decoder
     skip non-reference frames that are not wanted (their absence changes no other frame)."""
-    indices, convert = plan.indices, _FrameConverter(plan.size_hw)
+    indices, convert = plan.indices, _FrameConverter(plan.size_hw, stream.codec_context.thread_count)
     wanted = {int(i): k for k, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
     time_base = float(stream.time_base)  # read once: the attribute builds a new Fraction every time
@@ -343,7 +346,7 @@ def _decode_by_count(
     plan: FramePlan,
 ) -> tuple[list[np.ndarray | None], int]:
     """Frames at the plan's indices found by counting decoded frames from the start; also the count seen."""
-    indices, convert = plan.indices, _FrameConverter(plan.size_hw)
+    indices, convert = plan.indices, _FrameConverter(plan.size_hw, stream.codec_context.thread_count)
     wanted = {int(i): k for k, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
     last_wanted = int(indices[-1])

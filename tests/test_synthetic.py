@@ -94,8 +94,9 @@ def test_image_answers(dataset):
 
 
 def test_deterministic(dataset, tmp_path):
+    """The same seed gives the same files, written in one process or in two; another seed other samples."""
     out, paths = dataset
-    again = synthetic.write_synthetic_dataset(tmp_path, seed=3, samples_per_task=COUNTS)
+    again = synthetic.write_synthetic_dataset(tmp_path, seed=3, samples_per_task=COUNTS, workers=2)
     for split in paths:
         assert again[split].read_bytes() == paths[split].read_bytes()
     for name in ("videos/syn-test-dtg-0001.mp4", "videos/syn-train-tal-0002.mp4"):
@@ -145,8 +146,8 @@ def test_small_frames_at_2_fps(tmp_path):
 
 
 def test_distinct_colours_and_gvqa_order():
-    """One colour per event kind in a clip; gvqa asks for the event right after / before another and
-    gives both events' spans as evidence."""
+    """One colour per event kind in a clip; gvqa asks for the event right after / before another, gives
+    both events' spans as evidence and lists one option per colour of GVQA_COLOURS in their order."""
     for task, build in synthetic._VIDEO_BUILDERS.items():
         for i in range(100):
             events, _, fields = build(np.random.default_rng(i))
@@ -164,7 +165,8 @@ def test_distinct_colours_and_gvqa_order():
                 assert fields["query"] == f"What happens right before {sentences[k + 1]}?"
                 pair = events[k : k + 2]
             assert fields["segments"] == [[e["start"], e["end"]] for e in pair]
-            assert len(set(fields["options"])) == 4
+            assert [o.split()[1] for o in fields["options"]] == list(synthetic.GVQA_COLOURS)
+            assert fields["answer"] == "ABCD"[synthetic.GVQA_COLOURS.index(events[k]["colour"])]
 
 
 def test_spec_knobs():

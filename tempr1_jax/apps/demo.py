@@ -35,6 +35,7 @@ import gin
 import numpy as np
 
 from data_pipeline import paths
+from data_pipeline.samples import Sample, read_jsonl, write_jsonl
 from data_pipeline.synthetic import DEFAULT_SPEC, VIDEO_TASKS, write_synthetic_dataset
 from tempr1_jax import baselines
 from tempr1_jax import tasks as tasks_lib
@@ -61,6 +62,8 @@ class DemoConfig:
     of the event grid, (min, max) clip length in ticks, action -> (min, max) event length in ticks, shape
     size relative to the default, whether clips hold events the query does not ask for, whether frames
     show a progress bar).
+    sft_task_weights: task -> how many times its share of the SFT mixture (1 for a task not named; tasks
+    the demo does not run are ignored; GRPO draws every task in proportion to its training clips).
     baseline_draws: random answers drawn per held-out sample; constant_grid: seconds between the
     interval ends the best constant answer is chosen from.
     """
@@ -80,12 +83,18 @@ class DemoConfig:
     distractors: bool = DEFAULT_SPEC.distractors
     clock: bool = DEFAULT_SPEC.clock
     sft_steps: int = 150
+    sft_task_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     grpo_steps: int = 40
     eval_batch_size: int = 8
     eval_max_new_tokens: int = 48
     timeline_per_task: int = 2
     baseline_draws: int = 8
     constant_grid: float = 1.0
+
+    def __post_init__(self) -> None:
+        bad = {t: w for t, w in self.sft_task_weights.items() if t not in VIDEO_TASKS or not w > 0}
+        if bad:
+            raise ValueError(f"DemoConfig.sft_task_weights: weights > 0 for tasks of {list(VIDEO_TASKS)}, got {bad}")
 
 
 class DemoStopped(RuntimeError):
@@ -141,6 +150,23 @@ def _progress(batches: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
     from tqdm import tqdm
 
     return tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True)
+
+
+def sft_sources(train: pathlib.Path, media_dir: pathlib.Path, weights: Mapping[str, float]) -> list[dict[str, Any]]:
+    """`DataConfig.sources` of the SFT phase: the training split as it is without weights, else one
+    JSONL per task beside it, each weighted by its number of samples times the task's weight."""
+    if not weights:
+        return [{"path": str(train), "media_dir": str(media_dir)}]
+    by_task: dict[str, list[Sample]] = {}
+    for sample in read_jsonl(train):
+        by_task.setdefault(sample.task, []).append(sample)
+    sources = []
+    for task, samples in by_task.items():
+        path = train.with_name(f"{train.stem}_{task}.jsonl")
+        write_jsonl(path, samples)
+        weight = len(samples) * float(weights.get(task, 1.0))
+        sources.append({"path": str(path), "media_dir": str(media_dir), "weight": weight})
+    return sources
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -337,9 +363,10 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
         distractors=cfg.distractors,
         clock=cfg.clock,
         progress=True,
+        workers=os.cpu_count() or 1,
     )
     gin.bind_parameter("DataConfig.synthetic", False)
-    gin.bind_parameter("DataConfig.sources", [{"path": str(splits["train"]), "media_dir": str(data_dir)}])
+    gin.bind_parameter("DataConfig.sources", sft_sources(splits["train"], data_dir, cfg.sft_task_weights))
     gin.bind_parameter("ModelSetup.checkpoint", None)
 
     phases.start("baselines", "the best constant answer per task, fitted on the training split")
@@ -367,6 +394,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     )
 
     gin.bind_parameter("ModelSetup.checkpoint", str(sft_export))
+    gin.bind_parameter("DataConfig.sources", [{"path": str(splits["train"]), "media_dir": str(data_dir)}])
     grpo_cfg = dataclasses.replace(TrainConfig(), steps=cfg.grpo_steps, export_hf=False)  # exported below
     phases.start("grpo", f"{grpo_cfg.steps} steps of {rollout_cfg.num_generations} sampled answers per prompt")
     grpo = GRPOTrainer(work / "grpo", grpo_cfg)
