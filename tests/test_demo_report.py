@@ -103,7 +103,7 @@ def test_unpaired_evaluations_are_refused():
         demo.build_report(_result(BEFORE), other, CONSTANTS, RolloutConfig(think=False), demo.DemoConfig())
 
 
-def test_sft_sources_weight_tasks(tmp_path):
+def test_training_sources_weight_tasks(tmp_path):
     """Without weights SFT reads the training split as it is; with them one file per task, each weighted
     by its sample count times the task's weight (GVQA drawn twice as often per sample)."""
     from data_pipeline.samples import read_jsonl, write_jsonl
@@ -113,8 +113,8 @@ def test_sft_sources_weight_tasks(tmp_path):
         tmp_path, samples_per_task=3, tasks=("tg", "gvqa"), include_images=False, split_names=("train",)
     )
     train = paths["train"]
-    assert demo.sft_sources(train, tmp_path, {}) == [{"path": str(train), "media_dir": str(tmp_path)}]
-    sources = demo.sft_sources(train, tmp_path, {"gvqa": 2.0, "tal": 5.0})
+    assert demo.training_sources(train, tmp_path, {}) == [{"path": str(train), "media_dir": str(tmp_path)}]
+    sources = demo.training_sources(train, tmp_path, {"gvqa": 2.0, "tal": 5.0})
     assert [(s["weight"], s["media_dir"]) for s in sources] == [(3.0, str(tmp_path)), (6.0, str(tmp_path))]
     for source, task in zip(sources, ("tg", "gvqa")):
         assert [s.task for s in read_jsonl(source["path"])] == [task] * 3

@@ -152,9 +152,11 @@ def _progress(batches: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
     return tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True)
 
 
-def sft_sources(train: pathlib.Path, media_dir: pathlib.Path, weights: Mapping[str, float]) -> list[dict[str, Any]]:
-    """`DataConfig.sources` of the SFT phase: the training split as it is without weights, else one
-    JSONL per task beside it, each weighted by its number of samples times the task's weight."""
+def training_sources(
+    train: pathlib.Path, media_dir: pathlib.Path, weights: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """`DataConfig.sources` over the training split: the split as it is without weights, else one JSONL
+    per task beside it, each weighted by its number of samples times the task's weight."""
     if not weights:
         return [{"path": str(train), "media_dir": str(media_dir)}]
     by_task: dict[str, list[Sample]] = {}
@@ -366,7 +368,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
         workers=os.cpu_count() or 1,
     )
     gin.bind_parameter("DataConfig.synthetic", False)
-    gin.bind_parameter("DataConfig.sources", sft_sources(splits["train"], data_dir, cfg.sft_task_weights))
+    gin.bind_parameter("DataConfig.sources", training_sources(splits["train"], data_dir, cfg.sft_task_weights))
     gin.bind_parameter("ModelSetup.checkpoint", None)
 
     phases.start("baselines", "the best constant answer per task, fitted on the training split")
@@ -394,7 +396,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     )
 
     gin.bind_parameter("ModelSetup.checkpoint", str(sft_export))
-    gin.bind_parameter("DataConfig.sources", [{"path": str(splits["train"]), "media_dir": str(data_dir)}])
+    gin.bind_parameter("DataConfig.sources", training_sources(splits["train"], data_dir, {}))
     grpo_cfg = dataclasses.replace(TrainConfig(), steps=cfg.grpo_steps, export_hf=False)  # exported below
     phases.start("grpo", f"{grpo_cfg.steps} steps of {rollout_cfg.num_generations} sampled answers per prompt")
     grpo = GRPOTrainer(work / "grpo", grpo_cfg)
