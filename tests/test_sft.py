@@ -39,7 +39,10 @@ def test_answer_nll_matches_direct_cross_entropy(tiny_model):
     mask[0, 7:] = 1
     mask[1, 4:9] = 1
     inputs = build_model_inputs(tiny_model.config, ids)
-    nll, count, correct = sft.answer_nll(tiny_model, inputs, mask, chunk=5)
+    starts, window = sft.answer_window(mask, multiple=4)
+    # Spans of 5 -> 8 positions; row 0's window moved back so that it ends at the last token.
+    assert window.shape == (2, 8) and starts.tolist() == [3, 3]
+    nll, count, correct = sft.answer_nll(tiny_model, inputs, starts, window, chunk=5)
 
     logp = jax.nn.log_softmax(tiny_model.forward(inputs), axis=-1)
     picked = np.take_along_axis(np.asarray(logp[:, :-1]), ids[:, 1:, None], axis=-1)[..., 0]
@@ -49,7 +52,29 @@ def test_answer_nll_matches_direct_cross_entropy(tiny_model):
     argmax = np.asarray(jnp.argmax(logp[:, :-1], axis=-1))
     assert float(correct) == ((argmax == ids[:, 1:]) * m).sum()
     # Chunking the LM head changes nothing.
-    np.testing.assert_allclose(float(sft.answer_nll(tiny_model, inputs, mask, chunk=256)[0]), float(nll), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(sft.answer_nll(tiny_model, inputs, starts, window, chunk=256)[0]), float(nll), rtol=1e-6
+    )
+    # A wider window (all positions) gives the same sums.
+    wide = sft.answer_nll(tiny_model, inputs, *sft.answer_window(mask, width=11), chunk=256)
+    np.testing.assert_allclose([float(x) for x in wide], [float(nll), float(count), float(correct)], rtol=1e-6)
+
+
+def test_answer_window_rows_and_errors():
+    mask = np.zeros((3, 10), np.int32)
+    mask[0, 8:] = 1  # left padded: the answer ends the row
+    mask[1, 2:5] = 1  # right padded
+    starts, window = sft.answer_window(mask)  # row 2 has no answer
+    assert window.shape == (3, 9)  # 16 capped at L - 1
+    for row in range(3):
+        targets = np.zeros(10, np.float32)
+        targets[starts[row] + 1 : starts[row] + 10] = window[row]
+        np.testing.assert_array_equal(targets, mask[row])
+    with pytest.raises(ValueError, match="shorter than an answer span"):
+        sft.answer_window(mask, width=2)
+    mask[2, 0] = 1
+    with pytest.raises(ValueError, match="prompt token"):
+        sft.answer_window(mask)
 
 
 def test_answer_builders_give_reference_answers():

@@ -112,14 +112,13 @@ def test_mesh_2x2x2_matches_single_device():
 @pytest.mark.slow
 def test_sequence_layout_remat_micro_batches_and_decoder_chunks_match_single_device():
     """`fsdp_tensor_sequence` (residual streams split along the sequence over `tensor`), remat scans, two
-    accumulated micro-batches of one prompt and the decoder in chunks of rows: the update of one device
-    and one micro-batch."""
+    accumulated micro-batches of one prompt and the decoder in chunks of rows, all in one update: the
+    update of one device and one micro-batch."""
     assert jax.device_count() == 8, f"needs 8 fake CPU devices (tests/conftest.py), have {jax.device_count()}"
-    single = one_step((1, 1, 1))
-    assert_same_update(single, one_step((2, 2, 2), "fsdp_tensor_sequence", remat=True, micro_batches=2))
-    assert_same_update(single, one_step((1, 1, 1), micro_batches=2))
-    assert_same_update(single, one_step((1, 1, 1), decoder_chunks=2))
-    assert_same_update(single, one_step((2, 2, 2), "fsdp_tensor_sequence", remat=True, decoder_chunks=2))
+    assert_same_update(
+        one_step((1, 1, 1)),
+        one_step((2, 2, 2), "fsdp_tensor_sequence", remat=True, micro_batches=2, decoder_chunks=2),
+    )
     spec = sharding_lib.activation_spec("hidden", (4, 30, 64), sharding_lib.make_mesh(2, 2, 2), "fsdp_tensor_sequence")
     assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None)
 

@@ -1,10 +1,12 @@
 """Supervised cold start: next-token cross-entropy on each sample's reference answer.
 
 Every row is prompt + `Task.reference_answer(sample)` + eos (the loader's SFT mode); the loss covers
-only the answer and eos tokens (`completion_mask`). The run reuses the GRPO trainer's parts: model and
-data setup, the jitted accumulate/apply update (`training.train_step.TrainStep`, so micro-batches
-give the full batch's gradient and a non-finite loss is skipped) and the shared loop (`training.loop`:
-orbax checkpoints with the loader state, exact resume, SIGTERM, `metrics.jsonl` from process 0, export).
+only the answer and eos tokens (`completion_mask`), and only the positions that predict them go through
+the LM head (`answer_window`: a prompt of thousands of video tokens adds no [L, vocab] logits). The run
+reuses the GRPO trainer's parts: model and data setup, the jitted accumulate/apply update
+(`training.train_step.TrainStep`, so micro-batches give the full batch's gradient and a non-finite loss
+is skipped) and the shared loop (`training.loop`: orbax checkpoints with the loader state, exact resume,
+SIGTERM, `metrics.jsonl` from process 0, export).
 
 gin: the same `ModelSetup`, `DataConfig`, `LoaderConfig`, `MeshConfig`, `CheckpointConfig` as
 `tempr1 train`; `SFTConfig` for the loop; the optimizer is `OptimizerConfig` in the gin scope `sft`
@@ -67,20 +69,50 @@ def answer_builders(think: bool) -> dict[str, Any]:
     return {name: functools.partial(reference_answer, name, think) for name in tasks_lib.TASKS}
 
 
-def answer_nll(
-    model: Any, inputs: Any, completion_mask: jax.Array, chunk: int = 256
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(summed NLL, answer-token count, correctly predicted tokens) of the masked tokens of `inputs`.
+def answer_window(
+    completion_mask: np.ndarray, multiple: int = 64, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(starts [B] int32, window mask [B, W] float32): the positions that predict answer tokens.
 
-    Position i predicts token i + 1; only targets with `completion_mask` 1 count. The LM head runs
-    on `chunk` positions at a time so the [B, L, V] logits never exist at once.
+    Position `starts[b] + j` of row b predicts token `starts[b] + j + 1`, which counts when
+    `window[b, j]` is 1. W is `width` if given, else the longest row's span rounded up to a multiple of
+    `multiple`, at most L - 1: each bucket compiles once. Rows without answer tokens get an all-zero window.
     """
-    hidden = model.hidden_states(inputs)[:, :-1]
-    targets = jnp.asarray(inputs.input_ids, jnp.int32)[:, 1:]
-    mask = jnp.asarray(completion_mask, jnp.float32)[:, 1:]
+    mask = np.asarray(completion_mask) != 0
+    length = mask.shape[1]
+    if length < 2 or mask[:, 0].any():
+        raise ValueError("a completion mask needs at least one prompt token before the answer")
+    first = np.where(mask.any(axis=1), mask.argmax(axis=1), 1)
+    last = np.where(mask.any(axis=1), length - 1 - mask[:, ::-1].argmax(axis=1), 0)
+    span = int(np.max(last - first + 1, initial=1))
+    if width is None:
+        width = -(-span // multiple) * multiple
+    elif width < span:
+        raise ValueError(f"answer window width {width} is shorter than an answer span of {span} tokens")
+    width = min(width, length - 1)
+    starts = np.minimum(first - 1, length - 1 - width).astype(np.int32)
+    index = starts[:, None] + 1 + np.arange(width)
+    window = np.take_along_axis(mask, index, axis=1).astype(np.float32)
+    return starts, window
+
+
+def answer_nll(
+    model: Any, inputs: Any, starts: jax.Array, window: jax.Array, chunk: int = 256
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(summed NLL, answer-token count, correctly predicted tokens) of the answer tokens of `inputs`.
+
+    `starts` and `window` come from `answer_window(completion_mask)`: only the W positions of each row
+    that predict its answer go through the LM head (in `chunk` positions at a time), not the prompt's.
+    """
+    hidden = model.hidden_states(inputs)
+    width = window.shape[1]
+    index = jnp.asarray(starts, jnp.int32)[:, None] + jnp.arange(width, dtype=jnp.int32)
+    hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+    targets = jnp.take_along_axis(jnp.asarray(inputs.input_ids, jnp.int32), index + 1, axis=1)
+    mask = jnp.asarray(window, jnp.float32)
     nll = jnp.zeros((), jnp.float32)
     correct = jnp.zeros((), jnp.float32)
-    for start in range(0, hidden.shape[1], chunk):
+    for start in range(0, width, chunk):
         h, t, m = hidden[:, start : start + chunk], targets[:, start : start + chunk], mask[:, start : start + chunk]
         logp = jax.nn.log_softmax(model.logits_from_hidden(h), axis=-1)
         picked = jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
@@ -120,19 +152,21 @@ class SFTTrainer(Trainer):
 
     def _loss_fn(self, params, frozen, batch):
         model = nnx.merge(self.graphdef, params, frozen)
-        nll, count, correct = answer_nll(model, batch["inputs"], batch["completion_mask"], self.cfg.chunk)
+        nll, count, correct = answer_nll(model, batch["inputs"], batch["starts"], batch["window"], self.cfg.chunk)
         return nll, count, {"tokens": count, "correct": correct}
 
     def _common_shape(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The batch padded to the largest (rows, tokens, patches, block layout sizes) of all processes (each
-        picks its own buckets; their rows form one global array). Extra rows, if any, carry no answer tokens."""
+        """The batch padded to the largest (rows, tokens, patches, block layout sizes, answer window) of all
+        processes (each picks its own buckets; their rows form one global array), with the answer window
+        (`answer_window`) the loss reads. Extra rows, if any, carry no answer tokens."""
         inputs, mask = batch["inputs"], batch["completion_mask"]
-        shape = multihost.common_shape(inputs.padded_shape)
+        *shape, width = multihost.common_shape((*inputs.padded_shape, answer_window(mask)[1].shape[1]))
         side = self.padding_side
-        padded = pad_inputs(inputs, shape, self.pad_id, padding_side=side)
+        padded = pad_inputs(inputs, tuple(shape), self.pad_id, padding_side=side)
         extra = shape[1] - mask.shape[1]
         mask = np.pad(mask, ((0, shape[0] - mask.shape[0]), (extra, 0) if side == "left" else (0, extra)))
-        return {**batch, "inputs": padded, "completion_mask": mask}
+        starts, window = answer_window(mask, width=width)
+        return {**batch, "inputs": padded, "completion_mask": mask, "starts": starts, "window": window}
 
     def _microbatches(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows = batch["inputs"].input_ids.shape[0]
@@ -143,7 +177,8 @@ class SFTTrainer(Trainer):
         return [
             {
                 "inputs": place_inputs(slice_inputs(batch["inputs"], i * per, (i + 1) * per), self.mesh),
-                "completion_mask": place_rows(batch["completion_mask"][i * per : (i + 1) * per], self.mesh),
+                "starts": place_rows(batch["starts"][i * per : (i + 1) * per], self.mesh),
+                "window": place_rows(batch["window"][i * per : (i + 1) * per], self.mesh),
             }
             for i in range(k)
         ]
