@@ -88,6 +88,11 @@ def test_short_demo(tmp_path, capsys):
                 )
             )
             assert ModelSetup().tokenizer_vocab_size == 300
+    # Run again in the same workdir with other settings: a clear refusal, not a flag the demo lacks.
+    capsys.readouterr()
+    assert cli.main(["demo", "--workdir", str(work), *SHORT, "--gin.DemoConfig.sft_steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a demo run with other settings" in err and "steps" in err and "allow_changed" not in err
 
 
 def test_sigterm_stops_the_demo(tmp_path, monkeypatch, capsys):

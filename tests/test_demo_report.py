@@ -121,3 +121,25 @@ def test_training_sources_weight_tasks(tmp_path):
     write_jsonl(train, [])
     with pytest.raises(ValueError, match="sft_task_weights"):
         demo.DemoConfig(sft_task_weights={"gvqa": 0.0})
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path):
+    """The workdir keeps the run's gin settings: the same ones again continue, other ones are refused with
+    each difference named."""
+    import gin
+
+    from tempr1_jax import configurables
+    from tempr1_jax.training.run_record import ChangedConfigError
+
+    try:
+        configurables.parse_gin(files=["demo_e2e.gin"], bindings=["DemoConfig.sft_steps = 5"])
+        demo.check_settings(tmp_path)
+        assert json.loads((tmp_path / demo.SETTINGS).read_text())["DemoConfig.sft_steps"] == "5"
+        configurables.parse_gin(files=["demo_e2e.gin"], bindings=["DemoConfig.sft_steps = 5"])
+        demo.check_settings(tmp_path)  # the same settings: a resume
+        configurables.parse_gin(files=["demo_e2e.gin"], bindings=["DemoConfig.sft_steps = 6"])
+        with pytest.raises(ChangedConfigError, match="other settings") as err:
+            demo.check_settings(tmp_path)
+        assert err.value.differences == ['DemoConfig.sft_steps: "5" -> "6"']
+    finally:
+        gin.clear_config()

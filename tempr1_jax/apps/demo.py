@@ -44,9 +44,11 @@ from tempr1_jax.apps.evaluate import EvalResult, evaluate, per_sample_reward_ter
 from tempr1_jax.apps.sft import SFTConfig, SFTTrainer
 from tempr1_jax.rl.rollout import RolloutConfig
 from tempr1_jax.rl.trainer import GRPOTrainer, TrainConfig
+from tempr1_jax.training import run_record
 from tempr1_jax.training.metrics_log import read_metrics
 
 REPORT = "demo_report.json"
+SETTINGS = "demo_settings.json"
 CURVE = "learning_curve.png"
 EXPORT = "hf"
 PHASES = ("data", "baselines", "sft", "eval_before", "grpo", "eval_after", "export")
@@ -325,22 +327,62 @@ def plot_learning_curve(metrics: Sequence[dict[str, Any]], tasks: Sequence[str],
     ax.set_ylabel(f"mean rollout reward (moving average of {window})")
     ax.set_title("tempr1 demo: reward per task during GRPO")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=3)
+    if ax.lines:
+        ax.legend(fontsize=8, ncol=3)
+    else:
+        ax.text(0.5, 0.5, "no GRPO steps logged", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def gin_settings() -> dict[str, str]:
+    """Every parsed gin binding (name -> value as gin prints it): what a rerun in the same workdir repeats."""
+    settings: dict[str, str] = {}
+    name = None
+    for line in gin.config_str().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and name is not None:  # a long value continued on the next line
+            settings[name] += " " + line.strip()
+            continue
+        name, _, value = line.partition(" = ")
+        name = name.strip()
+        settings[name] = value.strip()
+    return settings
+
+
+def check_settings(work: pathlib.Path) -> None:
+    """Record the run's gin settings in `work/demo_settings.json`, or check them against the recorded ones.
+
+    A rerun with the same settings continues each phase from its checkpoints (after a stop); with other
+    settings it raises `ChangedConfigError`: SFT or GRPO continued under new settings would mix two runs in
+    one report (e.g. more SFT steps, then the old GRPO phase, already finished, on top)."""
+    current = gin_settings()
+    path = work / SETTINGS
+    if not path.is_file():
+        path.write_text(json.dumps(current, indent=1, sort_keys=True))
+        return
+    changed = run_record.differences(json.loads(path.read_text()), current)
+    if changed:
+        lines = "\n  ".join(changed)
+        raise run_record.ChangedConfigError(
+            f"{work} holds a demo run with other settings ({path}); this start differs in:\n  {lines}", changed
+        )
+
+
 def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run every phase in `workdir` (gin must be parsed) and return the report written to demo_report.json.
 
-    Raises `DemoStopped` when a stop request (SIGTERM) ends SFT or GRPO early."""
+    Raises `DemoStopped` when a stop request (SIGTERM) ends SFT or GRPO early, and `ChangedConfigError`
+    when `workdir` holds a demo run with other settings (`check_settings`)."""
     cfg = cfg or DemoConfig()
     if paths.is_remote(workdir):  # is_remote also refuses a mangled URL such as gs:/bucket
         raise ValueError(f"tempr1 demo runs in a local workdir, got {workdir}")
     work = pathlib.Path(workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
+    check_settings(work)
     load_start = os.getloadavg()
     phases = _Phases(PHASES)
     rollout_cfg = RolloutConfig()
@@ -365,7 +407,8 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
         distractors=cfg.distractors,
         clock=cfg.clock,
         progress=True,
-        workers=os.cpu_count() or 1,
+        # Starting a process costs about as much as writing a few hundred clips.
+        workers=(os.cpu_count() or 1) if n_samples >= 500 else 1,
     )
     gin.bind_parameter("DataConfig.synthetic", False)
     gin.bind_parameter("DataConfig.sources", training_sources(splits["train"], data_dir, cfg.sft_task_weights))

@@ -40,11 +40,22 @@ def run(args: argparse.Namespace) -> int:
     # The demo's own settings first, then any --gin_file / --gin.NAME=VALUE of the command line.
     args.gin_file = [DEFAULT_GIN, *args.gin_file]
     configurables.parse_gin(args)
+    from tempr1_jax.training.run_record import ChangedConfigError
+
     try:
         report = demo.run_demo(args.workdir)
     except demo.DemoStopped as stop:
         print(f"tempr1 demo: {stop}", file=sys.stderr)
         return 1
+    except ChangedConfigError as err:
+        # A demo's phases are not continued under other settings: a fresh workdir is the answer.
+        lines = "\n  ".join(err.differences)
+        print(
+            f"tempr1 demo: {args.workdir} holds a demo run with other settings; use another --workdir or "
+            f"remove this one. The settings differ in:\n  {lines}",
+            file=sys.stderr,
+        )
+        return 2
     print(demo.format_report(report))
     print(
         f"wrote {args.workdir}/{demo.REPORT}, {args.workdir}/{demo.CURVE} and "

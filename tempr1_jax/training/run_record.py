@@ -52,7 +52,11 @@ NOT_DEFINING: dict[str, frozenset[str]] = {
 
 
 class ChangedConfigError(ValueError):
-    """A start in a workdir whose recorded run was defined by other settings."""
+    """A start in a workdir whose recorded run was defined by other settings (`differences`: one line each)."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
 
 
 def plain(value: Any) -> Any:
@@ -119,7 +123,8 @@ def check_workdir(workdir: str | pathlib.Path, current: Mapping[str, Any], allow
         raise ChangedConfigError(
             f"{workdir} holds a run trained with other settings ({paths.as_path(workdir) / RUN_FILE}); "
             f"this start differs in:\n  {lines}\nUse another --workdir, restore those settings, or pass "
-            f"--allow_changed_config to continue this run with the new ones (recorded in {HISTORY_FILE})."
+            f"--allow_changed_config to continue this run with the new ones (recorded in {HISTORY_FILE}).",
+            changed,
         )
     return changed
 
