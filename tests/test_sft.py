@@ -90,6 +90,16 @@ def test_sft_config_validation():
         sft.SFTConfig(micro_batches=0)
 
 
+def test_sft_scope_only_for_the_optimizer():
+    from tempr1_jax import configurables
+
+    configurables.parse_gin(files=["demo.gin"], bindings=["sft/OptimizerConfig.learning_rate = 0.01"])
+    sft.check_sft_scope()
+    configurables.parse_gin(files=["demo.gin"], bindings=["sft/LoaderConfig.batch_size = 16"])
+    with pytest.raises(ValueError, match="sft/LoaderConfig would be ignored"):
+        sft.check_sft_scope()
+
+
 SFT_BINDINGS = [
     "--gin.DataConfig.synthetic_samples_per_task=2",
     "--gin.DataConfig.synthetic_tasks=['tg', 'vhd']",

@@ -121,6 +121,18 @@ def answer_nll(
     return nll, jnp.sum(mask), correct
 
 
+def check_sft_scope() -> None:
+    """Refuse gin bindings in the scope `sft` for anything but `OptimizerConfig`: SFT builds only its
+    optimizer in that scope, so e.g. `sft/LoaderConfig.batch_size` would be ignored without a word."""
+    scoped = {line.partition(".")[0] for line in gin.config_str().splitlines() if line.startswith("sft/")}
+    ignored = sorted(scoped - {"sft/OptimizerConfig"})
+    if ignored:
+        raise ValueError(
+            f"gin: the scope 'sft' applies to OptimizerConfig only; bindings of {', '.join(ignored)} would be "
+            "ignored: bind them without the scope (they are SFT's settings in `tempr1 sft`)"
+        )
+
+
 class SFTTrainer(Trainer):
     """Builds the model, loader, optimizer and checkpoints from gin; `run()` trains in `workdir`."""
 
@@ -128,6 +140,7 @@ class SFTTrainer(Trainer):
         self, workdir: str | pathlib.Path, config: SFTConfig | None = None, allow_changed_config: bool = False
     ) -> None:
         self.cfg = config or SFTConfig()
+        check_sft_scope()
         # Prompts and reference answers follow the RL template (with or without a <think> block).
         self.think = RolloutConfig().think
         with gin.config_scope("sft"):
