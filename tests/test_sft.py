@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from models.qwen2_5_vl.config import tiny_config
-from models.qwen2_5_vl.inputs import build_model_inputs
+from models.qwen2_5_vl.inputs import build_model_inputs, collate_model_inputs
 from models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration
 from tempr1_jax import tasks
 from tempr1_jax.apps import sft
@@ -131,3 +131,32 @@ def test_sft_learns_exports_and_resumes(tmp_path):
     assert cli.main(["sft", "--gin_file", "demo.gin", "--workdir", str(work), "--steps", "8", *SFT_BINDINGS]) == 0
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9))
+
+
+def test_common_shape_takes_the_widest_window_of_all_processes(monkeypatch):
+    """On several processes the batch takes the largest shape and answer window of all (one global array,
+    one compiled step); each row's window still covers exactly its answer tokens after the padding."""
+    cfg = tiny_config()
+    rows = []
+    for n in (7, 10):
+        rows.append(build_model_inputs(cfg, np.arange(1, n + 1, dtype=np.int32)[None]))
+    inputs = collate_model_inputs(rows, pad_len_to=10, pad_patches_to=0)
+    mask = np.zeros((2, 10), np.int32)
+    mask[0, 7:] = 1  # left padded: row 0's 7 tokens end with a 3-token answer
+    mask[1, 6:] = 1
+    other = (2, 40, 0, *inputs.padded_shape[3:], 39)  # another process: longer rows, a wider window
+
+    def common_shape(shape):
+        return tuple(max(a, b) for a, b in zip(shape, other, strict=True))
+
+    monkeypatch.setattr(sft.multihost, "common_shape", common_shape)
+    trainer = sft.SFTTrainer.__new__(sft.SFTTrainer)  # only the padding settings are needed
+    trainer.padding_side, trainer.pad_id = "left", 0
+    batch = trainer._common_shape({"inputs": inputs, "completion_mask": mask})
+    assert batch["inputs"].input_ids.shape == (2, 40) and batch["window"].shape == (2, 39)
+    padded = batch["completion_mask"]
+    assert padded.shape == (2, 40) and padded.sum() == mask.sum()
+    for row in range(2):
+        targets = np.zeros(40, np.float32)
+        targets[batch["starts"][row] + 1 : batch["starts"][row] + 40] = batch["window"][row]
+        np.testing.assert_array_equal(targets, padded[row])
