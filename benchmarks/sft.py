@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     import gin
     import jax
 
-    from data_pipeline.synthetic import write_synthetic_dataset
     from tempr1_jax.apps import demo
     from tempr1_jax.apps.sft import SFTConfig, SFTTrainer, answer_window
     from tempr1_jax.configurables import parse_gin
@@ -44,22 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args.gin_file = ["demo_e2e.gin", *args.gin_file]  # the demo's settings, then the command line's
     parse_gin(args)
     cfg = demo.DemoConfig()
-    splits = write_synthetic_dataset(
-        work / "data",
-        seed=cfg.data_seed,
-        tasks=tuple(cfg.tasks),
-        include_images=False,
-        samples_per_task={"train": 100},
-        split_names=("train",),
-        frame_size=tuple(cfg.frame_size),
-        fps=cfg.fps,
-        tick=cfg.tick,
-        clip_ticks=tuple(cfg.clip_ticks),
-        event_ticks=dict(cfg.event_ticks),
-        shape_scale=cfg.shape_scale,
-        distractors=cfg.distractors,
-        clock=cfg.clock,
-    )
+    splits = demo.write_demo_data(work / "data", cfg, {"train": 100})
     gin.bind_parameter("DataConfig.synthetic", False)
     gin.bind_parameter("DataConfig.sources", demo.training_sources(splits["train"], work / "data", {}))
     sft_cfg = dataclasses.replace(SFTConfig(), steps=args.steps, export=False, progress=False, tensorboard=False)

@@ -154,6 +154,35 @@ def _progress(batches: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
     return tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True)
 
 
+def write_demo_data(
+    data_dir: pathlib.Path,
+    cfg: DemoConfig,
+    samples_per_task: Mapping[str, int],
+    workers: int = 1,
+    progress: bool = False,
+) -> dict[str, pathlib.Path]:
+    """The demo's synthetic video dataset (clips as `cfg` sets them) with `samples_per_task[split]` samples
+    per task of each split; returns split -> JSONL path (`write_synthetic_dataset`)."""
+    return write_synthetic_dataset(
+        data_dir,
+        seed=cfg.data_seed,
+        tasks=tuple(cfg.tasks),
+        include_images=False,
+        samples_per_task=dict(samples_per_task),
+        split_names=tuple(samples_per_task),
+        frame_size=tuple(cfg.frame_size),
+        fps=cfg.fps,
+        tick=cfg.tick,
+        clip_ticks=tuple(cfg.clip_ticks),
+        event_ticks=dict(cfg.event_ticks),
+        shape_scale=cfg.shape_scale,
+        distractors=cfg.distractors,
+        clock=cfg.clock,
+        progress=progress,
+        workers=workers,
+    )
+
+
 def training_sources(
     train: pathlib.Path, media_dir: pathlib.Path, weights: Mapping[str, float]
 ) -> list[dict[str, Any]]:
@@ -392,23 +421,13 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig | None = None) -> dict
     height, width = cfg.frame_size
     phases.start("data", f"{n_samples} synthetic clips, {height}x{width} px at {cfg.fps} FPS")
     data_dir = work / "data"
-    splits = write_synthetic_dataset(
+    splits = write_demo_data(
         data_dir,
-        seed=cfg.data_seed,
-        tasks=tuple(cfg.tasks),
-        include_images=False,
-        samples_per_task={"train": cfg.train_samples_per_task, "test": cfg.test_samples_per_task},
-        frame_size=tuple(cfg.frame_size),
-        fps=cfg.fps,
-        tick=cfg.tick,
-        clip_ticks=tuple(cfg.clip_ticks),
-        event_ticks=dict(cfg.event_ticks),
-        shape_scale=cfg.shape_scale,
-        distractors=cfg.distractors,
-        clock=cfg.clock,
-        progress=True,
+        cfg,
+        {"train": cfg.train_samples_per_task, "test": cfg.test_samples_per_task},
         # Starting a process costs about as much as writing a few hundred clips.
         workers=(os.cpu_count() or 1) if n_samples >= 500 else 1,
+        progress=True,
     )
     gin.bind_parameter("DataConfig.synthetic", False)
     gin.bind_parameter("DataConfig.sources", training_sources(splits["train"], data_dir, cfg.sft_task_weights))

@@ -69,24 +69,38 @@ def answer_builders(think: bool) -> dict[str, Any]:
     return {name: functools.partial(reference_answer, name, think) for name in tasks_lib.TASKS}
 
 
+def _answer_spans(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) answer position of each row of the boolean `mask` (1 and 0 for a row without one)."""
+    length = mask.shape[1]
+    if length < 2 or mask[:, 0].any():
+        raise ValueError("a completion mask needs at least one prompt token before the answer")
+    has = mask.any(axis=1)
+    return np.where(has, mask.argmax(axis=1), 1), np.where(has, length - 1 - mask[:, ::-1].argmax(axis=1), 0)
+
+
+def answer_width(completion_mask: np.ndarray, multiple: int = 64) -> int:
+    """The window width `answer_window` picks: the longest row's span rounded up to a multiple of
+    `multiple`, at most L - 1 (each width compiles once)."""
+    first, last = _answer_spans(np.asarray(completion_mask) != 0)
+    span = int(np.max(last - first + 1, initial=1))
+    return min(-(-span // multiple) * multiple, np.shape(completion_mask)[1] - 1)
+
+
 def answer_window(
     completion_mask: np.ndarray, multiple: int = 64, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(starts [B] int32, window mask [B, W] float32): the positions that predict answer tokens.
 
     Position `starts[b] + j` of row b predicts token `starts[b] + j + 1`, which counts when
-    `window[b, j]` is 1. W is `width` if given, else the longest row's span rounded up to a multiple of
-    `multiple`, at most L - 1: each bucket compiles once. Rows without answer tokens get an all-zero window.
+    `window[b, j]` is 1. W is `width` if given (at most L - 1), else `answer_width(completion_mask,
+    multiple)`. Rows without answer tokens get an all-zero window.
     """
     mask = np.asarray(completion_mask) != 0
     length = mask.shape[1]
-    if length < 2 or mask[:, 0].any():
-        raise ValueError("a completion mask needs at least one prompt token before the answer")
-    first = np.where(mask.any(axis=1), mask.argmax(axis=1), 1)
-    last = np.where(mask.any(axis=1), length - 1 - mask[:, ::-1].argmax(axis=1), 0)
+    first, last = _answer_spans(mask)
     span = int(np.max(last - first + 1, initial=1))
     if width is None:
-        width = -(-span // multiple) * multiple
+        width = answer_width(mask, multiple)
     elif width < span:
         raise ValueError(f"answer window width {width} is shorter than an answer span of {span} tokens")
     width = min(width, length - 1)
@@ -173,7 +187,7 @@ class SFTTrainer(Trainer):
         processes (each picks its own buckets; their rows form one global array), with the answer window
         (`answer_window`) the loss reads. Extra rows, if any, carry no answer tokens."""
         inputs, mask = batch["inputs"], batch["completion_mask"]
-        *shape, width = multihost.common_shape((*inputs.padded_shape, answer_window(mask)[1].shape[1]))
+        *shape, width = multihost.common_shape((*inputs.padded_shape, answer_width(mask)))
         side = self.padding_side
         padded = pad_inputs(inputs, tuple(shape), self.pad_id, padding_side=side)
         extra = shape[1] - mask.shape[1]
