@@ -58,6 +58,10 @@ def test_answer_nll_matches_direct_cross_entropy(tiny_model):
     # A wider window (all positions) gives the same sums.
     wide = sft.answer_nll(tiny_model, inputs, *sft.answer_window(mask, width=11), chunk=256)
     np.testing.assert_allclose([float(x) for x in wide], [float(nll), float(count), float(correct)], rtol=1e-6)
+    # loss_mean = "sample": each row's mean NLL summed, over the number of rows; the same correct tokens.
+    per_row, rows, same = sft.answer_nll(tiny_model, inputs, starts, sft.sample_weights(window), chunk=5)
+    np.testing.assert_allclose(float(per_row), -((picked * m).sum(axis=1) / m.sum(axis=1)).sum(), rtol=1e-5)
+    assert float(rows) == pytest.approx(2.0) and float(same) == float(correct)
 
 
 def test_answer_window_rows_and_errors():
@@ -88,6 +92,8 @@ def test_answer_builders_give_reference_answers():
 def test_sft_config_validation():
     with pytest.raises(ValueError, match="micro_batches"):
         sft.SFTConfig(micro_batches=0)
+    with pytest.raises(ValueError, match="loss_mean"):
+        sft.SFTConfig(loss_mean="row")
 
 
 def test_sft_scope_only_for_the_optimizer():
@@ -151,7 +157,7 @@ def test_common_shape_takes_the_widest_window_of_all_processes(monkeypatch):
 
     monkeypatch.setattr(sft.multihost, "common_shape", common_shape)
     trainer = sft.SFTTrainer.__new__(sft.SFTTrainer)  # only the padding settings are needed
-    trainer.padding_side, trainer.pad_id = "left", 0
+    trainer.padding_side, trainer.pad_id, trainer.cfg = "left", 0, sft.SFTConfig()
     batch = trainer._common_shape({"inputs": inputs, "completion_mask": mask})
     assert batch["inputs"].input_ids.shape == (2, 40) and batch["window"].shape == (2, 39)
     padded = batch["completion_mask"]

@@ -45,6 +45,9 @@ class SFTConfig:
 
     steps: optimizer updates; micro_batches: gradient accumulation (must divide the loader's batch size); chunk: positions per
     LM-head chunk in the loss; export: write an HF checkpoint (+ tokenizer) to `workdir/hf` at the end.
+    loss_mean: "token" averages the NLL over all answer tokens of the batch (a sample weighs as much as its
+    answer is long); "sample" averages each sample's answer tokens first, then the samples (a two-number
+    answer weighs as much as a list of eight).
     """
 
     steps: int = 100
@@ -53,10 +56,13 @@ class SFTConfig:
     export: bool = True
     tensorboard: bool = True
     progress: bool = True
+    loss_mean: str = "token"
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.micro_batches < 1 or self.chunk < 1:
             raise ValueError("SFTConfig: steps >= 0, micro_batches >= 1 and chunk >= 1 are required")
+        if self.loss_mean not in ("token", "sample"):
+            raise ValueError(f"SFTConfig.loss_mean: 'token' or 'sample', got {self.loss_mean!r}")
 
 
 def reference_answer(task: str, think: bool, sample: Mapping[str, Any]) -> str:
@@ -113,10 +119,12 @@ def answer_window(
 def answer_nll(
     model: Any, inputs: Any, starts: jax.Array, window: jax.Array, chunk: int = 256
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(summed NLL, answer-token count, correctly predicted tokens) of the answer tokens of `inputs`.
+    """(weighted NLL sum, weight sum, correctly predicted tokens) of the answer tokens of `inputs`.
 
     `starts` and `window` come from `answer_window(completion_mask)`: only the W positions of each row
     that predict its answer go through the LM head (in `chunk` positions at a time), not the prompt's.
+    A position counts with its `window` value as weight (1 for every answer token: the sums are the
+    summed NLL and the token count; `sample_weights` makes them per-sample means).
     """
     hidden = model.hidden_states(inputs)
     width = window.shape[1]
@@ -131,8 +139,15 @@ def answer_nll(
         logp = jax.nn.log_softmax(model.logits_from_hidden(h), axis=-1)
         picked = jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
         nll = nll - jnp.sum(picked * m)
-        correct = correct + jnp.sum((jnp.argmax(logp, axis=-1) == t) * m)
+        correct = correct + jnp.sum((jnp.argmax(logp, axis=-1) == t) * (m > 0))
     return nll, jnp.sum(mask), correct
+
+
+def sample_weights(window: np.ndarray) -> np.ndarray:
+    """`window` (from `answer_window`) with each row's answer tokens weighing 1 / its answer length, so that
+    `answer_nll`'s sums are the sum of per-sample mean NLLs and the number of samples with an answer."""
+    window = np.asarray(window, np.float32)
+    return window / np.maximum(window.sum(axis=1, keepdims=True), 1.0)
 
 
 def check_sft_scope() -> None:
@@ -179,8 +194,9 @@ class SFTTrainer(Trainer):
 
     def _loss_fn(self, params, frozen, batch):
         model = nnx.merge(self.graphdef, params, frozen)
-        nll, count, correct = answer_nll(model, batch["inputs"], batch["starts"], batch["window"], self.cfg.chunk)
-        return nll, count, {"tokens": count, "correct": correct}
+        window = batch["window"]
+        nll, weight, correct = answer_nll(model, batch["inputs"], batch["starts"], window, self.cfg.chunk)
+        return nll, weight, {"tokens": jnp.sum(window > 0), "correct": correct}
 
     def _common_shape(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The batch padded to the largest (rows, tokens, patches, block layout sizes, answer window) of all
@@ -193,6 +209,8 @@ class SFTTrainer(Trainer):
         extra = shape[1] - mask.shape[1]
         mask = np.pad(mask, ((0, shape[0] - mask.shape[0]), (extra, 0) if side == "left" else (0, extra)))
         starts, window = answer_window(mask, width=width)
+        if self.cfg.loss_mean == "sample":
+            window = sample_weights(window)
         return {**batch, "inputs": padded, "completion_mask": mask, "starts": starts, "window": window}
 
     def _microbatches(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
