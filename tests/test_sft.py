@@ -157,7 +157,7 @@ def test_common_shape_takes_the_widest_window_of_all_processes(monkeypatch):
 
     monkeypatch.setattr(sft.multihost, "common_shape", common_shape)
     trainer = sft.SFTTrainer.__new__(sft.SFTTrainer)  # only the padding settings are needed
-    trainer.padding_side, trainer.pad_id, trainer.cfg = "left", 0, sft.SFTConfig()
+    trainer.padding_side, trainer.pad_id = "left", 0
     batch = trainer._common_shape({"inputs": inputs, "completion_mask": mask})
     assert batch["inputs"].input_ids.shape == (2, 40) and batch["window"].shape == (2, 39)
     padded = batch["completion_mask"]

@@ -143,11 +143,11 @@ def answer_nll(
     return nll, jnp.sum(mask), correct
 
 
-def sample_weights(window: np.ndarray) -> np.ndarray:
+def sample_weights(window: jax.Array) -> jax.Array:
     """`window` (from `answer_window`) with each row's answer tokens weighing 1 / its answer length, so that
     `answer_nll`'s sums are the sum of per-sample mean NLLs and the number of samples with an answer."""
-    window = np.asarray(window, np.float32)
-    return window / np.maximum(window.sum(axis=1, keepdims=True), 1.0)
+    window = jnp.asarray(window, jnp.float32)
+    return window / jnp.maximum(window.sum(axis=1, keepdims=True), 1.0)
 
 
 def check_sft_scope() -> None:
@@ -195,6 +195,8 @@ class SFTTrainer(Trainer):
     def _loss_fn(self, params, frozen, batch):
         model = nnx.merge(self.graphdef, params, frozen)
         window = batch["window"]
+        if self.cfg.loss_mean == "sample":
+            window = sample_weights(window)
         nll, weight, correct = answer_nll(model, batch["inputs"], batch["starts"], window, self.cfg.chunk)
         return nll, weight, {"tokens": jnp.sum(window > 0), "correct": correct}
 
@@ -209,8 +211,6 @@ class SFTTrainer(Trainer):
         extra = shape[1] - mask.shape[1]
         mask = np.pad(mask, ((0, shape[0] - mask.shape[0]), (extra, 0) if side == "left" else (0, extra)))
         starts, window = answer_window(mask, width=width)
-        if self.cfg.loss_mean == "sample":
-            window = sample_weights(window)
         return {**batch, "inputs": padded, "completion_mask": mask, "starts": starts, "window": window}
 
     def _microbatches(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
